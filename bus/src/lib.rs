@@ -1,0 +1,568 @@
+//! Everything about NATS in one place.
+//!
+//! [`Bus::connect`] connects (reconnecting by itself afterwards) and creates,
+//! idempotently, what the platform needs: the [`EVENTS_STREAM`] stream that
+//! keeps event history, and the key-value buckets for desired state,
+//! observed state, heartbeats and secrets. All payloads are the prost
+//! messages of [`infra_proto::bus::v1`]; all subjects and keys come from
+//! [`subject`].
+//!
+//! [`EVENTS_STREAM`]: subject::EVENTS_STREAM
+
+pub mod subject;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+use std::fmt;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use infra_proto::bus::v1::{DesiredService, Event, EventKind, Heartbeat, ObservedService};
+use prost::Message;
+
+pub use subject::Token;
+
+/// What went wrong, for callers that branch on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BusErrorKind {
+    /// Could not reach or talk to the NATS server.
+    Connect,
+    /// A stream or bucket could not be created or opened.
+    Setup,
+    /// A publish, put, get or watch failed.
+    Io,
+    /// A payload did not decode as the expected message.
+    Decode,
+    /// A host, tier or service name cannot be used in a subject or key.
+    InvalidName,
+}
+
+/// An error from the bus, with a kind to match and a message that says
+/// which subject, key or bucket was involved. Never carries payloads.
+#[derive(Debug)]
+pub struct BusError {
+    kind: BusErrorKind,
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl BusError {
+    fn new(kind: BusErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    fn with(
+        kind: BusErrorKind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> BusErrorKind {
+        self.kind
+    }
+}
+
+impl fmt::Display for BusError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(s) => write!(f, "{}: {s}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for BusError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as _)
+    }
+}
+
+/// Result alias for bus calls.
+pub type Result<T, E = BusError> = std::result::Result<T, E>;
+
+/// How to reach NATS and how to size what the bus creates there.
+#[derive(Clone)]
+pub struct BusConfig {
+    /// Server URLs, comma-separated (`nats://127.0.0.1:4222,nats://...`).
+    pub url: String,
+    /// Connection name shown by the server (`operator-data@host1`).
+    pub name: String,
+    /// Token credential, if the server wants one.
+    pub token: Option<String>,
+    /// User and password credentials, if the server wants them.
+    pub user: Option<(String, String)>,
+    /// How long a heartbeat stays in the hosts bucket: an operator silent
+    /// for longer disappears from it.
+    pub heartbeat_ttl: Duration,
+    /// How long events are kept in the stream.
+    pub events_max_age: Duration,
+    /// JetStream replicas for streams and buckets (1 for a single server).
+    pub replicas: usize,
+}
+
+impl fmt::Debug for BusConfig {
+    // Credentials are never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusConfig")
+            .field("url", &self.url)
+            .field("name", &self.name)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .field("heartbeat_ttl", &self.heartbeat_ttl)
+            .field("events_max_age", &self.events_max_age)
+            .field("replicas", &self.replicas)
+            .finish()
+    }
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            name: "infra".into(),
+            token: None,
+            user: None,
+            heartbeat_ttl: Duration::from_secs(30),
+            events_max_age: Duration::from_secs(7 * 24 * 3600),
+            replicas: 1,
+        }
+    }
+}
+
+/// A change seen by a key-value watch.
+#[derive(Clone, Debug)]
+pub enum Change<T> {
+    /// The key was written.
+    Put {
+        /// The key.
+        key: String,
+        /// The decoded value.
+        value: T,
+        /// The bucket revision of this write.
+        revision: u64,
+    },
+    /// The key was deleted or purged.
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+impl<T> Change<T> {
+    /// The key this change is about.
+    pub fn key(&self) -> &str {
+        match self {
+            Change::Put { key, .. } | Change::Delete { key } => key,
+        }
+    }
+}
+
+/// A cheap, cloneable handle to the bus. Clones share one connection.
+#[derive(Clone)]
+pub struct Bus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    desired: kv::Store,
+    observed: kv::Store,
+    hosts: kv::Store,
+    secrets: kv::Store,
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus").finish_non_exhaustive()
+    }
+}
+
+impl Bus {
+    /// Connects and makes sure the stream and buckets exist. Safe to call
+    /// from any number of processes at once.
+    pub async fn connect(cfg: &BusConfig) -> Result<Self> {
+        let mut opts = async_nats::ConnectOptions::new()
+            .name(&cfg.name)
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|ev| async move {
+                match ev {
+                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                    other => tracing::debug!(event = %other, "NATS connection event"),
+                }
+            });
+        if let Some(token) = &cfg.token {
+            opts = opts.token(token.clone());
+        }
+        if let Some((u, p)) = &cfg.user {
+            opts = opts.user_and_password(u.clone(), p.clone());
+        }
+        let servers: Vec<async_nats::ServerAddr> = cfg
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse().map_err(|e| {
+                    BusError::with(
+                        BusErrorKind::Connect,
+                        format!("NATS server address {s:?} is not valid"),
+                        e,
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
+        if servers.is_empty() {
+            return Err(BusError::new(BusErrorKind::Connect, "no NATS server address given"));
+        }
+        let client = tokio::time::timeout(Duration::from_secs(30), opts.connect(servers))
+            .await
+            .map_err(|_| {
+                BusError::new(
+                    BusErrorKind::Connect,
+                    format!("could not reach NATS at {} within 30s", cfg.url),
+                )
+            })?
+            .map_err(|e| {
+                BusError::with(
+                    BusErrorKind::Connect,
+                    format!("could not connect to NATS at {}", cfg.url),
+                    e,
+                )
+            })?;
+        let js = jetstream::new(client.clone());
+
+        let events = stream::Config {
+            name: subject::EVENTS_STREAM.into(),
+            subjects: vec![subject::events_all()],
+            max_age: cfg.events_max_age,
+            max_bytes: 256 * 1024 * 1024,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        };
+        js.get_or_create_stream(events)
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Setup, format!("stream {}", subject::EVENTS_STREAM), e))?;
+
+        let bucket = |name: &str, history: i64, max_age: Duration| kv::Config {
+            bucket: name.into(),
+            history,
+            max_age,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        };
+        let desired = ensure_bucket(&js, bucket(subject::DESIRED_BUCKET, 5, Duration::ZERO)).await?;
+        let observed = ensure_bucket(&js, bucket(subject::OBSERVED_BUCKET, 1, Duration::ZERO)).await?;
+        let hosts = ensure_bucket(&js, bucket(subject::HOSTS_BUCKET, 1, cfg.heartbeat_ttl)).await?;
+        let secrets = ensure_bucket(&js, bucket(subject::SECRETS_BUCKET, 1, Duration::ZERO)).await?;
+        Ok(Self {
+            client,
+            js,
+            desired,
+            observed,
+            hosts,
+            secrets,
+        })
+    }
+
+    /// The underlying NATS client, for callers that need raw access (tests).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Publishes an event to the stream and waits for the server's ack.
+    /// Fills in `id` and `time` when they are empty.
+    pub async fn publish_event(&self, ev: &Event) -> Result<()> {
+        let mut ev = ev.clone();
+        if ev.id.is_empty() {
+            ev.id = nuid::next().to_string();
+        }
+        if ev.time.is_none() {
+            ev.time = Some(infra_proto::now());
+        }
+        let host = Token::new("host", &ev.host)?;
+        let tier = Token::new("tier", &ev.tier)?;
+        let service = if ev.service.is_empty() {
+            None
+        } else {
+            Some(Token::new("service", &ev.service)?)
+        };
+        let subj = subject::event(&host, &tier, service.as_ref(), event_kind_token(ev.kind()));
+        let ack = self
+            .js
+            .publish(subj.clone(), Bytes::from(ev.encode_to_vec()))
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Io, format!("publish to {subj}"), e))?;
+        ack.await
+            .map_err(|e| BusError::with(BusErrorKind::Io, format!("ack for {subj}"), e))?;
+        Ok(())
+    }
+
+    /// Live events from now on, filtered by host, tier and service.
+    pub async fn subscribe_events(
+        &self,
+        host: Option<&str>,
+        tier: Option<&str>,
+        service: Option<&str>,
+    ) -> Result<BoxStream<'static, Event>> {
+        let tok = |what: &str, v: Option<&str>| v.filter(|s| !s.is_empty()).map(|s| Token::new(what, s)).transpose();
+        let filter = subject::events_filter(
+            tok("host", host)?.as_ref(),
+            tok("tier", tier)?.as_ref(),
+            tok("service", service)?.as_ref(),
+        );
+        let sub = self
+            .client
+            .subscribe(filter.clone())
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Io, format!("subscribe to {filter}"), e))?;
+        Ok(sub
+            .filter_map(|m| async move {
+                match Event::decode(m.payload) {
+                    Ok(ev) => Some(ev),
+                    Err(e) => {
+                        tracing::warn!(subject = %m.subject, error = %e, "dropping an event that does not decode");
+                        None
+                    }
+                }
+            })
+            .boxed())
+    }
+
+    /// Writes the desired state of one service; returns the bucket revision.
+    pub async fn put_desired(&self, d: &DesiredService) -> Result<u64> {
+        let spec = d
+            .spec
+            .as_ref()
+            .ok_or_else(|| BusError::new(BusErrorKind::InvalidName, "desired state without a spec"))?;
+        let key = service_key(&d.host, &spec.tier, &spec.name)?;
+        put(&self.desired, &key, d).await
+    }
+
+    /// Reads the desired state of one service.
+    pub async fn get_desired(&self, host: &str, tier: &str, service: &str) -> Result<Option<DesiredService>> {
+        get(&self.desired, &service_key(host, tier, service)?).await
+    }
+
+    /// Deletes the desired state of one service.
+    pub async fn delete_desired(&self, host: &str, tier: &str, service: &str) -> Result<()> {
+        delete(&self.desired, &service_key(host, tier, service)?).await
+    }
+
+    /// Every desired service, or those of one tier on one host.
+    pub async fn list_desired(&self, scope: Option<(&str, &str)>) -> Result<Vec<DesiredService>> {
+        list(&self.desired, scope).await
+    }
+
+    /// Changes to the desired state of one tier on one host, from now on.
+    pub async fn watch_desired(
+        &self,
+        host: &str,
+        tier: &str,
+    ) -> Result<BoxStream<'static, Result<Change<DesiredService>>>> {
+        let filter = subject::tier_keys(&Token::new("host", host)?, &Token::new("tier", tier)?);
+        watch(&self.desired, &filter).await
+    }
+
+    /// Writes the observed state of one service.
+    pub async fn put_observed(&self, o: &ObservedService) -> Result<u64> {
+        put(&self.observed, &service_key(&o.host, &o.tier, &o.service)?, o).await
+    }
+
+    /// Deletes the observed state of one service.
+    pub async fn delete_observed(&self, host: &str, tier: &str, service: &str) -> Result<()> {
+        delete(&self.observed, &service_key(host, tier, service)?).await
+    }
+
+    /// Every observed service, or those of one tier on one host.
+    pub async fn list_observed(&self, scope: Option<(&str, &str)>) -> Result<Vec<ObservedService>> {
+        list(&self.observed, scope).await
+    }
+
+    /// Every change to observed state, from now on.
+    pub async fn watch_observed(&self) -> Result<BoxStream<'static, Result<Change<ObservedService>>>> {
+        watch(&self.observed, ">").await
+    }
+
+    /// Records a heartbeat in the hosts bucket and publishes it.
+    pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<()> {
+        let host = Token::new("host", &hb.host)?;
+        let tier = Token::new("tier", &hb.tier)?;
+        put(&self.hosts, &subject::operator_key(&host, &tier), hb).await?;
+        let subj = subject::heartbeat(&host, &tier);
+        self.client
+            .publish(subj.clone(), Bytes::from(hb.encode_to_vec()))
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Io, format!("publish to {subj}"), e))
+    }
+
+    /// The latest heartbeat of every operator heard from within the TTL.
+    pub async fn list_heartbeats(&self) -> Result<Vec<Heartbeat>> {
+        list(&self.hosts, None).await
+    }
+
+    /// Stores a secret's content. Never logged.
+    pub async fn put_secret(&self, name: &str, content: Bytes) -> Result<()> {
+        let key = Token::new("secret", name)?;
+        self.secrets
+            .put(key.as_str(), content)
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Io, format!("put secret {key}"), e))?;
+        Ok(())
+    }
+
+    /// Reads a secret's content.
+    pub async fn get_secret(&self, name: &str) -> Result<Option<Bytes>> {
+        let key = Token::new("secret", name)?;
+        self.secrets
+            .get(key.as_str())
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Io, format!("get secret {key}"), e))
+    }
+}
+
+/// The subject token of an event kind (`started`, `reconcile_failed`, ...).
+pub fn event_kind_token(kind: EventKind) -> &'static str {
+    kind.as_str_name()
+        .strip_prefix("EVENT_KIND_")
+        .map_or("unspecified", |s| {
+            // as_str_name is upper snake case; subjects use lower case.
+            match s {
+                "CREATED" => "created",
+                "STARTED" => "started",
+                "HEALTHY" => "healthy",
+                "UNHEALTHY" => "unhealthy",
+                "DIED" => "died",
+                "RESTARTED" => "restarted",
+                "REMOVED" => "removed",
+                "RECONCILE_FAILED" => "reconcile_failed",
+                "ADOPTED" => "adopted",
+                "RECREATED" => "recreated",
+                "RESTART_BUDGET_EXHAUSTED" => "restart_budget_exhausted",
+                "DEPLOY_STARTED" => "deploy_started",
+                "SERVICE_DISPATCHED" => "service_dispatched",
+                "SERVICE_READY" => "service_ready",
+                "SERVICE_FAILED" => "service_failed",
+                "SERVICE_BLOCKED" => "service_blocked",
+                "DEPLOY_FINISHED" => "deploy_finished",
+                "SERVICE_REMOVE_REQUESTED" => "service_remove_requested",
+                _ => "unspecified",
+            }
+        })
+}
+
+fn service_key(host: &str, tier: &str, service: &str) -> Result<String> {
+    Ok(subject::service_key(
+        &Token::new("host", host)?,
+        &Token::new("tier", tier)?,
+        &Token::new("service", service)?,
+    ))
+}
+
+async fn ensure_bucket(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store> {
+    let name = cfg.bucket.clone();
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
+    match js.create_key_value(cfg).await {
+        Ok(store) => Ok(store),
+        // Another process may have created it in between.
+        Err(create_err) => js
+            .get_key_value(&name)
+            .await
+            .map_err(|_| BusError::with(BusErrorKind::Setup, format!("key-value bucket {name}"), create_err)),
+    }
+}
+
+async fn put<M: Message>(store: &kv::Store, key: &str, msg: &M) -> Result<u64> {
+    store
+        .put(key, Bytes::from(msg.encode_to_vec()))
+        .await
+        .map_err(|e| BusError::with(BusErrorKind::Io, format!("put {key}"), e))
+}
+
+async fn get<M: Message + Default>(store: &kv::Store, key: &str) -> Result<Option<M>> {
+    let raw = store
+        .get(key)
+        .await
+        .map_err(|e| BusError::with(BusErrorKind::Io, format!("get {key}"), e))?;
+    raw.map(|b| M::decode(b).map_err(|e| BusError::with(BusErrorKind::Decode, format!("value of {key}"), e)))
+        .transpose()
+}
+
+async fn delete(store: &kv::Store, key: &str) -> Result<()> {
+    store
+        .delete(key)
+        .await
+        .map_err(|e| BusError::with(BusErrorKind::Io, format!("delete {key}"), e))
+}
+
+async fn list<M: Message + Default>(store: &kv::Store, scope: Option<(&str, &str)>) -> Result<Vec<M>> {
+    let prefix = match scope {
+        Some((h, t)) => Some(format!(
+            "{}.",
+            subject::operator_key(&Token::new("host", h)?, &Token::new("tier", t)?)
+        )),
+        None => None,
+    };
+    let keys: Vec<String> = match store.keys().await {
+        Ok(keys) => keys
+            .try_collect()
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Io, "list keys", e))?,
+        Err(e) => return Err(BusError::with(BusErrorKind::Io, "list keys", e)),
+    };
+    let mut out = Vec::new();
+    for key in keys {
+        if prefix.as_ref().is_some_and(|p| !key.starts_with(p.as_str())) {
+            continue;
+        }
+        if let Some(v) = get(store, &key).await? {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+async fn watch<M: Message + Default + 'static>(
+    store: &kv::Store,
+    filter: &str,
+) -> Result<BoxStream<'static, Result<Change<M>>>> {
+    let w = store
+        .watch(filter)
+        .await
+        .map_err(|e| BusError::with(BusErrorKind::Io, format!("watch {filter}"), e))?;
+    Ok(w.map(|entry| {
+        let entry = entry.map_err(|e| BusError::with(BusErrorKind::Io, "watch", e))?;
+        match entry.operation {
+            kv::Operation::Put => {
+                let value = M::decode(entry.value)
+                    .map_err(|e| BusError::with(BusErrorKind::Decode, format!("value of {}", entry.key), e))?;
+                Ok(Change::Put {
+                    key: entry.key,
+                    value,
+                    revision: entry.revision,
+                })
+            }
+            kv::Operation::Delete | kv::Operation::Purge => Ok(Change::Delete { key: entry.key }),
+        }
+    })
+    .boxed())
+}

@@ -1,0 +1,139 @@
+//! Subject and key names. Nothing outside this module formats one.
+//!
+//! Every name that becomes a subject token or a key-value key (host, tier,
+//! service) must be a [`Token`]: ASCII letters, digits, `-` and `_`. Dots
+//! and wildcards would change the meaning of a subject, so they are refused
+//! here instead of being escaped somewhere else.
+
+use std::fmt;
+
+use crate::{BusError, BusErrorKind};
+
+/// Prefix of every subject the platform uses.
+pub const ROOT: &str = "infra";
+/// The JetStream stream that keeps event history.
+pub const EVENTS_STREAM: &str = "INFRA_EVENTS";
+/// Key-value bucket of desired state, `<host>.<tier>.<service>`.
+pub const DESIRED_BUCKET: &str = "infra_desired";
+/// Key-value bucket of observed state, `<host>.<tier>.<service>`.
+pub const OBSERVED_BUCKET: &str = "infra_observed";
+/// Key-value bucket of operator heartbeats, `<host>.<tier>`.
+pub const HOSTS_BUCKET: &str = "infra_hosts";
+/// Key-value bucket of secret contents, `<name>`.
+pub const SECRETS_BUCKET: &str = "infra_secrets";
+
+/// A validated subject token.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Token(String);
+
+impl Token {
+    /// Validates `s` as a token; the error names what and which value.
+    pub fn new(what: &str, s: &str) -> Result<Self, BusError> {
+        let ok =
+            !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(BusError::new(
+                BusErrorKind::InvalidName,
+                format!(
+                    "{what} {s:?} is not a valid name: use ASCII letters, digits, '-' and '_' (1 to 128 characters)"
+                ),
+            ))
+        }
+    }
+
+    /// The token as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Subject of one event: `infra.events.<host>.<tier>.<service>.<kind>`.
+/// Events that are not about one service use `_` as the service.
+pub fn event(host: &Token, tier: &Token, service: Option<&Token>, kind: &str) -> String {
+    let service = service.map_or("_", Token::as_str);
+    format!("{ROOT}.events.{host}.{tier}.{service}.{kind}")
+}
+
+/// Filter over event subjects; `None` parts are wildcards.
+pub fn events_filter(host: Option<&Token>, tier: Option<&Token>, service: Option<&Token>) -> String {
+    let part = |t: Option<&Token>| t.map_or_else(|| "*".to_owned(), |t| t.0.clone());
+    format!("{ROOT}.events.{}.{}.{}.*", part(host), part(tier), part(service))
+}
+
+/// Every event subject, for the stream.
+pub fn events_all() -> String {
+    format!("{ROOT}.events.>")
+}
+
+/// Subject of a heartbeat: `infra.heartbeat.<host>.<tier>`.
+pub fn heartbeat(host: &Token, tier: &Token) -> String {
+    format!("{ROOT}.heartbeat.{host}.{tier}")
+}
+
+/// Every heartbeat subject.
+pub fn heartbeats_all() -> String {
+    format!("{ROOT}.heartbeat.>")
+}
+
+/// Key of a service in the desired and observed buckets.
+pub fn service_key(host: &Token, tier: &Token, service: &Token) -> String {
+    format!("{host}.{tier}.{service}")
+}
+
+/// Key filter of every service of one tier on one host.
+pub fn tier_keys(host: &Token, tier: &Token) -> String {
+    format!("{host}.{tier}.>")
+}
+
+/// Key of an operator in the hosts bucket.
+pub fn operator_key(host: &Token, tier: &Token) -> String {
+    format!("{host}.{tier}")
+}
+
+/// Splits a service key back into host, tier and service.
+pub fn parse_service_key(key: &str) -> Option<(&str, &str, &str)> {
+    let mut it = key.splitn(3, '.');
+    Some((it.next()?, it.next()?, it.next()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_refuse_dots_wildcards_and_spaces() {
+        for bad in ["a.b", "*", ">", "a b", "", "é"] {
+            let e = Token::new("service", bad).unwrap_err();
+            assert_eq!(e.kind(), BusErrorKind::InvalidName, "{bad}");
+            assert!(e.to_string().contains("service"), "{e}");
+        }
+        assert!(Token::new("service", "mng-pg_1").is_ok());
+    }
+
+    #[test]
+    fn subjects_and_keys_have_the_documented_shape() {
+        let h = Token::new("host", "h1").unwrap();
+        let t = Token::new("tier", "data").unwrap();
+        let s = Token::new("service", "mng-pg").unwrap();
+        assert_eq!(
+            event(&h, &t, Some(&s), "started"),
+            "infra.events.h1.data.mng-pg.started"
+        );
+        assert_eq!(
+            event(&h, &t, None, "reconcile_failed"),
+            "infra.events.h1.data._.reconcile_failed"
+        );
+        assert_eq!(events_filter(None, Some(&t), None), "infra.events.*.data.*.*");
+        assert_eq!(service_key(&h, &t, &s), "h1.data.mng-pg");
+        assert_eq!(parse_service_key("h1.data.mng-pg"), Some(("h1", "data", "mng-pg")));
+        assert_eq!(heartbeat(&h, &t), "infra.heartbeat.h1.data");
+    }
+}

@@ -1,0 +1,137 @@
+//! The bus against a real nats-server.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use infra_bus::testing::NatsServer;
+use infra_bus::{Bus, BusConfig, Change};
+use infra_proto::bus::v1::{DesiredService, Event, EventKind, Heartbeat, ServiceSpec};
+
+async fn bus(server: &NatsServer) -> Bus {
+    let cfg = BusConfig {
+        url: server.url(),
+        name: "test".into(),
+        ..Default::default()
+    };
+    tokio::time::timeout(Duration::from_secs(20), Bus::connect(&cfg))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+fn desired(host: &str, tier: &str, name: &str) -> DesiredService {
+    DesiredService {
+        spec: Some(ServiceSpec {
+            name: name.into(),
+            tier: tier.into(),
+            image: "x:1".into(),
+            ..Default::default()
+        }),
+        host: host.into(),
+        generation: 1,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn connect_is_idempotent_and_state_survives_a_second_client() {
+    let server = NatsServer::start();
+    let a = bus(&server).await;
+    a.put_desired(&desired("h1", "data", "mng-pg")).await.unwrap();
+    let b = bus(&server).await;
+    let got = b.get_desired("h1", "data", "mng-pg").await.unwrap().unwrap();
+    assert_eq!(got.spec.unwrap().image, "x:1");
+}
+
+#[tokio::test]
+async fn desired_state_is_listed_and_watched_per_host_and_tier() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let mut watch = bus.watch_desired("h1", "data").await.unwrap();
+    bus.put_desired(&desired("h1", "data", "mng-pg")).await.unwrap();
+    bus.put_desired(&desired("h1", "messaging", "rabbitmq")).await.unwrap();
+    bus.put_desired(&desired("h2", "data", "mng-valkey")).await.unwrap();
+    bus.delete_desired("h1", "data", "mng-pg").await.unwrap();
+
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&first, Change::Put { key, .. } if key == "h1.data.mng-pg"),
+        "{first:?}"
+    );
+    let second = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&second, Change::Delete { key } if key == "h1.data.mng-pg"),
+        "{second:?}"
+    );
+
+    bus.put_desired(&desired("h1", "data", "a")).await.unwrap();
+    let scoped = bus.list_desired(Some(("h1", "data"))).await.unwrap();
+    assert_eq!(scoped.len(), 1);
+    assert_eq!(bus.list_desired(None).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn events_reach_live_subscribers_and_are_kept_in_the_stream() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let mut sub = bus.subscribe_events(None, Some("data"), None).await.unwrap();
+    let ev = Event {
+        kind: EventKind::Started as i32,
+        host: "h1".into(),
+        tier: "data".into(),
+        service: "mng-pg".into(),
+        ..Default::default()
+    };
+    bus.publish_event(&ev).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.kind(), EventKind::Started);
+    assert!(!got.id.is_empty() && got.time.is_some());
+    let mut stream = bus
+        .jetstream()
+        .get_stream(infra_bus::subject::EVENTS_STREAM)
+        .await
+        .unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+}
+
+#[tokio::test]
+async fn heartbeats_expire_after_their_ttl() {
+    let server = NatsServer::start();
+    let cfg = BusConfig {
+        url: server.url(),
+        name: "t".into(),
+        heartbeat_ttl: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let bus = Bus::connect(&cfg).await.unwrap();
+    bus.heartbeat(&Heartbeat {
+        host: "h1".into(),
+        tier: "data".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(bus.list_heartbeats().await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(bus.list_heartbeats().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn invalid_names_are_refused_with_the_field_named() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let err = bus.put_desired(&desired("h1", "data", "bad.name")).await.unwrap_err();
+    assert_eq!(err.kind(), infra_bus::BusErrorKind::InvalidName);
+    assert!(err.to_string().contains("service \"bad.name\""), "{err}");
+}

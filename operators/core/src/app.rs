@@ -1,0 +1,130 @@
+//! Process plumbing shared by every binary: layered config (file <
+//! environment < command line, with figment), JSON logs, and shutdown on
+//! signals.
+
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for bad configuration (`EX_USAGE`).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// A configuration that cannot be used. The message names the field and
+/// the source (file, environment variable or flag).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Loads `T`: its defaults, then the TOML `file` (if given, it must exist),
+/// then `INFRA_*` environment variables (`__` separates nested keys:
+/// `INFRA_NATS__URL`), then `cli` (only the flags that were set).
+pub fn load_config<T, C>(file: Option<&Path>, cli: &C) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned + Serialize + Default,
+    C: Serialize,
+{
+    let mut fig = Figment::from(Serialized::defaults(T::default()));
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(ConfigError(format!("config file {} does not exist", path.display())));
+        }
+        fig = fig.merge(Toml::file_exact(path));
+    }
+    fig = fig
+        .merge(Env::prefixed("INFRA_").split("__").ignore(&["config"]))
+        .merge(Serialized::defaults(cli));
+    fig.extract::<T>().map_err(|e| ConfigError(e.to_string()))
+}
+
+/// Reads a secret from a file (`*_FILE` convention), trimming the final
+/// newline. The error names the file, never the content.
+pub fn read_secret_file(field: &str, path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+        .map_err(|e| ConfigError(format!("{field}: cannot read {}: {e}", path.display())))
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// Initialises tracing. `filter` is an `EnvFilter` directive (`info`,
+/// `operator_core=debug`); `RUST_LOG` overrides it.
+pub fn init_logging(format: LogFormat, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT; a second one exits the
+/// process at once.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        wait_signal().await;
+        tracing::info!("shutdown requested; draining (a second signal forces exit)");
+        token.cancel();
+        wait_signal().await;
+        tracing::warn!("second signal; exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// The host id to use when none is configured: the machine's hostname,
+/// reduced to the characters a bus token allows.
+pub fn default_host_id() -> String {
+    let raw = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "localhost".into());
+    let id: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if id.is_empty() { "localhost".into() } else { id }
+}
+
+/// Resolves a path relative to the current directory into an absolute one.
+pub fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_owned())
+    }
+}

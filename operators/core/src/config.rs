@@ -1,0 +1,216 @@
+//! Operator configuration. See `operators/operator.example.toml` for the
+//! commented reference.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::app::{self, ConfigError, LogFormat};
+use crate::decide::RestartPolicy;
+
+/// How to reach NATS.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URLs, comma-separated.
+    pub url: String,
+    /// File holding a token credential (preferred over `token`).
+    pub token_file: Option<PathBuf>,
+    /// Token credential. Prefer `token_file`: environments leak.
+    pub token: Option<String>,
+    /// User name, with `password_file`.
+    pub user: Option<String>,
+    /// File holding the password for `user`.
+    pub password_file: Option<PathBuf>,
+    /// JetStream replicas for the buckets and stream (3 on a NATS cluster).
+    pub replicas: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            token_file: None,
+            token: None,
+            user: None,
+            password_file: None,
+            replicas: 1,
+        }
+    }
+}
+
+impl NatsConfig {
+    /// Builds the bus config, reading credential files.
+    pub fn bus_config(&self, name: String, heartbeat_ttl: Duration) -> Result<infra_bus::BusConfig, ConfigError> {
+        let token = match (&self.token_file, &self.token) {
+            (Some(f), _) => Some(app::read_secret_file("nats.token_file", f)?),
+            (None, t) => t.clone(),
+        };
+        let user = match (&self.user, &self.password_file) {
+            (Some(u), Some(f)) => Some((u.clone(), app::read_secret_file("nats.password_file", f)?)),
+            (Some(_), None) => return Err(ConfigError("nats.user is set but nats.password_file is not".into())),
+            _ => None,
+        };
+        if self.url.trim().is_empty() {
+            return Err(ConfigError("nats.url is empty".into()));
+        }
+        Ok(infra_bus::BusConfig {
+            url: self.url.clone(),
+            name,
+            token,
+            user,
+            heartbeat_ttl,
+            replicas: self.replicas.max(1),
+            ..Default::default()
+        })
+    }
+}
+
+/// Restart budget for unhealthy or exited containers.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartConfig {
+    /// Restarts of one replica allowed within `window_secs`.
+    pub budget: u32,
+    /// The sliding window, seconds.
+    pub window_secs: u64,
+    /// First backoff between restarts, milliseconds; it doubles each time.
+    pub backoff_initial_ms: u64,
+    /// Backoff ceiling, seconds.
+    pub backoff_max_secs: u64,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        Self {
+            budget: 5,
+            window_secs: 600,
+            backoff_initial_ms: 1000,
+            backoff_max_secs: 60,
+        }
+    }
+}
+
+impl RestartConfig {
+    /// As the decision module wants it.
+    pub fn policy(&self) -> RestartPolicy {
+        RestartPolicy {
+            budget: self.budget,
+            window: Duration::from_secs(self.window_secs),
+            backoff_initial: Duration::from_millis(self.backoff_initial_ms),
+            backoff_max: Duration::from_secs(self.backoff_max_secs),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `json` or `text`.
+    pub format: LogFormat,
+    /// Filter directive (`info`, `operator_core=debug`).
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Everything an operator reads at start.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OperatorConfig {
+    /// This host's id on the bus (letters, digits, `-`, `_`). Default: the
+    /// hostname.
+    pub host: String,
+    /// NATS connection.
+    pub nats: NatsConfig,
+    /// Address of the local gRPC inspection service. Empty: the tier's
+    /// default port on 127.0.0.1.
+    pub grpc_listen: String,
+    /// Where the operator keeps files it mounts into containers (secrets).
+    /// Must be a path the Docker engine sees.
+    pub state_dir: PathBuf,
+    /// Host labels, published in heartbeats (used for placement).
+    pub labels: BTreeMap<String, String>,
+    /// Full resync interval, seconds. Events make the operator fast; this
+    /// makes it correct even when an event is missed.
+    pub resync_secs: u64,
+    /// Heartbeat interval, seconds.
+    pub heartbeat_secs: u64,
+    /// An operator silent for this long drops out of the hosts bucket.
+    pub heartbeat_ttl_secs: u64,
+    /// Restart budget and backoff.
+    pub restart: RestartConfig,
+    /// How long an image pull may take before the service is failed.
+    pub image_pull_timeout_secs: u64,
+    /// Grace given to containers to stop, seconds, when the spec has none.
+    pub stop_grace_secs: u64,
+    /// Bounded drain on shutdown, seconds.
+    pub shutdown_grace_secs: u64,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        Self {
+            host: app::default_host_id(),
+            nats: NatsConfig::default(),
+            grpc_listen: String::new(),
+            state_dir: PathBuf::from("/var/lib/infra-operator"),
+            labels: BTreeMap::new(),
+            resync_secs: 30,
+            heartbeat_secs: 5,
+            heartbeat_ttl_secs: 20,
+            restart: RestartConfig::default(),
+            image_pull_timeout_secs: 120,
+            stop_grace_secs: 10,
+            shutdown_grace_secs: 10,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl OperatorConfig {
+    /// Checks what serde cannot, naming the field.
+    pub fn validate(&self, default_port: u16) -> Result<SocketAddr, ConfigError> {
+        infra_bus::Token::new("host", &self.host).map_err(|e| ConfigError(format!("host: {e}")))?;
+        for (k, v) in &self.labels {
+            if k.is_empty() || v.contains('\n') {
+                return Err(ConfigError(format!(
+                    "labels.{k}: label keys must be non-empty and values one line"
+                )));
+            }
+        }
+        if self.restart.budget == 0 {
+            return Err(ConfigError("restart.budget must be at least 1".into()));
+        }
+        if self.heartbeat_secs == 0 || self.heartbeat_ttl_secs <= self.heartbeat_secs {
+            return Err(ConfigError(format!(
+                "heartbeat_ttl_secs ({}) must be greater than heartbeat_secs ({}) and both above 0",
+                self.heartbeat_ttl_secs, self.heartbeat_secs
+            )));
+        }
+        if self.resync_secs == 0 {
+            return Err(ConfigError("resync_secs must be at least 1".into()));
+        }
+        let listen = if self.grpc_listen.is_empty() {
+            format!("127.0.0.1:{default_port}")
+        } else {
+            self.grpc_listen.clone()
+        };
+        listen
+            .parse()
+            .map_err(|e| ConfigError(format!("grpc_listen: {listen:?} is not a socket address ({e})")))
+    }
+}

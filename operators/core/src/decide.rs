@@ -1,0 +1,498 @@
+//! Reconcile decisions: from what is desired and what runs, what to do.
+//!
+//! Pure functions over plain values, so every decision is unit-tested
+//! without Docker. The worker in [`crate::reconcile`] executes them.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use infra_proto::bus::v1::{ContainerStatus, DesiredService, Health, ServiceSpec};
+
+use crate::spec;
+
+/// What the operator knows of one of its containers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Container {
+    /// Docker id.
+    pub id: String,
+    /// Container name.
+    pub name: String,
+    /// Replica index from the label.
+    pub replica: u32,
+    /// Spec hash from the label.
+    pub spec_hash: String,
+    /// Docker state: created, running, restarting, exited, paused, dead.
+    pub state: String,
+    /// Docker health: starting, healthy, unhealthy, or `None` without a check.
+    pub health: Option<String>,
+    /// Exit code of the last run.
+    pub exit_code: i64,
+    /// When it last started (unix seconds and nanos), if ever.
+    pub started_at: Option<prost_types::Timestamp>,
+    /// Image as given at create time.
+    pub image: String,
+}
+
+/// One thing to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Create and start a new replica.
+    Create {
+        /// Replica index.
+        replica: u32,
+    },
+    /// Start a container that exists with the right spec but is not running.
+    Start {
+        /// Container id.
+        id: String,
+        /// Replica index.
+        replica: u32,
+        /// Whether it ran before (then it is a restart and counts against
+        /// the restart budget).
+        restart: bool,
+    },
+    /// Replace a container whose spec changed.
+    Recreate {
+        /// Container id.
+        id: String,
+        /// Replica index.
+        replica: u32,
+    },
+    /// Restart a running but unhealthy container.
+    Restart {
+        /// Container id.
+        id: String,
+        /// Replica index.
+        replica: u32,
+    },
+    /// Remove a container that is no longer wanted.
+    Remove {
+        /// Container id.
+        id: String,
+        /// Replica index.
+        replica: u32,
+    },
+}
+
+/// Restart budget: at most `budget` restarts of one replica within
+/// `window`, with exponential backoff between them.
+#[derive(Clone, Copy, Debug)]
+pub struct RestartPolicy {
+    /// Restarts allowed within the window.
+    pub budget: u32,
+    /// Sliding window for the budget.
+    pub window: Duration,
+    /// First backoff.
+    pub backoff_initial: Duration,
+    /// Backoff ceiling.
+    pub backoff_max: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            budget: 5,
+            window: Duration::from_secs(600),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Restart history of one replica.
+#[derive(Clone, Debug, Default)]
+pub struct RestartHistory {
+    attempts: VecDeque<Instant>,
+}
+
+/// Whether a restart may happen now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartVerdict {
+    /// Go ahead.
+    Now,
+    /// Not before this instant (backoff).
+    NotBefore(Instant),
+    /// The budget for the window is spent.
+    Exhausted,
+}
+
+impl RestartHistory {
+    fn prune(&mut self, policy: &RestartPolicy, now: Instant) {
+        while self
+            .attempts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.window)
+        {
+            self.attempts.pop_front();
+        }
+    }
+
+    /// Whether a restart is allowed at `now`.
+    pub fn verdict(&mut self, policy: &RestartPolicy, now: Instant) -> RestartVerdict {
+        self.prune(policy, now);
+        let n = self.attempts.len() as u32;
+        if n >= policy.budget {
+            return RestartVerdict::Exhausted;
+        }
+        match self.attempts.back() {
+            None => RestartVerdict::Now,
+            Some(last) => {
+                let shift = n.saturating_sub(1).min(16);
+                let backoff = policy
+                    .backoff_initial
+                    .saturating_mul(1 << shift)
+                    .min(policy.backoff_max);
+                let at = *last + backoff;
+                if now >= at {
+                    RestartVerdict::Now
+                } else {
+                    RestartVerdict::NotBefore(at)
+                }
+            }
+        }
+    }
+
+    /// Records a restart at `now`.
+    pub fn record(&mut self, now: Instant) {
+        self.attempts.push_back(now);
+    }
+
+    /// Restarts within the window.
+    pub fn count(&self) -> u32 {
+        self.attempts.len() as u32
+    }
+}
+
+/// Decides what to do for one service. `desired` is `None` (or marked
+/// absent) when the service should not run here.
+pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec<Op> {
+    let Some(spec) = desired.filter(|d| !d.absent).and_then(|d| d.spec.as_ref()) else {
+        return containers
+            .iter()
+            .map(|c| Op::Remove {
+                id: c.id.clone(),
+                replica: c.replica,
+            })
+            .collect();
+    };
+    let want = spec.replicas.max(1);
+    let hash = spec::spec_hash(spec);
+    let mut ops = Vec::new();
+
+    let mut by_replica: BTreeMap<u32, Vec<&Container>> = BTreeMap::new();
+    for c in containers {
+        if c.replica == 0 || c.replica > want {
+            ops.push(Op::Remove {
+                id: c.id.clone(),
+                replica: c.replica,
+            });
+        } else {
+            by_replica.entry(c.replica).or_default().push(c);
+        }
+    }
+
+    for replica in 1..=want {
+        let mut list = by_replica.remove(&replica).unwrap_or_default();
+        // Keep the best candidate: right spec first, then running.
+        list.sort_by_key(|c| (c.spec_hash != hash, c.state != "running", c.id.clone()));
+        let Some((keep, extra)) = list.split_first() else {
+            ops.push(Op::Create { replica });
+            continue;
+        };
+        for c in extra {
+            ops.push(Op::Remove {
+                id: c.id.clone(),
+                replica,
+            });
+        }
+        if keep.spec_hash != hash {
+            ops.push(Op::Recreate {
+                id: keep.id.clone(),
+                replica,
+            });
+            continue;
+        }
+        match keep.state.as_str() {
+            "running" if keep.health.as_deref() == Some("unhealthy") => {
+                ops.push(Op::Restart {
+                    id: keep.id.clone(),
+                    replica,
+                });
+            }
+            "created" => ops.push(Op::Start {
+                id: keep.id.clone(),
+                replica,
+                restart: false,
+            }),
+            "exited" | "dead" if !spec::exited_for_good(spec, keep.exit_code) => {
+                ops.push(Op::Start {
+                    id: keep.id.clone(),
+                    replica,
+                    restart: true,
+                });
+            }
+            // running, restarting (Docker is on it), paused (someone
+            // paused it on purpose), or finished for good.
+            _ => {}
+        }
+    }
+    ops
+}
+
+/// Health of one container as the platform reports it.
+pub fn container_health(spec: Option<&ServiceSpec>, c: &Container) -> Health {
+    match c.state.as_str() {
+        "running" => match c.health.as_deref() {
+            Some("healthy") => Health::Healthy,
+            Some("unhealthy") => Health::Unhealthy,
+            Some(_) => Health::Starting,
+            None => Health::Running,
+        },
+        "created" | "restarting" => Health::Starting,
+        "exited" | "dead" => {
+            let done = spec.is_some_and(|s| spec::exited_for_good(s, c.exit_code));
+            match (done, c.exit_code) {
+                (true, 0) => Health::Completed,
+                (true, _) => Health::Failed,
+                _ => Health::Stopped,
+            }
+        }
+        _ => Health::Stopped,
+    }
+}
+
+/// Health of a service from its containers: healthy only when every wanted
+/// replica is.
+pub fn service_health(spec: Option<&ServiceSpec>, want: u32, containers: &[ContainerStatus]) -> Health {
+    let current: Vec<Health> = containers.iter().map(ContainerStatus::health).collect();
+    if current.is_empty() {
+        return if want == 0 { Health::Stopped } else { Health::Starting };
+    }
+    let count = |h: Health| current.iter().filter(|x| **x == h).count() as u32;
+    let has_check = spec.is_some_and(|s| {
+        s.healthcheck
+            .as_ref()
+            .is_some_and(|h| h.test.first().is_some_and(|t| t != "NONE"))
+    });
+    if count(Health::Failed) > 0 {
+        Health::Failed
+    } else if count(Health::Unhealthy) > 0 {
+        Health::Unhealthy
+    } else if count(Health::Completed) >= want {
+        Health::Completed
+    } else if has_check && count(Health::Healthy) >= want {
+        Health::Healthy
+    } else if !has_check && count(Health::Running) >= want {
+        Health::Running
+    } else if count(Health::Stopped) > 0 && count(Health::Starting) == 0 {
+        Health::Stopped
+    } else {
+        Health::Starting
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use infra_proto::bus::v1::HealthcheckSpec;
+
+    use super::*;
+
+    fn desired(replicas: u32) -> DesiredService {
+        DesiredService {
+            spec: Some(ServiceSpec {
+                name: "web".into(),
+                tier: "gateway".into(),
+                image: "nginx:1".into(),
+                replicas,
+                restart: "unless-stopped".into(),
+                ..Default::default()
+            }),
+            host: "h1".into(),
+            ..Default::default()
+        }
+    }
+
+    fn running(d: &DesiredService, id: &str, replica: u32) -> Container {
+        Container {
+            id: id.into(),
+            name: format!("infra-web-{replica}"),
+            replica,
+            spec_hash: spec::spec_hash(d.spec.as_ref().unwrap()),
+            state: "running".into(),
+            health: None,
+            exit_code: 0,
+            started_at: None,
+            image: "nginx:1".into(),
+        }
+    }
+
+    #[test]
+    fn nothing_running_creates_every_replica() {
+        assert_eq!(
+            decide(Some(&desired(2)), &[]),
+            vec![Op::Create { replica: 1 }, Op::Create { replica: 2 }]
+        );
+    }
+
+    #[test]
+    fn matching_running_containers_are_adopted_without_any_action() {
+        let d = desired(2);
+        let cs = [running(&d, "a", 1), running(&d, "b", 2)];
+        assert!(decide(Some(&d), &cs).is_empty());
+    }
+
+    #[test]
+    fn a_changed_spec_recreates_and_a_surplus_replica_is_removed() {
+        let d = desired(1);
+        let mut old = running(&d, "a", 1);
+        old.spec_hash = "old".into();
+        let extra = running(&d, "b", 2);
+        assert_eq!(
+            decide(Some(&d), &[old, extra]),
+            vec![
+                Op::Remove {
+                    id: "b".into(),
+                    replica: 2
+                },
+                Op::Recreate {
+                    id: "a".into(),
+                    replica: 1
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicates_of_one_replica_keep_the_matching_running_one() {
+        let d = desired(1);
+        let good = running(&d, "good", 1);
+        let mut stale = running(&d, "stale", 1);
+        stale.state = "exited".into();
+        assert_eq!(
+            decide(Some(&d), &[stale, good]),
+            vec![Op::Remove {
+                id: "stale".into(),
+                replica: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn unhealthy_is_restarted_and_exited_is_started_again() {
+        let d = desired(2);
+        let mut sick = running(&d, "a", 1);
+        sick.health = Some("unhealthy".into());
+        let mut dead = running(&d, "b", 2);
+        dead.state = "exited".into();
+        dead.exit_code = 137;
+        assert_eq!(
+            decide(Some(&d), &[sick, dead]),
+            vec![
+                Op::Restart {
+                    id: "a".into(),
+                    replica: 1
+                },
+                Op::Start {
+                    id: "b".into(),
+                    replica: 2,
+                    restart: true
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_one_shot_service_that_finished_is_left_alone() {
+        let mut d = desired(1);
+        d.spec.as_mut().unwrap().restart = "no".into();
+        let mut done = running(&d, "a", 1);
+        done.state = "exited".into();
+        assert!(decide(Some(&d), std::slice::from_ref(&done)).is_empty());
+        let spec = d.spec.as_ref().unwrap();
+        assert_eq!(container_health(Some(spec), &done), Health::Completed);
+    }
+
+    #[test]
+    fn no_desired_state_or_absent_removes_everything_owned() {
+        let d = desired(1);
+        let c = running(&d, "a", 1);
+        assert_eq!(
+            decide(None, std::slice::from_ref(&c)),
+            vec![Op::Remove {
+                id: "a".into(),
+                replica: 1
+            }]
+        );
+        let mut gone = d.clone();
+        gone.absent = true;
+        assert_eq!(
+            decide(Some(&gone), &[c]),
+            vec![Op::Remove {
+                id: "a".into(),
+                replica: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn restart_backoff_doubles_and_the_budget_runs_out() {
+        let policy = RestartPolicy {
+            budget: 3,
+            window: Duration::from_secs(60),
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(10),
+        };
+        let t0 = Instant::now();
+        let mut h = RestartHistory::default();
+        assert_eq!(h.verdict(&policy, t0), RestartVerdict::Now);
+        h.record(t0);
+        assert_eq!(
+            h.verdict(&policy, t0),
+            RestartVerdict::NotBefore(t0 + Duration::from_secs(1))
+        );
+        let t1 = t0 + Duration::from_secs(1);
+        h.record(t1);
+        assert_eq!(
+            h.verdict(&policy, t1),
+            RestartVerdict::NotBefore(t1 + Duration::from_secs(2))
+        );
+        let t2 = t1 + Duration::from_secs(2);
+        h.record(t2);
+        assert_eq!(
+            h.verdict(&policy, t2 + Duration::from_secs(30)),
+            RestartVerdict::Exhausted
+        );
+        // The window slides: old attempts stop counting.
+        assert_ne!(
+            h.verdict(&policy, t0 + Duration::from_secs(62)),
+            RestartVerdict::Exhausted
+        );
+    }
+
+    #[test]
+    fn service_health_needs_every_replica_healthy() {
+        let mut d = desired(2);
+        d.spec.as_mut().unwrap().healthcheck = Some(HealthcheckSpec {
+            test: vec!["CMD".into(), "true".into()],
+            ..Default::default()
+        });
+        let spec = d.spec.as_ref();
+        let st = |h: Health| ContainerStatus {
+            health: h as i32,
+            ..Default::default()
+        };
+        assert_eq!(
+            service_health(spec, 2, &[st(Health::Healthy), st(Health::Starting)]),
+            Health::Starting
+        );
+        assert_eq!(
+            service_health(spec, 2, &[st(Health::Healthy), st(Health::Healthy)]),
+            Health::Healthy
+        );
+        assert_eq!(
+            service_health(spec, 2, &[st(Health::Healthy), st(Health::Unhealthy)]),
+            Health::Unhealthy
+        );
+        assert_eq!(service_health(spec, 2, &[]), Health::Starting);
+    }
+}

@@ -1,0 +1,355 @@
+//! The Docker driver: bollard wrapped in one client that speaks the
+//! operator's own types. Only containers, networks and volumes carrying the
+//! [`labels::MANAGED_BY`] label are listed, changed or removed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, NetworkConnectRequest, NetworkCreateRequest, VolumeCreateRequest};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
+    RemoveContainerOptions, RemoveVolumeOptions, RestartContainerOptions, StartContainerOptions, StopContainerOptions,
+};
+use futures::{Stream, StreamExt};
+
+use crate::decide::Container;
+use crate::labels;
+
+/// What went wrong talking to Docker.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    /// The engine could not be reached.
+    #[error("cannot reach the Docker engine: {0}")]
+    Connect(#[source] bollard::errors::Error),
+    /// The image is not on this host and could not be pulled.
+    #[error("image {image:?} is not present on this host and could not be pulled: {reason}")]
+    ImageUnavailable {
+        /// The image reference.
+        image: String,
+        /// Why the pull failed.
+        reason: String,
+    },
+    /// Something the container needs could not be prepared (a secret file).
+    #[error("{0}")]
+    Prepare(String),
+    /// A call to the engine failed.
+    #[error("docker {op} {target}: {source}")]
+    Api {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        target: String,
+        /// The engine's error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+/// One Docker event about an owned container.
+#[derive(Clone, Debug)]
+pub struct DockerEvent {
+    /// Container id.
+    pub id: String,
+    /// Service label.
+    pub service: String,
+    /// Docker's action (`start`, `die`, `health_status: unhealthy`, ...).
+    pub action: String,
+}
+
+/// A cheap, cloneable Docker client.
+#[derive(Clone, Debug)]
+pub struct DockerClient {
+    inner: Docker,
+}
+
+fn api(op: &'static str, target: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+    let target = target.into();
+    move |source| DockerError::Api { op, target, source }
+}
+
+fn not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }
+    )
+}
+
+fn conflict_or_not_modified(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 304 | 409,
+            ..
+        }
+    )
+}
+
+impl DockerClient {
+    /// Connects to the local engine (`DOCKER_HOST` or the default socket)
+    /// and negotiates the API version (the engines here speak 1.41).
+    pub async fn connect() -> Result<Self, DockerError> {
+        let docker = Docker::connect_with_local_defaults().map_err(DockerError::Connect)?;
+        let docker = docker.negotiate_version().await.map_err(DockerError::Connect)?;
+        docker.ping().await.map_err(DockerError::Connect)?;
+        Ok(Self { inner: docker })
+    }
+
+    /// The raw bollard client, for tests.
+    pub fn raw(&self) -> &Docker {
+        &self.inner
+    }
+
+    /// Every container this operator's tier owns on this host, inspected.
+    pub async fn list_owned(&self, tier: &str, service: Option<&str>) -> Result<Vec<Container>, DockerError> {
+        let mut label = vec![
+            format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+            format!("{}={tier}", labels::TIER),
+        ];
+        if let Some(s) = service {
+            label.push(format!("{}={s}", labels::SERVICE));
+        }
+        let opts = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([("label".to_string(), label)])),
+            ..Default::default()
+        };
+        let list = self
+            .inner
+            .list_containers(Some(opts))
+            .await
+            .map_err(api("list containers of tier", tier))?;
+        let mut out = Vec::with_capacity(list.len());
+        for summary in list {
+            let Some(id) = summary.id else { continue };
+            match self.inspect(&id).await {
+                Ok(Some(c)) => out.push(c),
+                Ok(None) => {} // removed in between
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Inspects one container; `None` if it does not exist.
+    pub async fn inspect(&self, id: &str) -> Result<Option<Container>, DockerError> {
+        let info = match self.inner.inspect_container(id, None::<InspectContainerOptions>).await {
+            Ok(i) => i,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(api("inspect container", id)(e)),
+        };
+        let labels = info.config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+        let state = info.state.clone().unwrap_or_default();
+        let started_at = state
+            .started_at
+            .as_deref()
+            .filter(|s| !s.starts_with("0001-"))
+            .and_then(|s| s.parse::<prost_types::Timestamp>().ok());
+        Ok(Some(Container {
+            id: info.id.clone().unwrap_or_else(|| id.to_owned()),
+            name: info.name.clone().unwrap_or_default().trim_start_matches('/').to_owned(),
+            replica: labels.get(labels::REPLICA).and_then(|r| r.parse().ok()).unwrap_or(0),
+            spec_hash: labels.get(labels::SPEC_HASH).cloned().unwrap_or_default(),
+            state: state.status.map(|s| s.to_string()).unwrap_or_default(),
+            health: state
+                .health
+                .and_then(|h| h.status)
+                .map(|s| s.to_string())
+                .filter(|s| s != "none" && !s.is_empty()),
+            exit_code: state.exit_code.unwrap_or(0),
+            started_at,
+            image: info.config.and_then(|c| c.image).unwrap_or_default(),
+        }))
+    }
+
+    /// Makes sure `image` is on this host, pulling it if a registry can be
+    /// reached. Gives up after `timeout`.
+    pub async fn ensure_image(&self, image: &str, timeout: Duration) -> Result<(), DockerError> {
+        match self.inner.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(api("inspect image", image)(e)),
+        }
+        let opts = CreateImageOptions {
+            from_image: Some(image.to_owned()),
+            ..Default::default()
+        };
+        let pull = async {
+            let mut stream = self.inner.create_image(Some(opts), None, None);
+            while let Some(item) = stream.next().await {
+                item.map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        };
+        let reason = match tokio::time::timeout(timeout, pull).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(reason)) => reason,
+            Err(_) => format!("pull did not finish within {}s", timeout.as_secs()),
+        };
+        Err(DockerError::ImageUnavailable {
+            image: image.to_owned(),
+            reason,
+        })
+    }
+
+    /// Creates `name` as a bridge network if it does not exist.
+    pub async fn ensure_network(&self, name: &str) -> Result<(), DockerError> {
+        match self.inner.inspect_network(name, None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(api("inspect network", name)(e)),
+        }
+        let req = NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".into()),
+            labels: Some(HashMap::from([(
+                labels::MANAGED_BY.to_string(),
+                labels::MANAGED_BY_VALUE.to_string(),
+            )])),
+            ..Default::default()
+        };
+        match self.inner.create_network(req).await {
+            Ok(_) => Ok(()),
+            // Created by another operator in between.
+            Err(e) if conflict_or_not_modified(&e) => Ok(()),
+            Err(e) => Err(api("create network", name)(e)),
+        }
+    }
+
+    /// Creates the named volume if it does not exist. Idempotent.
+    pub async fn ensure_volume(&self, name: &str) -> Result<(), DockerError> {
+        let req = VolumeCreateRequest {
+            name: Some(name.to_owned()),
+            labels: Some(HashMap::from([(
+                labels::MANAGED_BY.to_string(),
+                labels::MANAGED_BY_VALUE.to_string(),
+            )])),
+            ..Default::default()
+        };
+        self.inner
+            .create_volume(req)
+            .await
+            .map(|_| ())
+            .map_err(api("create volume", name))
+    }
+
+    /// Removes a named volume. Only ever called on an explicit request.
+    pub async fn remove_volume(&self, name: &str) -> Result<(), DockerError> {
+        match self.inner.remove_volume(name, None::<RemoveVolumeOptions>).await {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            Err(e) => Err(api("remove volume", name)(e)),
+        }
+    }
+
+    /// Creates a container, connects its extra networks, and returns its id.
+    pub async fn create(
+        &self,
+        name: &str,
+        body: ContainerCreateBody,
+        extra_networks: &[(String, Vec<String>)],
+    ) -> Result<String, DockerError> {
+        let opts = CreateContainerOptions {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        };
+        let created = self
+            .inner
+            .create_container(Some(opts), body)
+            .await
+            .map_err(api("create container", name))?;
+        for (net, aliases) in extra_networks {
+            let req = NetworkConnectRequest {
+                container: created.id.clone(),
+                endpoint_config: Some(bollard::models::EndpointSettings {
+                    aliases: Some(aliases.clone()),
+                    ..Default::default()
+                }),
+            };
+            self.inner
+                .connect_network(net, req)
+                .await
+                .map_err(api("connect network", net.clone()))?;
+        }
+        Ok(created.id)
+    }
+
+    /// Starts a container; starting a running one is not an error.
+    pub async fn start(&self, id: &str) -> Result<(), DockerError> {
+        match self.inner.start_container(id, None::<StartContainerOptions>).await {
+            Ok(()) => Ok(()),
+            Err(e) if conflict_or_not_modified(&e) => Ok(()),
+            Err(e) => Err(api("start container", id)(e)),
+        }
+    }
+
+    /// Restarts a container, giving it `grace` to stop.
+    pub async fn restart(&self, id: &str, grace: Duration) -> Result<(), DockerError> {
+        let opts = RestartContainerOptions {
+            t: Some(grace.as_secs() as i32),
+            ..Default::default()
+        };
+        self.inner
+            .restart_container(id, Some(opts))
+            .await
+            .map_err(api("restart container", id))
+    }
+
+    /// Stops (with `grace`) and removes a container. Anonymous volumes go
+    /// with it; named volumes never do.
+    pub async fn remove(&self, id: &str, grace: Duration) -> Result<(), DockerError> {
+        let opts = StopContainerOptions {
+            t: Some(grace.as_secs() as i32),
+            ..Default::default()
+        };
+        match self.inner.stop_container(id, Some(opts)).await {
+            Ok(()) => {}
+            Err(e) if not_found(&e) || conflict_or_not_modified(&e) => {}
+            Err(e) => return Err(api("stop container", id)(e)),
+        }
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: false,
+            ..Default::default()
+        };
+        match self.inner.remove_container(id, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if not_found(&e) => Ok(()),
+            // Removal already in progress.
+            Err(e) if conflict_or_not_modified(&e) => Ok(()),
+            Err(e) => Err(api("remove container", id)(e)),
+        }
+    }
+
+    /// Docker events about the tier's containers, as they happen.
+    pub fn events(&self, tier: &str) -> impl Stream<Item = Result<DockerEvent, DockerError>> + Send + 'static {
+        let opts = EventsOptions {
+            filters: Some(HashMap::from([
+                ("type".to_string(), vec!["container".to_string()]),
+                (
+                    "label".to_string(),
+                    vec![
+                        format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+                        format!("{}={tier}", labels::TIER),
+                    ],
+                ),
+            ])),
+            ..Default::default()
+        };
+        self.inner.events(Some(opts)).filter_map(|ev| async move {
+            match ev {
+                Err(e) => Some(Err(api("events", "")(e))),
+                Ok(m) => {
+                    let actor = m.actor?;
+                    let id = actor.id?;
+                    let service = actor.attributes.and_then(|a| a.get(labels::SERVICE).cloned())?;
+                    Some(Ok(DockerEvent {
+                        id,
+                        service,
+                        action: m.action.unwrap_or_default(),
+                    }))
+                }
+            }
+        })
+    }
+}

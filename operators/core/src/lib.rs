@@ -1,0 +1,324 @@
+//! The shared operator library.
+//!
+//! Every tier operator is this library plus its [`Tier`]: the reconcile
+//! loop ([`reconcile`]), the Docker driver ([`docker`]), health and
+//! decisions ([`decide`]), events ([`events`]) and the gRPC inspection
+//! service ([`grpc`]) are written once. A tier binary's `main` is one call
+//! to [`main`].
+
+pub mod app;
+pub mod config;
+pub mod decide;
+pub mod docker;
+pub mod events;
+pub mod grpc;
+pub mod labels;
+pub mod reconcile;
+pub mod spec;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use infra_bus::Bus;
+use infra_proto::bus::v1::Heartbeat;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::OperatorConfig;
+
+/// Version reported in heartbeats.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What differs between tiers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tier {
+    /// Name on the bus and in labels (`data`).
+    pub name: &'static str,
+    /// Default port of the local gRPC inspection service.
+    pub grpc_port: u16,
+}
+
+/// The nine tiers, with their default gRPC ports.
+pub mod tiers {
+    use super::Tier;
+    /// Traefik / Nginx.
+    pub const GATEWAY: Tier = Tier {
+        name: "gateway",
+        grpc_port: 50061,
+    };
+    /// Keycloak, OAuth2 Proxy and (03-security) Vault.
+    pub const AUTH: Tier = Tier {
+        name: "auth",
+        grpc_port: 50062,
+    };
+    /// Databases, caches, object storage.
+    pub const DATA: Tier = Tier {
+        name: "data",
+        grpc_port: 50063,
+    };
+    /// Kafka, RabbitMQ.
+    pub const MESSAGING: Tier = Tier {
+        name: "messaging",
+        grpc_port: 50064,
+    };
+    /// Prometheus and the LGTM stack.
+    pub const OBSERVABILITY: Tier = Tier {
+        name: "observability",
+        grpc_port: 50065,
+    };
+    /// Ollama, Open WebUI.
+    pub const AI: Tier = Tier {
+        name: "ai",
+        grpc_port: 50066,
+    };
+    /// n8n, Airflow.
+    pub const WORKFLOW: Tier = Tier {
+        name: "workflow",
+        grpc_port: 50067,
+    };
+    /// Terraform, SonarQube, Harbor, Jenkins, ...
+    pub const TOOLING: Tier = Tier {
+        name: "tooling",
+        grpc_port: 50068,
+    };
+    /// MailHog, Stalwart.
+    pub const COMMUNICATION: Tier = Tier {
+        name: "communication",
+        grpc_port: 50069,
+    };
+    /// All of them.
+    pub const ALL: [Tier; 9] = [
+        GATEWAY,
+        AUTH,
+        DATA,
+        MESSAGING,
+        OBSERVABILITY,
+        AI,
+        WORKFLOW,
+        TOOLING,
+        COMMUNICATION,
+    ];
+}
+
+/// Command-line flags of every operator binary. Each overrides the file
+/// and the environment.
+#[derive(Debug, Parser, Serialize)]
+#[command(version, about = "Infra tier operator: runs this tier's containers on this host.")]
+pub struct Cli {
+    /// TOML config file (also INFRA_CONFIG).
+    #[arg(long, env = "INFRA_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Host id on the bus.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// gRPC listen address.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_listen: Option<String>,
+    /// State directory.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// NATS URL(s).
+    #[arg(long = "nats-url")]
+    #[serde(skip)]
+    pub nats_url: Option<String>,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    pub print_config: bool,
+}
+
+/// Errors that stop an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Docker could not be reached.
+    #[error(transparent)]
+    Docker(#[from] docker::DockerError),
+    /// NATS could not be reached.
+    #[error(transparent)]
+    Bus(#[from] infra_bus::BusError),
+    /// The gRPC listener could not be bound.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Entry point of a tier binary: reads config (exit 64 if bad), starts
+/// logging, runs until SIGTERM.
+pub fn main(tier: Tier) -> ExitCode {
+    let cli = Cli::parse();
+    let mut cfg: OperatorConfig = match app::load_config(cli.config.as_deref(), &cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{tier}-operator: {e}", tier = tier.name);
+            return ExitCode::from(app::EXIT_CONFIG as u8);
+        }
+    };
+    if let Some(url) = &cli.nats_url {
+        cfg.nats.url.clone_from(url);
+    }
+    cfg.state_dir = app::absolute(&cfg.state_dir);
+    let listen = match cfg.validate(tier.grpc_port) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{tier}-operator: {e}", tier = tier.name);
+            return ExitCode::from(app::EXIT_CONFIG as u8);
+        }
+    };
+    let bus_cfg = match cfg.nats.bus_config(
+        format!("operator-{}@{}", tier.name, cfg.host),
+        Duration::from_secs(cfg.heartbeat_ttl_secs),
+    ) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{tier}-operator: {e}", tier = tier.name);
+            return ExitCode::from(app::EXIT_CONFIG as u8);
+        }
+    };
+    if cli.print_config {
+        println!("{}", sanitized(&cfg));
+        return ExitCode::SUCCESS;
+    }
+    app::init_logging(cfg.log.format, &cfg.log.filter);
+    tracing::info!(tier = tier.name, config = %sanitized(&cfg), grpc = %listen, "starting operator");
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        app::cancel_on_signals(shutdown.clone());
+        let docker = docker::DockerClient::connect().await?;
+        let bus = Bus::connect(&bus_cfg).await?;
+        let listener = grpc::bind(listen).await?;
+        run(tier, cfg, docker, bus, listener, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "operator stopped");
+            eprintln!("{}-operator: {e}", tier.name);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The configuration as JSON with credentials redacted, for the start log.
+pub fn sanitized(cfg: &OperatorConfig) -> String {
+    let mut c = cfg.clone();
+    if c.nats.token.is_some() {
+        c.nats.token = Some("<redacted>".into());
+    }
+    serde_json::to_string(&c).unwrap_or_default()
+}
+
+/// Runs an operator with everything it needs passed in, until `shutdown`;
+/// then drains within `shutdown_grace_secs`. Containers keep running when
+/// the operator stops.
+pub async fn run(
+    tier: Tier,
+    cfg: OperatorConfig,
+    docker: docker::DockerClient,
+    bus: Bus,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let events = events::EventSink::new(bus.clone(), &cfg.host, tier.name, &format!("operator/{}", tier.name));
+    let ctx = Arc::new(reconcile::Ctx::new(
+        docker,
+        bus.clone(),
+        events,
+        cfg.host.clone(),
+        tier.name.to_owned(),
+        cfg.state_dir.clone(),
+        cfg.restart.policy(),
+        Duration::from_secs(cfg.image_pull_timeout_secs),
+        Duration::from_secs(cfg.stop_grace_secs),
+        Duration::from_secs(cfg.resync_secs),
+    ));
+    let grpc_addr = listener.local_addr()?.to_string();
+    let tasks = TaskTracker::new();
+    tasks.spawn(reconcile::run_controller(ctx.clone(), shutdown.clone()));
+    tasks.spawn(heartbeat_loop(ctx.clone(), cfg.clone(), grpc_addr, shutdown.clone()));
+    let server = tasks.spawn(grpc::serve_operator(
+        ctx.clone(),
+        VERSION.to_owned(),
+        listener,
+        shutdown.clone(),
+    ));
+    tasks.close();
+
+    shutdown.cancelled().await;
+    if tokio::time::timeout(Duration::from_secs(cfg.shutdown_grace_secs), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "drain did not finish within {}s; exiting anyway",
+            cfg.shutdown_grace_secs
+        );
+    }
+    if server.is_finished()
+        && let Ok(Err(e)) = server.await
+    {
+        tracing::warn!(error = %e, "gRPC server ended with an error");
+    }
+    tracing::info!("operator stopped");
+    Ok(())
+}
+
+/// Host facts detected at start, merged under the configured labels.
+pub fn host_facts() -> std::collections::BTreeMap<String, String> {
+    let mut facts = std::collections::BTreeMap::new();
+    if let Ok(n) = std::thread::available_parallelism() {
+        facts.insert("cpus".into(), n.get().to_string());
+    }
+    if let Ok(info) = std::fs::read_to_string("/proc/meminfo")
+        && let Some(kb) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    {
+        facts.insert("memory_bytes".into(), (kb * 1024).to_string());
+    }
+    facts
+}
+
+async fn heartbeat_loop(ctx: Arc<reconcile::Ctx>, cfg: OperatorConfig, grpc_addr: String, shutdown: CancellationToken) {
+    let started_at = infra_proto::now();
+    let mut labels = host_facts();
+    labels.extend(cfg.labels.clone());
+    let mut tick = tokio::time::interval(Duration::from_secs(cfg.heartbeat_secs));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let hb = Heartbeat {
+            host: ctx.host.clone(),
+            tier: ctx.tier.clone(),
+            version: VERSION.to_owned(),
+            labels: labels.clone(),
+            started_at: Some(started_at),
+            sent_at: Some(infra_proto::now()),
+            grpc_addr: grpc_addr.clone(),
+            services: ctx.desired_count().await as u32,
+        };
+        if let Err(e) = ctx.bus.heartbeat(&hb).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+    }
+}

@@ -1,0 +1,706 @@
+//! The reconcile loop, written once for every tier.
+//!
+//! One worker per service owns that service's containers on this host and
+//! converges them to the desired state: level-triggered (it starts from what
+//! is desired and what runs, whatever events it missed), woken by desired
+//! state changes, Docker events and a periodic resync.
+//!
+//! # Guarantees
+//! - Only containers labelled as owned by this tier are ever touched.
+//! - Named volumes are removed only when the desired state is marked absent
+//!   with `remove_volumes` set.
+//! - Until desired state has been read from the bus once, nothing is
+//!   removed: an operator that starts while NATS is away leaves running
+//!   containers alone.
+//! - A reconcile error is reported (event `reconcile_failed`) and retried
+//!   with backoff; it never stops the loop.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use infra_bus::{Bus, Change};
+use infra_proto::bus::v1::{
+    ContainerStatus, DesiredService, EventKind, Health, MountKind, ObservedService, ServiceSpec,
+};
+use tokio::sync::{RwLock, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::decide::{self, Container, Op, RestartHistory, RestartPolicy, RestartVerdict};
+use crate::docker::{DockerClient, DockerError};
+use crate::events::{EventSink, short};
+use crate::spec;
+
+/// What the workers share.
+pub struct Ctx {
+    /// Docker driver.
+    pub docker: DockerClient,
+    /// The bus.
+    pub bus: Bus,
+    /// Event sink.
+    pub events: EventSink,
+    /// This host's id.
+    pub host: String,
+    /// This operator's tier.
+    pub tier: String,
+    /// Where secret files are written.
+    pub state_dir: PathBuf,
+    /// Restart budget.
+    pub restart: RestartPolicy,
+    /// Image pull timeout.
+    pub pull_timeout: Duration,
+    /// Default stop grace.
+    pub stop_grace: Duration,
+    /// Resync interval.
+    pub resync: Duration,
+    desired: RwLock<HashMap<String, DesiredService>>,
+    desired_loaded: AtomicBool,
+    observed: RwLock<BTreeMap<String, ObservedService>>,
+}
+
+impl Ctx {
+    /// Builds the shared context.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        docker: DockerClient,
+        bus: Bus,
+        events: EventSink,
+        host: String,
+        tier: String,
+        state_dir: PathBuf,
+        restart: RestartPolicy,
+        pull_timeout: Duration,
+        stop_grace: Duration,
+        resync: Duration,
+    ) -> Self {
+        Self {
+            docker,
+            bus,
+            events,
+            host,
+            tier,
+            state_dir,
+            restart,
+            pull_timeout,
+            stop_grace,
+            resync,
+            desired: RwLock::default(),
+            desired_loaded: AtomicBool::new(false),
+            observed: RwLock::default(),
+        }
+    }
+
+    /// Observed state of every service this operator owns, as last computed.
+    pub async fn observed(&self) -> Vec<ObservedService> {
+        self.observed.read().await.values().cloned().collect()
+    }
+
+    /// How many services are desired here.
+    pub async fn desired_count(&self) -> usize {
+        self.desired.read().await.values().filter(|d| !d.absent).count()
+    }
+}
+
+/// Runs the controller until `shutdown` is cancelled.
+pub async fn run_controller(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let (trigger_tx, mut trigger_rx) = mpsc::channel::<String>(1024);
+    let tasks = TaskTracker::new();
+
+    tasks.spawn(watch_desired(ctx.clone(), trigger_tx.clone(), shutdown.clone()));
+    tasks.spawn(watch_docker(ctx.clone(), trigger_tx.clone(), shutdown.clone()));
+    tasks.spawn(resync_loop(ctx.clone(), trigger_tx.clone(), shutdown.clone()));
+
+    let mut workers: HashMap<String, mpsc::Sender<()>> = HashMap::new();
+    loop {
+        let service = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = trigger_rx.recv() => match s { Some(s) => s, None => break },
+        };
+        let tx = workers.entry(service.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(1);
+            tasks.spawn(worker(ctx.clone(), service.clone(), rx, shutdown.clone()));
+            tx
+        });
+        // A full channel means a reconcile is already pending: coalesce.
+        let _ = tx.try_send(());
+    }
+    drop(workers);
+    tasks.close();
+    tasks.wait().await;
+}
+
+async fn watch_desired(ctx: Arc<Ctx>, trigger: mpsc::Sender<String>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        // Watch first, then list, so no change falls between the two.
+        let watch = ctx.bus.watch_desired(&ctx.host, &ctx.tier).await;
+        let listed = ctx.bus.list_desired(Some((&ctx.host, &ctx.tier))).await;
+        match (watch, listed) {
+            (Ok(mut watch), Ok(list)) => {
+                backoff = Duration::from_millis(200);
+                let mut fresh: HashMap<String, DesiredService> = HashMap::new();
+                for d in list {
+                    if let Some(s) = d.spec.as_ref() {
+                        fresh.insert(s.name.clone(), d);
+                    }
+                }
+                let names: HashSet<String> = {
+                    let mut cache = ctx.desired.write().await;
+                    let mut names: HashSet<String> = cache.keys().cloned().collect();
+                    names.extend(fresh.keys().cloned());
+                    *cache = fresh;
+                    names
+                };
+                ctx.desired_loaded.store(true, Ordering::SeqCst);
+                for n in names {
+                    let _ = trigger.send(n).await;
+                }
+                loop {
+                    let change = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        c = watch.next() => c,
+                    };
+                    match change {
+                        Some(Ok(Change::Put { value, .. })) => {
+                            let Some(name) = value.spec.as_ref().map(|s| s.name.clone()) else {
+                                continue;
+                            };
+                            ctx.desired.write().await.insert(name.clone(), value);
+                            let _ = trigger.send(name).await;
+                        }
+                        Some(Ok(Change::Delete { key })) => {
+                            if let Some((_, _, name)) = infra_bus::subject::parse_service_key(&key) {
+                                ctx.desired.write().await.remove(name);
+                                let _ = trigger.send(name.to_owned()).await;
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "desired-state watch failed; re-listing");
+                            break;
+                        }
+                        None => {
+                            tracing::warn!("desired-state watch ended; re-listing");
+                            break;
+                        }
+                    }
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot read desired state; keeping the last one seen");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn watch_docker(ctx: Arc<Ctx>, trigger: mpsc::Sender<String>, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut events = Box::pin(ctx.docker.events(&ctx.tier));
+        loop {
+            let ev = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                e = events.next() => e,
+            };
+            match ev {
+                Some(Ok(ev)) => {
+                    backoff = Duration::from_millis(200);
+                    tracing::debug!(service = %ev.service, container = short(&ev.id), action = %ev.action, "docker event");
+                    let _ = trigger.send(ev.service).await;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "docker event stream failed; reconnecting");
+                    break;
+                }
+                None => break,
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+        // Events may have been missed while disconnected: look at everything.
+        resync_once(&ctx, &trigger).await;
+    }
+}
+
+async fn resync_once(ctx: &Ctx, trigger: &mpsc::Sender<String>) {
+    let mut names: HashSet<String> = ctx.desired.read().await.keys().cloned().collect();
+    match ctx.docker.list_owned(&ctx.tier, None).await {
+        Ok(list) => {
+            for c in list {
+                if let Some(name) = c
+                    .name
+                    .strip_prefix("infra-")
+                    .and_then(|n| n.rsplit_once('-'))
+                    .map(|(s, _)| s.to_owned())
+                {
+                    names.insert(name);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "resync: cannot list containers"),
+    }
+    names.extend(ctx.observed.read().await.keys().cloned());
+    for n in names {
+        let _ = trigger.send(n).await;
+    }
+}
+
+async fn resync_loop(ctx: Arc<Ctx>, trigger: mpsc::Sender<String>, shutdown: CancellationToken) {
+    // The first pass adopts whatever already runs.
+    resync_once(&ctx, &trigger).await;
+    let mut tick = tokio::time::interval(ctx.resync);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => resync_once(&ctx, &trigger).await,
+        }
+    }
+}
+
+/// What a worker remembers between reconciles.
+#[derive(Default)]
+struct WorkerState {
+    restarts: HashMap<u32, RestartHistory>,
+    exhausted: HashSet<u32>,
+    /// Last seen (state, health) per container id, to turn changes into events.
+    seen: HashMap<String, (String, Option<String>)>,
+    /// Why the service cannot be brought up, when it cannot.
+    failure: Option<String>,
+    last_published: Option<ObservedService>,
+    health_since: Option<(Health, prost_types::Timestamp)>,
+    reconcile_errors: u32,
+}
+
+enum Next {
+    /// Nothing to do until something changes (the resync still looks).
+    Idle,
+    /// Look again after this long.
+    After(Duration),
+}
+
+async fn worker(ctx: Arc<Ctx>, service: String, mut rx: mpsc::Receiver<()>, shutdown: CancellationToken) {
+    let mut st = WorkerState::default();
+    let mut wake: Option<tokio::time::Instant> = Some(tokio::time::Instant::now());
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = rx.recv() => if r.is_none() { return },
+            _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {}
+        }
+        match reconcile_once(&ctx, &service, &mut st).await {
+            Ok(Next::Idle) => {
+                st.reconcile_errors = 0;
+                wake = None;
+            }
+            Ok(Next::After(d)) => {
+                st.reconcile_errors = 0;
+                wake = Some(tokio::time::Instant::now() + d);
+            }
+            Err(e) => {
+                st.reconcile_errors += 1;
+                let delay = Duration::from_millis(500 * (1 << st.reconcile_errors.min(6)));
+                ctx.events
+                    .emit(EventKind::ReconcileFailed, &service, "", 0, e.to_string())
+                    .await;
+                wake = Some(tokio::time::Instant::now() + delay);
+            }
+        }
+    }
+}
+
+fn to_status(spec: Option<&ServiceSpec>, c: &Container, restarts: u32) -> ContainerStatus {
+    ContainerStatus {
+        id: c.id.clone(),
+        name: c.name.clone(),
+        replica: c.replica,
+        state: c.state.clone(),
+        health: decide::container_health(spec, c) as i32,
+        started_at: c.started_at,
+        image: c.image.clone(),
+        spec_hash: c.spec_hash.clone(),
+        restarts,
+        exit_code: c.exit_code,
+    }
+}
+
+async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Result<Next, DockerError> {
+    let desired = ctx.desired.read().await.get(service).cloned();
+    let loaded = ctx.desired_loaded.load(Ordering::SeqCst);
+    let containers = ctx.docker.list_owned(&ctx.tier, Some(service)).await?;
+    let spec = desired.as_ref().filter(|d| !d.absent).and_then(|d| d.spec.clone());
+
+    emit_changes(ctx, service, &containers, st).await;
+
+    let mut ops = decide::decide(desired.as_ref(), &containers);
+    if !loaded {
+        ops.retain(|op| !matches!(op, Op::Remove { .. }));
+    }
+    let mut next = Next::Idle;
+    let acted = !ops.is_empty();
+    let now = Instant::now();
+    for op in ops {
+        match op {
+            Op::Create { replica } => {
+                let Some(spec) = spec.as_ref() else { continue };
+                match create(ctx, spec, replica).await {
+                    Ok(id) => {
+                        st.failure = None;
+                        st.seen.insert(id.clone(), ("created".into(), None));
+                        ctx.events.emit(EventKind::Created, service, &id, replica, "").await;
+                        ctx.docker.start(&id).await?;
+                        ctx.events.emit(EventKind::Started, service, &id, replica, "").await;
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        if st.failure.as_deref() != Some(msg.as_str()) {
+                            ctx.events
+                                .emit(EventKind::ReconcileFailed, service, "", replica, msg.clone())
+                                .await;
+                        }
+                        st.failure = Some(msg);
+                        next = Next::After(Duration::from_secs(15));
+                    }
+                }
+            }
+            Op::Recreate { id, replica } => {
+                let Some(spec) = spec.as_ref() else { continue };
+                // Pull before stopping: a bad image must not take the old one down.
+                if let Err(e) = ctx.docker.ensure_image(&spec.image, ctx.pull_timeout).await {
+                    let msg = e.to_string();
+                    if st.failure.as_deref() != Some(msg.as_str()) {
+                        ctx.events
+                            .emit(EventKind::ReconcileFailed, service, &id, replica, msg.clone())
+                            .await;
+                    }
+                    st.failure = Some(msg);
+                    next = Next::After(Duration::from_secs(15));
+                    continue;
+                }
+                ctx.docker.remove(&id, grace(ctx, spec)).await?;
+                ctx.events
+                    .emit(EventKind::Removed, service, &id, replica, "spec changed")
+                    .await;
+                st.seen.remove(&id);
+                let new_id = create(ctx, spec, replica).await?;
+                st.seen.insert(new_id.clone(), ("created".into(), None));
+                st.failure = None;
+                st.restarts.remove(&replica);
+                st.exhausted.remove(&replica);
+                ctx.events
+                    .emit(
+                        EventKind::Recreated,
+                        service,
+                        &new_id,
+                        replica,
+                        format!("replaces {}", short(&id)),
+                    )
+                    .await;
+                ctx.docker.start(&new_id).await?;
+                ctx.events.emit(EventKind::Started, service, &new_id, replica, "").await;
+            }
+            Op::Start {
+                id,
+                replica,
+                restart: false,
+            } => {
+                ctx.docker.start(&id).await?;
+                ctx.events.emit(EventKind::Started, service, &id, replica, "").await;
+            }
+            Op::Start {
+                id,
+                replica,
+                restart: true,
+            }
+            | Op::Restart { id, replica } => {
+                let unhealthy = containers.iter().any(|c| c.id == id && c.state == "running");
+                let history = st.restarts.entry(replica).or_default();
+                match history.verdict(&ctx.restart, now) {
+                    RestartVerdict::Now => {
+                        history.record(now);
+                        let n = history.count();
+                        let reason = if unhealthy {
+                            format!("unhealthy; restart {n} of {} allowed", ctx.restart.budget)
+                        } else {
+                            let code = containers.iter().find(|c| c.id == id).map_or(0, |c| c.exit_code);
+                            format!("exited with code {code}; restart {n} of {} allowed", ctx.restart.budget)
+                        };
+                        if unhealthy {
+                            let g = spec.as_ref().map_or(ctx.stop_grace, |s| grace(ctx, s));
+                            ctx.docker.restart(&id, g).await?;
+                        } else {
+                            ctx.docker.start(&id).await?;
+                        }
+                        ctx.events
+                            .emit(EventKind::Restarted, service, &id, replica, reason)
+                            .await;
+                        next = Next::After(Duration::from_secs(2));
+                    }
+                    RestartVerdict::NotBefore(at) => {
+                        next = Next::After(at.saturating_duration_since(now) + Duration::from_millis(10));
+                    }
+                    RestartVerdict::Exhausted => {
+                        if st.exhausted.insert(replica) {
+                            let reason = format!(
+                                "{} restarts within {}s; not restarting until the window frees up",
+                                ctx.restart.budget,
+                                ctx.restart.window.as_secs()
+                            );
+                            ctx.events
+                                .emit(EventKind::RestartBudgetExhausted, service, &id, replica, reason)
+                                .await;
+                        }
+                        next = Next::After(Duration::from_secs(30));
+                    }
+                }
+            }
+            Op::Remove { id, replica } => {
+                let g = spec.as_ref().map_or(ctx.stop_grace, |s| grace(ctx, s));
+                ctx.docker.remove(&id, g).await?;
+                st.seen.remove(&id);
+                ctx.events.emit(EventKind::Removed, service, &id, replica, "").await;
+            }
+        }
+    }
+
+    let containers = if acted {
+        ctx.docker.list_owned(&ctx.tier, Some(service)).await?
+    } else {
+        containers
+    };
+    if acted {
+        emit_changes(ctx, service, &containers, st).await;
+    }
+
+    // Desired absent and everything gone: clean up volumes if asked, then
+    // the keys.
+    if let Some(d) = desired.as_ref().filter(|d| d.absent)
+        && containers.is_empty()
+    {
+        if d.remove_volumes {
+            for m in d
+                .spec
+                .iter()
+                .flat_map(|s| s.mounts.iter())
+                .filter(|m| m.kind() == MountKind::Volume)
+            {
+                ctx.docker.remove_volume(&m.source).await?;
+                tracing::info!(service, volume = %m.source, "removed volume as requested");
+            }
+        }
+        let _ = std::fs::remove_dir_all(ctx.state_dir.join("secrets").join(service));
+        if let Err(e) = ctx.bus.delete_desired(&ctx.host, &ctx.tier, service).await {
+            tracing::warn!(error = %e, "could not delete desired state");
+        }
+    }
+
+    publish_observed(ctx, service, desired.as_ref(), spec.as_ref(), &containers, st).await;
+
+    let settling = containers
+        .iter()
+        .any(|c| matches!(decide::container_health(spec.as_ref(), c), Health::Starting) || c.state == "restarting");
+    if matches!(next, Next::Idle) && (settling || acted) {
+        next = Next::After(Duration::from_secs(if settling { 5 } else { 1 }));
+    }
+    Ok(next)
+}
+
+fn grace(ctx: &Ctx, spec: &ServiceSpec) -> Duration {
+    spec.stop_grace_period
+        .as_ref()
+        .filter(|d| d.seconds > 0)
+        .map_or(ctx.stop_grace, |d| Duration::from_secs(d.seconds as u64))
+}
+
+async fn emit_changes(ctx: &Ctx, service: &str, containers: &[Container], st: &mut WorkerState) {
+    for c in containers {
+        let now = (c.state.clone(), c.health.clone());
+        let before = st.seen.insert(c.id.clone(), now.clone());
+        match before {
+            None => {
+                // First sight of a container this process did not create:
+                // adopted (after an operator restart).
+                if c.state == "running" {
+                    ctx.events.emit(EventKind::Adopted, service, &c.id, c.replica, "").await;
+                }
+                if c.health.as_deref() == Some("healthy") {
+                    ctx.events.emit(EventKind::Healthy, service, &c.id, c.replica, "").await;
+                }
+            }
+            Some(prev) if prev == now => {}
+            Some((prev_state, prev_health)) => {
+                if prev_state == "running" && c.state != "running" {
+                    ctx.events
+                        .emit(
+                            EventKind::Died,
+                            service,
+                            &c.id,
+                            c.replica,
+                            format!("exit code {}", c.exit_code),
+                        )
+                        .await;
+                }
+                if c.state == "running" && prev_health != c.health {
+                    match c.health.as_deref() {
+                        Some("healthy") => ctx.events.emit(EventKind::Healthy, service, &c.id, c.replica, "").await,
+                        Some("unhealthy") => {
+                            ctx.events
+                                .emit(EventKind::Unhealthy, service, &c.id, c.replica, "health check failing")
+                                .await;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let live: HashSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+    st.seen.retain(|id, _| live.contains(id.as_str()));
+}
+
+async fn publish_observed(
+    ctx: &Ctx,
+    service: &str,
+    desired: Option<&DesiredService>,
+    spec: Option<&ServiceSpec>,
+    containers: &[Container],
+    st: &mut WorkerState,
+) {
+    let gone = desired.is_none_or(|d| d.absent) && containers.is_empty();
+    if gone {
+        ctx.observed.write().await.remove(service);
+        if st.last_published.take().is_some()
+            && let Err(e) = ctx.bus.delete_observed(&ctx.host, &ctx.tier, service).await
+        {
+            tracing::warn!(error = %e, "could not delete observed state");
+        }
+        return;
+    }
+    let want = spec.map_or(0, |s| s.replicas.max(1));
+    let statuses: Vec<ContainerStatus> = containers
+        .iter()
+        .map(|c| to_status(spec, c, st.restarts.get(&c.replica).map_or(0, RestartHistory::count)))
+        .collect();
+    let mut health = decide::service_health(spec, want, &statuses);
+    let mut message = String::new();
+    if let Some(f) = &st.failure {
+        health = Health::Failed;
+        message.clone_from(f);
+    } else if !st.exhausted.is_empty() {
+        health = Health::Failed;
+        message = format!("restart budget exhausted for replica(s) {:?}", st.exhausted);
+    }
+    let since = match &st.health_since {
+        Some((h, t)) if *h == health => *t,
+        _ => {
+            let t = infra_proto::now();
+            st.health_since = Some((health, t));
+            t
+        }
+    };
+    let obs = ObservedService {
+        host: ctx.host.clone(),
+        tier: ctx.tier.clone(),
+        service: service.to_owned(),
+        spec_hash: spec.map(spec::spec_hash).unwrap_or_default(),
+        generation: desired.map_or(0, |d| d.generation),
+        desired_replicas: want,
+        running_replicas: containers.iter().filter(|c| c.state == "running").count() as u32,
+        healthy_replicas: statuses
+            .iter()
+            .filter(|s| matches!(s.health(), Health::Healthy | Health::Running | Health::Completed))
+            .count() as u32,
+        health: health as i32,
+        containers: statuses,
+        message,
+        since: Some(since),
+        updated_at: None,
+    };
+    ctx.observed.write().await.insert(service.to_owned(), obs.clone());
+    if st.last_published.as_ref() == Some(&obs) {
+        return;
+    }
+    let mut stamped = obs.clone();
+    stamped.updated_at = Some(infra_proto::now());
+    match ctx.bus.put_observed(&stamped).await {
+        Ok(_) => st.last_published = Some(obs),
+        Err(e) => tracing::warn!(error = %e, "could not publish observed state; will retry"),
+    }
+}
+
+async fn create(ctx: &Ctx, spec: &ServiceSpec, replica: u32) -> Result<String, DockerError> {
+    ctx.docker.ensure_image(&spec.image, ctx.pull_timeout).await?;
+    for n in &spec.networks {
+        ctx.docker.ensure_network(&n.name).await?;
+    }
+    for m in spec.mounts.iter().filter(|m| m.kind() == MountKind::Volume) {
+        ctx.docker.ensure_volume(&m.source).await?;
+    }
+    write_secrets(ctx, spec).await?;
+    let name = spec::container_name(&spec.name, replica);
+    let body = spec::container_config(spec, &ctx.host, replica, &ctx.state_dir);
+    let extra: Vec<(String, Vec<String>)> = spec
+        .networks
+        .iter()
+        .skip(1)
+        .map(|n| {
+            let mut aliases = vec![spec.name.clone()];
+            aliases.extend(n.aliases.iter().cloned());
+            (n.name.clone(), aliases)
+        })
+        .collect();
+    // A leftover container of that name that we do not track (created by a
+    // crashed earlier attempt) is in the way: it is ours by name and label.
+    if let Some(old) = ctx.docker.inspect(&name).await? {
+        ctx.docker.remove(&old.id, Duration::from_secs(1)).await?;
+    }
+    ctx.docker.create(&name, body, &extra).await
+}
+
+async fn write_secrets(ctx: &Ctx, spec: &ServiceSpec) -> Result<(), DockerError> {
+    use std::os::unix::fs::PermissionsExt;
+    for s in &spec.secrets {
+        let path = spec::secret_path(&ctx.state_dir, &spec.name, &s.name);
+        let content = match ctx.bus.get_secret(&s.key).await {
+            Ok(Some(c)) => c,
+            // NATS away or the secret gone: a file written before still serves.
+            Ok(None) | Err(_) if path.exists() => continue,
+            Ok(None) => {
+                return Err(secret_error(
+                    &spec.name,
+                    &s.name,
+                    "it is not in the secrets bucket".into(),
+                ));
+            }
+            Err(e) => return Err(secret_error(&spec.name, &s.name, e.to_string())),
+        };
+        let dir = path.parent().map(ToOwned::to_owned).unwrap_or_default();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| secret_error(&spec.name, &s.name, format!("{}: {e}", dir.display())))?;
+        let mode = if s.mode == 0 { 0o444 } else { s.mode };
+        if std::fs::read(&path).ok().as_deref() != Some(content.as_ref()) {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, &content)
+                .map_err(|e| secret_error(&spec.name, &s.name, format!("{}: {e}", tmp.display())))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| secret_error(&spec.name, &s.name, e.to_string()))?;
+            std::fs::rename(&tmp, &path).map_err(|e| secret_error(&spec.name, &s.name, e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+fn secret_error(service: &str, secret: &str, reason: String) -> DockerError {
+    DockerError::Prepare(format!("service {service}: secret {secret}: {reason}"))
+}
