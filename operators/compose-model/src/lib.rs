@@ -1,1 +1,47 @@
-//! infra-compose
+//! The platform's Compose model.
+//!
+//! Parses the catalog of Compose files (`compose/NN-tier/stack/docker-compose.yml`)
+//! with our own types, because off-the-shelf Compose types reject keys we
+//! act on (`deploy.rollback_config`, `gpus`, `configs`). It interpolates
+//! variables (strictly: an unset variable without a default is an error),
+//! resolves relative paths, merges override files, and yields plain domain
+//! types plus the cross-tier dependency graph.
+//!
+//! Nothing here touches Docker or the network, so operators, the
+//! coordinator and tools can all load the same catalog and agree on it.
+//!
+//! ```no_run
+//! use infra_compose::{load_catalog, LoadOptions, Selection};
+//! let cat = load_catalog("compose".as_ref(), &LoadOptions::default())?;
+//! let names = cat.select(&Selection::all())?;
+//! let graph = cat.graph(&names)?;
+//! for layer in graph.levels() {
+//!     println!("{}", layer.join(" "));
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod convert;
+mod envfile;
+mod error;
+mod graph;
+mod interp;
+mod keypath;
+mod load;
+mod model;
+mod paths;
+mod select;
+mod tier;
+mod units;
+mod values;
+
+pub use error::{GraphError, LoadError, LoadErrorKind, SelectError};
+pub use graph::Graph;
+pub use load::{COMPOSE_FILE_NAMES, Catalog, Include, LoadOptions, load_catalog, load_files};
+pub use model::*;
+pub use select::Selection;
+pub use tier::{ParseTierError, Tier};
+pub use units::{UnitError, parse_duration, parse_size};
+
+#[cfg(test)]
+mod tests;

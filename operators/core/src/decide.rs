@@ -17,6 +17,8 @@ pub struct Container {
     pub id: String,
     /// Container name.
     pub name: String,
+    /// Service from the label.
+    pub service: String,
     /// Replica index from the label.
     pub replica: u32,
     /// Spec hash from the label.
@@ -316,6 +318,7 @@ mod tests {
         Container {
             id: id.into(),
             name: format!("infra-web-{replica}"),
+            service: "web".into(),
             replica,
             spec_hash: spec::spec_hash(d.spec.as_ref().unwrap()),
             state: "running".into(),

@@ -100,10 +100,16 @@ impl DockerClient {
         &self.inner
     }
 
-    /// Every container this operator's tier owns on this host, inspected.
-    pub async fn list_owned(&self, tier: &str, service: Option<&str>) -> Result<Vec<Container>, DockerError> {
+    /// Every container this operator (host id and tier) owns, inspected.
+    pub async fn list_owned(
+        &self,
+        host: &str,
+        tier: &str,
+        service: Option<&str>,
+    ) -> Result<Vec<Container>, DockerError> {
         let mut label = vec![
             format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+            format!("{}={host}", labels::HOST),
             format!("{}={tier}", labels::TIER),
         ];
         if let Some(s) = service {
@@ -148,6 +154,7 @@ impl DockerClient {
         Ok(Some(Container {
             id: info.id.clone().unwrap_or_else(|| id.to_owned()),
             name: info.name.clone().unwrap_or_default().trim_start_matches('/').to_owned(),
+            service: labels.get(labels::SERVICE).cloned().unwrap_or_default(),
             replica: labels.get(labels::REPLICA).and_then(|r| r.parse().ok()).unwrap_or(0),
             spec_hash: labels.get(labels::SPEC_HASH).cloned().unwrap_or_default(),
             state: state.status.map(|s| s.to_string()).unwrap_or_default(),
@@ -322,7 +329,11 @@ impl DockerClient {
     }
 
     /// Docker events about the tier's containers, as they happen.
-    pub fn events(&self, tier: &str) -> impl Stream<Item = Result<DockerEvent, DockerError>> + Send + 'static {
+    pub fn events(
+        &self,
+        host: &str,
+        tier: &str,
+    ) -> impl Stream<Item = Result<DockerEvent, DockerError>> + Send + 'static {
         let opts = EventsOptions {
             filters: Some(HashMap::from([
                 ("type".to_string(), vec!["container".to_string()]),
@@ -330,6 +341,7 @@ impl DockerClient {
                     "label".to_string(),
                     vec![
                         format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+                        format!("{}={host}", labels::HOST),
                         format!("{}={tier}", labels::TIER),
                     ],
                 ),

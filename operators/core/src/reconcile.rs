@@ -204,7 +204,7 @@ async fn watch_desired(ctx: Arc<Ctx>, trigger: mpsc::Sender<String>, shutdown: C
 async fn watch_docker(ctx: Arc<Ctx>, trigger: mpsc::Sender<String>, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let mut events = Box::pin(ctx.docker.events(&ctx.tier));
+        let mut events = Box::pin(ctx.docker.events(&ctx.host, &ctx.tier));
         loop {
             let ev = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -235,7 +235,7 @@ async fn watch_docker(ctx: Arc<Ctx>, trigger: mpsc::Sender<String>, shutdown: Ca
 
 async fn resync_once(ctx: &Ctx, trigger: &mpsc::Sender<String>) {
     let mut names: HashSet<String> = ctx.desired.read().await.keys().cloned().collect();
-    match ctx.docker.list_owned(&ctx.tier, None).await {
+    match ctx.docker.list_owned(&ctx.host, &ctx.tier, None).await {
         Ok(list) => {
             for c in list {
                 if let Some(name) = c
@@ -338,7 +338,7 @@ fn to_status(spec: Option<&ServiceSpec>, c: &Container, restarts: u32) -> Contai
 async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Result<Next, DockerError> {
     let desired = ctx.desired.read().await.get(service).cloned();
     let loaded = ctx.desired_loaded.load(Ordering::SeqCst);
-    let containers = ctx.docker.list_owned(&ctx.tier, Some(service)).await?;
+    let containers = ctx.docker.list_owned(&ctx.host, &ctx.tier, Some(service)).await?;
     let spec = desired.as_ref().filter(|d| !d.absent).and_then(|d| d.spec.clone());
 
     emit_changes(ctx, service, &containers, st).await;
@@ -475,7 +475,7 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
     }
 
     let containers = if acted {
-        ctx.docker.list_owned(&ctx.tier, Some(service)).await?
+        ctx.docker.list_owned(&ctx.host, &ctx.tier, Some(service)).await?
     } else {
         containers
     };

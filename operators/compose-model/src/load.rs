@@ -1,0 +1,667 @@
+//! Reading the catalog: discovery, YAML, interpolation, overrides,
+//! conversion and cross-file checks.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_norway::{Mapping, Value};
+
+use crate::Tier;
+use crate::convert::{self, SvcCtx};
+use crate::envfile::parse_env;
+use crate::error::{LoadError, LoadErrorKind};
+use crate::interp::interpolate;
+use crate::keypath::{KeyPath, LineIndex};
+use crate::model::{MountKind, NetworkDef, SecretDef, Service, VolumeDef};
+use crate::paths::{absolute_dir, absolutize_file_entry, absolutize_service};
+use crate::values::{ConvError, closest, strip_tags, suggest, to_json};
+
+/// File names accepted for a stack, in order of preference.
+pub const COMPOSE_FILE_NAMES: [&str; 4] = [
+    "docker-compose.yml",
+    "docker-compose.yaml",
+    "compose.yml",
+    "compose.yaml",
+];
+
+const TOP_KEYS: &[&str] = &[
+    "services", "networks", "volumes", "secrets", "configs", "include", "name", "version",
+];
+
+/// How to load: where variables come from and which overrides to apply.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Dotenv file for interpolation; `None` means `<root>/.env` if it exists
+    /// (a file named here must exist).
+    pub env_file: Option<PathBuf>,
+    /// Process environment; wins over the dotenv file, as in Compose.
+    /// Callers pass `std::env::vars()` explicitly so tests stay hermetic.
+    pub env: BTreeMap<String, String>,
+    /// Compose override files merged onto the catalog, in order: mappings
+    /// merge key by key, scalars and sequences replace.
+    pub overrides: Vec<PathBuf>,
+}
+
+/// An `include` entry, kept so the plan can report that we do not follow it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Include {
+    /// The file that has it.
+    pub file: PathBuf,
+    /// As written.
+    pub value: serde_json::Value,
+}
+
+/// Every service of every tier, as one Compose project.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Catalog {
+    /// The `compose/` folder (for `load_files`, the common parent of the files).
+    pub root: PathBuf,
+    /// By name; names are unique across the catalog.
+    pub services: BTreeMap<String, Service>,
+    /// Top-level networks of all files, merged.
+    pub networks: BTreeMap<String, NetworkDef>,
+    /// Top-level volumes of all files, merged.
+    pub volumes: BTreeMap<String, VolumeDef>,
+    /// Top-level secrets of all files.
+    pub secrets: BTreeMap<String, SecretDef>,
+    /// Top-level configs of all files (same shape as secrets).
+    pub configs: BTreeMap<String, SecretDef>,
+    /// Top-level `x-*` keys.
+    pub extensions: BTreeMap<String, serde_json::Value>,
+    /// `include` entries (not followed).
+    pub includes: Vec<Include>,
+    /// Unknown top-level keys.
+    pub unsupported: BTreeMap<String, serde_json::Value>,
+    /// Files read: the catalog's, then the overrides.
+    pub files: Vec<PathBuf>,
+}
+
+struct Doc {
+    path: PathBuf,
+    dir: PathBuf,
+    lines: LineIndex,
+    doc: Mapping,
+}
+
+struct RawService {
+    value: Value,
+    doc: usize,
+    tier: Tier,
+}
+
+struct RawEntry {
+    value: Value,
+    doc: usize,
+}
+
+/// Loads `root` (the `compose/` folder): every `NN-tier/stack/docker-compose.yml`.
+///
+/// Fails on the first problem, located by file and line, because a catalog
+/// that half-loads would deploy half a platform.
+pub fn load_catalog(root: &Path, opts: &LoadOptions) -> Result<Catalog, LoadError> {
+    let files = discover(root)?;
+    let default_env = root.join(".env");
+    load(root.to_path_buf(), &files, Some(default_env), opts)
+}
+
+/// Loads explicit files with their tiers (tests and tools). The dotenv file
+/// is only `opts.env_file`.
+pub fn load_files(files: &[(PathBuf, Tier)], opts: &LoadOptions) -> Result<Catalog, LoadError> {
+    let root = common_dir(files.iter().map(|(p, _)| p.as_path()));
+    load(root, files, None, opts)
+}
+
+fn common_dir<'a>(paths: impl Iterator<Item = &'a Path>) -> PathBuf {
+    let mut common: Option<PathBuf> = None;
+    for p in paths {
+        let dir = p.parent().unwrap_or(Path::new("")).to_path_buf();
+        common = Some(match common {
+            None => dir,
+            Some(c) => {
+                let mut out = PathBuf::new();
+                for (a, b) in c.components().zip(dir.components()) {
+                    if a != b {
+                        break;
+                    }
+                    out.push(a.as_os_str());
+                }
+                out
+            }
+        });
+    }
+    common.unwrap_or_default()
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> LoadError {
+    let kind = if e.kind() == std::io::ErrorKind::NotFound {
+        LoadErrorKind::MissingFile
+    } else {
+        LoadErrorKind::Io
+    };
+    LoadError::new(kind, path, format!("cannot read: {e}")).source(e)
+}
+
+fn sorted_dirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, LoadError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+        let entry = entry.map_err(|e| io_err(dir, e))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !path.is_dir() {
+            continue;
+        }
+        out.push((name, path));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Finds `root/NN-tier/stack/<compose file>`; stacks without a Compose
+/// file (helper folders) are skipped, unknown tier folders are errors.
+fn discover(root: &Path) -> Result<Vec<(PathBuf, Tier)>, LoadError> {
+    let mut files = Vec::new();
+    for (name, tier_dir) in sorted_dirs(root)? {
+        let tier = Tier::from_folder(&name).ok_or_else(|| {
+            LoadError::new(
+                LoadErrorKind::UnknownTier,
+                &tier_dir,
+                format!(
+                    "folder {name:?} names no tier; expected NN-<tier> with tier one of {} (or 03-security)",
+                    Tier::ALL.map(Tier::as_str).join(", ")
+                ),
+            )
+        })?;
+        for (_, stack) in sorted_dirs(&tier_dir)? {
+            if let Some(f) = COMPOSE_FILE_NAMES.iter().map(|n| stack.join(n)).find(|p| p.is_file()) {
+                files.push((f, tier));
+            }
+        }
+    }
+    Ok(files)
+}
+
+fn read_vars(default_env: Option<PathBuf>, opts: &LoadOptions) -> Result<BTreeMap<String, String>, LoadError> {
+    let mut vars = BTreeMap::new();
+    let env_file = match (&opts.env_file, default_env) {
+        (Some(f), _) => Some(f.clone()),
+        (None, Some(d)) if d.is_file() => Some(d),
+        _ => None,
+    };
+    if let Some(f) = env_file {
+        let text = std::fs::read_to_string(&f).map_err(|e| io_err(&f, e))?;
+        let pairs =
+            parse_env(&text).map_err(|e| LoadError::new(LoadErrorKind::EnvFile, &f, e.message).at(Some(e.line)))?;
+        vars.extend(pairs);
+    }
+    vars.extend(opts.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(vars)
+}
+
+fn service_of(path: &KeyPath) -> Option<&str> {
+    use crate::keypath::Seg;
+    match path.0.as_slice() {
+        [Seg::Key(s), Seg::Key(name), ..] if s == "services" => Some(name),
+        _ => None,
+    }
+}
+
+fn read_doc(path: &Path, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Doc, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    let mut value: Value = serde_norway::from_str(&text).map_err(|e| yaml_err(path, e))?;
+    value.apply_merge().map_err(|e| yaml_err(path, e))?;
+    strip_tags(&mut value);
+    let lines = LineIndex::build(&text);
+    let doc = match value {
+        Value::Null => Mapping::new(),
+        Value::Mapping(m) => m,
+        other => {
+            return Err(LoadError::new(
+                LoadErrorKind::InvalidValue,
+                path,
+                format!("the top level must be a map, found {}", crate::values::describe(&other)),
+            )
+            .at(Some(1)));
+        }
+    };
+    let mut doc = Value::Mapping(doc);
+    interpolate_tree(&mut doc, &KeyPath::root(), lookup).map_err(|(p, e)| {
+        let mut err = LoadError::new(LoadErrorKind::Interpolation, path, e.message)
+            .at(lines.line(&p))
+            .key(&p);
+        if let Some(s) = service_of(&p) {
+            err = err.service(s);
+        }
+        err
+    })?;
+    let doc = match doc {
+        Value::Mapping(m) => m,
+        _ => Mapping::new(),
+    };
+    Ok(Doc {
+        path: path.to_path_buf(),
+        dir: absolute_dir(path.parent().unwrap_or(Path::new("."))),
+        lines,
+        doc,
+    })
+}
+
+fn yaml_err(path: &Path, e: serde_norway::Error) -> LoadError {
+    let loc = e.location();
+    let mut msg = e.to_string();
+    if let Some(i) = msg.rfind(" at line ") {
+        msg.truncate(i);
+    }
+    LoadError::new(LoadErrorKind::Yaml, path, msg)
+        .at(loc.as_ref().map(|l| l.line()))
+        .col(loc.as_ref().map(|l| l.column()))
+        .source(e)
+}
+
+fn interpolate_tree(
+    v: &mut Value,
+    p: &KeyPath,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), (KeyPath, crate::interp::InterpError)> {
+    match v {
+        Value::String(s) => {
+            *s = interpolate(s, lookup).map_err(|e| (p.clone(), e))?;
+        }
+        Value::Sequence(items) => {
+            for (i, it) in items.iter_mut().enumerate() {
+                interpolate_tree(it, &p.index(i), lookup)?;
+            }
+        }
+        Value::Mapping(m) => {
+            for (k, val) in m.iter_mut() {
+                let key = match k {
+                    Value::String(s) => s.clone(),
+                    other => crate::values::describe(other),
+                };
+                interpolate_tree(val, &p.key(&key), lookup)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Override semantics: mappings merge key by key, anything else replaces.
+pub(crate) fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Mapping(b), Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(bv) => merge(bv, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+fn key_of(k: &Value, path: &Path, lines: &LineIndex, at: &KeyPath) -> Result<String, LoadError> {
+    k.as_str().map(str::to_string).ok_or_else(|| {
+        LoadError::new(
+            LoadErrorKind::InvalidValue,
+            path,
+            format!("invalid key: {}, expected a string", crate::values::describe(k)),
+        )
+        .at(lines.line(at))
+        .key(at)
+    })
+}
+
+fn entries<'a>(v: &'a Value, d: &Doc, at: &KeyPath) -> Result<Vec<(String, &'a Value)>, LoadError> {
+    match v {
+        Value::Null => Ok(Vec::new()),
+        Value::Mapping(m) => m
+            .iter()
+            .map(|(k, v)| Ok((key_of(k, &d.path, &d.lines, at)?, v)))
+            .collect(),
+        other => Err(LoadError::new(
+            LoadErrorKind::InvalidValue,
+            &d.path,
+            format!("invalid type: {}, expected a map", crate::values::describe(other)),
+        )
+        .at(d.lines.line(at))
+        .key(at)),
+    }
+}
+
+fn conv_err(e: ConvError, d: &Doc, base: &KeyPath, service: Option<&str>) -> LoadError {
+    let mut full = base.clone();
+    full.0.extend(e.path.0.iter().cloned());
+    let mut err = match e.file {
+        Some(f) => LoadError::new(e.kind, &f, e.message).at(e.line),
+        None => LoadError::new(e.kind, &d.path, e.message)
+            .at(e.line.or_else(|| d.lines.line(&full)))
+            .key(&full),
+    };
+    if let Some(s) = service {
+        err = err.service(s);
+    }
+    err
+}
+
+#[derive(Default)]
+struct Raw {
+    services: BTreeMap<String, RawService>,
+    networks: BTreeMap<String, RawEntry>,
+    volumes: BTreeMap<String, RawEntry>,
+    secrets: BTreeMap<String, RawEntry>,
+    configs: BTreeMap<String, RawEntry>,
+    extensions: BTreeMap<String, serde_json::Value>,
+    includes: Vec<Include>,
+    unsupported: BTreeMap<String, serde_json::Value>,
+}
+
+impl Raw {
+    /// Adds one document's top level; `tier` is `None` for override files.
+    fn add(
+        &mut self,
+        docs: &[Doc],
+        di: usize,
+        tier: Option<Tier>,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), LoadError> {
+        let d = &docs[di];
+        for (k, v) in &d.doc {
+            let top = key_of(k, &d.path, &d.lines, &KeyPath::root())?;
+            let tp = KeyPath::root().key(&top);
+            match top.as_str() {
+                "services" => {
+                    for (name, sv) in entries(v, d, &tp)? {
+                        let sp = tp.key(&name);
+                        let line = d.lines.line(&sp);
+                        match (tier, self.services.get_mut(&name)) {
+                            (Some(_), Some(prev)) => {
+                                return Err(LoadError::new(
+                                    LoadErrorKind::Duplicate,
+                                    &d.path,
+                                    format!(
+                                        "service {name:?} is defined both in {} and in {}; service names must be unique across the catalog",
+                                        docs[prev.doc].path.display(),
+                                        d.path.display()
+                                    ),
+                                )
+                                .at(line)
+                                .service(&name));
+                            }
+                            (Some(t), None) => {
+                                self.services.insert(
+                                    name,
+                                    RawService {
+                                        value: sv.clone(),
+                                        doc: di,
+                                        tier: t,
+                                    },
+                                );
+                            }
+                            (None, Some(prev)) => {
+                                let mut over = sv.clone();
+                                absolutize_service(&mut over, &d.dir, lookup);
+                                merge(&mut prev.value, over);
+                            }
+                            (None, None) => {
+                                let known: Vec<&str> = self.services.keys().map(String::as_str).collect();
+                                let hint = suggest(&name, known)
+                                    .map(|s| format!("; did you mean {s:?}?"))
+                                    .unwrap_or_default();
+                                return Err(LoadError::new(
+                                    LoadErrorKind::Override,
+                                    &d.path,
+                                    format!("override names service {name:?}, which the catalog does not define{hint}"),
+                                )
+                                .at(line)
+                                .service(&name));
+                            }
+                        }
+                    }
+                }
+                "networks" | "volumes" | "secrets" | "configs" => {
+                    let target = match top.as_str() {
+                        "networks" => &mut self.networks,
+                        "volumes" => &mut self.volumes,
+                        "secrets" => &mut self.secrets,
+                        _ => &mut self.configs,
+                    };
+                    for (name, ev) in entries(v, d, &tp)? {
+                        let mut ev = ev.clone();
+                        if tier.is_none() {
+                            absolutize_file_entry(&mut ev, &d.dir, lookup);
+                        }
+                        match target.get_mut(&name) {
+                            Some(prev) => {
+                                // A secret's relative `file` must stay tied to
+                                // the file that declared it.
+                                if matches!(top.as_str(), "secrets" | "configs") && tier.is_some() {
+                                    absolutize_file_entry(&mut prev.value, &docs[prev.doc].dir, lookup);
+                                    absolutize_file_entry(&mut ev, &d.dir, lookup);
+                                }
+                                merge(&mut prev.value, ev);
+                            }
+                            None => {
+                                target.insert(name, RawEntry { value: ev, doc: di });
+                            }
+                        }
+                    }
+                }
+                "include" => self.includes.push(Include {
+                    file: d.path.clone(),
+                    value: to_json(v),
+                }),
+                "name" | "version" => {}
+                x if x.starts_with("x-") => {
+                    self.extensions.insert(top.clone(), to_json(v));
+                }
+                other => {
+                    if let Some(s) = closest(other, TOP_KEYS.iter().copied(), 2) {
+                        return Err(LoadError::new(
+                            LoadErrorKind::UnknownKey,
+                            &d.path,
+                            format!("unknown top-level key {other:?}; did you mean {s:?}?"),
+                        )
+                        .at(d.lines.line(&tp))
+                        .key(&tp));
+                    }
+                    self.unsupported.insert(top.clone(), to_json(v));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn load(
+    root: PathBuf,
+    files: &[(PathBuf, Tier)],
+    default_env: Option<PathBuf>,
+    opts: &LoadOptions,
+) -> Result<Catalog, LoadError> {
+    let vars = read_vars(default_env, opts)?;
+    let lookup = |k: &str| vars.get(k).cloned();
+    let mut docs = Vec::new();
+    let mut raw = Raw::default();
+    for (path, tier) in files {
+        docs.push(read_doc(path, &lookup)?);
+        raw.add(&docs, docs.len() - 1, Some(*tier), &lookup)?;
+    }
+    for path in &opts.overrides {
+        docs.push(read_doc(path, &lookup)?);
+        raw.add(&docs, docs.len() - 1, None, &lookup)?;
+    }
+
+    let mut services = BTreeMap::new();
+    for (name, rs) in &raw.services {
+        let d = &docs[rs.doc];
+        let base = KeyPath::root().key("services").key(name);
+        let ctx = SvcCtx {
+            name,
+            tier: rs.tier,
+            file: &d.path,
+            line: d.lines.line(&base).unwrap_or(1),
+            dir: &d.dir,
+            env: &lookup,
+        };
+        let svc = convert::service(&ctx, &rs.value).map_err(|e| conv_err(e, d, &base, Some(name)))?;
+        services.insert(name.clone(), svc);
+    }
+
+    let def_path = |kind: &str, name: &str| KeyPath::root().key(kind).key(name);
+    let mut networks = BTreeMap::new();
+    for (name, e) in &raw.networks {
+        let d = &docs[e.doc];
+        let base = def_path("networks", name);
+        let n = convert::network_def(&e.value, &KeyPath::root(), &d.path).map_err(|er| conv_err(er, d, &base, None))?;
+        networks.insert(name.clone(), n);
+    }
+    let mut volumes = BTreeMap::new();
+    for (name, e) in &raw.volumes {
+        let d = &docs[e.doc];
+        let base = def_path("volumes", name);
+        let v = convert::volume_def(&e.value, &KeyPath::root(), &d.path).map_err(|er| conv_err(er, d, &base, None))?;
+        volumes.insert(name.clone(), v);
+    }
+    let mut secret_maps = [BTreeMap::new(), BTreeMap::new()];
+    for (i, (kind, entries)) in [("secrets", &raw.secrets), ("configs", &raw.configs)]
+        .into_iter()
+        .enumerate()
+    {
+        for (name, e) in entries {
+            let d = &docs[e.doc];
+            let base = def_path(kind, name);
+            let line = d.lines.line(&base).unwrap_or(1);
+            let s = convert::secret_def(
+                &e.value,
+                &KeyPath::root(),
+                &d.path,
+                line,
+                &d.dir,
+                &lookup,
+                kind == "configs",
+            )
+            .map_err(|er| {
+                let mut le = conv_err(er, d, &base, None);
+                le = LoadError::new(
+                    le.kind(),
+                    le.file(),
+                    format!("{} {name:?}: {}", &kind[..kind.len() - 1], le.message()),
+                )
+                .at(le.line())
+                .key(&base);
+                le
+            })?;
+            secret_maps[i].insert(name.clone(), s);
+        }
+    }
+    let [secrets, configs] = secret_maps;
+
+    let catalog = Catalog {
+        root,
+        services,
+        networks,
+        volumes,
+        secrets,
+        configs,
+        extensions: raw.extensions,
+        includes: raw.includes,
+        unsupported: raw.unsupported,
+        files: docs.iter().map(|d| d.path.clone()).collect(),
+    };
+    check_references(&catalog, &raw.services, &docs)?;
+    Ok(catalog)
+}
+
+/// Cross-file checks that need the whole catalog: dependency targets and
+/// the volumes, networks, secrets and configs services use.
+fn check_references(cat: &Catalog, raw: &BTreeMap<String, RawService>, docs: &[Doc]) -> Result<(), LoadError> {
+    for (name, svc) in &cat.services {
+        let Some(rs) = raw.get(name) else { continue };
+        let d = &docs[rs.doc];
+        let base = KeyPath::root().key("services").key(name);
+        let at = |rel: KeyPath| {
+            let mut full = base.clone();
+            full.0.extend(rel.0);
+            (d.lines.line(&full), full)
+        };
+        let undeclared = |rel: KeyPath, msg: String| {
+            let (line, full) = at(rel);
+            LoadError::new(LoadErrorKind::UndeclaredReference, &d.path, msg)
+                .at(line)
+                .service(name)
+                .key(&full)
+        };
+        for (i, dep) in svc.depends_on.iter().enumerate() {
+            if cat.services.contains_key(&dep.service) {
+                continue;
+            }
+            let dp = KeyPath::root().key("depends_on");
+            let rel = if d
+                .lines
+                .exact(&{
+                    let mut f = base.clone();
+                    f.0.extend(dp.key(&dep.service).0);
+                    f
+                })
+                .is_some()
+            {
+                dp.key(&dep.service)
+            } else {
+                dp.index(i)
+            };
+            let (line, full) = at(rel);
+            let hint = suggest(&dep.service, cat.services.keys().map(String::as_str))
+                .map(|s| format!("; did you mean {s:?}?"))
+                .unwrap_or_default();
+            return Err(LoadError::new(
+                LoadErrorKind::UnknownDependency,
+                &d.path,
+                format!("depends on unknown service {:?}{hint}", dep.service),
+            )
+            .at(line)
+            .service(name)
+            .key(&full));
+        }
+        for (i, m) in svc.volumes.iter().enumerate() {
+            let undeclared_src = match (m.kind, &m.source) {
+                (MountKind::Volume, Some(src)) if !cat.volumes.contains_key(src) => Some(src),
+                _ => None,
+            };
+            if let Some(src) = undeclared_src {
+                return Err(undeclared(
+                    KeyPath::root().key("volumes").index(i),
+                    format!("named volume {src:?} is not declared in the top-level `volumes`"),
+                ));
+            }
+        }
+        for n in &svc.networks {
+            if n.name != "default" && !cat.networks.contains_key(&n.name) {
+                return Err(undeclared(
+                    KeyPath::root().key("networks").key(&n.name),
+                    format!("network {:?} is not declared in the top-level `networks`", n.name),
+                ));
+            }
+        }
+        for (kind, refs, defs) in [
+            ("secrets", &svc.secrets, &cat.secrets),
+            ("configs", &svc.configs, &cat.configs),
+        ] {
+            for (i, r) in refs.iter().enumerate() {
+                if !defs.contains_key(&r.source) {
+                    return Err(undeclared(
+                        KeyPath::root().key(kind).index(i),
+                        format!(
+                            "{} {:?} is not declared in the top-level `{kind}`",
+                            &kind[..kind.len() - 1],
+                            r.source
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}

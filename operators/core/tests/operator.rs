@@ -1,0 +1,542 @@
+//! An operator against the real Docker engine and a real nats-server.
+//!
+//! Each test runs the operator in-process (`operator_core::run`) under its
+//! own host id, so tests never see each other's containers, and cleans up
+//! every container, network and volume it made, even on failure.
+//!
+//! Needs the image `infra-local/debian:bookworm` (`e2e/images/build.sh debian`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::query_parameters::{
+    InspectContainerOptions, KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
+};
+use futures::StreamExt;
+use infra_bus::testing::NatsServer;
+use infra_bus::{Bus, BusConfig};
+use infra_proto::bus::v1::{
+    Args, DesiredService, Event, EventKind, Health, HealthcheckSpec, MountKind, MountSpec, NetworkSpec,
+    ObservedService, ServiceSpec,
+};
+use operator_core::docker::DockerClient;
+use operator_core::{OperatorConfig, tiers};
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+const IMAGE: &str = "infra-local/debian:bookworm";
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
+async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct Env {
+    nats: NatsServer,
+    bus: Bus,
+    docker: DockerClient,
+    host: String,
+    state: tempfile::TempDir,
+    events: Arc<Mutex<Vec<Event>>>,
+    volumes: Vec<String>,
+    network: String,
+}
+
+impl Env {
+    async fn new(name: &str) -> Self {
+        let nats = NatsServer::start();
+        let bus = Bus::connect(&BusConfig {
+            url: nats.url(),
+            name: "test".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let docker = DockerClient::connect().await.expect("docker engine");
+        docker
+            .raw()
+            .inspect_image(IMAGE)
+            .await
+            .unwrap_or_else(|_| panic!("image {IMAGE} missing: run e2e/images/build.sh debian"));
+        let host = format!("t-{name}-{}", std::process::id());
+        // A subscriber that is not the operator's code path: raw NATS.
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let mut sub = bus.client().subscribe(format!("infra.events.{host}.>")).await.unwrap();
+        let sink = events.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                if let Ok(ev) = Event::decode(m.payload) {
+                    sink.lock().unwrap().push(ev);
+                }
+            }
+        });
+        let network = format!("{host}-net");
+        Self {
+            nats,
+            bus,
+            docker,
+            host,
+            state: tempfile::tempdir().unwrap(),
+            events,
+            volumes: Vec::new(),
+            network,
+        }
+    }
+
+    fn start_operator(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let cfg = OperatorConfig {
+            host: self.host.clone(),
+            state_dir: PathBuf::from(self.state.path()),
+            resync_secs: 30,
+            heartbeat_secs: 1,
+            heartbeat_ttl_secs: 5,
+            ..Default::default()
+        };
+        let mut cfg = cfg;
+        cfg.restart.backoff_initial_ms = 200;
+        let token = CancellationToken::new();
+        let (docker, bus, t) = (self.docker.clone(), self.bus.clone(), token.clone());
+        let handle = tokio::spawn(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            operator_core::run(tiers::DATA, cfg, docker, bus, listener, t)
+                .await
+                .unwrap();
+        });
+        (token, handle)
+    }
+
+    fn spec(&self, name: &str) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            tier: "data".into(),
+            image: IMAGE.into(),
+            command: Some(Args {
+                args: vec!["sleep".into(), "infinity".into()],
+            }),
+            environment: [("GREETING".to_string(), "hello".to_string())].into(),
+            restart: "unless-stopped".into(),
+            replicas: 1,
+            init: true,
+            networks: vec![NetworkSpec {
+                name: self.network.clone(),
+                aliases: vec![],
+            }],
+            // Healthy while /tmp/sick does not exist; /tmp is a tmpfs, so a
+            // restart clears it.
+            healthcheck: Some(HealthcheckSpec {
+                test: vec!["CMD-SHELL".into(), "test ! -f /tmp/sick".into()],
+                interval: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+                timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+                retries: 1,
+                ..Default::default()
+            }),
+            tmpfs: vec!["/tmp".into()],
+            ..Default::default()
+        }
+    }
+
+    async fn desire(&self, spec: ServiceSpec, generation: u64) {
+        let d = DesiredService {
+            spec: Some(spec),
+            host: self.host.clone(),
+            generation,
+            ..Default::default()
+        };
+        self.bus.put_desired(&d).await.unwrap();
+    }
+
+    async fn observed(&self, service: &str) -> Option<ObservedService> {
+        self.bus
+            .list_observed(Some((&self.host, "data")))
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|o| o.service == service)
+    }
+
+    async fn wait_healthy(&self, service: &str) -> ObservedService {
+        eventually(Duration::from_secs(60), &format!("{service} healthy"), || async {
+            self.observed(service).await.filter(|o| o.health() == Health::Healthy)
+        })
+        .await
+    }
+
+    async fn containers(&self, service: &str) -> Vec<bollard::models::ContainerSummary> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("io.infra.host={}", self.host),
+                format!("io.infra.service={service}"),
+            ],
+        )]);
+        self.docker
+            .raw()
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .unwrap()
+    }
+
+    async fn wait_event(&self, kind: EventKind, service: &str) -> Event {
+        eventually(
+            Duration::from_secs(60),
+            &format!("{kind:?} event for {service}"),
+            || async {
+                self.events
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e.kind() == kind && e.service == service)
+                    .cloned()
+            },
+        )
+        .await
+    }
+
+    fn count_events(&self, kind: EventKind, service: &str) -> usize {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind() == kind && e.service == service)
+            .count()
+    }
+
+    async fn cleanup(&self) {
+        let filters = HashMap::from([("label".to_string(), vec![format!("io.infra.host={}", self.host)])]);
+        let list = self
+            .docker
+            .raw()
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_or_default();
+        for c in list {
+            let opts = RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            };
+            let _ = self
+                .docker
+                .raw()
+                .remove_container(c.id.as_deref().unwrap_or_default(), Some(opts))
+                .await;
+        }
+        for v in &self.volumes {
+            let _ = self.docker.remove_volume(v).await;
+        }
+        let _ = self.docker.raw().remove_network(&self.network).await;
+        let _ = &self.nats;
+    }
+}
+
+async fn exec(docker: &DockerClient, id: &str, cmd: &[&str]) {
+    use bollard::exec::{CreateExecOptions, StartExecResults};
+    let exec = docker
+        .raw()
+        .create_exec(
+            id,
+            CreateExecOptions {
+                cmd: Some(cmd.to_vec()),
+                attach_stdout: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    if let StartExecResults::Attached { mut output, .. } = docker.raw().start_exec(&exec.id, None).await.unwrap() {
+        while output.next().await.is_some() {}
+    }
+}
+
+/// Runs the body, then cleans up whatever happened.
+async fn with_env<F, Fut>(name: &str, body: F)
+where
+    F: FnOnce(Arc<Env>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let env = Arc::new(Env::new(name).await);
+    let result = tokio::spawn(body(env.clone())).await;
+    env.cleanup().await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_creates_adopts_after_restart_recreates_on_change_and_removes() {
+    with_env("lifecycle", |env| async move {
+        let (stop, handle) = env.start_operator();
+        env.desire(env.spec("lc"), 1).await;
+        let obs = env.wait_healthy("lc").await;
+        assert_eq!(obs.running_replicas, 1);
+        assert_eq!(obs.generation, 1);
+        let first = env.containers("lc").await;
+        assert_eq!(first.len(), 1, "one container");
+        let first_id = first[0].id.clone().unwrap();
+        let started = env
+            .docker
+            .raw()
+            .inspect_container(&first_id, None::<InspectContainerOptions>)
+            .await
+            .unwrap();
+        let started_at = started.state.unwrap().started_at;
+        env.wait_event(EventKind::Created, "lc").await;
+        env.wait_event(EventKind::Started, "lc").await;
+        env.wait_event(EventKind::Healthy, "lc").await;
+
+        // Restart the operator: it adopts, no duplicate, no restart.
+        stop.cancel();
+        handle.await.unwrap();
+        let (stop, handle) = env.start_operator();
+        env.wait_event(EventKind::Adopted, "lc").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = env.containers("lc").await;
+        assert_eq!(after.len(), 1, "no duplicate after operator restart");
+        assert_eq!(
+            after[0].id.as_deref(),
+            Some(first_id.as_str()),
+            "same container adopted"
+        );
+        let again = env
+            .docker
+            .raw()
+            .inspect_container(&first_id, None::<InspectContainerOptions>)
+            .await
+            .unwrap();
+        assert_eq!(
+            again.state.unwrap().started_at,
+            started_at,
+            "container was not restarted"
+        );
+        assert_eq!(env.count_events(EventKind::Created, "lc"), 1);
+
+        // Change the spec: the container is recreated with the new env.
+        let mut changed = env.spec("lc");
+        changed.environment.insert("GREETING".into(), "changed".into());
+        env.desire(changed, 2).await;
+        env.wait_event(EventKind::Recreated, "lc").await;
+        let obs = eventually(Duration::from_secs(60), "recreated and healthy", || async {
+            env.observed("lc")
+                .await
+                .filter(|o| o.health() == Health::Healthy && o.generation == 2)
+        })
+        .await;
+        let new_id = obs.containers[0].id.clone();
+        assert_ne!(new_id, first_id);
+        let inspect = env
+            .docker
+            .raw()
+            .inspect_container(&new_id, None::<InspectContainerOptions>)
+            .await
+            .unwrap();
+        assert!(
+            inspect
+                .config
+                .unwrap()
+                .env
+                .unwrap()
+                .contains(&"GREETING=changed".to_string())
+        );
+        assert_eq!(env.containers("lc").await.len(), 1);
+
+        // Remove: the container goes; the observed key goes too.
+        env.bus.delete_desired(&env.host, "data", "lc").await.unwrap();
+        env.wait_event(EventKind::Removed, "lc").await;
+        eventually(Duration::from_secs(30), "container removed", || async {
+            env.containers("lc").await.is_empty().then_some(())
+        })
+        .await;
+        eventually(Duration::from_secs(30), "observed state deleted", || async {
+            env.observed("lc").await.is_none().then_some(())
+        })
+        .await;
+        stop.cancel();
+        handle.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_container_comes_back_healthy_without_anyone_asking() {
+    with_env("kill", |env| async move {
+        let (stop, handle) = env.start_operator();
+        let mut spec = env.spec("kl");
+        // No Docker restart policy: the operator alone must bring it back.
+        spec.restart = "on-failure".into();
+        env.desire(spec, 1).await;
+        let obs = env.wait_healthy("kl").await;
+        let id = obs.containers[0].id.clone();
+        env.docker
+            .raw()
+            .kill_container(
+                &id,
+                Some(KillContainerOptions {
+                    signal: "SIGKILL".into(),
+                }),
+            )
+            .await
+            .unwrap();
+        let died = env.wait_event(EventKind::Died, "kl").await;
+        assert_eq!(died.container_id, id);
+        let restarted = env.wait_event(EventKind::Restarted, "kl").await;
+        assert!(
+            restarted.reason.contains("exited with code 137"),
+            "{}",
+            restarted.reason
+        );
+        let obs = eventually(Duration::from_secs(60), "healthy again", || async {
+            env.observed("kl")
+                .await
+                .filter(|o| o.health() == Health::Healthy && o.containers[0].restarts >= 1)
+        })
+        .await;
+        assert_eq!(obs.containers[0].id, id, "the same container was started again");
+        stop.cancel();
+        handle.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_whose_health_check_fails_is_restarted() {
+    with_env("unhealthy", |env| async move {
+        let (stop, handle) = env.start_operator();
+        env.desire(env.spec("uh"), 1).await;
+        let obs = env.wait_healthy("uh").await;
+        let id = obs.containers[0].id.clone();
+        let before = env
+            .docker
+            .raw()
+            .inspect_container(&id, None::<InspectContainerOptions>)
+            .await
+            .unwrap();
+        exec(&env.docker, &id, &["touch", "/tmp/sick"]).await;
+        env.wait_event(EventKind::Unhealthy, "uh").await;
+        let restarted = env.wait_event(EventKind::Restarted, "uh").await;
+        assert!(restarted.reason.contains("unhealthy"), "{}", restarted.reason);
+        eventually(Duration::from_secs(60), "healthy after restart", || async {
+            let c = env
+                .docker
+                .raw()
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await
+                .ok()?;
+            let st = c.state?;
+            (st.started_at != before.state.as_ref().unwrap().started_at
+                && st.health.and_then(|h| h.status).map(|s| s.to_string()) == Some("healthy".into()))
+            .then_some(())
+        })
+        .await;
+        stop.cancel();
+        handle.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_survive_removal_unless_removal_of_volumes_is_asked_for() {
+    with_env("volumes", |mut_env| async move {
+        let env = mut_env;
+        let (stop, handle) = env.start_operator();
+        let volume = format!("{}-data", env.host);
+        let mut spec = env.spec("vl");
+        spec.mounts.push(MountSpec {
+            kind: MountKind::Volume as i32,
+            source: volume.clone(),
+            target: "/data".into(),
+            read_only: false,
+        });
+        env.desire(spec.clone(), 1).await;
+        let obs = env.wait_healthy("vl").await;
+        exec(&env.docker, &obs.containers[0].id, &["sh", "-c", "echo kept > /data/f"]).await;
+
+        // Plain removal keeps the volume and its data.
+        env.bus.delete_desired(&env.host, "data", "vl").await.unwrap();
+        eventually(Duration::from_secs(30), "removed", || async {
+            env.containers("vl").await.is_empty().then_some(())
+        })
+        .await;
+        assert!(env.docker.raw().inspect_volume(&volume).await.is_ok(), "volume kept");
+
+        // Bring it back: the data is there.
+        env.desire(spec.clone(), 2).await;
+        let obs = env.wait_healthy("vl").await;
+        let out = {
+            use bollard::exec::{CreateExecOptions, StartExecResults};
+            let ex = env
+                .docker
+                .raw()
+                .create_exec(
+                    &obs.containers[0].id,
+                    CreateExecOptions {
+                        cmd: Some(vec!["cat", "/data/f"]),
+                        attach_stdout: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            let mut s = String::new();
+            if let StartExecResults::Attached { mut output, .. } =
+                env.docker.raw().start_exec(&ex.id, None).await.unwrap()
+            {
+                while let Some(Ok(chunk)) = output.next().await {
+                    s.push_str(&chunk.to_string());
+                }
+            }
+            s
+        };
+        assert_eq!(out.trim(), "kept");
+
+        // Removal with volumes, in so many words.
+        let d = DesiredService {
+            spec: Some(spec),
+            host: env.host.clone(),
+            generation: 3,
+            absent: true,
+            remove_volumes: true,
+            ..Default::default()
+        };
+        env.bus.put_desired(&d).await.unwrap();
+        eventually(Duration::from_secs(30), "volume removed", || async {
+            env.docker.raw().inspect_volume(&volume).await.is_err().then_some(())
+        })
+        .await;
+        eventually(Duration::from_secs(30), "desired key cleaned", || async {
+            env.bus
+                .get_desired(&env.host, "data", "vl")
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        })
+        .await;
+        stop.cancel();
+        handle.await.unwrap();
+    })
+    .await;
+}
