@@ -1,0 +1,336 @@
+//! `infractl`: a small client for the coordinator that prints tables.
+//! Everything it does is also one `grpcurl` call (see the README); this is
+//! for the terminal and for the `just` recipes.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use infra_proto::bus::v1::Health;
+use infra_proto::coordinator::v1 as api;
+use infra_proto::coordinator::v1::coordinator_service_client::CoordinatorServiceClient;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(version, about = "Client for the infra coordinator.")]
+struct Cli {
+    /// Coordinator address.
+    #[arg(long, env = "INFRA_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+struct Sel {
+    /// A named selection from compose/selections.yml.
+    #[arg(long)]
+    named: Option<String>,
+    /// Tiers.
+    #[arg(long = "tier")]
+    tiers: Vec<String>,
+    /// Profiles.
+    #[arg(long = "profile")]
+    profiles: Vec<String>,
+    /// Services.
+    services: Vec<String>,
+}
+
+impl Sel {
+    fn to_api(&self) -> api::Selection {
+        api::Selection {
+            named: self.named.clone().unwrap_or_default(),
+            tiers: self.tiers.clone(),
+            profiles: self.profiles.clone(),
+            services: self.services.clone(),
+            all: false,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Status of every deployed service.
+    Status,
+    /// Hosts and their operators.
+    Hosts,
+    /// What a deploy would do.
+    Plan(Sel),
+    /// Deploy, printing progress; fails if any service failed.
+    Deploy {
+        #[command(flatten)]
+        sel: Sel,
+        /// Per-service deadline, seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u32,
+    },
+    /// Remove (volumes kept unless --volumes).
+    Remove {
+        #[command(flatten)]
+        sel: Sel,
+        /// Also delete named volumes.
+        #[arg(long)]
+        volumes: bool,
+    },
+    /// Wait until the coordinator answers and `operators` operators heartbeat.
+    Wait {
+        /// How many operators to wait for.
+        #[arg(long, default_value_t = 9)]
+        operators: usize,
+        /// Seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+}
+
+fn health(h: i32) -> String {
+    Health::try_from(h).map_or("?".into(), |h| {
+        h.as_str_name().trim_start_matches("HEALTH_").to_lowercase()
+    })
+}
+
+fn age(t: Option<prost_types::Timestamp>) -> String {
+    let Some(t) = t else { return "-".into() };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let s = (now - t.seconds).max(0);
+    if s < 120 {
+        format!("{s}s")
+    } else if s < 7200 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{}h", s / 3600)
+    }
+}
+
+fn table(rows: Vec<Vec<String>>) {
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for r in rows {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
+    let connect = || async {
+        Channel::from_shared(cli.addr.clone())?
+            .connect()
+            .await
+            .map_err(Box::<dyn std::error::Error>::from)
+    };
+    match cli.cmd {
+        Cmd::Wait { operators, timeout } => {
+            let deadline = Instant::now() + Duration::from_secs(timeout);
+            loop {
+                if let Ok(ch) = connect().await {
+                    let mut c = CoordinatorServiceClient::new(ch);
+                    if let Ok(r) = c.list_hosts(api::ListHostsRequest {}).await {
+                        let n: usize = r.into_inner().hosts.iter().map(|h| h.operators.len()).sum();
+                        if n >= operators {
+                            println!("coordinator up; {n} operators heartbeating");
+                            return Ok(true);
+                        }
+                    }
+                }
+                if Instant::now() > deadline {
+                    eprintln!("timed out after {timeout}s waiting for the coordinator and {operators} operators");
+                    return Ok(false);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        Cmd::Status => {
+            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let r = c
+                .get_status(api::GetStatusRequest { selection: None })
+                .await?
+                .into_inner();
+            let mut rows = vec![
+                [
+                    "SERVICE",
+                    "TIER",
+                    "HOST",
+                    "REPLICAS",
+                    "HEALTH",
+                    "SINCE",
+                    "CONTAINERS",
+                    "MESSAGE",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            let mut all_ok = true;
+            for s in r.services {
+                let h = health(s.health);
+                all_ok &= matches!(h.as_str(), "healthy" | "running" | "completed");
+                rows.push(vec![
+                    s.service,
+                    s.tier,
+                    s.host,
+                    format!("{}/{}", s.healthy_replicas, s.desired_replicas),
+                    h,
+                    age(s.since),
+                    s.container_ids.join(","),
+                    s.message,
+                ]);
+            }
+            table(rows);
+            Ok(all_ok)
+        }
+        Cmd::Hosts => {
+            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let r = c.list_hosts(api::ListHostsRequest {}).await?.into_inner();
+            let mut rows = vec![
+                ["HOST", "TIER", "VERSION", "SERVICES", "LAST HEARTBEAT", "GRPC"]
+                    .map(String::from)
+                    .to_vec(),
+            ];
+            for h in r.hosts {
+                for o in h.operators {
+                    rows.push(vec![
+                        h.host.clone(),
+                        o.tier,
+                        o.version,
+                        o.services.to_string(),
+                        format!("{} ago", age(o.last_heartbeat)),
+                        o.grpc_addr,
+                    ]);
+                }
+            }
+            table(rows);
+            Ok(true)
+        }
+        Cmd::Plan(sel) => {
+            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let r = c
+                .plan(api::PlanRequest {
+                    selection: Some(sel.to_api()),
+                })
+                .await?
+                .into_inner();
+            let mut rows = vec![
+                [
+                    "LEVEL",
+                    "SERVICE",
+                    "TIER",
+                    "HOST",
+                    "ACTION",
+                    "IMAGE",
+                    "WAITS FOR",
+                    "NOT ACTED ON",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            for s in r.steps {
+                let action = api::Action::try_from(s.action).map_or("?".into(), |a| {
+                    a.as_str_name().trim_start_matches("ACTION_").to_lowercase()
+                });
+                let action = if s.changes.is_empty() {
+                    action
+                } else {
+                    format!("{action} ({})", s.changes.join(","))
+                };
+                rows.push(vec![
+                    s.level.to_string(),
+                    s.service,
+                    s.tier,
+                    s.host,
+                    action,
+                    s.image,
+                    s.waits_for.join(", "),
+                    s.unsupported_keys.join(", "),
+                ]);
+            }
+            table(rows);
+            for w in r.warnings {
+                println!("warning: {w}");
+            }
+            Ok(true)
+        }
+        Cmd::Deploy { sel, timeout } => {
+            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let mut stream = c
+                .deploy(api::DeployRequest {
+                    selection: Some(sel.to_api()),
+                    timeout_seconds: timeout,
+                })
+                .await?
+                .into_inner();
+            let start = Instant::now();
+            let mut ok = true;
+            while let Some(p) = stream.message().await? {
+                let phase = api::Phase::try_from(p.phase).map_or("?".into(), |a| {
+                    a.as_str_name().trim_start_matches("PHASE_").to_lowercase()
+                });
+                if p.phase == api::Phase::Done as i32 {
+                    ok = p.failed == 0 && p.blocked == 0;
+                    println!("[{:>6.1}s] done: {}", start.elapsed().as_secs_f64(), p.message);
+                    continue;
+                }
+                if p.phase == api::Phase::Planned as i32 {
+                    continue;
+                }
+                let blocks = if p.blocks.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (blocks: {})", p.blocks.join("; "))
+                };
+                println!(
+                    "[{:>6.1}s] {:<18} {:<11} {}{}",
+                    start.elapsed().as_secs_f64(),
+                    p.service,
+                    phase,
+                    p.message,
+                    blocks
+                );
+            }
+            Ok(ok)
+        }
+        Cmd::Remove { sel, volumes } => {
+            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let r = c
+                .remove(api::RemoveRequest {
+                    selection: Some(sel.to_api()),
+                    remove_volumes: volumes,
+                    force: false,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "removed: {}{}",
+                r.removed.join(", "),
+                if r.volumes_removed {
+                    " (and their volumes)"
+                } else {
+                    " (volumes kept)"
+                }
+            );
+            Ok(true)
+        }
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            if let Some(s) = e.downcast_ref::<tonic::Status>() {
+                eprintln!("infractl: {:?}: {}", s.code(), s.message());
+            } else {
+                eprintln!("infractl: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! From the Compose model to the bus contract: one [`ServiceSpec`] per
+//! service, with Docker names for networks and volumes, and the secrets it
+//! needs. Everything is checked here, before anything is applied, so a bad
+//! catalog never leaves a half-applied deploy.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use infra_compose::{Catalog, HealthTest, MountKind, RestartPolicy, SecretSource, Service};
+use infra_proto::bus::v1::{
+    self as pb, Args, DependencySpec, HealthcheckSpec, MountSpec, NetworkSpec, PortSpec, Resources, SecretMount,
+    ServiceSpec,
+};
+use sha2::{Digest, Sha256};
+
+/// Project prefix of Docker names, as Compose uses the project name.
+pub const PROJECT: &str = "infra";
+/// Network a service joins when it declares none.
+pub const DEFAULT_NETWORK: &str = "infra_default";
+
+/// A secret's content, to be put in the secrets bucket before a deploy.
+pub struct SecretContent {
+    /// Bucket key.
+    pub key: String,
+    /// The bytes. Never logged.
+    pub content: bytes::Bytes,
+}
+
+impl std::fmt::Debug for SecretContent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretContent")
+            .field("key", &self.key)
+            .field("content", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A service that cannot be turned into a spec. The message names the
+/// file, line, service and field.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: service {service:?}: {field}: {message}")]
+pub struct ConvertError {
+    /// Compose file.
+    pub file: String,
+    /// Line of the service.
+    pub line: usize,
+    /// Service.
+    pub service: String,
+    /// Field.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(svc: &Service, field: &str, message: impl Into<String>) -> ConvertError {
+    ConvertError {
+        file: svc.file.display().to_string(),
+        line: svc.line,
+        service: svc.name.clone(),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn dur(d: Option<Duration>) -> Option<prost_types::Duration> {
+    d.map(|d| prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    })
+}
+
+/// Docker name of a Compose volume.
+pub fn volume_name(catalog: &Catalog, key: &str) -> String {
+    match catalog.volumes.get(key) {
+        Some(v) if v.name.is_some() => v.name.clone().unwrap_or_default(),
+        Some(v) if v.external => key.to_owned(),
+        _ => format!("{PROJECT}_{key}"),
+    }
+}
+
+/// Docker name of a Compose network.
+pub fn network_name(catalog: &Catalog, key: &str) -> String {
+    if key == "default" {
+        return DEFAULT_NETWORK.into();
+    }
+    catalog
+        .networks
+        .get(key)
+        .and_then(|n| n.name.clone())
+        .unwrap_or_else(|| key.to_owned())
+}
+
+/// The spec of `svc`, and the secret contents it needs.
+pub fn to_spec(
+    catalog: &Catalog,
+    svc: &Service,
+    env: &BTreeMap<String, String>,
+) -> Result<(ServiceSpec, Vec<SecretContent>), ConvertError> {
+    infra_bus::Token::new("service", &svc.name).map_err(|e| err(svc, "name", e.to_string()))?;
+    let image = svc.image.clone().filter(|i| !i.is_empty()).ok_or_else(|| {
+        err(
+            svc,
+            "image",
+            "no image: services must name an image (build is not supported by the operators)",
+        )
+    })?;
+
+    let mut mounts = Vec::new();
+    for m in &svc.volumes {
+        let (kind, source) = match m.kind {
+            MountKind::Volume => {
+                let key = m.source.clone().unwrap_or_default();
+                if key.is_empty() {
+                    // Anonymous volume: Docker names it; it goes with the container.
+                    (pb::MountKind::Volume, String::new())
+                } else {
+                    (pb::MountKind::Volume, volume_name(catalog, &key))
+                }
+            }
+            MountKind::Bind => (pb::MountKind::Bind, m.source.clone().unwrap_or_default()),
+            MountKind::Tmpfs => (pb::MountKind::Tmpfs, String::new()),
+        };
+        mounts.push(MountSpec {
+            kind: kind as i32,
+            source,
+            target: m.target.clone(),
+            read_only: m.read_only,
+        });
+    }
+
+    let networks: Vec<NetworkSpec> = if svc.networks.is_empty() {
+        vec![NetworkSpec {
+            name: DEFAULT_NETWORK.into(),
+            aliases: vec![],
+        }]
+    } else {
+        svc.networks
+            .iter()
+            .map(|n| NetworkSpec {
+                name: network_name(catalog, &n.name),
+                aliases: n.aliases.clone(),
+            })
+            .collect()
+    };
+
+    let healthcheck = svc.healthcheck.as_ref().and_then(|h| {
+        let test = match &h.test {
+            HealthTest::None => vec!["NONE".to_string()],
+            HealthTest::Inherit => return None,
+            HealthTest::Cmd(args) => std::iter::once("CMD".to_string()).chain(args.iter().cloned()).collect(),
+            HealthTest::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
+        };
+        Some(HealthcheckSpec {
+            test,
+            interval: dur(h.interval),
+            timeout: dur(h.timeout),
+            start_period: dur(h.start_period),
+            start_interval: dur(h.start_interval),
+            retries: h.retries.unwrap_or(0),
+        })
+    });
+
+    let mut secrets = Vec::new();
+    let mut contents = Vec::new();
+    for s in &svc.secrets {
+        let def = catalog.secrets.get(&s.source).ok_or_else(|| {
+            err(
+                svc,
+                "secrets",
+                format!("secret {:?} is not declared at top level", s.source),
+            )
+        })?;
+        let content: Vec<u8> = match &def.source {
+            SecretSource::File(path) => std::fs::read(path).map_err(|e| {
+                err(
+                    svc,
+                    "secrets",
+                    format!("secret {:?}: cannot read {}: {e}", s.source, path.display()),
+                )
+            })?,
+            SecretSource::Environment(var) => env
+                .get(var)
+                .ok_or_else(|| {
+                    err(
+                        svc,
+                        "secrets",
+                        format!("secret {:?}: environment variable {var} is not set", s.source),
+                    )
+                })?
+                .clone()
+                .into_bytes(),
+            SecretSource::Content(c) => c.clone().into_bytes(),
+            SecretSource::External => {
+                return Err(err(
+                    svc,
+                    "secrets",
+                    format!("secret {:?} is external, which needs Swarm", s.source),
+                ));
+            }
+        };
+        let key = infra_bus::Token::new("secret", &s.source).map_err(|e| err(svc, "secrets", e.to_string()))?;
+        let sha = hex::encode(Sha256::digest(&content));
+        let parse_id = |v: &Option<String>, field: &str| -> Result<u32, ConvertError> {
+            v.as_deref().map_or(Ok(0), |x| {
+                x.parse().map_err(|_| err(svc, field, format!("{x:?} is not a number")))
+            })
+        };
+        secrets.push(SecretMount {
+            name: s.source.clone(),
+            target: s.target.clone().unwrap_or_default(),
+            key: key.to_string(),
+            sha256: sha,
+            uid: parse_id(&s.uid, "secrets.uid")?,
+            gid: parse_id(&s.gid, "secrets.gid")?,
+            mode: s.mode.unwrap_or(0),
+        });
+        contents.push(SecretContent {
+            key: key.to_string(),
+            content: content.into(),
+        });
+    }
+
+    let resources = svc.deploy.as_ref().map_or_else(Resources::default, |d| {
+        let r = &d.resources;
+        Resources {
+            nano_cpus_limit: r.limits.cpus.map_or(0, |c| (c * 1e9) as i64),
+            memory_limit: r.limits.memory.map_or(0, |m| m as i64),
+            pids_limit: r.limits.pids.unwrap_or(0),
+            nano_cpus_reservation: r.reservations.cpus.map_or(0, |c| (c * 1e9) as i64),
+            memory_reservation: r.reservations.memory.map_or(0, |m| m as i64),
+        }
+    });
+
+    let restart = match svc.restart {
+        None | Some(RestartPolicy::No) => "no".to_string(),
+        Some(RestartPolicy::Always) => "always".into(),
+        Some(RestartPolicy::UnlessStopped) => "unless-stopped".into(),
+        Some(RestartPolicy::OnFailure(None)) => "on-failure".into(),
+        Some(RestartPolicy::OnFailure(Some(n))) => format!("on-failure:{n}"),
+    };
+
+    let depends_on = svc
+        .depends_on
+        .iter()
+        .map(|d| DependencySpec {
+            service: d.service.clone(),
+            tier: catalog
+                .services
+                .get(&d.service)
+                .map(|s| s.tier.as_str().to_owned())
+                .unwrap_or_default(),
+            condition: condition(d.condition) as i32,
+            required: d.required,
+        })
+        .collect();
+
+    let spec = ServiceSpec {
+        name: svc.name.clone(),
+        tier: svc.tier.as_str().to_owned(),
+        image,
+        command: svc.command.clone().map(|args| Args { args }),
+        entrypoint: svc.entrypoint.clone().map(|args| Args { args }),
+        environment: svc.environment.clone(),
+        ports: svc
+            .ports
+            .iter()
+            .map(|p| PortSpec {
+                host_ip: p.host_ip.clone().unwrap_or_default(),
+                published: u32::from(p.published.unwrap_or(0)),
+                target: u32::from(p.target),
+                protocol: format!("{:?}", p.protocol).to_lowercase(),
+            })
+            .collect(),
+        mounts,
+        networks,
+        healthcheck,
+        depends_on,
+        restart,
+        labels: svc.labels.clone(),
+        secrets,
+        user: svc.user.clone().unwrap_or_default(),
+        read_only: svc.read_only,
+        security_opt: svc.security_opt.clone(),
+        cap_add: svc.cap_add.clone(),
+        cap_drop: svc.cap_drop.clone(),
+        replicas: svc.replicas(),
+        resources: Some(resources),
+        hostname: svc.hostname.clone().unwrap_or_default(),
+        working_dir: svc.working_dir.clone().unwrap_or_default(),
+        stop_signal: svc.stop_signal.clone().unwrap_or_default(),
+        stop_grace_period: dur(svc.stop_grace_period),
+        init: svc.init.unwrap_or(false),
+        shm_size: svc.shm_size.map_or(0, |s| s as i64),
+        tmpfs: svc.tmpfs.clone(),
+        sysctls: svc.sysctls.clone(),
+        extra_hosts: svc.extra_hosts.clone(),
+        source_file: svc.file.display().to_string(),
+        source_line: svc.line as u32,
+    };
+    Ok((spec, contents))
+}
+
+/// The bus form of a dependency condition.
+pub fn condition(c: infra_compose::DependencyCondition) -> pb::Condition {
+    match c {
+        infra_compose::DependencyCondition::ServiceStarted => pb::Condition::ServiceStarted,
+        infra_compose::DependencyCondition::ServiceHealthy => pb::Condition::ServiceHealthy,
+        infra_compose::DependencyCondition::ServiceCompletedSuccessfully => pb::Condition::ServiceCompletedSuccessfully,
+    }
+}
+
+/// Compose keys of `svc` that are kept but not acted on yet, for the plan.
+pub fn unsupported_keys(svc: &Service) -> Vec<String> {
+    let mut keys: Vec<String> = svc.unsupported.keys().cloned().collect();
+    let mut flag = |cond: bool, key: &str| {
+        if cond {
+            keys.push(key.to_owned());
+        }
+    };
+    flag(svc.build.is_some(), "build");
+    flag(!svc.ulimits.is_empty(), "ulimits");
+    flag(svc.logging.is_some(), "logging");
+    flag(!svc.gpus.is_empty(), "gpus");
+    flag(!svc.devices.is_empty(), "devices");
+    flag(!svc.dns.is_empty(), "dns");
+    flag(svc.network_mode.is_some(), "network_mode");
+    flag(svc.pid.is_some(), "pid");
+    flag(svc.ipc.is_some(), "ipc");
+    flag(svc.privileged, "privileged");
+    flag(!svc.configs.is_empty(), "configs");
+    flag(
+        svc.container_name.is_some(),
+        "container_name (the operators name containers infra-<service>-<n>)",
+    );
+    flag(svc.platform.is_some(), "platform");
+    flag(svc.pull_policy.is_some(), "pull_policy");
+    if let Some(d) = &svc.deploy {
+        flag(d.update_config.is_some(), "deploy.update_config");
+        flag(d.rollback_config.is_some(), "deploy.rollback_config");
+        flag(
+            !d.placement.constraints.is_empty() || d.placement.max_replicas_per_node.is_some(),
+            "deploy.placement",
+        );
+        flag(
+            !d.resources.reservations.devices.is_empty(),
+            "deploy.resources.reservations.devices",
+        );
+        flag(d.restart_policy.is_some(), "deploy.restart_policy");
+    }
+    keys.extend(svc.extensions.keys().map(|k| format!("{k} (extension)")));
+    keys.sort();
+    keys
+}

@@ -1,0 +1,889 @@
+//! The coordinator's logic, apart from gRPC: load the catalog, resolve a
+//! selection, place services on hosts, plan, deploy in dependency order,
+//! report status, remove.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use infra_bus::Bus;
+use infra_compose::{Catalog, DependencyCondition, Graph, LoadOptions, Selection, Tier};
+use infra_proto::bus::v1::{DesiredService, Event, EventKind, Health, Heartbeat, ObservedService, ServiceSpec};
+use infra_proto::coordinator::v1 as api;
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+
+use crate::convert::{self, SecretContent};
+use crate::selections;
+use crate::state::ObservedCache;
+
+/// What the coordinator needs to run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// This coordinator's id (a bus token).
+    pub id: String,
+    /// The catalog root (`compose/`).
+    pub compose_dir: PathBuf,
+    /// Override files merged onto the catalog (the local image map).
+    pub overrides: Vec<PathBuf>,
+    /// `.env` file; default `<compose_dir>/.env` when it exists.
+    pub env_file: Option<PathBuf>,
+    /// Default per-service deadline of a deploy.
+    pub deploy_timeout: Duration,
+}
+
+/// The coordinator. Cheap to clone.
+#[derive(Clone)]
+pub struct Coordinator {
+    settings: Arc<Settings>,
+    bus: Bus,
+    cache: ObservedCache,
+}
+
+fn invalid(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+/// A service ready to dispatch.
+#[derive(Clone, Debug)]
+struct Prepared {
+    spec: ServiceSpec,
+    host: Option<String>,
+    existing: Option<DesiredService>,
+}
+
+/// Where a service stands during a deploy, as its dependents see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Progress {
+    Waiting,
+    Started,
+    Healthy,
+    Completed,
+    Failed,
+}
+
+fn progress_of(o: &ObservedService, spec: &ServiceSpec, hash: &str) -> Progress {
+    let want = spec.replicas.max(1);
+    let current: Vec<_> = o.containers.iter().filter(|c| c.spec_hash == hash).collect();
+    if o.health() == Health::Failed {
+        return Progress::Failed;
+    }
+    if o.spec_hash != hash || (current.len() as u32) < want || current.len() != o.containers.len() {
+        return Progress::Waiting;
+    }
+    match o.health() {
+        Health::Healthy | Health::Running => Progress::Healthy,
+        Health::Completed => Progress::Completed,
+        _ if o.running_replicas >= 1 => Progress::Started,
+        _ => Progress::Waiting,
+    }
+}
+
+fn meets(p: Progress, cond: DependencyCondition) -> bool {
+    match cond {
+        DependencyCondition::ServiceStarted => matches!(p, Progress::Started | Progress::Healthy | Progress::Completed),
+        DependencyCondition::ServiceHealthy => p == Progress::Healthy,
+        DependencyCondition::ServiceCompletedSuccessfully => p == Progress::Completed,
+    }
+}
+
+impl Coordinator {
+    /// A coordinator over `bus`, with `cache` kept current by the caller.
+    pub fn new(settings: Settings, bus: Bus, cache: ObservedCache) -> Self {
+        Self {
+            settings: Arc::new(settings),
+            bus,
+            cache,
+        }
+    }
+
+    /// The bus.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    fn env() -> BTreeMap<String, String> {
+        std::env::vars().collect()
+    }
+
+    /// Loads the catalog afresh, so edits take effect on the next call.
+    pub fn load(&self) -> Result<Catalog, Status> {
+        let opts = LoadOptions {
+            env_file: self.settings.env_file.clone(),
+            env: Self::env(),
+            overrides: self.settings.overrides.clone(),
+        };
+        infra_compose::load_catalog(&self.settings.compose_dir, &opts).map_err(invalid)
+    }
+
+    /// The selected services (with their dependencies) and their graph.
+    pub fn resolve(
+        &self,
+        catalog: &Catalog,
+        sel: Option<&api::Selection>,
+    ) -> Result<(BTreeSet<String>, Graph), Status> {
+        let sel = sel.cloned().unwrap_or_default();
+        let mut exclude: Vec<String> = Vec::new();
+        let mut s = Selection {
+            all: sel.all,
+            tiers: Vec::new(),
+            profiles: sel.profiles.clone(),
+            services: sel.services.clone(),
+        };
+        for t in &sel.tiers {
+            s.tiers.push(
+                t.parse::<Tier>()
+                    .map_err(|e| invalid(format!("selection.tiers: {e}")))?,
+            );
+        }
+        if !sel.named.is_empty() {
+            let named = selections::load(&catalog.root).map_err(invalid)?;
+            let n = named.get(&sel.named).ok_or_else(|| {
+                invalid(format!(
+                    "selection.named: {:?} is not defined in {}/{}; defined: {}",
+                    sel.named,
+                    catalog.root.display(),
+                    selections::FILE,
+                    named.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            s.all |= n.all;
+            for t in &n.tiers {
+                s.tiers.push(
+                    t.parse::<Tier>()
+                        .map_err(|e| invalid(format!("selections.{}.tiers: {e}", sel.named)))?,
+                );
+            }
+            s.profiles.extend(n.profiles.iter().cloned());
+            s.services.extend(n.services.iter().cloned());
+            exclude.clone_from(&n.exclude);
+        }
+        let mut names = catalog.select(&s).map_err(|e| invalid(format!("selection: {e}")))?;
+        for x in &exclude {
+            names.remove(x);
+        }
+        if !exclude.is_empty() {
+            for n in &names {
+                if let Some(svc) = catalog.services.get(n)
+                    && let Some(d) = svc
+                        .depends_on
+                        .iter()
+                        .find(|d| d.required && exclude.contains(&d.service))
+                {
+                    return Err(invalid(format!(
+                        "selection {:?} excludes {:?}, which {:?} needs",
+                        sel.named, d.service, n
+                    )));
+                }
+            }
+        }
+        let graph = catalog.graph(&names).map_err(invalid)?;
+        Ok((names, graph))
+    }
+
+    /// Operators alive now, from their heartbeats.
+    pub async fn heartbeats(&self) -> Result<Vec<Heartbeat>, Status> {
+        self.bus.list_heartbeats().await.map_err(unavailable)
+    }
+
+    async fn prepare(
+        &self,
+        catalog: &Catalog,
+        graph: &Graph,
+    ) -> Result<(Vec<(String, Prepared)>, Vec<SecretContent>), Status> {
+        let env = Self::env();
+        let hb = self.heartbeats().await?;
+        let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
+        let mut load: HashMap<(String, String), usize> = HashMap::new();
+        for d in &desired {
+            if let Some(s) = &d.spec {
+                *load.entry((d.host.clone(), s.tier.clone())).or_default() += 1;
+            }
+        }
+        let mut out = Vec::new();
+        let mut secrets: BTreeMap<String, SecretContent> = BTreeMap::new();
+        for name in graph.order() {
+            let svc = &catalog.services[name];
+            let (spec, contents) = convert::to_spec(catalog, svc, &env).map_err(invalid)?;
+            for c in contents {
+                secrets.insert(c.key.clone(), c);
+            }
+            // Sticky placement: where it already is; else the least loaded
+            // host whose operator of this tier is alive.
+            let existing = desired
+                .iter()
+                .find(|d| d.spec.as_ref().is_some_and(|s| s.name == *name))
+                .cloned();
+            let host = match &existing {
+                Some(d) => Some(d.host.clone()),
+                None => {
+                    let mut candidates: Vec<&Heartbeat> = hb.iter().filter(|h| h.tier == spec.tier).collect();
+                    candidates.sort_by_key(|h| {
+                        (
+                            load.get(&(h.host.clone(), spec.tier.clone())).copied().unwrap_or(0),
+                            h.host.clone(),
+                        )
+                    });
+                    candidates.first().map(|h| h.host.clone())
+                }
+            };
+            if let Some(h) = &host {
+                *load.entry((h.clone(), spec.tier.clone())).or_default() += 1;
+            }
+            out.push((name.clone(), Prepared { spec, host, existing }));
+        }
+        Ok((out, secrets.into_values().collect()))
+    }
+
+    /// What a deploy would do. No side effects.
+    pub async fn plan(&self, sel: Option<&api::Selection>) -> Result<api::PlanResponse, Status> {
+        let catalog = self.load()?;
+        let (_, graph) = self.resolve(&catalog, sel)?;
+        let (prepared, _) = self.prepare(&catalog, &graph).await?;
+        let level_of: HashMap<&str, usize> = graph
+            .levels()
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| l.iter().map(move |n| (n.as_str(), i)))
+            .collect();
+        let mut warnings = Vec::new();
+        let mut steps = Vec::new();
+        for (name, p) in &prepared {
+            let svc = &catalog.services[name];
+            let (action, changes) = match p.existing.as_ref().filter(|d| !d.absent).and_then(|d| d.spec.as_ref()) {
+                None => (api::Action::Create, vec![]),
+                Some(old) => {
+                    let changes = diff(old, &p.spec);
+                    if changes.is_empty() {
+                        (api::Action::Unchanged, changes)
+                    } else {
+                        (api::Action::Update, changes)
+                    }
+                }
+            };
+            if p.host.is_none() {
+                warnings.push(format!(
+                    "{name}: no live {} operator: it would stay pending",
+                    p.spec.tier
+                ));
+            }
+            steps.push(api::PlanStep {
+                service: name.clone(),
+                tier: p.spec.tier.clone(),
+                host: p.host.clone().unwrap_or_default(),
+                action: action as i32,
+                level: level_of.get(name.as_str()).copied().unwrap_or(0) as u32,
+                waits_for: svc
+                    .depends_on
+                    .iter()
+                    .filter(|d| graph.contains(&d.service))
+                    .map(|d| format!("{} ({})", d.service, cond_name(d.condition)))
+                    .collect(),
+                image: p.spec.image.clone(),
+                replicas: p.spec.replicas,
+                changes,
+                unsupported_keys: convert::unsupported_keys(svc),
+            });
+        }
+        Ok(api::PlanResponse { steps, warnings })
+    }
+
+    async fn event(&self, kind: EventKind, service: &str, tier: &str, deployment: &str, reason: String) {
+        let ev = Event {
+            kind: kind as i32,
+            host: self.settings.id.clone(),
+            tier: if tier.is_empty() {
+                "coordinator".into()
+            } else {
+                tier.to_owned()
+            },
+            service: service.to_owned(),
+            reason,
+            source: "coordinator".into(),
+            deployment_id: deployment.to_owned(),
+            ..Default::default()
+        };
+        if let Err(e) = self.bus.publish_event(&ev).await {
+            tracing::warn!(error = %e, "could not publish coordinator event");
+        }
+    }
+
+    /// Brings the selection up in dependency order, streaming progress to
+    /// `tx`. Every check happens before the first write; afterwards a
+    /// failing service blocks only what depends on it.
+    pub async fn deploy(
+        &self,
+        req: api::DeployRequest,
+        tx: mpsc::Sender<Result<api::DeployProgress, Status>>,
+    ) -> Result<(), Status> {
+        let catalog = self.load()?;
+        let (_, graph) = self.resolve(&catalog, req.selection.as_ref())?;
+        let (prepared, secrets) = self.prepare(&catalog, &graph).await?;
+        let deadline = if req.timeout_seconds > 0 {
+            Duration::from_secs(u64::from(req.timeout_seconds))
+        } else {
+            self.settings.deploy_timeout
+        };
+        let deployment = nuid::next().to_string();
+        for s in secrets {
+            self.bus.put_secret(&s.key, s.content).await.map_err(unavailable)?;
+        }
+        self.event(
+            EventKind::DeployStarted,
+            "",
+            "",
+            &deployment,
+            format!("{} services", prepared.len()),
+        )
+        .await;
+
+        let (state_tx, state_rx) = watch::channel(HashMap::<String, Progress>::new());
+        let state_tx = Arc::new(state_tx);
+        let graph = Arc::new(graph);
+        let send = |p: api::DeployProgress| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(Ok(p)).await;
+            }
+        };
+        for (name, p) in &prepared {
+            send(api::DeployProgress {
+                deployment_id: deployment.clone(),
+                service: name.clone(),
+                tier: p.spec.tier.clone(),
+                host: p.host.clone().unwrap_or_default(),
+                phase: api::Phase::Planned as i32,
+                time: Some(infra_proto::now()),
+                ..Default::default()
+            })
+            .await;
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (name, p) in prepared {
+            let me = self.clone();
+            let deps: Vec<(String, DependencyCondition)> = catalog.services[&name]
+                .depends_on
+                .iter()
+                .filter(|d| graph.contains(&d.service))
+                .map(|d| (d.service.clone(), d.condition))
+                .collect();
+            let (state_tx, state_rx, graph, tx, deployment) = (
+                state_tx.clone(),
+                state_rx.clone(),
+                graph.clone(),
+                tx.clone(),
+                deployment.clone(),
+            );
+            tasks.spawn(async move {
+                let outcome = me
+                    .deploy_one(&name, p, deps, deadline, &deployment, state_tx, state_rx, &graph, &tx)
+                    .await;
+                (name, outcome)
+            });
+        }
+        let (mut ready, mut failed, mut blocked) = (0u32, 0u32, 0u32);
+        while let Some(r) = tasks.join_next().await {
+            match r {
+                Ok((_, Progress::Failed)) => failed += 1,
+                Ok((_, Progress::Waiting)) => blocked += 1,
+                Ok(_) => ready += 1,
+                Err(e) => {
+                    tracing::error!(error = %e, "deploy task panicked");
+                    failed += 1;
+                }
+            }
+        }
+        let msg = format!("{ready} ready, {failed} failed, {blocked} blocked");
+        self.event(EventKind::DeployFinished, "", "", &deployment, msg.clone())
+            .await;
+        send(api::DeployProgress {
+            deployment_id: deployment,
+            phase: api::Phase::Done as i32,
+            message: msg,
+            time: Some(infra_proto::now()),
+            ready,
+            failed,
+            blocked,
+            ..Default::default()
+        })
+        .await;
+        Ok(())
+    }
+
+    /// One service of a deploy: wait for its dependencies, dispatch, wait
+    /// until ready. Returns `Waiting` when it was blocked.
+    #[allow(clippy::too_many_arguments)]
+    async fn deploy_one(
+        &self,
+        name: &str,
+        p: Prepared,
+        deps: Vec<(String, DependencyCondition)>,
+        deadline: Duration,
+        deployment: &str,
+        state_tx: Arc<watch::Sender<HashMap<String, Progress>>>,
+        mut state_rx: watch::Receiver<HashMap<String, Progress>>,
+        graph: &Graph,
+        tx: &mpsc::Sender<Result<api::DeployProgress, Status>>,
+    ) -> Progress {
+        let tier: &str = &p.spec.tier;
+        let host = p.host.clone().unwrap_or_default();
+        let report = |phase: api::Phase, message: String, blocks: Vec<String>| {
+            let ev = api::DeployProgress {
+                deployment_id: deployment.to_owned(),
+                service: name.to_owned(),
+                tier: tier.to_owned(),
+                host: host.clone(),
+                phase: phase as i32,
+                message,
+                time: Some(infra_proto::now()),
+                blocks,
+                ..Default::default()
+            };
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(Ok(ev)).await;
+            }
+        };
+        let set = |p: Progress| {
+            state_tx.send_modify(|m| {
+                m.insert(name.to_owned(), p);
+            })
+        };
+
+        // Wait for every dependency to meet its condition, or to fail.
+        if !deps.is_empty() {
+            report(
+                api::Phase::Waiting,
+                deps.iter()
+                    .map(|(d, c)| format!("{d} ({})", cond_name(*c)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                vec![],
+            )
+            .await;
+        }
+        loop {
+            let st = state_rx.borrow_and_update().clone();
+            // A failed dependency, or one that finished without ever being
+            // healthy, will never meet the condition.
+            let failed = deps.iter().find(|(d, c)| {
+                matches!(st.get(d), Some(Progress::Failed))
+                    || (st.get(d) == Some(&Progress::Completed) && *c == DependencyCondition::ServiceHealthy)
+            });
+            if let Some((d, _)) = failed {
+                let chain = graph
+                    .blocking_chain(d, name)
+                    .map(|c| c.join(" -> "))
+                    .unwrap_or_else(|| format!("{d} -> {name}"));
+                set(Progress::Failed);
+                report(
+                    api::Phase::Blocked,
+                    format!("blocked: dependency {d} failed ({chain})"),
+                    vec![],
+                )
+                .await;
+                self.event(
+                    EventKind::ServiceBlocked,
+                    name,
+                    tier,
+                    deployment,
+                    format!("dependency {d} failed: {chain}"),
+                )
+                .await;
+                return Progress::Waiting;
+            }
+            if deps.iter().all(|(d, c)| st.get(d).is_some_and(|p| meets(*p, *c))) {
+                break;
+            }
+            if state_rx.changed().await.is_err() {
+                return Progress::Waiting;
+            }
+        }
+
+        let fail = |message: String| async move {
+            let blocks: Vec<String> = graph
+                .blocked_by(name)
+                .iter()
+                .filter_map(|b| graph.blocking_chain(name, b).map(|c| c.join(" -> ")))
+                .collect();
+            set(Progress::Failed);
+            report(api::Phase::Failed, message.clone(), blocks.clone()).await;
+            let why = if blocks.is_empty() {
+                message
+            } else {
+                format!("{message}; blocks {}", blocks.join(", "))
+            };
+            self.event(EventKind::ServiceFailed, name, tier, deployment, why).await;
+            Progress::Failed
+        };
+
+        let Some(host) = p.host.clone() else {
+            return fail(format!(
+                "no live {} operator on any host: start one (it heartbeats on the bus)",
+                p.spec.tier
+            ))
+            .await;
+        };
+
+        // Dispatch: write desired state unless it is already what we want.
+        let hash = operator_core::spec::spec_hash(&p.spec);
+        let unchanged = p.existing.as_ref().is_some_and(|d| {
+            !d.absent
+                && d.spec
+                    .as_ref()
+                    .is_some_and(|s| operator_core::spec::spec_hash(s) == hash && s.replicas == p.spec.replicas)
+        });
+        if !unchanged {
+            let generation = p.existing.as_ref().map_or(0, |d| d.generation) + 1;
+            let desired = DesiredService {
+                spec: Some(p.spec.clone()),
+                host: host.clone(),
+                generation,
+                deployment_id: deployment.to_owned(),
+                absent: false,
+                remove_volumes: false,
+            };
+            if let Err(e) = self.bus.put_desired(&desired).await {
+                return fail(format!("could not write desired state: {e}")).await;
+            }
+        }
+        report(
+            api::Phase::Dispatched,
+            if unchanged {
+                "unchanged".into()
+            } else {
+                format!("to {host}")
+            },
+            vec![],
+        )
+        .await;
+        self.event(
+            EventKind::ServiceDispatched,
+            name,
+            tier,
+            deployment,
+            format!("host {host}"),
+        )
+        .await;
+
+        // Wait until ready (or failed, or out of time).
+        let start = Instant::now();
+        let mut changes = self.cache.subscribe();
+        let mut last = Progress::Waiting;
+        loop {
+            let obs = self.cache.get(&host, &p.spec.tier, name).await;
+            if let Some(o) = &obs {
+                let now = progress_of(o, &p.spec, &hash);
+                if now != last && now != Progress::Failed {
+                    set(now);
+                    last = now;
+                }
+                match now {
+                    Progress::Healthy | Progress::Completed => {
+                        report(api::Phase::Ready, format!("{:?}", o.health()).to_lowercase(), vec![]).await;
+                        self.event(EventKind::ServiceReady, name, tier, deployment, String::new())
+                            .await;
+                        return now;
+                    }
+                    Progress::Failed => {
+                        return fail(if o.message.is_empty() {
+                            "failed".into()
+                        } else {
+                            o.message.clone()
+                        })
+                        .await;
+                    }
+                    _ => {}
+                }
+            }
+            let left = deadline.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                let seen = obs.map_or_else(
+                    || "no report from the operator".to_string(),
+                    |o| {
+                        format!(
+                            "{:?}, {} of {} replicas healthy{}",
+                            o.health(),
+                            o.healthy_replicas,
+                            o.desired_replicas,
+                            if o.message.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {}", o.message)
+                            }
+                        )
+                    },
+                );
+                return fail(format!("not ready after {}s ({seen})", deadline.as_secs())).await;
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), changes.changed()).await;
+        }
+    }
+
+    /// State of every deployed service (or of the selection).
+    pub async fn status(&self, sel: Option<&api::Selection>) -> Result<api::GetStatusResponse, Status> {
+        let filter: Option<BTreeSet<String>> = match sel {
+            Some(s) if *s != api::Selection::default() => {
+                let catalog = self.load()?;
+                Some(self.resolve(&catalog, Some(s))?.0)
+            }
+            _ => None,
+        };
+        let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
+        let mut out = Vec::new();
+        for d in desired {
+            let Some(spec) = d.spec.as_ref() else { continue };
+            if filter.as_ref().is_some_and(|f| !f.contains(&spec.name)) {
+                continue;
+            }
+            let o = self
+                .cache
+                .get(&d.host, &spec.tier, &spec.name)
+                .await
+                .unwrap_or_default();
+            out.push(api::ServiceStatus {
+                service: spec.name.clone(),
+                tier: spec.tier.clone(),
+                host: d.host.clone(),
+                desired_replicas: if d.absent { 0 } else { spec.replicas.max(1) },
+                running_replicas: o.running_replicas,
+                healthy_replicas: o.healthy_replicas,
+                health: if o.service.is_empty() {
+                    Health::Starting as i32
+                } else {
+                    o.health
+                },
+                container_ids: o.containers.iter().map(|c| c.id.chars().take(12).collect()).collect(),
+                since: o.since,
+                message: if d.absent { "removing".into() } else { o.message.clone() },
+            });
+        }
+        out.sort_by(|a, b| (&a.tier, &a.service, &a.host).cmp(&(&b.tier, &b.service, &b.host)));
+        Ok(api::GetStatusResponse { services: out })
+    }
+
+    /// Stops and removes the selection's containers, dependents first.
+    /// Volumes stay unless `remove_volumes`.
+    pub async fn remove(&self, req: api::RemoveRequest) -> Result<api::RemoveResponse, Status> {
+        let catalog = self.load()?;
+        let (names, graph) = self.resolve(&catalog, req.selection.as_ref())?;
+        let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
+        let deployed: BTreeMap<String, &DesiredService> = desired
+            .iter()
+            .filter_map(|d| d.spec.as_ref().map(|s| (s.name.clone(), d)))
+            .collect();
+        if !req.force {
+            for (other, d) in &deployed {
+                if names.contains(other) || d.absent {
+                    continue;
+                }
+                if let Some(dep) = d
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.depends_on.iter().find(|x| x.required && names.contains(&x.service)))
+                {
+                    return Err(Status::failed_precondition(format!(
+                        "{other} is deployed and needs {}: remove it too, or set force",
+                        dep.service
+                    )));
+                }
+            }
+        }
+        let mut removed = Vec::new();
+        for name in graph.order().iter().rev() {
+            let Some(d) = deployed.get(name) else { continue };
+            let mut d = (*d).clone();
+            d.absent = true;
+            d.remove_volumes = req.remove_volumes;
+            d.generation += 1;
+            self.bus.put_desired(&d).await.map_err(unavailable)?;
+            self.event(
+                EventKind::ServiceRemoveRequested,
+                name,
+                &d.spec.as_ref().map(|s| s.tier.clone()).unwrap_or_default(),
+                "",
+                String::new(),
+            )
+            .await;
+            // Wait for the operator to take it down before its dependencies.
+            let host = d.host.clone();
+            let tier = d.spec.as_ref().map(|s| s.tier.clone()).unwrap_or_default();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(120) {
+                if self
+                    .bus
+                    .get_desired(&host, &tier, name)
+                    .await
+                    .map_err(unavailable)?
+                    .is_none()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            removed.push(name.clone());
+        }
+        Ok(api::RemoveResponse {
+            removed,
+            volumes_removed: req.remove_volumes,
+        })
+    }
+
+    /// Hosts and their operators.
+    pub async fn hosts(&self) -> Result<api::ListHostsResponse, Status> {
+        let mut by_host: BTreeMap<String, api::HostInfo> = BTreeMap::new();
+        for hb in self.heartbeats().await? {
+            let h = by_host.entry(hb.host.clone()).or_insert_with(|| api::HostInfo {
+                host: hb.host.clone(),
+                ..Default::default()
+            });
+            h.labels.extend(hb.labels.clone());
+            h.operators.push(api::OperatorInfo {
+                tier: hb.tier.clone(),
+                version: hb.version.clone(),
+                last_heartbeat: hb.sent_at,
+                started_at: hb.started_at,
+                grpc_addr: hb.grpc_addr.clone(),
+                services: hb.services,
+            });
+        }
+        for h in by_host.values_mut() {
+            h.operators.sort_by(|a, b| a.tier.cmp(&b.tier));
+        }
+        Ok(api::ListHostsResponse {
+            hosts: by_host.into_values().collect(),
+        })
+    }
+
+    /// Services of the catalog (every one, when the selection is empty),
+    /// with where they run.
+    pub async fn list(&self, sel: Option<&api::Selection>) -> Result<api::ListServicesResponse, Status> {
+        let catalog = self.load()?;
+        let names: BTreeSet<String> = match sel {
+            Some(s) if *s != api::Selection::default() => self.resolve(&catalog, Some(s))?.0,
+            _ => catalog.services.keys().cloned().collect(),
+        };
+        let observed = self.cache.all().await;
+        let mut out = Vec::new();
+        for n in names {
+            let svc = &catalog.services[&n];
+            let here: Vec<&ObservedService> = observed.iter().filter(|o| o.service == n).collect();
+            out.push(api::ServiceSummary {
+                name: n.clone(),
+                tier: svc.tier.as_str().to_owned(),
+                image: svc.image.clone().unwrap_or_default(),
+                depends_on: svc.depends_on.iter().map(|d| d.service.clone()).collect(),
+                profiles: svc.profiles.clone(),
+                hosts: here.iter().map(|o| o.host.clone()).collect(),
+                health: here.first().map_or(Health::Unspecified as i32, |o| o.health),
+                replicas: svc.replicas(),
+            });
+        }
+        Ok(api::ListServicesResponse { services: out })
+    }
+
+    /// One service in full.
+    pub async fn describe(&self, name: &str) -> Result<api::DescribeServiceResponse, Status> {
+        if name.is_empty() {
+            return Err(invalid("name: must name a service"));
+        }
+        let catalog = self.load()?;
+        let svc = catalog.services.get(name).ok_or_else(|| {
+            Status::not_found(format!(
+                "name: no service {name:?} in the catalog at {}",
+                catalog.root.display()
+            ))
+        })?;
+        let summary = self
+            .list(Some(&api::Selection {
+                services: vec![name.to_owned()],
+                ..Default::default()
+            }))
+            .await?;
+        let summary = summary.services.into_iter().find(|s| s.name == name);
+        let dependents = catalog
+            .services
+            .values()
+            .filter(|s| s.depends_on.iter().any(|d| d.service == name))
+            .map(|s| s.name.clone())
+            .collect();
+        let (spec, _) = convert::to_spec(&catalog, svc, &Self::env()).map_err(invalid)?;
+        Ok(api::DescribeServiceResponse {
+            summary,
+            dependencies: svc
+                .depends_on
+                .iter()
+                .map(|d| api::Dependency {
+                    service: d.service.clone(),
+                    tier: catalog
+                        .services
+                        .get(&d.service)
+                        .map(|s| s.tier.as_str().to_owned())
+                        .unwrap_or_default(),
+                    condition: convert::condition(d.condition) as i32,
+                    required: d.required,
+                })
+                .collect(),
+            dependents,
+            source_file: svc.file.display().to_string(),
+            source_line: svc.line as u32,
+            unsupported_keys: convert::unsupported_keys(svc),
+            spec: Some(spec),
+            observed: self
+                .cache
+                .all()
+                .await
+                .into_iter()
+                .filter(|o| o.service == name)
+                .collect(),
+        })
+    }
+}
+
+fn cond_name(c: DependencyCondition) -> &'static str {
+    match c {
+        DependencyCondition::ServiceStarted => "service_started",
+        DependencyCondition::ServiceHealthy => "service_healthy",
+        DependencyCondition::ServiceCompletedSuccessfully => "service_completed_successfully",
+    }
+}
+
+/// Names of the spec fields that differ, for the plan.
+fn diff(old: &ServiceSpec, new: &ServiceSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |cond: bool, name: &str| {
+        if cond {
+            out.push(name.to_owned());
+        }
+    };
+    check(old.image != new.image, "image");
+    check(old.command != new.command, "command");
+    check(old.entrypoint != new.entrypoint, "entrypoint");
+    check(old.environment != new.environment, "environment");
+    check(old.ports != new.ports, "ports");
+    check(old.mounts != new.mounts, "volumes");
+    check(old.networks != new.networks, "networks");
+    check(old.healthcheck != new.healthcheck, "healthcheck");
+    check(old.restart != new.restart, "restart");
+    check(old.labels != new.labels, "labels");
+    check(old.secrets != new.secrets, "secrets");
+    check(old.user != new.user, "user");
+    check(old.read_only != new.read_only, "read_only");
+    check(old.security_opt != new.security_opt, "security_opt");
+    check(
+        old.cap_add != new.cap_add || old.cap_drop != new.cap_drop,
+        "capabilities",
+    );
+    check(old.replicas != new.replicas, "deploy.replicas");
+    check(old.resources != new.resources, "deploy.resources");
+    check(old.depends_on != new.depends_on, "depends_on");
+    if out.is_empty() && operator_core::spec::spec_hash(old) != operator_core::spec::spec_hash(new) {
+        out.push("other".into());
+    }
+    out
+}

@@ -1,0 +1,114 @@
+//! The coordinator binary: reads config, connects, serves gRPC.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use infra_coordinator::CoordinatorConfig;
+use operator_core::app;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// Flags override the file and the environment.
+#[derive(Debug, Parser, Serialize)]
+#[command(
+    version,
+    about = "Infra coordinator: sequences bring-up across tiers and hosts. Drive it with grpcurl."
+)]
+struct Cli {
+    /// TOML config file (also INFRA_CONFIG).
+    #[arg(long, env = "INFRA_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc_listen: Option<String>,
+    /// The catalog root.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compose_dir: Option<PathBuf>,
+    /// Override files (repeatable).
+    #[arg(long = "override")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    overrides: Option<Vec<PathBuf>>,
+    /// NATS URL(s).
+    #[arg(long = "nats-url")]
+    #[serde(skip)]
+    nats_url: Option<String>,
+    /// Print the effective configuration and exit.
+    #[arg(long)]
+    #[serde(skip)]
+    print_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut cfg: CoordinatorConfig = match app::load_config(cli.config.as_deref(), &cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("coordinator: {e}");
+            return ExitCode::from(app::EXIT_CONFIG as u8);
+        }
+    };
+    if let Some(url) = &cli.nats_url {
+        cfg.nats.url.clone_from(url);
+    }
+    let listen = match cfg.validate() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("coordinator: {e}");
+            return ExitCode::from(app::EXIT_CONFIG as u8);
+        }
+    };
+    let bus_cfg = match cfg
+        .nats
+        .bus_config(format!("coordinator@{}", cfg.id), Duration::from_secs(20))
+    {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("coordinator: {e}");
+            return ExitCode::from(app::EXIT_CONFIG as u8);
+        }
+    };
+    let mut shown = cfg.clone();
+    if shown.nats.token.is_some() {
+        shown.nats.token = Some("<redacted>".into());
+    }
+    let shown = serde_json::to_string(&shown).unwrap_or_default();
+    if cli.print_config {
+        println!("{shown}");
+        return ExitCode::SUCCESS;
+    }
+    app::init_logging(cfg.log.format, &cfg.log.filter);
+    tracing::info!(config = %shown, grpc = %listen, "starting coordinator");
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let grace = Duration::from_secs(cfg.shutdown_grace_secs);
+    let result: Result<(), String> = rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        app::cancel_on_signals(shutdown.clone());
+        let bus = infra_bus::Bus::connect(&bus_cfg).await.map_err(|e| e.to_string())?;
+        let listener = operator_core::grpc::bind(listen).await.map_err(|e| e.to_string())?;
+        infra_coordinator::run(cfg.settings(), bus, listener, shutdown, grace)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coordinator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
