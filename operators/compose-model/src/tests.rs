@@ -109,6 +109,15 @@ fn unknown_tier_folder_is_an_error_naming_the_folder() {
 }
 
 #[test]
+fn folders_without_a_tier_number_such_as_secrets_are_not_tiers() {
+    let f = Fixture::new();
+    f.write("04-data/a/docker-compose.yml", "services:\n  mng-pg:\n    image: a\n");
+    f.write("secrets/README.md", "not a stack\n");
+    let cat = f.load().unwrap();
+    assert_eq!(cat.services.len(), 1);
+}
+
+#[test]
 fn duplicate_service_names_name_both_files() {
     let f = Fixture::new();
     f.write("04-data/a/docker-compose.yml", "services:\n  mng-pg:\n    image: a\n");

@@ -13,10 +13,9 @@ use infra_proto::bus::v1::{
 };
 use sha2::{Digest, Sha256};
 
-/// Project prefix of Docker names, as Compose uses the project name.
+/// Default project: the prefix of Docker names, as Compose uses the
+/// project name.
 pub const PROJECT: &str = "infra";
-/// Network a service joins when it declares none.
-pub const DEFAULT_NETWORK: &str = "infra_default";
 
 /// A secret's content, to be put in the secrets bucket before a deploy.
 pub struct SecretContent {
@@ -69,30 +68,30 @@ fn dur(d: Option<Duration>) -> Option<prost_types::Duration> {
     })
 }
 
-/// Docker name of a Compose volume.
-pub fn volume_name(catalog: &Catalog, key: &str) -> String {
+/// Docker name of a Compose volume: `<project>_<key>` unless it has a
+/// `name` or is external.
+pub fn volume_name(catalog: &Catalog, project: &str, key: &str) -> String {
     match catalog.volumes.get(key) {
         Some(v) if v.name.is_some() => v.name.clone().unwrap_or_default(),
         Some(v) if v.external => key.to_owned(),
-        _ => format!("{PROJECT}_{key}"),
+        _ => format!("{project}_{key}"),
     }
 }
 
-/// Docker name of a Compose network.
-pub fn network_name(catalog: &Catalog, key: &str) -> String {
-    if key == "default" {
-        return DEFAULT_NETWORK.into();
+/// Docker name of a Compose network: `<project>_<key>` unless it has a
+/// `name` or is external (`default` is `<project>_default`).
+pub fn network_name(catalog: &Catalog, project: &str, key: &str) -> String {
+    match catalog.networks.get(key) {
+        Some(n) if n.name.is_some() => n.name.clone().unwrap_or_default(),
+        Some(n) if n.external => key.to_owned(),
+        _ => format!("{project}_{key}"),
     }
-    catalog
-        .networks
-        .get(key)
-        .and_then(|n| n.name.clone())
-        .unwrap_or_else(|| key.to_owned())
 }
 
 /// The spec of `svc`, and the secret contents it needs.
 pub fn to_spec(
     catalog: &Catalog,
+    project: &str,
     svc: &Service,
     env: &BTreeMap<String, String>,
 ) -> Result<(ServiceSpec, Vec<SecretContent>), ConvertError> {
@@ -114,7 +113,7 @@ pub fn to_spec(
                     // Anonymous volume: Docker names it; it goes with the container.
                     (pb::MountKind::Volume, String::new())
                 } else {
-                    (pb::MountKind::Volume, volume_name(catalog, &key))
+                    (pb::MountKind::Volume, volume_name(catalog, project, &key))
                 }
             }
             MountKind::Bind => (pb::MountKind::Bind, m.source.clone().unwrap_or_default()),
@@ -130,14 +129,14 @@ pub fn to_spec(
 
     let networks: Vec<NetworkSpec> = if svc.networks.is_empty() {
         vec![NetworkSpec {
-            name: DEFAULT_NETWORK.into(),
+            name: network_name(catalog, project, "default"),
             aliases: vec![],
         }]
     } else {
         svc.networks
             .iter()
             .map(|n| NetworkSpec {
-                name: network_name(catalog, &n.name),
+                name: network_name(catalog, project, &n.name),
                 aliases: n.aliases.clone(),
             })
             .collect()
@@ -296,6 +295,7 @@ pub fn to_spec(
         extra_hosts: svc.extra_hosts.clone(),
         source_file: svc.file.display().to_string(),
         source_line: svc.line as u32,
+        project: project.to_owned(),
     };
     Ok((spec, contents))
 }

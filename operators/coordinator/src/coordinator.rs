@@ -23,6 +23,8 @@ use crate::state::ObservedCache;
 pub struct Settings {
     /// This coordinator's id (a bus token).
     pub id: String,
+    /// Compose project name: prefix of container, network and volume names.
+    pub project: String,
     /// The catalog root (`compose/`).
     pub compose_dir: PathBuf,
     /// Override files merged onto the catalog (the local image map).
@@ -209,7 +211,7 @@ impl Coordinator {
         let mut secrets: BTreeMap<String, SecretContent> = BTreeMap::new();
         for name in graph.order() {
             let svc = &catalog.services[name];
-            let (spec, contents) = convert::to_spec(catalog, svc, &env).map_err(invalid)?;
+            let (spec, contents) = convert::to_spec(catalog, &self.settings.project, svc, &env).map_err(invalid)?;
             for c in contents {
                 secrets.insert(c.key.clone(), c);
             }
@@ -290,6 +292,7 @@ impl Coordinator {
                 unsupported_keys: convert::unsupported_keys(svc),
             });
         }
+        steps.sort_by(|a, b| (a.level, &a.service).cmp(&(b.level, &b.service)));
         Ok(api::PlanResponse { steps, warnings })
     }
 
@@ -812,7 +815,7 @@ impl Coordinator {
             .filter(|s| s.depends_on.iter().any(|d| d.service == name))
             .map(|s| s.name.clone())
             .collect();
-        let (spec, _) = convert::to_spec(&catalog, svc, &Self::env()).map_err(invalid)?;
+        let (spec, _) = convert::to_spec(&catalog, &self.settings.project, svc, &Self::env()).map_err(invalid)?;
         Ok(api::DescribeServiceResponse {
             summary,
             dependencies: svc

@@ -30,6 +30,8 @@ pub use state::ObservedCache;
 pub struct CoordinatorConfig {
     /// Id on the bus.
     pub id: String,
+    /// Compose project name: prefix of container, network and volume names.
+    pub project: String,
     /// NATS connection.
     pub nats: NatsConfig,
     /// gRPC listen address.
@@ -52,6 +54,7 @@ impl Default for CoordinatorConfig {
     fn default() -> Self {
         Self {
             id: "coordinator".into(),
+            project: convert::PROJECT.into(),
             nats: NatsConfig::default(),
             grpc_listen: "127.0.0.1:50051".into(),
             compose_dir: PathBuf::from("compose"),
@@ -71,6 +74,7 @@ impl CoordinatorConfig {
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<std::net::SocketAddr, ConfigError> {
         infra_bus::Token::new("id", &self.id).map_err(|e| ConfigError(format!("id: {e}")))?;
+        infra_bus::Token::new("project", &self.project).map_err(|e| ConfigError(format!("project: {e}")))?;
         if !self.compose_dir.is_dir() {
             return Err(ConfigError(format!(
                 "compose_dir: {} is not a directory",
@@ -97,6 +101,7 @@ impl CoordinatorConfig {
     pub fn settings(&self) -> Settings {
         Settings {
             id: self.id.clone(),
+            project: self.project.clone(),
             compose_dir: app::absolute(&self.compose_dir),
             overrides: self.overrides.iter().map(|p| app::absolute(p)).collect(),
             env_file: self.env_file.as_ref().map(|p| app::absolute(p)),

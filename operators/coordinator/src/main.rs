@@ -25,6 +25,10 @@ struct Cli {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     grpc_listen: Option<String>,
+    /// Compose project name (prefix of container, network and volume names).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    project: Option<String>,
     /// The catalog root.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -16,3 +16,5 @@ pub const REPLICA: &str = "io.infra.replica";
 pub const SPEC_HASH: &str = "io.infra.spec-hash";
 /// Host id of the operator that created the container.
 pub const HOST: &str = "io.infra.host";
+/// Compose project the container belongs to.
+pub const PROJECT: &str = "io.infra.project";

@@ -648,7 +648,7 @@ async fn create(ctx: &Ctx, spec: &ServiceSpec, replica: u32) -> Result<String, D
         ctx.docker.ensure_volume(&m.source).await?;
     }
     write_secrets(ctx, spec).await?;
-    let name = spec::container_name(&spec.name, replica);
+    let name = spec::container_name(spec, replica);
     let body = spec::container_config(spec, &ctx.host, replica, &ctx.state_dir);
     let extra: Vec<(String, Vec<String>)> = spec
         .networks

@@ -27,9 +27,15 @@ pub fn spec_hash(spec: &ServiceSpec) -> String {
     hex::encode(&digest[..8])
 }
 
-/// Container name of one replica: `infra-<service>-<replica>`.
-pub fn container_name(service: &str, replica: u32) -> String {
-    format!("infra-{service}-{replica}")
+/// Container name of one replica: `<project>-<service>-<replica>`, as
+/// Compose names them (project `infra` when the spec names none).
+pub fn container_name(spec: &ServiceSpec, replica: u32) -> String {
+    let project = if spec.project.is_empty() {
+        "infra"
+    } else {
+        spec.project.as_str()
+    };
+    format!("{project}-{}-{replica}", spec.name)
 }
 
 /// Where the operator writes the secret files of a service.
@@ -86,6 +92,9 @@ pub fn container_config(spec: &ServiceSpec, host: &str, replica: u32, state_dir:
     labels.insert(labels::REPLICA.into(), replica.to_string());
     labels.insert(labels::SPEC_HASH.into(), hash);
     labels.insert(labels::HOST.into(), host.to_owned());
+    if !spec.project.is_empty() {
+        labels.insert(labels::PROJECT.into(), spec.project.clone());
+    }
 
     let env: Vec<String> = spec.environment.iter().map(|(k, v)| format!("{k}={v}")).collect();
 

