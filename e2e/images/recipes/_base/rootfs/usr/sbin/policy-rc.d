@@ -1,0 +1,3 @@
+#!/bin/sh
+# never start services while building an image
+exit 101
