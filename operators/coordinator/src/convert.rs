@@ -351,3 +351,100 @@ pub fn unsupported_keys(svc: &Service) -> Vec<String> {
     keys.sort();
     keys
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use infra_compose::{LoadOptions, load_catalog};
+
+    use super::*;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn a_service_becomes_a_spec_with_project_names_secrets_and_cross_tier_dependencies() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "secrets/pw", "s3cret\n");
+        write(
+            dir.path(),
+            "04-data/db/docker-compose.yml",
+            r#"services:
+  mng-pg:
+    image: postgres:17
+    restart: unless-stopped
+    volumes: [pgdata:/var/lib/postgresql/data, ./init:/docker-entrypoint-initdb.d:ro]
+    networks: [infra_net]
+    secrets: [pg_password]
+    healthcheck:
+      test: ["CMD-SHELL", "pg_isready"]
+      interval: 2s
+      retries: 5
+    deploy:
+      resources:
+        limits: {cpus: "0.5", memory: 256M}
+volumes:
+  pgdata: {}
+networks:
+  infra_net: {}
+secrets:
+  pg_password:
+    file: ../../secrets/pw
+"#,
+        );
+        write(
+            dir.path(),
+            "02-auth/kc/docker-compose.yml",
+            "services:\n  keycloak:\n    image: kc:1\n    depends_on:\n      mng-pg: {condition: service_healthy}\n    ulimits: {nofile: 1024}\n",
+        );
+        let cat = load_catalog(dir.path(), &LoadOptions::default()).unwrap();
+        let (spec, secrets) = to_spec(&cat, "proj", &cat.services["mng-pg"], &BTreeMap::new()).unwrap();
+        assert_eq!(spec.tier, "data");
+        assert_eq!(spec.project, "proj");
+        assert_eq!(spec.restart, "unless-stopped");
+        assert_eq!(spec.networks[0].name, "proj_infra_net");
+        assert_eq!(spec.mounts[0].source, "proj_pgdata");
+        assert_eq!(spec.mounts[1].kind(), pb::MountKind::Bind);
+        assert!(spec.mounts[1].source.starts_with('/') && spec.mounts[1].read_only);
+        assert_eq!(spec.healthcheck.as_ref().unwrap().test, vec!["CMD-SHELL", "pg_isready"]);
+        assert_eq!(spec.healthcheck.as_ref().unwrap().interval.unwrap().seconds, 2);
+        let res = spec.resources.unwrap();
+        assert_eq!(
+            (res.nano_cpus_limit, res.memory_limit),
+            (500_000_000, 256 * 1024 * 1024)
+        );
+        assert_eq!(spec.secrets[0].name, "pg_password");
+        assert_eq!(secrets[0].content.as_ref(), b"s3cret\n");
+        // The spec carries a digest of the secret, never the value.
+        assert!(!format!("{spec:?}").contains("s3cret"));
+        assert!(!format!("{:?}", secrets[0]).contains("s3cret"));
+
+        let (kc, _) = to_spec(&cat, "proj", &cat.services["keycloak"], &BTreeMap::new()).unwrap();
+        assert_eq!(kc.networks[0].name, "proj_default");
+        assert_eq!(kc.depends_on[0].service, "mng-pg");
+        assert_eq!(kc.depends_on[0].tier, "data");
+        assert_eq!(kc.depends_on[0].condition(), pb::Condition::ServiceHealthy);
+        assert_eq!(unsupported_keys(&cat.services["keycloak"]), vec!["ulimits"]);
+    }
+
+    #[test]
+    fn a_service_without_an_image_names_file_line_service_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "04-data/db/docker-compose.yml",
+            "services:\n  x:\n    build: .\n",
+        );
+        let cat = load_catalog(dir.path(), &LoadOptions::default()).unwrap();
+        let e = to_spec(&cat, "p", &cat.services["x"], &BTreeMap::new()).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("04-data/db/docker-compose.yml:2") && msg.contains("\"x\"") && msg.contains("image"),
+            "{msg}"
+        );
+    }
+}

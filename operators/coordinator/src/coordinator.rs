@@ -890,3 +890,89 @@ fn diff(old: &ServiceSpec, new: &ServiceSpec) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use infra_proto::bus::v1::ContainerStatus;
+
+    use super::*;
+
+    fn spec(replicas: u32) -> ServiceSpec {
+        ServiceSpec {
+            name: "s".into(),
+            tier: "data".into(),
+            image: "i".into(),
+            replicas,
+            ..Default::default()
+        }
+    }
+
+    fn observed(hash: &str, health: Health, hashes: &[&str], running: u32) -> ObservedService {
+        ObservedService {
+            spec_hash: hash.into(),
+            health: health as i32,
+            running_replicas: running,
+            containers: hashes
+                .iter()
+                .map(|h| ContainerStatus {
+                    spec_hash: (*h).into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn readiness_needs_every_replica_on_the_new_spec() {
+        let s = spec(2);
+        let h = "new";
+        // The old containers being healthy does not count.
+        assert_eq!(
+            progress_of(&observed("old", Health::Healthy, &["old", "old"], 2), &s, h),
+            Progress::Waiting
+        );
+        assert_eq!(
+            progress_of(&observed(h, Health::Healthy, &[h, "old"], 2), &s, h),
+            Progress::Waiting
+        );
+        assert_eq!(
+            progress_of(&observed(h, Health::Starting, &[h, h], 1), &s, h),
+            Progress::Started
+        );
+        assert_eq!(
+            progress_of(&observed(h, Health::Healthy, &[h, h], 2), &s, h),
+            Progress::Healthy
+        );
+        assert_eq!(
+            progress_of(&observed(h, Health::Failed, &[], 0), &s, h),
+            Progress::Failed
+        );
+        assert_eq!(
+            progress_of(&observed(h, Health::Completed, &[h, h], 0), &s, h),
+            Progress::Completed
+        );
+    }
+
+    #[test]
+    fn conditions_are_met_as_compose_defines_them() {
+        use DependencyCondition::*;
+        assert!(meets(Progress::Started, ServiceStarted));
+        assert!(!meets(Progress::Started, ServiceHealthy));
+        assert!(meets(Progress::Healthy, ServiceHealthy));
+        assert!(!meets(Progress::Healthy, ServiceCompletedSuccessfully));
+        assert!(meets(Progress::Completed, ServiceCompletedSuccessfully));
+        assert!(!meets(Progress::Failed, ServiceStarted));
+    }
+
+    #[test]
+    fn the_plan_diff_names_the_fields_that_changed() {
+        let a = spec(1);
+        let mut b = a.clone();
+        b.image = "j".into();
+        b.replicas = 3;
+        b.environment.insert("K".into(), "V".into());
+        assert_eq!(diff(&a, &b), vec!["image", "environment", "deploy.replicas"]);
+        assert!(diff(&a, &a).is_empty());
+    }
+}
