@@ -142,7 +142,12 @@ impl Platform {
                 ("INFRA_HEARTBEAT_SECS".to_string(), "1".to_string()),
                 ("INFRA_HEARTBEAT_TTL_SECS".into(), "5".into()),
             ];
-            me.spawn_with(&format!("{tier}-operator"), &bins.join(format!("{tier}-operator")), &args, &env);
+            me.spawn_with(
+                &format!("{tier}-operator"),
+                &bins.join(format!("{tier}-operator")),
+                &args,
+                &env,
+            );
         }
         me.wait_for_operators(opts.tiers.len(), Duration::from_secs(60));
         me

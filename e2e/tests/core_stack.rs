@@ -17,13 +17,25 @@ use infra_proto::bus::v1::{Event, EventKind};
 use prost::Message;
 
 fn docker_inspect(name: &str, format: &str) -> String {
-    let out = Command::new("docker").args(["inspect", "-f", format, name]).output().expect("docker");
+    let out = Command::new("docker")
+        .args(["inspect", "-f", format, name])
+        .output()
+        .expect("docker");
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 fn docker_exec(name: &str, cmd: &[&str]) -> String {
-    let out = Command::new("docker").arg("exec").arg(name).args(cmd).output().expect("docker");
-    assert!(out.status.success(), "docker exec {name} {cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("docker")
+        .arg("exec")
+        .arg(name)
+        .args(cmd)
+        .output()
+        .expect("docker");
+    assert!(
+        out.status.success(),
+        "docker exec {name} {cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -51,41 +63,82 @@ fn grpcurl_sees_the_coordinator_through_reflection_and_health() {
     let p = Platform::start(Options::local("reflect"));
     let list = p.grpcurl(&["list"], None);
     let list = String::from_utf8_lossy(&list.stdout).into_owned();
-    for svc in ["infra.coordinator.v1.CoordinatorService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"] {
+    for svc in [
+        "infra.coordinator.v1.CoordinatorService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
         assert!(list.contains(svc), "grpcurl list lacks {svc}:\n{list}");
     }
     let out = p.grpcurl(&["describe", "infra.coordinator.v1.CoordinatorService"], None);
     let desc = String::from_utf8_lossy(&out.stdout).into_owned();
-    for m in ["rpc Plan", "rpc Deploy", "rpc GetStatus", "rpc ListServices", "rpc DescribeService", "rpc Remove", "rpc ListHosts", "rpc WatchEvents"] {
+    for m in [
+        "rpc Plan",
+        "rpc Deploy",
+        "rpc GetStatus",
+        "rpc ListServices",
+        "rpc DescribeService",
+        "rpc Remove",
+        "rpc ListHosts",
+        "rpc WatchEvents",
+    ] {
         assert!(desc.contains(m), "describe lacks {m}:\n{desc}");
     }
     let out = p.grpcurl(&["describe", "grpc.health.v1.Health"], None);
-    assert!(out.status.success(), "describe health: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "describe health: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let health = p.grpcurl(&["grpc.health.v1.Health/Check"], Some("{}"));
-    assert!(String::from_utf8_lossy(&health.stdout).contains("SERVING"), "{}", String::from_utf8_lossy(&health.stdout));
+    assert!(
+        String::from_utf8_lossy(&health.stdout).contains("SERVING"),
+        "{}",
+        String::from_utf8_lossy(&health.stdout)
+    );
     let hosts = p.call("ListHosts", "{}");
     let ops = hosts[0]["hosts"][0]["operators"].as_array().expect("operators");
     assert_eq!(ops.len(), 9, "nine operators heartbeat: {hosts:?}");
     let listed = p.call("ListServices", "{}");
-    let names: Vec<&str> = listed[0]["services"].as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
+    let names: Vec<&str> = listed[0]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
     assert!(names.contains(&"mng-pg") && names.contains(&"keycloak"), "{names:?}");
     let described = p.call("DescribeService", r#"{"name":"keycloak"}"#);
     assert_eq!(described[0]["summary"]["tier"], "auth");
     assert_eq!(described[0]["dependencies"][0]["service"], "mng-pg");
     assert_eq!(described[0]["dependencies"][0]["tier"], "data");
     // An invalid request names the field and the value.
-    let bad = p.grpcurl(&["infra.coordinator.v1.CoordinatorService/Plan"], Some(r#"{"selection":{"tiers":["dta"]}}"#));
+    let bad = p.grpcurl(
+        &["infra.coordinator.v1.CoordinatorService/Plan"],
+        Some(r#"{"selection":{"tiers":["dta"]}}"#),
+    );
     let err = String::from_utf8_lossy(&bad.stderr).into_owned();
-    assert!(!bad.status.success() && err.contains("InvalidArgument") && err.contains("dta"), "{err}");
+    assert!(
+        !bad.status.success() && err.contains("InvalidArgument") && err.contains("dta"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_core_stack_comes_up_in_dependency_order_driven_with_grpcurl() {
     let opts = Options::local("core");
-    let nginx_port: u16 = opts.env.iter().find(|(k, _)| k == "NGINX_HTTP_PORT").unwrap().1.parse().unwrap();
+    let nginx_port: u16 = opts
+        .env
+        .iter()
+        .find(|(k, _)| k == "NGINX_HTTP_PORT")
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
     let project = opts.project.clone();
     let host = opts.host.clone();
-    let p = tokio::task::spawn_blocking(move || Platform::start(opts)).await.unwrap();
+    let p = tokio::task::spawn_blocking(move || Platform::start(opts))
+        .await
+        .unwrap();
 
     // A subscriber outside the project's code path: a raw NATS client that
     // decodes the published protobuf events.
@@ -104,16 +157,35 @@ async fn the_core_stack_comes_up_in_dependency_order_driven_with_grpcurl() {
     // Plan first: no side effects, and the order names the levels.
     let plan = p.call("Plan", r#"{"selection":{"named":"core"}}"#);
     let steps = plan[0]["steps"].as_array().expect("steps");
-    let level: HashMap<&str, u64> =
-        steps.iter().map(|s| (s["service"].as_str().unwrap(), s["level"].as_u64().unwrap_or(0))).collect();
-    assert!(level["mng-pg"] < level["pg-exporter"] && level["pg-exporter"] < level["prometheus"] && level["prometheus"] < level["nginx"], "{level:?}");
+    let level: HashMap<&str, u64> = steps
+        .iter()
+        .map(|s| (s["service"].as_str().unwrap(), s["level"].as_u64().unwrap_or(0)))
+        .collect();
+    assert!(
+        level["mng-pg"] < level["pg-exporter"]
+            && level["pg-exporter"] < level["prometheus"]
+            && level["prometheus"] < level["nginx"],
+        "{level:?}"
+    );
     assert!(steps.iter().all(|s| s["action"] == "ACTION_CREATE"), "{steps:?}");
-    assert!(p.call("GetStatus", "{}")[0].get("services").is_none(), "plan applied nothing");
+    assert!(
+        p.call("GetStatus", "{}")[0].get("services").is_none(),
+        "plan applied nothing"
+    );
 
     // Deploy through grpcurl; the stream ends with DONE.
-    let progress = tokio::task::block_in_place(|| p.call("Deploy", r#"{"selection":{"named":"core"},"timeoutSeconds":240}"#));
-    let done = progress.iter().find(|m| m["phase"] == "PHASE_DONE").expect("a DONE message");
-    assert_eq!(done["ready"].as_u64(), Some(10), "every core service ready: {progress:#?}\n{}", p.all_logs());
+    let progress =
+        tokio::task::block_in_place(|| p.call("Deploy", r#"{"selection":{"named":"core"},"timeoutSeconds":240}"#));
+    let done = progress
+        .iter()
+        .find(|m| m["phase"] == "PHASE_DONE")
+        .expect("a DONE message");
+    assert_eq!(
+        done["ready"].as_u64(),
+        Some(10),
+        "every core service ready: {progress:#?}\n{}",
+        p.all_logs()
+    );
     assert!(done.get("failed").is_none() && done.get("blocked").is_none(), "{done}");
 
     // Status: every service up, with a container.
@@ -132,11 +204,20 @@ async fn the_core_stack_comes_up_in_dependency_order_driven_with_grpcurl() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let events = events.lock().unwrap().clone();
     let first = |kind: EventKind, svc: &str| -> Option<i128> {
-        events.iter().filter(|e| e.kind() == kind && e.service == svc).filter_map(|e| e.time.as_ref().map(ts_nanos)).min()
+        events
+            .iter()
+            .filter(|e| e.kind() == kind && e.service == svc)
+            .filter_map(|e| e.time.as_ref().map(ts_nanos))
+            .min()
     };
     let created: BTreeMap<String, i128> = level
         .keys()
-        .map(|s| (s.to_string(), rfc3339_nanos(&docker_inspect(&format!("{project}-{s}-1"), "{{.Created}}"))))
+        .map(|s| {
+            (
+                s.to_string(),
+                rfc3339_nanos(&docker_inspect(&format!("{project}-{s}-1"), "{{.Created}}")),
+            )
+        })
         .collect();
     let catalog = p.call("ListServices", r#"{"selection":{"named":"core"}}"#);
     for svc in catalog[0]["services"].as_array().unwrap() {
@@ -160,12 +241,28 @@ async fn the_core_stack_comes_up_in_dependency_order_driven_with_grpcurl() {
 
     // The services really work: PostgreSQL ran its init scripts, and nginx
     // proxies prometheus.<DEFAULT_URL> to Prometheus across tiers.
-    let dbs = docker_exec(&format!("{project}-mng-pg-1"), &["psql", "-U", "postgres", "-tAc", "select datname from pg_database order by 1"]);
+    let dbs = docker_exec(
+        &format!("{project}-mng-pg-1"),
+        &[
+            "psql",
+            "-U",
+            "postgres",
+            "-tAc",
+            "select datname from pg_database order by 1",
+        ],
+    );
     assert!(dbs.contains("keycloak") && dbs.contains("n8n"), "{dbs}");
     let resp = http_get(nginx_port, "prometheus.localhost", "/-/healthy");
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     let valkey = format!("{project}-mng-valkey-1");
-    let pong = docker_exec(&valkey, &["sh", "-c", "valkey-cli -a \"$(cat /run/secrets/valkey_password)\" --no-auth-warning ping"]);
+    let pong = docker_exec(
+        &valkey,
+        &[
+            "sh",
+            "-c",
+            "valkey-cli -a \"$(cat /run/secrets/valkey_password)\" --no-auth-warning ping",
+        ],
+    );
     assert!(pong.contains("PONG"), "{pong}");
 
     // Events of every kind the deploy implies reached the outside subscriber.
@@ -177,13 +274,28 @@ async fn the_core_stack_comes_up_in_dependency_order_driven_with_grpcurl() {
     let secret = secret.trim();
     assert!(secret.len() >= 8);
     assert!(!p.all_logs().contains(secret), "a secret leaked into a log");
-    assert!(!events.iter().any(|e| e.reason.contains(secret)), "a secret leaked into an event");
+    assert!(
+        !events.iter().any(|e| e.reason.contains(secret)),
+        "a secret leaked into an event"
+    );
 
     // Remove keeps volumes unless asked.
     let removed = p.call("Remove", r#"{"selection":{"named":"core"}}"#);
     assert_eq!(removed[0]["removed"].as_array().map(Vec::len), Some(10), "{removed:?}");
-    let vols = Command::new("docker").args(["volume", "ls", "-q", "--filter", &format!("name={project}_")]).output().unwrap();
-    assert!(String::from_utf8_lossy(&vols.stdout).contains(&format!("{project}_mng-pg-data")), "volume kept");
-    let ps = Command::new("docker").args(["ps", "-aq", "--filter", &format!("label=io.infra.project={project}")]).output().unwrap();
-    assert!(String::from_utf8_lossy(&ps.stdout).trim().is_empty(), "containers removed");
+    let vols = Command::new("docker")
+        .args(["volume", "ls", "-q", "--filter", &format!("name={project}_")])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&vols.stdout).contains(&format!("{project}_mng-pg-data")),
+        "volume kept"
+    );
+    let ps = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=io.infra.project={project}")])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&ps.stdout).trim().is_empty(),
+        "containers removed"
+    );
 }

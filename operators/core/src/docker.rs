@@ -9,7 +9,8 @@ use bollard::Docker;
 use bollard::models::{ContainerCreateBody, NetworkConnectRequest, NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
-    RemoveContainerOptions, RemoveVolumeOptions, RestartContainerOptions, StartContainerOptions, StopContainerOptions,
+    ListNetworksOptions, RemoveContainerOptions, RemoveVolumeOptions, RestartContainerOptions, StartContainerOptions,
+    StopContainerOptions,
 };
 use futures::{Stream, StreamExt};
 
@@ -199,28 +200,60 @@ impl DockerClient {
         })
     }
 
-    /// Creates `name` as a bridge network if it does not exist.
-    pub async fn ensure_network(&self, name: &str) -> Result<(), DockerError> {
-        match self.inner.inspect_network(name, None).await {
-            Ok(_) => return Ok(()),
-            Err(e) if not_found(&e) => {}
-            Err(e) => return Err(api("inspect network", name)(e)),
+    /// Makes sure a bridge network `name` exists and returns the id to use.
+    ///
+    /// The engine does not refuse a second network of the same name, and
+    /// the operators of several tiers may create one at the same moment. So
+    /// every caller lists the networks of that name afterwards and uses the
+    /// **oldest** (a later duplicate is always newer, so the choice never
+    /// changes), and removes the newer ones it can (one with containers
+    /// attached is left alone). Containers are attached by id, so a
+    /// duplicate never makes a name ambiguous for them.
+    pub async fn ensure_network(&self, name: &str) -> Result<String, DockerError> {
+        for _ in 0..3 {
+            let mut found = self.networks_named(name).await?;
+            if found.is_empty() {
+                let req = NetworkCreateRequest {
+                    name: name.to_owned(),
+                    driver: Some("bridge".into()),
+                    labels: Some(HashMap::from([(
+                        labels::MANAGED_BY.to_string(),
+                        labels::MANAGED_BY_VALUE.to_string(),
+                    )])),
+                    ..Default::default()
+                };
+                match self.inner.create_network(req).await {
+                    Ok(_) => {}
+                    Err(e) if conflict_or_not_modified(&e) => {}
+                    Err(e) => return Err(api("create network", name)(e)),
+                }
+                continue;
+            }
+            found.sort();
+            for (_, extra) in &found[1..] {
+                let _ = self.inner.remove_network(extra).await;
+            }
+            return Ok(found.swap_remove(0).1);
         }
-        let req = NetworkCreateRequest {
-            name: name.to_owned(),
-            driver: Some("bridge".into()),
-            labels: Some(HashMap::from([(
-                labels::MANAGED_BY.to_string(),
-                labels::MANAGED_BY_VALUE.to_string(),
-            )])),
-            ..Default::default()
+        Err(DockerError::Prepare(format!("network {name}: could not create it")))
+    }
+
+    /// `(created, id)` of every network named exactly `name`.
+    async fn networks_named(&self, name: &str) -> Result<Vec<(String, String)>, DockerError> {
+        let opts = ListNetworksOptions {
+            filters: Some(HashMap::from([("name".to_string(), vec![name.to_owned()])])),
         };
-        match self.inner.create_network(req).await {
-            Ok(_) => Ok(()),
-            // Created by another operator in between.
-            Err(e) if conflict_or_not_modified(&e) => Ok(()),
-            Err(e) => Err(api("create network", name)(e)),
-        }
+        let list = self
+            .inner
+            .list_networks(Some(opts))
+            .await
+            .map_err(api("list networks", name))?;
+        // The name filter matches substrings: keep exact matches.
+        Ok(list
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .filter_map(|n| Some((n.created.unwrap_or_default(), n.id?)))
+            .collect())
     }
 
     /// Creates the named volume if it does not exist. Idempotent.

@@ -311,9 +311,11 @@ async fn worker(ctx: Arc<Ctx>, service: String, mut rx: mpsc::Receiver<()>, shut
             Err(e) => {
                 st.reconcile_errors += 1;
                 let delay = Duration::from_millis(500 * (1 << st.reconcile_errors.min(6)));
+                let msg = e.to_string();
                 ctx.events
-                    .emit(EventKind::ReconcileFailed, &service, "", 0, e.to_string())
+                    .emit(EventKind::ReconcileFailed, &service, "", 0, msg.clone())
                     .await;
+                publish_error(&ctx, &service, &mut st, msg).await;
                 wake = Some(tokio::time::Instant::now() + delay);
             }
         }
@@ -569,6 +571,27 @@ async fn emit_changes(ctx: &Ctx, service: &str, containers: &[Container], st: &m
     st.seen.retain(|id, _| live.contains(id.as_str()));
 }
 
+/// Makes a reconcile error visible in observed state (with the health it
+/// had), so status and a waiting deploy say why instead of "no report".
+async fn publish_error(ctx: &Ctx, service: &str, st: &mut WorkerState, msg: String) {
+    let mut obs = st.last_published.clone().unwrap_or_else(|| ObservedService {
+        host: ctx.host.clone(),
+        tier: ctx.tier.clone(),
+        service: service.to_owned(),
+        health: Health::Starting as i32,
+        ..Default::default()
+    });
+    obs.message = format!("reconcile failed (retrying): {msg}");
+    if st.last_published.as_ref() == Some(&obs) {
+        return;
+    }
+    let mut stamped = obs.clone();
+    stamped.updated_at = Some(infra_proto::now());
+    if ctx.bus.put_observed(&stamped).await.is_ok() {
+        st.last_published = Some(obs);
+    }
+}
+
 async fn publish_observed(
     ctx: &Ctx,
     service: &str,
@@ -641,23 +664,43 @@ async fn publish_observed(
 
 async fn create(ctx: &Ctx, spec: &ServiceSpec, replica: u32) -> Result<String, DockerError> {
     ctx.docker.ensure_image(&spec.image, ctx.pull_timeout).await?;
+    let mut network_ids = Vec::with_capacity(spec.networks.len());
     for n in &spec.networks {
-        ctx.docker.ensure_network(&n.name).await?;
+        network_ids.push(ctx.docker.ensure_network(&n.name).await?);
     }
-    for m in spec.mounts.iter().filter(|m| m.kind() == MountKind::Volume) {
+    for m in spec
+        .mounts
+        .iter()
+        .filter(|m| m.kind() == MountKind::Volume && !m.source.is_empty())
+    {
         ctx.docker.ensure_volume(&m.source).await?;
     }
     write_secrets(ctx, spec).await?;
     let name = spec::container_name(spec, replica);
-    let body = spec::container_config(spec, &ctx.host, replica, &ctx.state_dir);
+    let mut body = spec::container_config(spec, &ctx.host, replica, &ctx.state_dir);
+    // Attach by network id (see `ensure_network`).
+    if let (Some(first), Some(id)) = (spec.networks.first(), network_ids.first()) {
+        if let Some(hc) = body.host_config.as_mut() {
+            hc.network_mode = Some(id.clone());
+        }
+        if let Some(eps) = body
+            .networking_config
+            .as_mut()
+            .and_then(|n| n.endpoints_config.as_mut())
+            && let Some(ep) = eps.remove(&first.name)
+        {
+            eps.insert(id.clone(), ep);
+        }
+    }
     let extra: Vec<(String, Vec<String>)> = spec
         .networks
         .iter()
+        .zip(&network_ids)
         .skip(1)
-        .map(|n| {
+        .map(|(n, id)| {
             let mut aliases = vec![spec.name.clone()];
             aliases.extend(n.aliases.iter().cloned());
-            (n.name.clone(), aliases)
+            (id.clone(), aliases)
         })
         .collect();
     // A leftover container of that name that we do not track (created by a
