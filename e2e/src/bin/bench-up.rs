@@ -52,12 +52,11 @@ struct Args {
     /// Print every service's timeline of every round (default: the last).
     #[arg(long)]
     verbose: bool,
-    /// Do not create the project's Docker networks before the first
-    /// platform round. By default they are created once (and kept, like
-    /// the images), because operators that create the same network at the
-    /// same moment make duplicates on Docker 20.10 (see e2e/BENCH.md).
+    /// Create the project's Docker networks before the first platform
+    /// round instead of leaving them to the operators (for comparison only;
+    /// by default every round starts from nothing but the images).
     #[arg(long)]
-    no_precreate_network: bool,
+    precreate_network: bool,
 }
 
 /// One bring-up.
@@ -299,7 +298,7 @@ async fn run(ctx: &Ctx) -> Result<(), String> {
         );
     }
 
-    if !args.no_precreate_network {
+    if args.precreate_network {
         precreate_networks(&docker, &mut client, &wanted).await?;
     }
 
@@ -406,10 +405,7 @@ async fn write_compose(ctx: &Ctx, merged: &compose::Merged) -> Result<ComposeSet
 }
 
 /// Creates the Docker networks the selection's specs name, unless they
-/// exist: the workaround for duplicate networks when several operators
-/// create the same one at once (Docker 20.10 does not refuse a second
-/// network of the same name; every later lookup by name then fails as
-/// ambiguous).
+/// exist (`--precreate-network`).
 async fn precreate_networks(
     docker: &Docker,
     client: &mut CoordinatorServiceClient<Channel>,
@@ -441,7 +437,7 @@ async fn precreate_networks(
             .create_network(req)
             .await
             .map_err(|e| format!("create network {n}: {e}"))?;
-        println!("created network {n} before the rounds (--no-precreate-network to leave it to the operators)");
+        println!("created network {n} before the rounds");
     }
     Ok(())
 }
