@@ -150,6 +150,22 @@ fn a_missing_image_fails_that_service_and_what_needs_it_while_the_rest_comes_up(
 "#,
     );
     let p = platform("noimage", dir.path());
+    // Watch events through grpcurl while deploying (a server stream).
+    let watcher = Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            "-max-time",
+            "40",
+            "-d",
+            "{}",
+            &p.grpc,
+            "infra.coordinator.v1.CoordinatorService/WatchEvents",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("grpcurl");
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let progress = p.call("Deploy", r#"{"timeoutSeconds":60}"#);
     let phase = |svc: &str| -> Vec<String> {
         progress
@@ -191,4 +207,14 @@ fn a_missing_image_fails_that_service_and_what_needs_it_while_the_rest_comes_up(
         .clone();
     assert_eq!(broken["health"], "HEALTH_FAILED");
     assert!(broken["message"].as_str().unwrap().contains("does-not-exist"));
+
+    // The watch saw the operator's and the coordinator's events as they happened.
+    let _ = Command::new("kill").arg("-INT").arg(watcher.id().to_string()).status();
+    let out = watcher.wait_with_output().unwrap();
+    let events = infra_e2e::parse_json_stream(&String::from_utf8_lossy(&out.stdout));
+    let seen = |kind: &str, svc: &str| events.iter().any(|e| e["kind"] == kind && e["service"] == svc);
+    assert!(seen("EVENT_KIND_RECONCILE_FAILED", "broken"), "{events:#?}");
+    assert!(seen("EVENT_KIND_SERVICE_FAILED", "broken"));
+    assert!(seen("EVENT_KIND_SERVICE_BLOCKED", "needs-broken"));
+    assert!(seen("EVENT_KIND_HEALTHY", "db"));
 }

@@ -1,0 +1,119 @@
+//! The binaries as processes: bad configuration exits with code 64 and a
+//! message naming the key; SIGTERM drains and exits cleanly, leaving the
+//! containers running; each operator serves its own gRPC API with
+//! reflection.
+
+use std::process::Command;
+
+use infra_e2e::{Options, Platform, bin_dir};
+
+fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(bin_dir("debug").join(bin))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("{bin}: {e} (cargo build --workspace --bins)"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_the_key() {
+    let compose = infra_e2e::repo_root().join("compose");
+    let compose = compose.to_str().unwrap();
+    let (code, err) = run(
+        "coordinator",
+        &["--compose-dir", compose, "--grpc-listen", "not-an-address"],
+        &[],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("grpc_listen") && err.contains("not-an-address"), "{err}");
+
+    let (code, err) = run("data-operator", &["--host", "bad.host"], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("host") && err.contains("bad.host"), "{err}");
+
+    let (code, err) = run("gateway-operator", &[], &[("INFRA_RESYNC_SECS", "soon")]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("RESYNC_SECS") && err.contains("soon"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("op.toml");
+    std::fs::write(&cfg, "host = \"h1\"\nresync_sec = 5\n").unwrap();
+    let (code, err) = run("auth-operator", &["--config", cfg.to_str().unwrap()], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("resync_sec") && err.contains("op.toml"), "{err}");
+
+    let (code, err) = run("coordinator", &["--config", "/nonexistent/coordinator.toml"], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("/nonexistent/coordinator.toml"), "{err}");
+}
+
+#[test]
+fn the_effective_configuration_is_printed_with_credentials_redacted() {
+    let out = Command::new(bin_dir("debug").join("data-operator"))
+        .args(["--print-config", "--host", "h1"])
+        .env("INFRA_NATS__TOKEN", "very-secret-token")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("\"host\":\"h1\"") && text.contains("<redacted>"),
+        "{text}"
+    );
+    assert!(!text.contains("very-secret-token"), "{text}");
+}
+
+#[test]
+fn operators_serve_grpc_with_reflection_and_sigterm_drains_leaving_containers_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("04-data/db/docker-compose.yml");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(
+        &f,
+        "services:\n  keep:\n    image: infra-local/debian:bookworm\n    command: [sleep, infinity]\n    init: true\n    restart: unless-stopped\n",
+    )
+    .unwrap();
+    let mut o = Options::local("proc");
+    o.compose_dir = dir.path().to_owned();
+    o.overrides.clear();
+    o.tiers = vec!["data".into()];
+    let mut p = Platform::start(o);
+    let done = p.call("Deploy", r#"{"timeoutSeconds":60}"#);
+    assert!(
+        done.iter().any(|m| m["phase"] == "PHASE_DONE" && m["ready"] == 1),
+        "{done:?}"
+    );
+
+    // The operator's own API, found through the coordinator's host list.
+    let hosts = p.call("ListHosts", "{}");
+    let addr = hosts[0]["hosts"][0]["operators"][0]["grpcAddr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let grpcurl = |args: &[&str]| {
+        let out = Command::new("grpcurl").arg("-plaintext").args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(grpcurl(&[&addr, "list"]).contains("infra.operator.v1.OperatorService"));
+    let status = grpcurl(&[&addr, "infra.operator.v1.OperatorService/GetStatus"]);
+    assert!(
+        status.contains("\"tier\": \"data\"") && status.contains("\"service\": \"keep\""),
+        "{status}"
+    );
+    assert!(grpcurl(&[&addr, "grpc.health.v1.Health/Check"]).contains("SERVING"));
+
+    // SIGTERM: a clean exit within the grace; the container runs on.
+    let container = format!("{}-keep-1", p.opts.project);
+    let st = p.stop("data-operator").expect("data-operator was running");
+    assert!(st.success(), "exit status {st:?}\n{}", p.log("data-operator"));
+    assert!(p.log("data-operator").contains("operator stopped"));
+    let running = Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Running}}", &container])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&running.stdout).trim(), "true");
+}
