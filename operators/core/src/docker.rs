@@ -323,6 +323,38 @@ impl DockerClient {
         }
     }
 
+    /// Runs `cmd` in a running container and returns its exit code, or
+    /// `None` if it did not finish within `timeout`.
+    pub async fn exec(&self, id: &str, cmd: Vec<String>, timeout: Duration) -> Result<Option<i64>, DockerError> {
+        use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+        let opts = CreateExecOptions {
+            cmd: Some(cmd),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let exec = self.inner.create_exec(id, opts).await.map_err(api("exec in", id))?;
+        let run = async {
+            let started = self.inner.start_exec(&exec.id, Some(StartExecOptions::default())).await;
+            if let Ok(StartExecResults::Attached { mut output, .. }) = started {
+                while output.next().await.is_some() {}
+            }
+        };
+        if tokio::time::timeout(timeout, run).await.is_err() {
+            return Ok(None);
+        }
+        let info = self
+            .inner
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(api("inspect exec in", id))?;
+        Ok(if info.running == Some(true) {
+            None
+        } else {
+            info.exit_code
+        })
+    }
+
     /// Restarts a container, giving it `grace` to stop.
     pub async fn restart(&self, id: &str, grace: Duration) -> Result<(), DockerError> {
         let opts = RestartContainerOptions {

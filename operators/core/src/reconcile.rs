@@ -60,6 +60,10 @@ pub struct Ctx {
     desired: RwLock<HashMap<String, DesiredService>>,
     desired_loaded: AtomicBool,
     observed: RwLock<BTreeMap<String, ObservedService>>,
+    /// Early health probes, by service and container id: `true` once one
+    /// passed.
+    probes: Arc<std::sync::Mutex<HashMap<String, HashMap<String, bool>>>>,
+    trigger: std::sync::OnceLock<mpsc::Sender<String>>,
 }
 
 impl Ctx {
@@ -91,6 +95,8 @@ impl Ctx {
             desired: RwLock::default(),
             desired_loaded: AtomicBool::new(false),
             observed: RwLock::default(),
+            probes: Arc::default(),
+            trigger: std::sync::OnceLock::new(),
         }
     }
 
@@ -108,6 +114,7 @@ impl Ctx {
 /// Runs the controller until `shutdown` is cancelled.
 pub async fn run_controller(ctx: Arc<Ctx>, shutdown: CancellationToken) {
     let (trigger_tx, mut trigger_rx) = mpsc::channel::<String>(1024);
+    let _ = ctx.trigger.set(trigger_tx.clone());
     let tasks = TaskTracker::new();
 
     tasks.spawn(watch_desired(ctx.clone(), trigger_tx.clone(), shutdown.clone()));
@@ -340,8 +347,9 @@ fn to_status(spec: Option<&ServiceSpec>, c: &Container, restarts: u32) -> Contai
 async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Result<Next, DockerError> {
     let desired = ctx.desired.read().await.get(service).cloned();
     let loaded = ctx.desired_loaded.load(Ordering::SeqCst);
-    let containers = ctx.docker.list_owned(&ctx.host, &ctx.tier, Some(service)).await?;
+    let mut containers = ctx.docker.list_owned(&ctx.host, &ctx.tier, Some(service)).await?;
     let spec = desired.as_ref().filter(|d| !d.absent).and_then(|d| d.spec.clone());
+    apply_probes(ctx, service, spec.as_ref(), &mut containers);
 
     emit_changes(ctx, service, &containers, st).await;
 
@@ -516,6 +524,95 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
         next = Next::After(Duration::from_secs(if settling { 5 } else { 1 }));
     }
     Ok(next)
+}
+
+/// Early health probes.
+///
+/// Docker Engine 20.10 runs a container's first health check one full
+/// `interval` after start (Engine 25 added `start_interval` for this). So
+/// while Docker still says `starting`, the operator runs the service's own
+/// health test itself, every `start_interval` (500 ms when unset), and
+/// counts the container healthy as soon as it passes: the same command,
+/// the same verdict Docker would reach at its first check, without waiting
+/// for it. Once Docker has a result of its own, Docker's result counts.
+fn apply_probes(ctx: &Ctx, service: &str, spec: Option<&ServiceSpec>, containers: &mut [Container]) {
+    let Some(hc) = spec.and_then(|s| s.healthcheck.as_ref()) else {
+        return;
+    };
+    let cmd: Vec<String> = match hc.test.first().map(String::as_str) {
+        Some("CMD") => hc.test[1..].to_vec(),
+        Some("CMD-SHELL") => vec!["/bin/sh".into(), "-c".into(), hc.test[1..].join(" ")],
+        _ => return,
+    };
+    if cmd.is_empty() {
+        return;
+    }
+    let every = hc
+        .start_interval
+        .as_ref()
+        .map(|d| Duration::from_secs(d.seconds.max(0) as u64) + Duration::from_nanos(d.nanos.max(0) as u64))
+        .filter(|d| !d.is_zero())
+        .unwrap_or(Duration::from_millis(500));
+    let timeout = hc
+        .timeout
+        .as_ref()
+        .map(|d| Duration::from_secs(d.seconds.max(1) as u64))
+        .unwrap_or(Duration::from_secs(10))
+        .min(Duration::from_secs(30));
+    let mut all = ctx.probes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let probes = all.entry(service.to_owned()).or_default();
+    let live: HashSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
+    probes.retain(|id, _| live.contains(id.as_str()));
+    for c in containers.iter_mut() {
+        let starting = c.state == "running" && c.health.as_deref() == Some("starting");
+        if !starting {
+            continue;
+        }
+        match probes.get(&c.id) {
+            Some(true) => c.health = Some("healthy".into()),
+            Some(false) => {}
+            None => {
+                probes.insert(c.id.clone(), false);
+                let (docker, id, cmd, service) = (ctx.docker.clone(), c.id.clone(), cmd.clone(), service.to_owned());
+                let (trigger, results) = (ctx.trigger.get().cloned(), ctx.probes.clone());
+                tokio::spawn(probe(docker, id, cmd, every, timeout, service, trigger, results));
+            }
+        }
+    }
+}
+
+/// Runs the health test every `every` until it passes (then records it
+/// and wakes the service's worker) or the container is no longer starting.
+#[allow(clippy::too_many_arguments)]
+async fn probe(
+    docker: DockerClient,
+    id: String,
+    cmd: Vec<String>,
+    every: Duration,
+    timeout: Duration,
+    service: String,
+    trigger: Option<mpsc::Sender<String>>,
+    results: Arc<std::sync::Mutex<HashMap<String, HashMap<String, bool>>>>,
+) {
+    loop {
+        match docker.inspect(&id).await {
+            Ok(Some(c)) if c.state == "running" && c.health.as_deref() == Some("starting") => {}
+            _ => return,
+        }
+        if let Ok(Some(0)) = docker.exec(&id, cmd.clone(), timeout).await {
+            {
+                let mut map = results.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(passed) = map.get_mut(&service).and_then(|m| m.get_mut(&id)) {
+                    *passed = true;
+                }
+            }
+            if let Some(t) = trigger {
+                let _ = t.send(service).await;
+            }
+            return;
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 fn grace(ctx: &Ctx, spec: &ServiceSpec) -> Duration {

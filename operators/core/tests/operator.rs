@@ -540,3 +540,34 @@ async fn volumes_survive_removal_unless_removal_of_volumes_is_asked_for() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_container_is_probed_early_instead_of_waiting_for_dockers_first_check() {
+    with_env("probe", |env| async move {
+        let (stop, handle) = env.start_operator();
+        let mut spec = env.spec("pr");
+        // Docker 20.10 would run the first check only after a minute.
+        spec.healthcheck.as_mut().unwrap().interval = Some(prost_types::Duration { seconds: 60, nanos: 0 });
+        env.desire(spec, 1).await;
+        let started = std::time::Instant::now();
+        let obs = env.wait_healthy("pr").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "healthy after {:?}",
+            started.elapsed()
+        );
+        // Docker itself has not checked yet: the verdict is the operator's probe.
+        let inspect = env
+            .docker
+            .raw()
+            .inspect_container(&obs.containers[0].id, None::<InspectContainerOptions>)
+            .await
+            .unwrap();
+        let docker_says = inspect.state.unwrap().health.unwrap().status.map(|s| s.to_string());
+        assert_eq!(docker_says.as_deref(), Some("starting"));
+        env.wait_event(EventKind::Healthy, "pr").await;
+        stop.cancel();
+        handle.await.unwrap();
+    })
+    .await;
+}
