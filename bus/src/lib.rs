@@ -180,6 +180,7 @@ pub struct Bus {
     observed: kv::Store,
     hosts: kv::Store,
     secrets: kv::Store,
+    locks: kv::Store,
 }
 
 impl fmt::Debug for Bus {
@@ -267,6 +268,8 @@ impl Bus {
         let observed = ensure_bucket(&js, bucket(subject::OBSERVED_BUCKET, 1, Duration::ZERO)).await?;
         let hosts = ensure_bucket(&js, bucket(subject::HOSTS_BUCKET, 1, cfg.heartbeat_ttl)).await?;
         let secrets = ensure_bucket(&js, bucket(subject::SECRETS_BUCKET, 1, Duration::ZERO)).await?;
+        // A lock whose holder died expires with the bucket's max age.
+        let locks = ensure_bucket(&js, bucket(subject::LOCKS_BUCKET, 1, Duration::from_secs(30))).await?;
         Ok(Self {
             client,
             js,
@@ -274,6 +277,7 @@ impl Bus {
             observed,
             hosts,
             secrets,
+            locks,
         })
     }
 
@@ -426,6 +430,25 @@ impl Bus {
             .await
             .map_err(|e| BusError::with(BusErrorKind::Io, format!("put secret {key}"), e))?;
         Ok(())
+    }
+
+    /// Takes the lock `what` on `host` if nobody holds it: `Ok(true)` when
+    /// this caller got it. Locks expire after 30 s, so a holder that died
+    /// does not block anyone for long. Used where the Docker engine has no
+    /// atomic create (networks).
+    pub async fn try_lock(&self, host: &str, what: &str, holder: &str) -> Result<bool> {
+        let key = format!("{}.{}", Token::new("host", host)?, Token::new("lock", what)?);
+        match self.locks.create(&key, Bytes::from(holder.to_owned())).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(BusError::with(BusErrorKind::Io, format!("lock {key}"), e)),
+        }
+    }
+
+    /// Releases a lock taken with [`Bus::try_lock`].
+    pub async fn unlock(&self, host: &str, what: &str) -> Result<()> {
+        let key = format!("{}.{}", Token::new("host", host)?, Token::new("lock", what)?);
+        delete(&self.locks, &key).await
     }
 
     /// Reads a secret's content.

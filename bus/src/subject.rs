@@ -21,6 +21,8 @@ pub const OBSERVED_BUCKET: &str = "infra_observed";
 pub const HOSTS_BUCKET: &str = "infra_hosts";
 /// Key-value bucket of secret contents, `<name>`.
 pub const SECRETS_BUCKET: &str = "infra_secrets";
+/// Key-value bucket of short-lived locks between processes, `<host>.<what>`.
+pub const LOCKS_BUCKET: &str = "infra_locks";
 
 /// A validated subject token.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -135,3 +135,15 @@ async fn invalid_names_are_refused_with_the_field_named() {
     assert_eq!(err.kind(), infra_bus::BusErrorKind::InvalidName);
     assert!(err.to_string().contains("service \"bad.name\""), "{err}");
 }
+
+#[tokio::test]
+async fn a_lock_has_one_holder_until_it_is_released() {
+    let server = NatsServer::start();
+    let a = bus(&server).await;
+    let b = bus(&server).await;
+    assert!(a.try_lock("h1", "net-x", "a").await.unwrap());
+    assert!(!b.try_lock("h1", "net-x", "b").await.unwrap());
+    assert!(b.try_lock("h2", "net-x", "b").await.unwrap(), "locks are per host");
+    a.unlock("h1", "net-x").await.unwrap();
+    assert!(b.try_lock("h1", "net-x", "b").await.unwrap());
+}

@@ -238,6 +238,13 @@ impl DockerClient {
         Err(DockerError::Prepare(format!("network {name}: could not create it")))
     }
 
+    /// The id of the oldest network named `name`, if there is one.
+    pub async fn network_id(&self, name: &str) -> Result<Option<String>, DockerError> {
+        let mut found = self.networks_named(name).await?;
+        found.sort();
+        Ok(found.into_iter().next().map(|(_, id)| id))
+    }
+
     /// `(created, id)` of every network named exactly `name`.
     async fn networks_named(&self, name: &str) -> Result<Vec<(String, String)>, DockerError> {
         let opts = ListNetworksOptions {

@@ -763,7 +763,7 @@ async fn create(ctx: &Ctx, spec: &ServiceSpec, replica: u32) -> Result<String, D
     ctx.docker.ensure_image(&spec.image, ctx.pull_timeout).await?;
     let mut network_ids = Vec::with_capacity(spec.networks.len());
     for n in &spec.networks {
-        network_ids.push(ctx.docker.ensure_network(&n.name).await?);
+        network_ids.push(ensure_network(ctx, &n.name).await?);
     }
     for m in spec
         .mounts
@@ -806,6 +806,45 @@ async fn create(ctx: &Ctx, spec: &ServiceSpec, replica: u32) -> Result<String, D
         ctx.docker.remove(&old.id, Duration::from_secs(1)).await?;
     }
     ctx.docker.create(&name, body, &extra).await
+}
+
+/// Creates a network under a host-wide lock on the bus: the Docker engine
+/// does not refuse a second network of the same name, and the operators of
+/// every tier on a host create the shared networks at the same moment. A
+/// container started on a duplicate keeps it alive and makes the name
+/// ambiguous for everyone, so creation must be one at a time. Without the
+/// bus (a partition) it goes ahead after a bounded wait; `ensure_network`
+/// still removes a duplicate nobody uses.
+async fn ensure_network(ctx: &Ctx, name: &str) -> Result<String, DockerError> {
+    if let Some(id) = ctx.docker.network_id(name).await? {
+        return Ok(id);
+    }
+    let what = format!("network-{name}");
+    let holder = format!("{}/{}", ctx.host, ctx.tier);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match ctx.bus.try_lock(&ctx.host, &what, &holder).await {
+            Ok(true) => {
+                let made = ctx.docker.ensure_network(name).await;
+                if let Err(e) = ctx.bus.unlock(&ctx.host, &what).await {
+                    tracing::warn!(error = %e, network = name, "could not release the network lock");
+                }
+                return made;
+            }
+            Ok(false) => {
+                if let Some(id) = ctx.docker.network_id(name).await? {
+                    return Ok(id);
+                }
+            }
+            // Names the bus cannot carry, or no bus: do without the lock.
+            Err(e) if e.kind() == infra_bus::BusErrorKind::InvalidName => return ctx.docker.ensure_network(name).await,
+            Err(e) => tracing::debug!(error = %e, "network lock unavailable"),
+        }
+        if Instant::now() > deadline {
+            return ctx.docker.ensure_network(name).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn write_secrets(ctx: &Ctx, spec: &ServiceSpec) -> Result<(), DockerError> {

@@ -101,6 +101,10 @@ impl Env {
     }
 
     fn start_operator(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        self.start_tier(tiers::DATA)
+    }
+
+    fn start_tier(&self, tier: operator_core::Tier) -> (CancellationToken, tokio::task::JoinHandle<()>) {
         let cfg = OperatorConfig {
             host: self.host.clone(),
             state_dir: PathBuf::from(self.state.path()),
@@ -115,9 +119,7 @@ impl Env {
         let (docker, bus, t) = (self.docker.clone(), self.bus.clone(), token.clone());
         let handle = tokio::spawn(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            operator_core::run(tiers::DATA, cfg, docker, bus, listener, t)
-                .await
-                .unwrap();
+            operator_core::run(tier, cfg, docker, bus, listener, t).await.unwrap();
         });
         (token, handle)
     }
@@ -568,6 +570,61 @@ async fn a_starting_container_is_probed_early_instead_of_waiting_for_dockers_fir
         env.wait_event(EventKind::Healthy, "pr").await;
         stop.cancel();
         handle.await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_of_several_tiers_creating_one_network_at_once_make_exactly_one() {
+    with_env("netrace", |env| async move {
+        let all = [
+            tiers::DATA,
+            tiers::GATEWAY,
+            tiers::MESSAGING,
+            tiers::OBSERVABILITY,
+            tiers::WORKFLOW,
+            tiers::TOOLING,
+        ];
+        let ops: Vec<_> = all.iter().map(|t| env.start_tier(*t)).collect();
+        // Every tier wants a service on the same, not yet existing network,
+        // all at once.
+        let writes = all.iter().enumerate().map(|(i, t)| {
+            let mut spec = env.spec(&format!("nr{i}"));
+            spec.tier = t.name.to_owned();
+            let d = DesiredService {
+                spec: Some(spec),
+                host: env.host.clone(),
+                generation: 1,
+                ..Default::default()
+            };
+            let bus = env.bus.clone();
+            async move { bus.put_desired(&d).await.unwrap() }
+        });
+        futures::future::join_all(writes).await;
+        for (i, t) in all.iter().enumerate() {
+            let name = format!("nr{i}");
+            eventually(Duration::from_secs(60), &format!("{name} healthy"), || async {
+                let list = env.bus.list_observed(Some((&env.host, t.name))).await.unwrap();
+                list.into_iter()
+                    .find(|o| o.service == name && o.health() == Health::Healthy)
+            })
+            .await;
+        }
+        let nets = env
+            .docker
+            .raw()
+            .list_networks(None::<bollard::query_parameters::ListNetworksOptions>)
+            .await
+            .unwrap();
+        let same: Vec<_> = nets
+            .iter()
+            .filter(|n| n.name.as_deref() == Some(env.network.as_str()))
+            .collect();
+        assert_eq!(same.len(), 1, "one network named {}", env.network);
+        for (stop, handle) in ops {
+            stop.cancel();
+            handle.await.unwrap();
+        }
     })
     .await;
 }
