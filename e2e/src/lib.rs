@@ -277,6 +277,12 @@ impl Drop for Platform {
 /// Removes everything Docker has for `project` (containers by label and
 /// name prefix, networks and volumes by name prefix).
 pub fn purge_project(project: &str) {
+    purge_labelled("io.infra.project", project);
+}
+
+/// Removes the containers whose `label` is `project`, and the networks and
+/// volumes named `<project>_*` (Compose's naming, ours too).
+pub fn purge_labelled(label: &str, project: &str) {
     let docker = |args: &[&str]| -> String {
         Command::new("docker")
             .args(args)
@@ -284,7 +290,7 @@ pub fn purge_project(project: &str) {
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
     };
-    let ids = docker(&["ps", "-aq", "--filter", &format!("label=io.infra.project={project}")]);
+    let ids = docker(&["ps", "-aq", "--filter", &format!("label={label}={project}")]);
     let ids: Vec<&str> = ids.split_whitespace().collect();
     if !ids.is_empty() {
         let mut args = vec!["rm", "-f", "-v"];

@@ -22,6 +22,7 @@ pub fn now_ns() -> i64 {
 pub struct Recorder {
     events: Arc<Mutex<Vec<(String, String, i64)>>>,
     task: tokio::task::JoinHandle<()>,
+    bus_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Recorder {
@@ -56,13 +57,57 @@ impl Recorder {
         });
         // Give the engine a moment to register the subscription.
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        Self { events, task }
+        Self {
+            events,
+            task,
+            bus_task: Mutex::new(None),
+        }
+    }
+
+    /// Also records the operators' `healthy` events from the bus (a raw
+    /// NATS subscriber), as `health_status: healthy` at the event's time:
+    /// the platform counts a container healthy when its operator's early
+    /// probe passes, often before Docker's own first check.
+    pub async fn record_bus(&self, nats_url: &str, host: &str) -> Result<(), String> {
+        use prost::Message;
+        let client = async_nats::connect(nats_url)
+            .await
+            .map_err(|e| format!("NATS {nats_url}: {e}"))?;
+        let mut sub = client
+            .subscribe(format!("infra.events.{host}.>"))
+            .await
+            .map_err(|e| format!("subscribe: {e}"))?;
+        let sink = self.events.clone();
+        let task = tokio::spawn(async move {
+            let _client = client;
+            while let Some(m) = sub.next().await {
+                let Ok(ev) = infra_proto::bus::v1::Event::decode(m.payload) else {
+                    continue;
+                };
+                if ev.kind() != infra_proto::bus::v1::EventKind::Healthy {
+                    continue;
+                }
+                let at = ev.time.map_or(0, |t| t.seconds * 1_000_000_000 + i64::from(t.nanos));
+                if let Ok(mut v) = sink.lock() {
+                    v.push((ev.service, "health_status: healthy".into(), at));
+                }
+            }
+        });
+        if let Ok(mut slot) = self.bus_task.lock() {
+            *slot = Some(task);
+        }
+        Ok(())
     }
 
     /// Stops recording; the timeline of every service relative to `t0_ns`.
     pub fn finish(self, t0_ns: i64) -> Timeline {
         self.task.abort();
-        let events = self.events.lock().map(|v| v.clone()).unwrap_or_default();
+        if let Some(t) = self.bus_task.lock().ok().and_then(|mut s| s.take()) {
+            t.abort();
+        }
+        let mut events = self.events.lock().map(|v| v.clone()).unwrap_or_default();
+        // Earliest first, whichever source it came from.
+        events.sort_by_key(|e| e.2);
         let mut svcs: BTreeMap<String, Times> = BTreeMap::new();
         for (service, action, at) in events {
             if at < t0_ns || service.is_empty() {

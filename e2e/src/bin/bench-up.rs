@@ -126,6 +126,7 @@ fn main() -> ExitCode {
         opts,
         pids: platform.pids(),
         compose_project: format!("benchdc{}", std::process::id()),
+        nats_url: platform.nats.url(),
     };
     // Ctrl-C ends the run early; the cleanup below still happens.
     let outcome = rt.block_on(async {
@@ -208,34 +209,9 @@ fn rerun_with_port() -> ExitCode {
     })
 }
 
-/// Removes whatever Docker has of the docker-compose project (containers by
-/// label, networks and volumes by name prefix).
+/// Removes whatever Docker has of the docker-compose project.
 fn purge_compose(project: &str) {
-    let docker = |args: &[&str]| -> String {
-        std::process::Command::new("docker")
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    };
-    let ids = docker(&[
-        "ps",
-        "-aq",
-        "--filter",
-        &format!("label=com.docker.compose.project={project}"),
-    ]);
-    let ids: Vec<&str> = ids.split_whitespace().collect();
-    if !ids.is_empty() {
-        let mut args = vec!["rm", "-f", "-v"];
-        args.extend(ids);
-        docker(&args);
-    }
-    for n in docker(&["network", "ls", "-q", "--filter", &format!("name={project}_")]).split_whitespace() {
-        docker(&["network", "rm", n]);
-    }
-    for v in docker(&["volume", "ls", "-q", "--filter", &format!("name={project}_")]).split_whitespace() {
-        docker(&["volume", "rm", "-f", v]);
-    }
+    infra_e2e::purge_labelled("com.docker.compose.project", project);
 }
 
 struct Ctx {
@@ -244,6 +220,7 @@ struct Ctx {
     opts: Options,
     pids: HashMap<String, u32>,
     compose_project: String,
+    nats_url: String,
 }
 
 /// The merged Compose file on disk.
@@ -555,6 +532,9 @@ async fn ours_round(
         return Err(format!("project {project} is not empty before the round"));
     }
     let rec = Recorder::start(docker, "io.infra.project", project, "io.infra.service").await;
+    // The platform counts a service healthy when its operator does (early
+    // probes), often before Docker's own first check: take its events too.
+    rec.record_bus(&ctx.nats_url, &ctx.opts.host).await?;
     let limit = Duration::from_secs(ctx.args.round_timeout);
     let t0_ns = now_ns();
     let t0 = Instant::now();

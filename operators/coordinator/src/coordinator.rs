@@ -818,17 +818,13 @@ impl Coordinator {
         let (spec, _) = convert::to_spec(&catalog, &self.settings.project, svc, &Self::env()).map_err(invalid)?;
         Ok(api::DescribeServiceResponse {
             summary,
-            dependencies: svc
+            dependencies: spec
                 .depends_on
                 .iter()
                 .map(|d| api::Dependency {
                     service: d.service.clone(),
-                    tier: catalog
-                        .services
-                        .get(&d.service)
-                        .map(|s| s.tier.as_str().to_owned())
-                        .unwrap_or_default(),
-                    condition: convert::condition(d.condition) as i32,
+                    tier: d.tier.clone(),
+                    condition: d.condition,
                     required: d.required,
                 })
                 .collect(),
