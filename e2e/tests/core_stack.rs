@@ -198,9 +198,11 @@ async fn the_core_stack_comes_up_in_dependency_order_driven_with_grpcurl() {
         assert_eq!(s["containerIds"].as_array().map(Vec::len), Some(1), "{s}");
     }
 
-    // The order really held: each container was created only after each
+    // The order really held: each container started only after each
     // dependency was healthy (service_healthy) or started (service_started),
-    // from Docker's own creation times and the operators' health events.
+    // from Docker's own start times and the operators' health events.
+    // (Containers of waiting services are created early, held, and started
+    // when the gate opens.)
     tokio::time::sleep(Duration::from_millis(500)).await;
     let events = events.lock().unwrap().clone();
     let first = |kind: EventKind, svc: &str| -> Option<i128> {
@@ -210,12 +212,12 @@ async fn the_core_stack_comes_up_in_dependency_order_driven_with_grpcurl() {
             .filter_map(|e| e.time.as_ref().map(ts_nanos))
             .min()
     };
-    let created: BTreeMap<String, i128> = level
+    let started: BTreeMap<String, i128> = level
         .keys()
         .map(|s| {
             (
                 s.to_string(),
-                rfc3339_nanos(&docker_inspect(&format!("{project}-{s}-1"), "{{.Created}}")),
+                rfc3339_nanos(&docker_inspect(&format!("{project}-{s}-1"), "{{.State.StartedAt}}")),
             )
         })
         .collect();
@@ -232,12 +234,12 @@ async fn the_core_stack_comes_up_in_dependency_order_driven_with_grpcurl() {
                 rfc3339_nanos(&docker_inspect(&format!("{project}-{d}-1"), "{{.State.StartedAt}}"))
                     .min(first(EventKind::Started, d).unwrap_or(i128::MAX))
             };
-            assert!(created[name] > gate, "{name} was created before {d} met {cond}");
+            assert!(started[name] > gate, "{name} started before {d} met {cond}");
         }
     }
     // Independent branches did not wait: RabbitMQ (no dependencies) was
-    // created before PostgreSQL became healthy.
-    assert!(created["rabbitmq"] < first(EventKind::Healthy, "mng-pg").unwrap());
+    // started before PostgreSQL became healthy.
+    assert!(started["rabbitmq"] < first(EventKind::Healthy, "mng-pg").unwrap());
 
     // The services really work: PostgreSQL ran its init scripts, and nginx
     // proxies prometheus.<DEFAULT_URL> to Prometheus across tiers.

@@ -458,6 +458,24 @@ impl Coordinator {
             })
         };
 
+        // A new service that must wait: have its containers created now
+        // (held, not started), so that only `start` is left when the gate
+        // opens. Its start time, not its creation, is what the gate orders.
+        let held = !deps.is_empty() && p.existing.as_ref().is_none_or(|d| d.absent) && p.host.is_some();
+        if held {
+            let desired = DesiredService {
+                spec: Some(p.spec.clone()),
+                host: p.host.clone().unwrap_or_default(),
+                generation: p.existing.as_ref().map_or(0, |d| d.generation) + 1,
+                deployment_id: deployment.to_owned(),
+                hold: true,
+                ..Default::default()
+            };
+            if let Err(e) = self.bus.put_desired(&desired).await {
+                tracing::warn!(service = name, error = %e, "could not pre-create; will create at dispatch");
+            }
+        }
+
         // Wait for every dependency to meet its condition, or to fail.
         if !deps.is_empty() {
             report(
@@ -498,6 +516,10 @@ impl Coordinator {
                     format!("dependency {d} failed: {chain}"),
                 )
                 .await;
+                // Nothing stays behind for a service that never started.
+                if held && let Some(h) = &p.host {
+                    let _ = self.bus.delete_desired(h, tier, name).await;
+                }
                 return Progress::Waiting;
             }
             if deps.iter().all(|(d, c)| st.get(d).is_some_and(|p| meets(*p, *c))) {
@@ -542,7 +564,7 @@ impl Coordinator {
                     .is_some_and(|s| operator_core::spec::spec_hash(s) == hash && s.replicas == p.spec.replicas)
         });
         if !unchanged {
-            let generation = p.existing.as_ref().map_or(0, |d| d.generation) + 1;
+            let generation = p.existing.as_ref().map_or(0, |d| d.generation) + if held { 2 } else { 1 };
             let desired = DesiredService {
                 spec: Some(p.spec.clone()),
                 host: host.clone(),
@@ -550,6 +572,7 @@ impl Coordinator {
                 deployment_id: deployment.to_owned(),
                 absent: false,
                 remove_volumes: false,
+                hold: false,
             };
             if let Err(e) = self.bus.put_desired(&desired).await {
                 return fail(format!("could not write desired state: {e}")).await;

@@ -38,10 +38,12 @@ pub struct Container {
 /// One thing to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    /// Create and start a new replica.
+    /// Create a new replica, and start it unless the desired state holds it.
     Create {
         /// Replica index.
         replica: u32,
+        /// Start it too (false while held).
+        start: bool,
     },
     /// Start a container that exists with the right spec but is not running.
     Start {
@@ -179,6 +181,7 @@ pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec
     };
     let want = spec.replicas.max(1);
     let hash = spec::spec_hash(spec);
+    let hold = desired.is_some_and(|d| d.hold);
     let mut ops = Vec::new();
 
     let mut by_replica: BTreeMap<u32, Vec<&Container>> = BTreeMap::new();
@@ -198,7 +201,7 @@ pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec
         // Keep the best candidate: right spec first, then running.
         list.sort_by_key(|c| (c.spec_hash != hash, c.state != "running", c.id.clone()));
         let Some((keep, extra)) = list.split_first() else {
-            ops.push(Op::Create { replica });
+            ops.push(Op::Create { replica, start: !hold });
             continue;
         };
         for c in extra {
@@ -221,7 +224,7 @@ pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec
                     replica,
                 });
             }
-            "created" => ops.push(Op::Start {
+            "created" if !hold => ops.push(Op::Start {
                 id: keep.id.clone(),
                 replica,
                 restart: false,
@@ -333,7 +336,44 @@ mod tests {
     fn nothing_running_creates_every_replica() {
         assert_eq!(
             decide(Some(&desired(2)), &[]),
-            vec![Op::Create { replica: 1 }, Op::Create { replica: 2 }]
+            vec![
+                Op::Create {
+                    replica: 1,
+                    start: true
+                },
+                Op::Create {
+                    replica: 2,
+                    start: true
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_held_service_is_created_but_started_only_once_released() {
+        let mut d = desired(1);
+        d.hold = true;
+        assert_eq!(
+            decide(Some(&d), &[]),
+            vec![Op::Create {
+                replica: 1,
+                start: false
+            }]
+        );
+        let mut created = running(&d, "a", 1);
+        created.state = "created".into();
+        assert!(
+            decide(Some(&d), std::slice::from_ref(&created)).is_empty(),
+            "held: not started"
+        );
+        d.hold = false;
+        assert_eq!(
+            decide(Some(&d), &[created]),
+            vec![Op::Start {
+                id: "a".into(),
+                replica: 1,
+                restart: false
+            }]
         );
     }
 

@@ -362,15 +362,22 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
     let now = Instant::now();
     for op in ops {
         match op {
-            Op::Create { replica } => {
+            Op::Create { replica, start } => {
                 let Some(spec) = spec.as_ref() else { continue };
                 match create(ctx, spec, replica).await {
                     Ok(id) => {
                         st.failure = None;
                         st.seen.insert(id.clone(), ("created".into(), None));
-                        ctx.events.emit(EventKind::Created, service, &id, replica, "").await;
-                        ctx.docker.start(&id).await?;
-                        ctx.events.emit(EventKind::Started, service, &id, replica, "").await;
+                        let why = if start {
+                            ""
+                        } else {
+                            "held until its dependencies are ready"
+                        };
+                        ctx.events.emit(EventKind::Created, service, &id, replica, why).await;
+                        if start {
+                            ctx.docker.start(&id).await?;
+                            ctx.events.emit(EventKind::Started, service, &id, replica, "").await;
+                        }
                     }
                     Err(e) => {
                         let msg = e.to_string();
