@@ -719,8 +719,8 @@ impl Conv<'_> {
                 for (k, val) in m {
                     let name = key_str(k, p)?;
                     let np = p.key(&name);
-                    let aliases = match val {
-                        Value::Null => Vec::new(),
+                    let (aliases, ipv4_address, ipv6_address) = match val {
+                        Value::Null => (Vec::new(), None, None),
                         Value::Mapping(nm) => {
                             self.keys(
                                 nm,
@@ -737,11 +737,22 @@ impl Conv<'_> {
                                     "interface_name",
                                 ],
                             )?;
-                            opt_list(nm.get("aliases"), &np.key("aliases"))?
+                            // Static addresses stay in `unsupported` (not
+                            // acted on) and are read too, for the lint.
+                            (
+                                opt_list(nm.get("aliases"), &np.key("aliases"))?,
+                                opt_string(nm.get("ipv4_address"), &np.key("ipv4_address"))?,
+                                opt_string(nm.get("ipv6_address"), &np.key("ipv6_address"))?,
+                            )
                         }
                         other => return Err(type_err(other, &np, "a map or null")),
                     };
-                    out.push(NetworkAttachment { name, aliases });
+                    out.push(NetworkAttachment {
+                        name,
+                        aliases,
+                        ipv4_address,
+                        ipv6_address,
+                    });
                 }
                 Ok(out)
             }
@@ -750,6 +761,8 @@ impl Conv<'_> {
                 .map(|name| NetworkAttachment {
                     name,
                     aliases: Vec::new(),
+                    ipv4_address: None,
+                    ipv6_address: None,
                 })
                 .collect()),
         }

@@ -155,6 +155,17 @@ impl LineIndex {
             .find_map(|n| self.lines.get(&path.0[..n]).copied())
     }
 
+    /// Every path the scan found strictly under `prefix`, rendered relative
+    /// to it (`environment.POSTGRES_DB`, `ports[0]`), with its line.
+    pub fn under(&self, prefix: &KeyPath) -> impl Iterator<Item = (String, usize)> + '_ {
+        let n = prefix.0.len();
+        let prefix = prefix.0.clone();
+        self.lines
+            .iter()
+            .filter(move |(p, _)| p.len() > n && p[..n] == prefix[..])
+            .map(move |(p, l)| (KeyPath(p[n..].to_vec()).to_string(), *l))
+    }
+
     /// The line of exactly `path`, if the scan found it.
     pub fn exact(&self, path: &KeyPath) -> Option<usize> {
         self.lines.get(&path.0).copied()

@@ -27,6 +27,7 @@ mod error;
 mod graph;
 mod interp;
 mod keypath;
+mod lint;
 mod load;
 mod model;
 mod paths;
@@ -37,6 +38,7 @@ mod values;
 
 pub use error::{GraphError, LoadError, LoadErrorKind, SelectError};
 pub use graph::Graph;
+pub use lint::{Finding, ParseSeverityError, Rule, Severity, lint};
 pub use load::{COMPOSE_FILE_NAMES, Catalog, Include, LoadOptions, load_catalog, load_files};
 pub use model::*;
 pub use select::Selection;

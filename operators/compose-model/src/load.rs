@@ -74,6 +74,39 @@ pub struct Catalog {
     pub unsupported: BTreeMap<String, serde_json::Value>,
     /// Files read: the catalog's, then the overrides.
     pub files: Vec<PathBuf>,
+    /// For each service, the lines of its keys and list items in the file
+    /// that defines it, by path relative to the service (`image`,
+    /// `environment.POSTGRES_DB`, `ports[0]`, `networks.infra_net.ipv4_address`).
+    /// List-form `environment` and `labels` items (`- KEY=value`) are also
+    /// found by key (`environment.KEY`). Use [`Catalog::key_line`].
+    pub key_lines: BTreeMap<String, BTreeMap<String, usize>>,
+}
+
+impl Catalog {
+    /// The line of `key` (relative to the service, as in
+    /// [`Catalog::key_lines`]) in the file that defines `service`, when the
+    /// loader found it there.
+    pub fn key_line(&self, service: &str, key: &str) -> Option<usize> {
+        self.key_lines.get(service)?.get(key).copied()
+    }
+}
+
+/// The lines of one service's keys, relative to the service.
+fn service_key_lines(lines: &LineIndex, base: &KeyPath, raw: &Value) -> BTreeMap<String, usize> {
+    let mut out: BTreeMap<String, usize> = lines.under(base).collect();
+    for key in ["environment", "labels"] {
+        let Some(Value::Sequence(items)) = raw.get(key) else {
+            continue;
+        };
+        for (i, it) in items.iter().enumerate() {
+            let Some(s) = it.as_str() else { continue };
+            let k = s.split_once('=').map_or(s, |(k, _)| k).trim();
+            if let Some(l) = out.get(&format!("{key}[{i}]")).copied() {
+                out.entry(format!("{key}.{k}")).or_insert(l);
+            }
+        }
+    }
+    out
 }
 
 struct Doc {
@@ -503,6 +536,7 @@ fn load(
     }
 
     let mut services = BTreeMap::new();
+    let mut key_lines = BTreeMap::new();
     for (name, rs) in &raw.services {
         let d = &docs[rs.doc];
         let base = KeyPath::root().key("services").key(name);
@@ -516,6 +550,7 @@ fn load(
         };
         let svc = convert::service(&ctx, &rs.value).map_err(|e| conv_err(e, d, &base, Some(name)))?;
         services.insert(name.clone(), svc);
+        key_lines.insert(name.clone(), service_key_lines(&d.lines, &base, &rs.value));
     }
 
     let def_path = |kind: &str, name: &str| KeyPath::root().key(kind).key(name);
@@ -578,6 +613,7 @@ fn load(
         includes: raw.includes,
         unsupported: raw.unsupported,
         files: docs.iter().map(|d| d.path.clone()).collect(),
+        key_lines,
     };
     check_references(&catalog, &raw.services, &docs)?;
     Ok(catalog)

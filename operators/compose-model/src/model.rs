@@ -205,6 +205,14 @@ pub struct NetworkAttachment {
     pub name: String,
     /// Extra DNS names on that network.
     pub aliases: Vec<String>,
+    /// `ipv4_address`: a static address. Kept so the lint can report it
+    /// (seed 001: rely on DNS names); the operators do not apply it, so it is
+    /// also listed under the service's `unsupported` keys.
+    #[serde(default)]
+    pub ipv4_address: Option<String>,
+    /// `ipv6_address`, as `ipv4_address`.
+    #[serde(default)]
+    pub ipv6_address: Option<String>,
 }
 
 /// The command a healthcheck runs.

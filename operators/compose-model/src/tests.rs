@@ -478,7 +478,9 @@ fn networks_accept_list_and_map_forms_and_must_be_declared() {
         cat.services["a"].networks,
         vec![NetworkAttachment {
             name: "dbnet".into(),
-            aliases: vec![]
+            aliases: vec![],
+            ipv4_address: None,
+            ipv6_address: None,
         }]
     );
     assert_eq!(cat.services["b"].networks[0].aliases, vec!["db", "pg"]);
@@ -1154,4 +1156,310 @@ fn unknown_dependency_is_reported_by_graph_for_hand_built_catalogs() {
     assert_eq!(e, GraphError::UnknownService { name: "nobody".into() });
     let e = cat.select(&Selection::services(["loki"])).unwrap_err();
     assert!(matches!(e, SelectError::UnknownDependency { .. }));
+}
+
+// ------------------------------------------------- bad input, located
+
+#[test]
+fn a_value_of_the_wrong_type_names_file_line_service_and_key() {
+    let e = one("services:\n  a:\n    image: x\n    read_only: [yes]\n").unwrap_err();
+    assert_eq!(e.kind(), LoadErrorKind::InvalidValue);
+    assert_eq!(e.line(), Some(4));
+    assert_eq!(e.service_name(), Some("a"));
+    assert_eq!(e.key_path(), Some("services.a.read_only"));
+    assert!(
+        e.to_string()
+            .contains("docker-compose.yml:4: service \"a\": read_only: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_duration_that_does_not_parse_names_file_line_and_key() {
+    let e = one(
+        "services:\n  a:\n    image: x\n    healthcheck:\n      test: [CMD, pg_isready]\n      interval: 10 parsecs\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), LoadErrorKind::InvalidValue);
+    assert_eq!(e.line(), Some(6));
+    assert_eq!(e.key_path(), Some("services.a.healthcheck.interval"));
+    let msg = e.to_string();
+    assert!(
+        msg.contains("docker-compose.yml:6:") && msg.contains("healthcheck.interval"),
+        "{msg}"
+    );
+    assert!(msg.contains("parsecs"), "{msg}");
+    let e = one("services:\n  a:\n    image: x\n    stop_grace_period: soon\n").unwrap_err();
+    assert_eq!(e.line(), Some(4));
+    assert_eq!(e.key_path(), Some("services.a.stop_grace_period"));
+}
+
+#[test]
+fn a_size_that_does_not_parse_names_file_line_and_key() {
+    let e = one("services:\n  a:\n    image: x\n    shm_size: lots\n").unwrap_err();
+    assert_eq!(e.kind(), LoadErrorKind::InvalidValue);
+    assert_eq!(e.line(), Some(4));
+    assert_eq!(e.key_path(), Some("services.a.shm_size"));
+    let msg = e.to_string();
+    assert!(msg.contains("docker-compose.yml:4: service \"a\": shm_size: "), "{msg}");
+    assert!(msg.contains("lots"), "{msg}");
+    let e = one(
+        "services:\n  a:\n    image: x\n    deploy:\n      resources:\n        limits:\n          memory: 1 gigabyte\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.line(), Some(7));
+    assert_eq!(e.key_path(), Some("services.a.deploy.resources.limits.memory"));
+}
+
+#[test]
+fn a_secret_file_that_does_not_exist_names_file_line_and_key() {
+    let e = one(
+        "services:\n  a:\n    image: x\n    secrets: [pg_password]\nsecrets:\n  pg_password:\n    file: ./nope.txt\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), LoadErrorKind::MissingFile);
+    assert_eq!(e.line(), Some(7));
+    assert!(
+        e.file().ends_with("04-data/stack/docker-compose.yml"),
+        "{}",
+        e.file().display()
+    );
+    assert_eq!(e.key_path(), Some("secrets.pg_password"));
+    let msg = e.to_string();
+    assert!(msg.contains("docker-compose.yml:7: secrets.pg_password: "), "{msg}");
+    assert!(msg.contains("nope.txt"), "{msg}");
+}
+
+#[test]
+fn a_profile_that_no_service_has_is_named_with_the_closest_and_the_known_profiles() {
+    let cat = profiled();
+    let known = cat.profiles();
+    let first = known.iter().next().expect("the fixture has profiles").clone();
+    let typo = format!("{first}x");
+    let e = cat
+        .select(&Selection {
+            profiles: vec![typo.clone()],
+            ..Selection::default()
+        })
+        .unwrap_err();
+    match &e {
+        SelectError::UnknownProfile {
+            name,
+            suggestion,
+            known: k,
+        } => {
+            assert_eq!(name, &typo);
+            assert_eq!(suggestion.as_deref(), Some(first.as_str()));
+            assert_eq!(k.iter().cloned().collect::<BTreeSet<_>>(), known);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("{typo:?}")) && msg.contains("did you mean"),
+        "{msg}"
+    );
+}
+
+// -------------------------------------------------------------------- lint
+
+/// Limits, so that fixtures only break the rule they are about.
+const LIMITS: &str =
+    "    deploy:\n      resources:\n        limits:\n          cpus: \"0.5\"\n          memory: 128M\n";
+
+fn lint_of(text: &str) -> Vec<Finding> {
+    lint(&ok(text))
+}
+
+fn brief(findings: &[Finding]) -> Vec<(&'static str, usize, String)> {
+    findings
+        .iter()
+        .map(|f| (f.rule.id(), f.line, f.service.clone().unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn a_static_ipv4_address_is_an_error_at_its_line_and_still_reported_as_unsupported() {
+    let cat = ok(&format!(
+        "services:\n  app:\n    image: nginx:1.27\n{LIMITS}    networks:\n      infra_net:\n        aliases: [web]\n        ipv4_address: 172.19.0.13\nnetworks:\n  infra_net: {{}}\n"
+    ));
+    let app = &cat.services["app"];
+    assert_eq!(app.networks[0].ipv4_address.as_deref(), Some("172.19.0.13"));
+    assert!(app.unsupported.contains_key("networks.infra_net.ipv4_address"));
+    let f = lint(&cat);
+    assert_eq!(brief(&f), vec![("static-ip", 12, "app".to_string())]);
+    assert_eq!(f[0].severity, Severity::Error);
+    assert!(f[0].message.contains("172.19.0.13"), "{}", f[0].message);
+}
+
+#[test]
+fn a_host_port_outside_the_edge_is_an_error_but_the_gateway_and_marked_edges_may_publish() {
+    let f = Fixture::new();
+    f.write(
+        "04-data/db/docker-compose.yml",
+        &format!(
+            "services:\n  app:\n    image: nginx:1.27\n{LIMITS}    ports:\n      - \"8080:80\"\n  labelled:\n    image: nginx:1.27\n{LIMITS}    labels: [x-infra-edge=true]\n    ports: [\"8081:80\"]\n  extended:\n    image: nginx:1.27\n{LIMITS}    x-infra-edge: true\n    ports: [\"8082:80\"]\n"
+        ),
+    );
+    f.write(
+        "01-gateway/edge/docker-compose.yml",
+        &format!("services:\n  proxy:\n    image: nginx:1.27\n{LIMITS}    ports: [\"443:443\"]\n"),
+    );
+    let findings = lint(&f.load().unwrap());
+    assert_eq!(brief(&findings), vec![("host-port", 9, "app".to_string())]);
+    assert!(findings[0].message.contains("8080->80/tcp"), "{}", findings[0].message);
+}
+
+#[test]
+fn a_literal_password_or_secret_in_the_environment_is_an_error_in_both_syntaxes() {
+    let f = lint_of(&format!(
+        "services:\n  app:\n    image: nginx:1.27\n{LIMITS}    environment:\n      DB_PASSWORD: hunter2\n      DB_PASSWORD_FILE: /run/secrets/db_password\n      API_TOKEN: \"\"\n      TZ: UTC\n  other:\n    image: nginx:1.27\n{LIMITS}    environment:\n      - TZ=UTC\n      - CLIENT_SECRET=abc\n"
+    ));
+    assert_eq!(
+        brief(&f),
+        vec![
+            ("plaintext-secret", 10, "app".to_string()),
+            ("plaintext-secret", 23, "other".to_string())
+        ]
+    );
+    assert!(!f[0].message.contains("hunter2"), "the value must not be printed");
+}
+
+#[test]
+fn waiting_for_a_healthy_service_without_healthcheck_is_reported_where_the_graph_stops() {
+    let cat = ok(&format!(
+        "services:\n  app:\n    image: nginx:1.27\n{LIMITS}    depends_on:\n      db:\n        condition: service_healthy\n  db:\n    image: nginx:1.27\n{LIMITS}"
+    ));
+    assert!(matches!(
+        cat.graph(&names(&["app", "db"])),
+        Err(GraphError::NoHealthcheck { .. })
+    ));
+    let f = lint(&cat);
+    assert_eq!(brief(&f), vec![("healthy-without-healthcheck", 11, "app".to_string())]);
+    assert!(f[0].message.contains("\"db\""), "{}", f[0].message);
+}
+
+#[test]
+fn a_service_without_resource_limits_is_a_warning() {
+    let f = lint_of(
+        "services:\n  bare:\n    image: nginx:1.27\n  reserved:\n    image: nginx:1.27\n    deploy:\n      resources:\n        reservations:\n          memory: 64M\n",
+    );
+    assert_eq!(
+        brief(&f),
+        vec![
+            ("no-resource-limits", 2, "bare".to_string()),
+            ("no-resource-limits", 7, "reserved".to_string())
+        ]
+    );
+    assert!(f.iter().all(|x| x.severity == Severity::Warning));
+}
+
+#[test]
+fn an_image_with_latest_or_no_tag_is_an_error_and_a_digest_or_version_is_not() {
+    let f = lint_of(&format!(
+        "services:\n  a:\n    image: nginx\n{LIMITS}  b:\n    image: nginx:latest\n{LIMITS}  c:\n    image: localhost:5000/nginx\n{LIMITS}  d:\n    image: nginx@sha256:0123456789abcdef\n{LIMITS}  e:\n    image: localhost:5000/nginx:1.27\n{LIMITS}"
+    ));
+    assert_eq!(
+        brief(&f),
+        vec![
+            ("unpinned-image", 3, "a".to_string()),
+            ("unpinned-image", 10, "b".to_string()),
+            ("unpinned-image", 17, "c".to_string())
+        ]
+    );
+}
+
+#[test]
+fn a_one_shot_psql_container_running_sql_files_is_a_redundant_init_container() {
+    let f = lint_of(&format!(
+        "services:\n  mng-pg:\n    image: postgres:17.7\n{LIMITS}    volumes:\n      - pgdata:/var/lib/postgresql/data\n      - ./init-scripts/init.sql:/docker-entrypoint-initdb.d/init.sql:ro\n    healthcheck:\n      test: pg_isready\n  mng-pg-init:\n    image: postgres:17.7\n{LIMITS}    depends_on:\n      mng-pg: {{condition: service_healthy}}\n    volumes:\n      - ./init-scripts/init.sql:/init.sql:ro\n    command: [\"sh\", \"-c\", \"psql -h mng-pg -U postgres -f /init.sql\"]\nvolumes:\n  pgdata:\n"
+    ));
+    assert_eq!(
+        brief(&f),
+        vec![("redundant-init-container", 25, "mng-pg-init".to_string())]
+    );
+    assert_eq!(f[0].severity, Severity::Warning);
+    assert!(
+        f[0].message.contains("already mounts /docker-entrypoint-initdb.d"),
+        "{}",
+        f[0].message
+    );
+}
+
+#[test]
+fn a_stateful_store_without_a_named_volume_or_writable_bind_is_an_error() {
+    let f = lint_of(&format!(
+        "services:\n  cache:\n    image: valkey/valkey:8.1.7\n{LIMITS}  metrics:\n    image: prom/prometheus:v3.9.0\n{LIMITS}    volumes:\n      - ./prometheus.yml:/etc/prometheus/prometheus.yml:ro\n    tmpfs: [/prometheus]\n  kept:\n    image: postgres:17.7\n{LIMITS}    volumes: [pgdata:/var/lib/postgresql/data]\nvolumes:\n  pgdata:\n"
+    ));
+    assert_eq!(
+        brief(&f),
+        vec![
+            ("stateful-without-volume", 3, "cache".to_string()),
+            ("stateful-without-volume", 16, "metrics".to_string())
+        ]
+    );
+}
+
+#[test]
+fn a_catalog_that_follows_the_practices_has_no_findings() {
+    let f = Fixture::new();
+    f.write("04-data/db/secrets/db_password", "s3cret");
+    f.write(
+        "04-data/db/docker-compose.yml",
+        &format!(
+            "services:\n  db:\n    image: postgres:17.7\n    restart: unless-stopped\n{LIMITS}    environment:\n      POSTGRES_PASSWORD_FILE: /run/secrets/db_password\n      POSTGRES_USER: app\n    secrets: [db_password]\n    volumes:\n      - pgdata:/var/lib/postgresql/data\n      - ./init:/docker-entrypoint-initdb.d:ro\n    healthcheck:\n      test: [\"CMD-SHELL\", \"pg_isready\"]\n    networks:\n      infra_net:\n        aliases: [postgres]\n  migrate:\n    image: app/migrate:2.1.0\n{LIMITS}    depends_on:\n      db: {{condition: service_healthy}}\n    command: [\"migrate\", \"up\"]\n    networks: [infra_net]\nvolumes:\n  pgdata:\nsecrets:\n  db_password:\n    file: ./secrets/db_password\nnetworks:\n  infra_net: {{}}\n"
+        ),
+    );
+    f.write(
+        "01-gateway/edge/docker-compose.yml",
+        &format!(
+            "services:\n  proxy:\n    image: nginx:1.27.3\n    restart: unless-stopped\n{LIMITS}    ports: [\"443:443\"]\n    depends_on:\n      db: {{condition: service_started}}\n"
+        ),
+    );
+    let cat = f.load().unwrap();
+    let found = lint(&cat);
+    assert!(found.is_empty(), "{found:#?}");
+}
+
+#[test]
+fn findings_are_ordered_by_file_then_line_and_render_on_one_line() {
+    let f = Fixture::new();
+    f.write("04-data/b/docker-compose.yml", "services:\n  z:\n    image: nginx\n");
+    f.write(
+        "02-auth/a/docker-compose.yml",
+        "services:\n  y:\n    image: nginx:1.27\n",
+    );
+    let found = lint(&f.load().unwrap());
+    let order: Vec<(String, usize, &str)> = found
+        .iter()
+        .map(|x| {
+            (
+                x.file
+                    .parent()
+                    .unwrap()
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+                x.line,
+                x.rule.id(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            ("a".to_string(), 2, "no-resource-limits"),
+            ("b".to_string(), 2, "no-resource-limits"),
+            ("b".to_string(), 3, "unpinned-image"),
+        ]
+    );
+    let text = found[2].to_string();
+    assert!(
+        text.ends_with(&format!(
+            "04-data/b/docker-compose.yml:3: error[unpinned-image] z: image \"nginx\" has no tag (so `latest`); pin a version such as nginx:<version> ({})",
+            Rule::UnpinnedImage.why()
+        )),
+        "{text}"
+    );
 }

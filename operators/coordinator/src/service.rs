@@ -87,6 +87,10 @@ impl CoordinatorService for Api {
         self.coordinator.hosts().await.map(Response::new)
     }
 
+    async fn lint(&self, req: Request<api::LintRequest>) -> Result<Response<api::LintResponse>, Status> {
+        self.coordinator.lint(&req.into_inner()).map(Response::new)
+    }
+
     type WatchEventsStream = Streamed<Event>;
 
     async fn watch_events(

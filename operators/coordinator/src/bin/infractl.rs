@@ -62,6 +62,21 @@ enum Cmd {
         #[arg(long = "override")]
         overrides: Vec<std::path::PathBuf>,
     },
+    /// Lint the Compose catalog locally, without a coordinator, for the
+    /// practices the seeds ask for. Prints one line per finding
+    /// (`file:line: severity[rule] service: message (why)`) and a summary;
+    /// exits 1 if any finding is an error.
+    Lint {
+        /// The catalog root.
+        #[arg(long, default_value = "compose")]
+        compose_dir: std::path::PathBuf,
+        /// Override files.
+        #[arg(long = "override")]
+        overrides: Vec<std::path::PathBuf>,
+        /// Leave out findings below this: error, warning or info.
+        #[arg(long, default_value = "info")]
+        min_severity: infra_compose::Severity,
+    },
     /// Status of every deployed service.
     Status,
     /// Hosts and their operators.
@@ -168,6 +183,35 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 graph.levels().len()
             );
             Ok(true)
+        }
+        Cmd::Lint {
+            compose_dir,
+            overrides,
+            min_severity,
+        } => {
+            let opts = infra_compose::LoadOptions {
+                env_file: None,
+                env: std::env::vars().collect(),
+                overrides,
+            };
+            let catalog = infra_compose::load_catalog(&compose_dir, &opts)?;
+            let findings: Vec<infra_compose::Finding> = infra_compose::lint(&catalog)
+                .into_iter()
+                .filter(|f| f.severity.is_at_least(min_severity))
+                .collect();
+            for f in &findings {
+                println!("{f}");
+            }
+            let count = |s: infra_compose::Severity| findings.iter().filter(|f| f.severity == s).count();
+            let errors = count(infra_compose::Severity::Error);
+            println!(
+                "{}: {} services linted: {errors} errors, {} warnings, {} info",
+                compose_dir.display(),
+                catalog.services.len(),
+                count(infra_compose::Severity::Warning),
+                count(infra_compose::Severity::Info),
+            );
+            Ok(errors == 0)
         }
         Cmd::Wait { operators, timeout } => {
             let deadline = Instant::now() + Duration::from_secs(timeout);

@@ -1,0 +1,23 @@
+#!/bin/bash
+# Starts one node of mariadb-galera through the image's own entrypoint (which
+# initialises an empty data directory first, with wsrep off).
+#   GALERA_NODE       this node's name (galera-1..3)
+#   GALERA_BOOTSTRAP  1 on the node that may create the cluster (galera-1)
+# galera-1 bootstraps (--wsrep-new-cluster) only when its data directory is
+# new or Galera marked it safe_to_bootstrap (it was the last node to stop);
+# otherwise it joins the running nodes like the others. After an unclean
+# stop of the whole cluster, pick the most advanced node and set
+# safe_to_bootstrap: 1 in its grastate.dat by hand (Galera's usual recovery).
+set -euo pipefail
+args=(
+  "--wsrep-node-name=${GALERA_NODE}"
+  "--wsrep-sst-auth=mariabackup:$(< /run/secrets/galera_sst_password)"
+)
+state=/var/lib/mysql/grastate.dat
+if [ "${GALERA_BOOTSTRAP:-0}" = 1 ]; then
+  if [ ! -s "$state" ] || grep -q '^safe_to_bootstrap: *1' "$state"; then
+    echo "galera-start: bootstrapping a new cluster on ${GALERA_NODE}"
+    args+=("--wsrep-new-cluster")
+  fi
+fi
+exec docker-entrypoint.sh mariadbd "${args[@]}" "$@"
