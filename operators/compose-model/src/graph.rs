@@ -37,6 +37,9 @@ impl Catalog {
             let mut edges = Vec::new();
             for d in &svc.depends_on {
                 let Some(target) = self.services.get(&d.service) else {
+                    if !d.required {
+                        continue;
+                    }
                     return Err(GraphError::UnknownDependency {
                         service: name.clone(),
                         dependency: d.service.clone(),

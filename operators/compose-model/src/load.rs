@@ -639,7 +639,9 @@ fn check_references(cat: &Catalog, raw: &BTreeMap<String, RawService>, docs: &[D
                 .key(&full)
         };
         for (i, dep) in svc.depends_on.iter().enumerate() {
-            if cat.services.contains_key(&dep.service) {
+            // An optional dependency may name a service this catalog does
+            // not have (Compose only warns): it is simply not waited for.
+            if cat.services.contains_key(&dep.service) || !dep.required {
                 continue;
             }
             let dp = KeyPath::root().key("depends_on");

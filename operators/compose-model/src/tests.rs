@@ -1463,3 +1463,17 @@ fn findings_are_ordered_by_file_then_line_and_render_on_one_line() {
         "{text}"
     );
 }
+
+#[test]
+fn an_optional_dependency_on_a_service_the_catalog_lacks_is_not_an_error_and_not_waited_for() {
+    let f = Fixture::new();
+    f.write(
+        "08-ai/webui/docker-compose.yml",
+        "services:\n  webui:\n    image: w:1\n    depends_on:\n      qdrant: {condition: service_healthy, required: false}\n",
+    );
+    let cat = f.load().unwrap();
+    let names = cat.select(&Selection::all()).unwrap();
+    let graph = cat.graph(&names).unwrap();
+    assert_eq!(graph.order(), ["webui"]);
+    assert!(graph.dependencies("webui").is_empty());
+}

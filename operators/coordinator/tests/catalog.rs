@@ -76,3 +76,50 @@ fn every_named_selection_resolves() {
             .unwrap_or_else(|e| panic!("selection {name}: {e}"));
     }
 }
+
+#[test]
+fn each_deployment_size_plans_and_the_standard_size_orders_data_before_auth_before_sso() {
+    let named = infra_coordinator::selections::load(&root().join("compose")).unwrap();
+    let opts = LoadOptions {
+        env_file: Some(root().join("compose/.env.example")),
+        ..Default::default()
+    };
+    let catalog = load_catalog(&root().join("compose"), &opts).unwrap();
+    let mut sizes = BTreeMap::new();
+    for size in ["minimal", "standard", "ha"] {
+        let sel = &named[size];
+        let s = Selection {
+            all: false,
+            tiers: vec![],
+            profiles: sel.profiles.clone(),
+            services: sel.services.clone(),
+        };
+        let names = catalog.select(&s).unwrap_or_else(|e| panic!("{size}: {e}"));
+        let graph = catalog.graph(&names).unwrap_or_else(|e| panic!("{size}: {e}"));
+        sizes.insert(size, (names, graph));
+    }
+    assert!(sizes["minimal"].0.contains("mng-pg"), "keycloak brings its database");
+    assert!(sizes["minimal"].0.len() < sizes["standard"].0.len());
+    assert!(sizes["standard"].0.len() < sizes["ha"].0.len());
+    for member in ["pg-0", "pg-1", "pg-2", "etcd-1", "galera-1", "valkey-node-5"] {
+        assert!(sizes["ha"].0.contains(member), "ha has {member}");
+    }
+    let graph = &sizes["standard"].1;
+    let level = |n: &str| {
+        graph
+            .levels()
+            .iter()
+            .position(|l| l.iter().any(|x| x == n))
+            .unwrap_or_else(|| panic!("{n}"))
+    };
+    assert!(level("mng-pg") < level("keycloak"), "data before auth");
+    assert!(
+        level("keycloak") < level("oauth2-proxy"),
+        "Keycloak before what needs it"
+    );
+    assert!(
+        level("minio") < level("loki") && level("loki") < level("grafana"),
+        "storage, then logs, then dashboards"
+    );
+    assert!(level("prometheus") < level("grafana"));
+}
