@@ -253,7 +253,9 @@ async fn the_core_stack_comes_up_in_dependency_order_driven_with_grpcurl() {
             "select datname from pg_database order by 1",
         ],
     );
-    assert!(dbs.contains("keycloak") && dbs.contains("n8n"), "{dbs}");
+    for db in ["keycloak", "n8n", "airflow", "sonarqube", "terrakube", "registry"] {
+        assert!(dbs.lines().any(|l| l == db), "database {db} missing: {dbs}");
+    }
     let resp = http_get(nginx_port, "prometheus.localhost", "/-/healthy");
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     let valkey = format!("{project}-mng-valkey-1");

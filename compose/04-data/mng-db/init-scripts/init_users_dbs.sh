@@ -15,7 +15,11 @@ secret() { # secret NAME -> contents of /run/secrets/NAME without trailing newli
 psql -v ON_ERROR_STOP=1 --no-psqlrc --username "$POSTGRES_USER" --dbname "${POSTGRES_DB:-postgres}" \
   -v keycloak_pw="$(secret keycloak_db_password)" \
   -v n8n_pw="$(secret n8n_db_password)" \
-  -v exporter_pw="$(secret pg_exporter_password)" <<'EOSQL'
+  -v exporter_pw="$(secret pg_exporter_password)" \
+  -v airflow_pw="$(secret airflow_db_password)" \
+  -v sonarqube_pw="$(secret sonarqube_db_password)" \
+  -v terrakube_pw="$(secret terrakube_db_password)" \
+  -v harbor_pw="$(secret harbor_db_password)" <<'EOSQL'
 -- Keycloak (02-auth/keycloak)
 CREATE ROLE keycloak LOGIN PASSWORD :'keycloak_pw';
 CREATE DATABASE keycloak OWNER keycloak;
@@ -26,9 +30,29 @@ CREATE ROLE n8n LOGIN PASSWORD :'n8n_pw';
 CREATE DATABASE n8n OWNER n8n;
 REVOKE ALL ON DATABASE n8n FROM PUBLIC;
 
+-- Airflow (07-workflow/airflow, profile airflow)
+CREATE ROLE airflow LOGIN PASSWORD :'airflow_pw';
+CREATE DATABASE airflow OWNER airflow;
+REVOKE ALL ON DATABASE airflow FROM PUBLIC;
+
+-- SonarQube (09-tooling/sonarqube, profile sonarqube)
+CREATE ROLE sonarqube LOGIN PASSWORD :'sonarqube_pw';
+CREATE DATABASE sonarqube OWNER sonarqube;
+REVOKE ALL ON DATABASE sonarqube FROM PUBLIC;
+
+-- Terrakube (09-tooling/terrakube, profile terrakube)
+CREATE ROLE terrakube LOGIN PASSWORD :'terrakube_pw';
+CREATE DATABASE terrakube OWNER terrakube;
+REVOKE ALL ON DATABASE terrakube FROM PUBLIC;
+
+-- Harbor (09-tooling/harbor): its core keeps its data in "registry"
+CREATE ROLE harbor LOGIN PASSWORD :'harbor_pw';
+CREATE DATABASE registry OWNER harbor;
+REVOKE ALL ON DATABASE registry FROM PUBLIC;
+
 -- pg-exporter (06-observability): read-only monitoring role ("pg_" role names are reserved)
 CREATE ROLE postgres_exporter LOGIN PASSWORD :'exporter_pw' CONNECTION LIMIT 5;
 GRANT pg_monitor TO postgres_exporter;
 EOSQL
 
-echo "init_users_dbs: created roles/databases keycloak, n8n and the postgres_exporter monitoring role"
+echo "init_users_dbs: created roles/databases keycloak, n8n, airflow, sonarqube, terrakube, harbor (registry) and the postgres_exporter monitoring role"
