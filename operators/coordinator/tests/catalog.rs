@@ -123,3 +123,40 @@ fn each_deployment_size_plans_and_the_standard_size_orders_data_before_auth_befo
     );
     assert!(level("prometheus") < level("grafana"));
 }
+
+#[test]
+fn every_stack_plans_alone_with_its_dependencies() {
+    let env: BTreeMap<String, String> = BTreeMap::new();
+    let opts = LoadOptions {
+        env_file: Some(root().join("compose/.env.example")),
+        ..Default::default()
+    };
+    let catalog = load_catalog(&root().join("compose"), &opts).unwrap();
+    let mut stacks: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+    for (name, svc) in &catalog.services {
+        stacks.entry(svc.file.clone()).or_default().push(name.clone());
+    }
+    assert!(stacks.len() >= 30, "{} stacks", stacks.len());
+    for (file, services) in stacks {
+        // Naming a service activates it whatever its profile; its
+        // dependencies come along.
+        let names = catalog
+            .select(&Selection {
+                all: false,
+                tiers: vec![],
+                profiles: vec![],
+                services: services.clone(),
+            })
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let graph = catalog
+            .graph(&names)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        for s in &services {
+            assert!(graph.contains(s), "{}: {s} not planned", file.display());
+        }
+        for name in graph.order() {
+            infra_coordinator::convert::to_spec(&catalog, "infra", &catalog.services[name], &env)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        }
+    }
+}
