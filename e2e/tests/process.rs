@@ -117,3 +117,71 @@ fn operators_serve_grpc_with_reflection_and_sigterm_drains_leaving_containers_ru
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&running.stdout).trim(), "true");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_releases_containers_an_interrupted_deploy_left_created_and_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("04-data/db/docker-compose.yml");
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(
+        &f,
+        "services:\n  held:\n    image: infra-local/debian:bookworm\n    command: [sleep, infinity]\n    init: true\n    restart: unless-stopped\n",
+    )
+    .unwrap();
+    let mut o = Options::local("held");
+    o.compose_dir = dir.path().to_owned();
+    o.overrides.clear();
+    o.tiers = vec!["data".into()];
+    let host = o.host.clone();
+    let p = tokio::task::spawn_blocking(move || Platform::start(o)).await.unwrap();
+    let p = std::sync::Arc::new(p);
+    let call = |method: &'static str, body: &'static str| {
+        let p = p.clone();
+        tokio::task::spawn_blocking(move || p.call(method, body))
+    };
+    call("Deploy", r#"{"timeoutSeconds":60}"#).await.unwrap();
+    let container = format!("{}-held-1", p.opts.project);
+
+    // What a coordinator that died mid-deploy leaves: desired state held,
+    // and a container created but never started.
+    let bus = infra_bus::Bus::connect(&infra_bus::BusConfig {
+        url: p.nats.url(),
+        name: "t".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut d = bus
+        .get_desired(&host, "data", "held")
+        .await
+        .unwrap()
+        .expect("desired state");
+    d.hold = true;
+    bus.put_desired(&d).await.unwrap();
+    Command::new("docker").args(["rm", "-f", &container]).output().unwrap();
+    let state = || {
+        let out = Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Status}}", &container])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while state() != "created" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the operator did not re-create the held container"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    // Plan says it will be started; a deploy starts it.
+    let plan = call("Plan", "{}").await.unwrap();
+    assert_eq!(plan[0]["steps"][0]["action"], "ACTION_UPDATE", "{plan:?}");
+    let done = call("Deploy", r#"{"timeoutSeconds":60}"#).await.unwrap();
+    assert!(
+        done.iter().any(|m| m["phase"] == "PHASE_DONE" && m["ready"] == 1),
+        "{done:?}"
+    );
+    assert_eq!(state(), "running");
+}

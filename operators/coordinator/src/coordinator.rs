@@ -289,7 +289,10 @@ impl Coordinator {
             let (action, changes) = match p.existing.as_ref().filter(|d| !d.absent).and_then(|d| d.spec.as_ref()) {
                 None => (api::Action::Create, vec![]),
                 Some(old) => {
-                    let changes = diff(old, &p.spec);
+                    let mut changes = diff(old, &p.spec);
+                    if p.existing.as_ref().is_some_and(|d| d.hold) {
+                        changes.push("start (created and held by an earlier deploy)".into());
+                    }
                     if changes.is_empty() {
                         (api::Action::Unchanged, changes)
                     } else {
@@ -586,8 +589,11 @@ impl Coordinator {
 
         // Dispatch: write desired state unless it is already what we want.
         let hash = operator_core::spec::spec_hash(&p.spec);
+        // A service still held by an interrupted deploy is not unchanged:
+        // it must be released.
         let unchanged = p.existing.as_ref().is_some_and(|d| {
             !d.absent
+                && !d.hold
                 && d.spec
                     .as_ref()
                     .is_some_and(|s| operator_core::spec::spec_hash(s) == hash && s.replicas == p.spec.replicas)

@@ -87,11 +87,7 @@ fn main() -> ExitCode {
     }
     app::init_logging(cfg.log.format, &cfg.log.filter);
     tracing::info!(config = %shown, grpc = %listen, "starting coordinator");
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match app::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");

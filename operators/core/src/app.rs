@@ -128,3 +128,12 @@ pub fn absolute(p: &Path) -> PathBuf {
             .unwrap_or_else(|_| p.to_owned())
     }
 }
+
+/// The runtime every binary runs on: two worker threads are plenty for an
+/// operator or the coordinator, and keep their idle memory small.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}

@@ -187,11 +187,7 @@ pub fn main(tier: Tier) -> ExitCode {
     }
     app::init_logging(cfg.log.format, &cfg.log.filter);
     tracing::info!(tier = tier.name, config = %sanitized(&cfg), grpc = %listen, "starting operator");
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match app::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
