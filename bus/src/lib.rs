@@ -20,7 +20,7 @@ use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use infra_proto::bus::v1::{DesiredService, Event, EventKind, Heartbeat, ObservedService};
+use infra_proto::bus::v1::{DesiredService, Event, EventKind, Heartbeat, ObservedService, ServiceRecord};
 use prost::Message;
 
 pub use subject::Token;
@@ -181,6 +181,7 @@ pub struct Bus {
     hosts: kv::Store,
     secrets: kv::Store,
     locks: kv::Store,
+    services: kv::Store,
 }
 
 impl fmt::Debug for Bus {
@@ -270,6 +271,7 @@ impl Bus {
         let secrets = ensure_bucket(&js, bucket(subject::SECRETS_BUCKET, 1, Duration::ZERO)).await?;
         // A lock whose holder died expires with the bucket's max age.
         let locks = ensure_bucket(&js, bucket(subject::LOCKS_BUCKET, 1, Duration::from_secs(30))).await?;
+        let services = ensure_bucket(&js, bucket(subject::SERVICES_BUCKET, 5, Duration::ZERO)).await?;
         Ok(Self {
             client,
             js,
@@ -278,6 +280,7 @@ impl Bus {
             hosts,
             secrets,
             locks,
+            services,
         })
     }
 
@@ -405,6 +408,26 @@ impl Bus {
         watch(&self.observed, ">").await
     }
 
+    /// Writes the coordinator's record of one service.
+    pub async fn put_record(&self, r: &ServiceRecord) -> Result<u64> {
+        put(&self.services, &record_key(&r.tier, &r.service)?, r).await
+    }
+
+    /// Reads the record of one service.
+    pub async fn get_record(&self, tier: &str, service: &str) -> Result<Option<ServiceRecord>> {
+        get(&self.services, &record_key(tier, service)?).await
+    }
+
+    /// Deletes the record of one service.
+    pub async fn delete_record(&self, tier: &str, service: &str) -> Result<()> {
+        delete(&self.services, &record_key(tier, service)?).await
+    }
+
+    /// Every service record.
+    pub async fn list_records(&self) -> Result<Vec<ServiceRecord>> {
+        list(&self.services, None).await
+    }
+
     /// Records a heartbeat in the hosts bucket and publishes it.
     pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<()> {
         let host = Token::new("host", &hb.host)?;
@@ -486,9 +509,18 @@ pub fn event_kind_token(kind: EventKind) -> &'static str {
                 "SERVICE_BLOCKED" => "service_blocked",
                 "DEPLOY_FINISHED" => "deploy_finished",
                 "SERVICE_REMOVE_REQUESTED" => "service_remove_requested",
+                "SERVICE_PENDING" => "service_pending",
+                "SERVICE_SCALED" => "service_scaled",
                 _ => "unspecified",
             }
         })
+}
+
+fn record_key(tier: &str, service: &str) -> Result<String> {
+    Ok(subject::record_key(
+        &Token::new("tier", tier)?,
+        &Token::new("service", service)?,
+    ))
 }
 
 fn service_key(host: &str, tier: &str, service: &str) -> Result<String> {

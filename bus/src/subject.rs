@@ -17,6 +17,9 @@ pub const EVENTS_STREAM: &str = "INFRA_EVENTS";
 pub const DESIRED_BUCKET: &str = "infra_desired";
 /// Key-value bucket of observed state, `<host>.<tier>.<service>`.
 pub const OBSERVED_BUCKET: &str = "infra_observed";
+/// Key-value bucket of the coordinator's service records (replicas,
+/// placement rules, where each replica runs), `<tier>.<service>`.
+pub const SERVICES_BUCKET: &str = "infra_services";
 /// Key-value bucket of operator heartbeats, `<host>.<tier>`.
 pub const HOSTS_BUCKET: &str = "infra_hosts";
 /// Key-value bucket of secret contents, `<name>`.
@@ -93,6 +96,11 @@ pub fn service_key(host: &Token, tier: &Token, service: &Token) -> String {
 /// Key filter of every service of one tier on one host.
 pub fn tier_keys(host: &Token, tier: &Token) -> String {
     format!("{host}.{tier}.>")
+}
+
+/// Key of a service record in the services bucket.
+pub fn record_key(tier: &Token, service: &Token) -> String {
+    format!("{tier}.{service}")
 }
 
 /// Key of an operator in the hosts bucket.

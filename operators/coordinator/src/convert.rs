@@ -309,6 +309,57 @@ pub fn condition(c: infra_compose::DependencyCondition) -> pb::Condition {
     }
 }
 
+/// The placement rules of a service (`deploy.mode`, `deploy.placement`,
+/// GPU reservations), checked: a constraint that does not parse names the
+/// file, line, service and entry.
+pub fn placement_spec(svc: &Service) -> Result<pb::PlacementSpec, ConvertError> {
+    let mut out = pb::PlacementSpec {
+        stateful: svc.volumes.iter().any(|m| m.kind == MountKind::Volume),
+        gpus: gpus_needed(svc),
+        ..Default::default()
+    };
+    if let Some(d) = &svc.deploy {
+        out.global = d.mode == infra_compose::DeployMode::Global;
+        for (i, c) in d.placement.constraints.iter().enumerate() {
+            crate::placement::Constraint::parse(c)
+                .map_err(|e| err(svc, &format!("deploy.placement.constraints[{i}]"), e.to_string()))?;
+            out.constraints.push(c.trim().to_owned());
+        }
+        if let Some(m) = d.placement.max_replicas_per_node {
+            if m == 0 {
+                return Err(err(
+                    svc,
+                    "deploy.placement.max_replicas_per_node",
+                    "must be at least 1 (leave it out for no limit)",
+                ));
+            }
+            out.max_replicas_per_node = m;
+        }
+    }
+    Ok(out)
+}
+
+/// GPUs one replica reserves: `gpus:` and `deploy.resources.reservations
+/// .devices` entries with the `gpu` capability (`count: all` counts as 1,
+/// the least a host must have).
+pub fn gpus_needed(svc: &Service) -> u32 {
+    let reservations = svc
+        .deploy
+        .as_ref()
+        .map(|d| d.resources.reservations.devices.as_slice())
+        .unwrap_or_default();
+    svc.gpus
+        .iter()
+        .chain(reservations)
+        .filter(|r| r.capabilities.iter().any(|c| c == "gpu"))
+        .map(|r| match r.count {
+            Some(infra_compose::DeviceCount::Count(n)) => n,
+            Some(infra_compose::DeviceCount::All) => 1,
+            None => (r.device_ids.len() as u32).max(1),
+        })
+        .sum()
+}
+
 /// Compose keys of `svc` that are kept but not acted on yet, for the plan.
 pub fn unsupported_keys(svc: &Service) -> Vec<String> {
     let mut keys: Vec<String> = svc.unsupported.keys().cloned().collect();
@@ -337,10 +388,7 @@ pub fn unsupported_keys(svc: &Service) -> Vec<String> {
     if let Some(d) = &svc.deploy {
         flag(d.update_config.is_some(), "deploy.update_config");
         flag(d.rollback_config.is_some(), "deploy.rollback_config");
-        flag(
-            !d.placement.constraints.is_empty() || d.placement.max_replicas_per_node.is_some(),
-            "deploy.placement",
-        );
+        flag(!d.placement.preferences.is_empty(), "deploy.placement.preferences");
         flag(
             !d.resources.reservations.devices.is_empty(),
             "deploy.resources.reservations.devices",

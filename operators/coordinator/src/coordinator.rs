@@ -9,12 +9,15 @@ use std::time::{Duration, Instant};
 
 use infra_bus::Bus;
 use infra_compose::{Catalog, DependencyCondition, Graph, LoadOptions, SelectError, Selection, Severity, Tier};
-use infra_proto::bus::v1::{DesiredService, Event, EventKind, Health, Heartbeat, ObservedService, ServiceSpec};
+use infra_proto::bus::v1::{
+    DesiredService, Event, EventKind, Health, Heartbeat, ObservedService, PlacementSpec, ServiceRecord, ServiceSpec,
+};
 use infra_proto::coordinator::v1 as api;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
 use crate::convert::{self, SecretContent};
+use crate::placement::{self, Outcome, Rules, Usage};
 use crate::selections;
 use crate::state::ObservedCache;
 
@@ -51,12 +54,73 @@ fn unavailable(e: impl std::fmt::Display) -> Status {
     Status::unavailable(e.to_string())
 }
 
-/// A service ready to dispatch.
+/// A service ready to dispatch: its spec (`replicas` is the total), its
+/// placement rules, where its replicas go, and what the store holds for it
+/// now on every host.
 #[derive(Clone, Debug)]
 struct Prepared {
     spec: ServiceSpec,
-    host: Option<String>,
-    existing: Option<DesiredService>,
+    rules: PlacementSpec,
+    outcome: Outcome,
+    existing: Vec<DesiredService>,
+}
+
+impl Prepared {
+    /// The desired state now on `host`, removed or not.
+    fn on(&self, host: &str) -> Option<&DesiredService> {
+        self.existing.iter().find(|d| d.host == host)
+    }
+
+    /// Whether any host runs (or holds) it now.
+    fn deployed(&self) -> bool {
+        self.existing.iter().any(|d| !d.absent)
+    }
+
+    /// The spec one host gets: its share of the replicas.
+    fn spec_for(&self, replicas: u32) -> ServiceSpec {
+        let mut s = self.spec.clone();
+        s.replicas = replicas;
+        s
+    }
+
+    /// `h1, h2 (2)`: where the replicas go, for messages.
+    fn hosts_label(&self) -> String {
+        self.outcome
+            .hosts
+            .iter()
+            .map(|(h, n)| if *n == 1 { h.clone() } else { format!("{h} ({n})") })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Host -> replicas there now.
+    fn current(&self) -> BTreeMap<String, u32> {
+        self.existing
+            .iter()
+            .filter(|d| !d.absent)
+            .filter_map(|d| d.spec.as_ref().map(|s| (d.host.clone(), s.replicas.max(1))))
+            .collect()
+    }
+}
+
+/// The progress of a service over all its hosts: the least advanced one.
+fn aggregate(each: &[Progress]) -> Progress {
+    if each.is_empty() {
+        return Progress::Waiting;
+    }
+    if each.contains(&Progress::Failed) {
+        return Progress::Failed;
+    }
+    if each.iter().all(|p| *p == Progress::Completed) {
+        return Progress::Completed;
+    }
+    if each.contains(&Progress::Waiting) {
+        return Progress::Waiting;
+    }
+    if each.contains(&Progress::Started) {
+        return Progress::Started;
+    }
+    Progress::Healthy
 }
 
 /// Where a service stands during a deploy, as its dependents see it.
@@ -228,12 +292,25 @@ impl Coordinator {
         graph: &Graph,
     ) -> Result<(Vec<(String, Prepared)>, Vec<SecretContent>), Status> {
         let env = Self::env();
-        let hb = self.heartbeats().await?;
+        let hosts = placement::hosts_from(&self.heartbeats().await?);
         let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
-        let mut load: HashMap<(String, String), usize> = HashMap::new();
-        for d in &desired {
+        let records = self.bus.list_records().await.map_err(unavailable)?;
+        // What the other services take where: tier load for spreading, GPUs.
+        let mut load: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
+        for d in desired.iter().filter(|d| !d.absent) {
             if let Some(s) = &d.spec {
-                *load.entry((d.host.clone(), s.tier.clone())).or_default() += 1;
+                load.entry((d.host.clone(), s.tier.clone()))
+                    .or_default()
+                    .insert(s.name.clone());
+            }
+        }
+        let mut gpus: HashMap<String, BTreeMap<String, u32>> = HashMap::new();
+        for r in &records {
+            let per = r.rules.as_ref().map_or(0, |p| p.gpus);
+            for (h, n) in &r.placement {
+                if per > 0 {
+                    gpus.entry(h.clone()).or_default().insert(r.service.clone(), per * n);
+                }
             }
         }
         let mut out = Vec::new();
@@ -241,32 +318,45 @@ impl Coordinator {
         for name in graph.order() {
             let svc = &catalog.services[name];
             let (spec, contents) = convert::to_spec(catalog, &self.settings.project, svc, &env).map_err(invalid)?;
+            let rules = convert::placement_spec(svc).map_err(invalid)?;
             for c in contents {
                 secrets.insert(c.key.clone(), c);
             }
-            // Sticky placement: where it already is; else the least loaded
-            // host whose operator of this tier is alive.
-            let existing = desired
+            let existing: Vec<DesiredService> = desired
                 .iter()
-                .find(|d| d.spec.as_ref().is_some_and(|s| s.name == *name))
-                .cloned();
-            let host = match &existing {
-                Some(d) => Some(d.host.clone()),
-                None => {
-                    let mut candidates: Vec<&Heartbeat> = hb.iter().filter(|h| h.tier == spec.tier).collect();
-                    candidates.sort_by_key(|h| {
-                        (
-                            load.get(&(h.host.clone(), spec.tier.clone())).copied().unwrap_or(0),
-                            h.host.clone(),
-                        )
-                    });
-                    candidates.first().map(|h| h.host.clone())
-                }
+                .filter(|d| d.spec.as_ref().is_some_and(|s| s.name == *name))
+                .cloned()
+                .collect();
+            let usage = Usage {
+                tier_load: load
+                    .iter()
+                    .filter(|((_, t), _)| *t == spec.tier)
+                    .map(|((h, _), names)| (h.clone(), names.iter().filter(|n| *n != name).count()))
+                    .collect(),
+                gpus_used: gpus
+                    .iter()
+                    .map(|(h, by)| (h.clone(), by.iter().filter(|(n, _)| *n != name).map(|(_, g)| g).sum()))
+                    .collect(),
             };
-            if let Some(h) = &host {
-                *load.entry((h.clone(), spec.tier.clone())).or_default() += 1;
+            let mut p = Prepared {
+                spec,
+                rules,
+                outcome: Outcome::default(),
+                existing,
+            };
+            let parsed = Rules::from_spec(&p.spec.tier, p.spec.replicas.max(1), &p.rules).map_err(invalid)?;
+            p.outcome = placement::place(&parsed, &hosts, &p.current(), &usage);
+            for (h, n) in &p.outcome.hosts {
+                load.entry((h.clone(), p.spec.tier.clone()))
+                    .or_default()
+                    .insert(name.clone());
+                if p.rules.gpus > 0 {
+                    gpus.entry(h.clone())
+                        .or_default()
+                        .insert(name.clone(), p.rules.gpus * n);
+                }
             }
-            out.push((name.clone(), Prepared { spec, host, existing }));
+            out.push((name.clone(), p));
         }
         Ok((out, secrets.into_values().collect()))
     }
@@ -286,12 +376,25 @@ impl Coordinator {
         let mut steps = Vec::new();
         for (name, p) in &prepared {
             let svc = &catalog.services[name];
-            let (action, changes) = match p.existing.as_ref().filter(|d| !d.absent).and_then(|d| d.spec.as_ref()) {
+            let old = p
+                .existing
+                .iter()
+                .filter(|d| !d.absent)
+                .find_map(|d| d.spec.as_ref())
+                .map(|s| {
+                    let mut s = s.clone();
+                    s.replicas = p.current().values().sum();
+                    s
+                });
+            let (action, changes) = match old {
                 None => (api::Action::Create, vec![]),
                 Some(old) => {
-                    let mut changes = diff(old, &p.spec);
-                    if p.existing.as_ref().is_some_and(|d| d.hold) {
+                    let mut changes = diff(&old, &p.spec);
+                    if p.existing.iter().any(|d| d.hold && !d.absent) {
                         changes.push("start (created and held by an earlier deploy)".into());
+                    }
+                    if p.current() != p.outcome.hosts && !changes.iter().any(|c| c == "deploy.replicas") {
+                        changes.push("placement".into());
                     }
                     if changes.is_empty() {
                         (api::Action::Unchanged, changes)
@@ -300,16 +403,21 @@ impl Coordinator {
                     }
                 }
             };
-            if p.host.is_none() {
+            if p.outcome.pending > 0 {
                 warnings.push(format!(
-                    "{name}: no live {} operator: it would stay pending",
-                    p.spec.tier
+                    "{name}: {} replica{} would stay pending: {}",
+                    p.outcome.pending,
+                    if p.outcome.pending == 1 { "" } else { "s" },
+                    p.outcome.reason
                 ));
             }
             steps.push(api::PlanStep {
                 service: name.clone(),
                 tier: p.spec.tier.clone(),
-                host: p.host.clone().unwrap_or_default(),
+                host: p.outcome.hosts.keys().cloned().collect::<Vec<_>>().join(","),
+                placement: p.outcome.hosts.clone().into_iter().collect(),
+                pending_replicas: p.outcome.pending,
+                pending_reason: p.outcome.reason.clone(),
                 action: action as i32,
                 level: level_of.get(name.as_str()).copied().unwrap_or(0) as u32,
                 waits_for: svc
@@ -391,7 +499,7 @@ impl Coordinator {
                 deployment_id: deployment.clone(),
                 service: name.clone(),
                 tier: p.spec.tier.clone(),
-                host: p.host.clone().unwrap_or_default(),
+                host: p.hosts_label(),
                 phase: api::Phase::Planned as i32,
                 time: Some(infra_proto::now()),
                 ..Default::default()
@@ -416,7 +524,17 @@ impl Coordinator {
             );
             tasks.spawn(async move {
                 let outcome = me
-                    .deploy_one(&name, p, deps, deadline, &deployment, state_tx, state_rx, &graph, &tx)
+                    .deploy_one(
+                        &name,
+                        p,
+                        deps,
+                        deadline,
+                        &deployment,
+                        state_tx,
+                        state_rx,
+                        Some(&graph),
+                        &tx,
+                    )
                     .await;
                 (name, outcome)
             });
@@ -450,8 +568,10 @@ impl Coordinator {
         Ok(())
     }
 
-    /// One service of a deploy: wait for its dependencies, dispatch, wait
-    /// until ready. Returns `Waiting` when it was blocked.
+    /// One service of a deploy (or of a scale, with no dependencies and
+    /// no graph): wait for its dependencies, dispatch to every host its
+    /// placement names, remove it from hosts it no longer has, wait until
+    /// every host reports it ready. Returns `Waiting` when it was blocked.
     #[allow(clippy::too_many_arguments)]
     async fn deploy_one(
         &self,
@@ -462,17 +582,17 @@ impl Coordinator {
         deployment: &str,
         state_tx: Arc<watch::Sender<HashMap<String, Progress>>>,
         mut state_rx: watch::Receiver<HashMap<String, Progress>>,
-        graph: &Graph,
+        graph: Option<&Graph>,
         tx: &mpsc::Sender<Result<api::DeployProgress, Status>>,
     ) -> Progress {
         let tier: &str = &p.spec.tier;
-        let host = p.host.clone().unwrap_or_default();
+        let hosts = p.hosts_label();
         let report = |phase: api::Phase, message: String, blocks: Vec<String>| {
             let ev = api::DeployProgress {
                 deployment_id: deployment.to_owned(),
                 service: name.to_owned(),
                 tier: tier.to_owned(),
-                host: host.clone(),
+                host: hosts.clone(),
                 phase: phase as i32,
                 message,
                 time: Some(infra_proto::now()),
@@ -493,18 +613,20 @@ impl Coordinator {
         // A new service that must wait: have its containers created now
         // (held, not started), so that only `start` is left when the gate
         // opens. Its start time, not its creation, is what the gate orders.
-        let held = !deps.is_empty() && p.existing.as_ref().is_none_or(|d| d.absent) && p.host.is_some();
+        let held = !deps.is_empty() && !p.deployed() && !p.outcome.hosts.is_empty();
         if held {
-            let desired = DesiredService {
-                spec: Some(p.spec.clone()),
-                host: p.host.clone().unwrap_or_default(),
-                generation: p.existing.as_ref().map_or(0, |d| d.generation) + 1,
-                deployment_id: deployment.to_owned(),
-                hold: true,
-                ..Default::default()
-            };
-            if let Err(e) = self.bus.put_desired(&desired).await {
-                tracing::warn!(service = name, error = %e, "could not pre-create; will create at dispatch");
+            for (h, n) in &p.outcome.hosts {
+                let desired = DesiredService {
+                    spec: Some(p.spec_for(*n)),
+                    host: h.clone(),
+                    generation: p.on(h).map_or(0, |d| d.generation) + 1,
+                    deployment_id: deployment.to_owned(),
+                    hold: true,
+                    ..Default::default()
+                };
+                if let Err(e) = self.bus.put_desired(&desired).await {
+                    tracing::warn!(service = name, host = %h, error = %e, "could not pre-create; will create at dispatch");
+                }
             }
         }
 
@@ -530,7 +652,7 @@ impl Coordinator {
             });
             if let Some((d, _)) = failed {
                 let chain = graph
-                    .blocking_chain(d, name)
+                    .and_then(|g| g.blocking_chain(d, name))
                     .map(|c| c.join(" -> "))
                     .unwrap_or_else(|| format!("{d} -> {name}"));
                 set(Progress::Failed);
@@ -549,8 +671,10 @@ impl Coordinator {
                 )
                 .await;
                 // Nothing stays behind for a service that never started.
-                if held && let Some(h) = &p.host {
-                    let _ = self.bus.delete_desired(h, tier, name).await;
+                if held {
+                    for h in p.outcome.hosts.keys() {
+                        let _ = self.bus.delete_desired(h, tier, name).await;
+                    }
                 }
                 return Progress::Waiting;
             }
@@ -564,10 +688,13 @@ impl Coordinator {
 
         let fail = |message: String| async move {
             let blocks: Vec<String> = graph
-                .blocked_by(name)
-                .iter()
-                .filter_map(|b| graph.blocking_chain(name, b).map(|c| c.join(" -> ")))
-                .collect();
+                .map(|g| {
+                    g.blocked_by(name)
+                        .iter()
+                        .filter_map(|b| g.blocking_chain(name, b).map(|c| c.join(" -> ")))
+                        .collect()
+                })
+                .unwrap_or_default();
             set(Progress::Failed);
             report(api::Phase::Failed, message.clone(), blocks.clone()).await;
             let why = if blocks.is_empty() {
@@ -579,46 +706,101 @@ impl Coordinator {
             Progress::Failed
         };
 
-        let Some(host) = p.host.clone() else {
-            return fail(format!(
-                "no live {} operator on any host: start one (it heartbeats on the bus)",
-                p.spec.tier
-            ))
-            .await;
+        // The service-level record: what is wanted, where, what is pending.
+        let record = ServiceRecord {
+            service: name.to_owned(),
+            tier: tier.to_owned(),
+            replicas: if p.rules.global {
+                p.outcome.placed()
+            } else {
+                p.spec.replicas.max(1)
+            },
+            rules: Some(p.rules.clone()),
+            placement: p.outcome.hosts.clone().into_iter().collect(),
+            pending_replicas: p.outcome.pending,
+            pending_reason: p.outcome.reason.clone(),
+            deployment_id: deployment.to_owned(),
+            updated_at: Some(infra_proto::now()),
+            spec: Some(p.spec.clone()),
         };
+        if let Err(e) = self.bus.put_record(&record).await {
+            return fail(format!("could not write the service record: {e}")).await;
+        }
+        if p.outcome.pending > 0 {
+            self.event(
+                EventKind::ServicePending,
+                name,
+                tier,
+                deployment,
+                format!(
+                    "{} replica{} pending: {}",
+                    p.outcome.pending,
+                    if p.outcome.pending == 1 { "" } else { "s" },
+                    p.outcome.reason
+                ),
+            )
+            .await;
+        }
+        if p.outcome.hosts.is_empty() {
+            return fail(format!("pending: {}", p.outcome.reason)).await;
+        }
 
-        // Dispatch: write desired state unless it is already what we want.
-        let hash = operator_core::spec::spec_hash(&p.spec);
-        // A service still held by an interrupted deploy is not unchanged:
-        // it must be released.
-        let unchanged = p.existing.as_ref().is_some_and(|d| {
-            !d.absent
-                && !d.hold
-                && d.spec
-                    .as_ref()
-                    .is_some_and(|s| operator_core::spec::spec_hash(s) == hash && s.replicas == p.spec.replicas)
-        });
-        if !unchanged {
-            let generation = p.existing.as_ref().map_or(0, |d| d.generation) + if held { 2 } else { 1 };
-            let desired = DesiredService {
-                spec: Some(p.spec.clone()),
-                host: host.clone(),
-                generation,
-                deployment_id: deployment.to_owned(),
-                absent: false,
-                remove_volumes: false,
-                hold: false,
-            };
-            if let Err(e) = self.bus.put_desired(&desired).await {
-                return fail(format!("could not write desired state: {e}")).await;
+        // Dispatch: write desired state on every host whose share is not
+        // already what we want; take it off hosts it no longer has (volumes
+        // are kept).
+        let mut all_unchanged = true;
+        let mut targets: Vec<(String, ServiceSpec, String)> = Vec::new();
+        for (h, n) in &p.outcome.hosts {
+            let spec = p.spec_for(*n);
+            let hash = operator_core::spec::spec_hash(&spec);
+            // A service still held by an interrupted deploy is not
+            // unchanged: it must be released.
+            let existing = p.on(h);
+            let unchanged = existing.is_some_and(|d| {
+                !d.absent
+                    && !d.hold
+                    && d.spec
+                        .as_ref()
+                        .is_some_and(|s| operator_core::spec::spec_hash(s) == hash && s.replicas.max(1) == *n)
+            });
+            if !unchanged {
+                all_unchanged = false;
+                let desired = DesiredService {
+                    spec: Some(spec.clone()),
+                    host: h.clone(),
+                    generation: existing.map_or(0, |d| d.generation) + if held { 2 } else { 1 },
+                    deployment_id: deployment.to_owned(),
+                    absent: false,
+                    remove_volumes: false,
+                    hold: false,
+                };
+                if let Err(e) = self.bus.put_desired(&desired).await {
+                    return fail(format!("could not write desired state on {h}: {e}")).await;
+                }
+            }
+            targets.push((h.clone(), spec, hash));
+        }
+        for d in p
+            .existing
+            .iter()
+            .filter(|d| !d.absent && !p.outcome.hosts.contains_key(&d.host))
+        {
+            all_unchanged = false;
+            let mut gone = d.clone();
+            gone.absent = true;
+            gone.remove_volumes = false;
+            gone.generation += 1;
+            gone.deployment_id = deployment.to_owned();
+            if let Err(e) = self.bus.put_desired(&gone).await {
+                return fail(format!("could not take it off {}: {e}", d.host)).await;
             }
         }
         report(
             api::Phase::Dispatched,
-            if unchanged {
+            if all_unchanged {
                 "unchanged".into()
             } else {
-                format!("to {host}")
+                format!("to {hosts}")
             },
             vec![],
         )
@@ -628,47 +810,74 @@ impl Coordinator {
             name,
             tier,
             deployment,
-            format!("host {host}"),
+            format!("hosts {hosts}"),
         )
         .await;
 
-        // Wait until ready (or failed, or out of time).
+        // Wait until every host has it ready (or one failed, or time ran
+        // out).
         let start = Instant::now();
         let mut changes = self.cache.subscribe();
         let mut last = Progress::Waiting;
         loop {
-            let obs = self.cache.get(&host, &p.spec.tier, name).await;
-            if let Some(o) = &obs {
-                let now = progress_of(o, &p.spec, &hash);
-                if now != last && now != Progress::Failed {
-                    set(now);
-                    last = now;
+            let mut each = Vec::with_capacity(targets.len());
+            let mut laggard: Option<(String, Option<ObservedService>)> = None;
+            for (h, spec, hash) in &targets {
+                let obs = self.cache.get(h, tier, name).await;
+                let now = obs.as_ref().map_or(Progress::Waiting, |o| progress_of(o, spec, hash));
+                if now == Progress::Failed {
+                    let o = obs.unwrap_or_default();
+                    let why = if o.message.is_empty() {
+                        "failed".to_string()
+                    } else {
+                        o.message.clone()
+                    };
+                    return fail(if targets.len() > 1 { format!("{h}: {why}") } else { why }).await;
                 }
-                match now {
-                    Progress::Healthy | Progress::Completed => {
-                        report(api::Phase::Ready, format!("{:?}", o.health()).to_lowercase(), vec![]).await;
-                        self.event(EventKind::ServiceReady, name, tier, deployment, String::new())
-                            .await;
-                        return now;
-                    }
-                    Progress::Failed => {
-                        return fail(if o.message.is_empty() {
-                            "failed".into()
-                        } else {
-                            o.message.clone()
-                        })
-                        .await;
-                    }
-                    _ => {}
+                if laggard.is_none() && !matches!(now, Progress::Healthy | Progress::Completed) {
+                    laggard = Some((h.clone(), obs));
                 }
+                each.push(now);
+            }
+            let now = aggregate(&each);
+            if now != last {
+                set(now);
+                last = now;
+            }
+            if matches!(now, Progress::Healthy | Progress::Completed) {
+                let health = self
+                    .cache
+                    .get(&targets[0].0, tier, name)
+                    .await
+                    .map_or(Health::Healthy, |o| o.health());
+                let mut msg = format!("{health:?}").to_lowercase();
+                if p.outcome.pending > 0 {
+                    msg.push_str(&format!(
+                        "; {} of {} replicas placed, {} pending: {}",
+                        p.outcome.placed(),
+                        record.replicas,
+                        p.outcome.pending,
+                        p.outcome.reason
+                    ));
+                }
+                report(api::Phase::Ready, msg, vec![]).await;
+                self.event(EventKind::ServiceReady, name, tier, deployment, String::new())
+                    .await;
+                return now;
             }
             let left = deadline.saturating_sub(start.elapsed());
             if left.is_zero() {
+                let (h, obs) = laggard.unwrap_or_default();
                 let seen = obs.map_or_else(
-                    || "no report from the operator".to_string(),
+                    || format!("no report from the {tier} operator on {h}"),
                     |o| {
                         format!(
-                            "{:?}, {} of {} replicas healthy{}",
+                            "{}{:?}, {} of {} replicas healthy{}",
+                            if targets.len() > 1 {
+                                format!("{h}: ")
+                            } else {
+                                String::new()
+                            },
                             o.health(),
                             o.healthy_replicas,
                             o.desired_replicas,
@@ -722,6 +931,24 @@ impl Coordinator {
                 container_ids: o.containers.iter().map(|c| c.id.chars().take(12).collect()).collect(),
                 since: o.since,
                 message: if d.absent { "removing".into() } else { o.message.clone() },
+                ..Default::default()
+            });
+        }
+        // Replicas no host could take: one row without a host, with why.
+        for r in self.bus.list_records().await.map_err(unavailable)? {
+            if r.pending_replicas == 0 || filter.as_ref().is_some_and(|f| !f.contains(&r.service)) {
+                continue;
+            }
+            out.push(api::ServiceStatus {
+                service: r.service.clone(),
+                tier: r.tier.clone(),
+                desired_replicas: r.pending_replicas,
+                health: Health::Unspecified as i32,
+                since: r.updated_at,
+                message: format!("pending: {}", r.pending_reason),
+                pending_replicas: r.pending_replicas,
+                pending_reason: r.pending_reason.clone(),
+                ..Default::default()
             });
         }
         out.sort_by(|a, b| (&a.tier, &a.service, &a.host).cmp(&(&b.tier, &b.service, &b.host)));
@@ -736,6 +963,7 @@ impl Coordinator {
         let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
         let deployed: BTreeMap<String, &DesiredService> = desired
             .iter()
+            .filter(|d| !d.absent)
             .filter_map(|d| d.spec.as_ref().map(|s| (s.name.clone(), d)))
             .collect();
         if !req.force {
@@ -757,42 +985,216 @@ impl Coordinator {
         }
         let mut removed = Vec::new();
         for name in graph.order().iter().rev() {
-            let Some(d) = deployed.get(name) else { continue };
-            let mut d = (*d).clone();
-            d.absent = true;
-            d.remove_volumes = req.remove_volumes;
-            d.generation += 1;
-            self.bus.put_desired(&d).await.map_err(unavailable)?;
-            self.event(
-                EventKind::ServiceRemoveRequested,
-                name,
-                &d.spec.as_ref().map(|s| s.tier.clone()).unwrap_or_default(),
-                "",
-                String::new(),
-            )
-            .await;
-            // Wait for the operator to take it down before its dependencies.
-            let host = d.host.clone();
-            let tier = d.spec.as_ref().map(|s| s.tier.clone()).unwrap_or_default();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(120) {
-                if self
-                    .bus
-                    .get_desired(&host, &tier, name)
-                    .await
-                    .map_err(unavailable)?
-                    .is_none()
-                {
-                    break;
+            let here: Vec<&DesiredService> = desired
+                .iter()
+                .filter(|d| d.spec.as_ref().is_some_and(|s| s.name == *name))
+                .collect();
+            let Some(tier) = here.first().and_then(|d| d.spec.as_ref()).map(|s| s.tier.clone()) else {
+                // Never deployed, or only pending: forget the record.
+                if let Some(svc) = catalog.services.get(name) {
+                    let _ = self.bus.delete_record(svc.tier.as_str(), name).await;
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            for d in &here {
+                let mut d = (*d).clone();
+                d.absent = true;
+                d.remove_volumes = req.remove_volumes;
+                d.generation += 1;
+                self.bus.put_desired(&d).await.map_err(unavailable)?;
             }
+            self.event(EventKind::ServiceRemoveRequested, name, &tier, "", String::new())
+                .await;
+            // Wait for the operators to take it down before its
+            // dependencies.
+            let start = Instant::now();
+            for d in &here {
+                while start.elapsed() < Duration::from_secs(120) {
+                    if self
+                        .bus
+                        .get_desired(&d.host, &tier, name)
+                        .await
+                        .map_err(unavailable)?
+                        .is_none()
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            self.bus.delete_record(&tier, name).await.map_err(unavailable)?;
             removed.push(name.clone());
         }
         Ok(api::RemoveResponse {
             removed,
             volumes_removed: req.remove_volumes,
         })
+    }
+
+    /// Sets a deployed service's replica count: places the new count by the
+    /// service's rules (keeping replicas where they are), starts what is
+    /// new, removes what is surplus, and streams progress to `tx` until
+    /// every host has its share ready. The spec is the one last applied, not
+    /// the catalog's: scaling never rolls out an edit.
+    pub async fn scale(
+        &self,
+        req: api::ScaleRequest,
+        tx: mpsc::Sender<Result<api::DeployProgress, Status>>,
+    ) -> Result<(), Status> {
+        if req.service.is_empty() {
+            return Err(invalid("service: must name a service"));
+        }
+        let records = self.bus.list_records().await.map_err(unavailable)?;
+        let Some(record) = records.into_iter().find(|r| r.service == req.service) else {
+            return Err(Status::failed_precondition(format!(
+                "service {:?} is not deployed: deploy it first",
+                req.service
+            )));
+        };
+        let (Some(spec), Some(rules)) = (record.spec.clone(), record.rules.clone()) else {
+            return Err(Status::failed_precondition(format!(
+                "service {:?} was deployed by an older coordinator: deploy it again to scale it",
+                req.service
+            )));
+        };
+        if rules.global {
+            return Err(Status::failed_precondition(format!(
+                "{} is global (deploy.mode: global): it runs one replica on every eligible host, so it cannot be \
+                 scaled; change its placement constraints instead",
+                req.service
+            )));
+        }
+        let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
+        let existing: Vec<DesiredService> = desired
+            .into_iter()
+            .filter(|d| d.spec.as_ref().is_some_and(|s| s.name == req.service))
+            .collect();
+        let now: u32 = existing
+            .iter()
+            .filter(|d| !d.absent)
+            .filter_map(|d| d.spec.as_ref())
+            .map(|s| s.replicas.max(1))
+            .sum();
+        if rules.stateful && req.replicas != now {
+            let volumes: Vec<&str> = spec
+                .mounts
+                .iter()
+                .filter(|m| m.kind() == infra_proto::bus::v1::MountKind::Volume)
+                .map(|m| m.source.as_str())
+                .collect();
+            return Err(Status::failed_precondition(format!(
+                "{} keeps its state in named volumes ({}): the {} operator does not know how to scale it (a new \
+                 replica would start on an empty volume of its own); scale a clustered service by its members",
+                req.service,
+                volumes.join(", "),
+                spec.tier
+            )));
+        }
+        let deadline = if req.timeout_seconds > 0 {
+            Duration::from_secs(u64::from(req.timeout_seconds))
+        } else {
+            self.settings.deploy_timeout
+        };
+        let deployment = nuid::next().to_string();
+        let mut spec = spec;
+        spec.replicas = req.replicas;
+        let mut p = Prepared {
+            spec,
+            rules,
+            outcome: Outcome::default(),
+            existing,
+        };
+        if req.replicas == 0 {
+            // Nothing to place: take it off every host, keep the record.
+            for d in p.existing.iter().filter(|d| !d.absent) {
+                let mut gone = d.clone();
+                gone.absent = true;
+                gone.remove_volumes = false;
+                gone.generation += 1;
+                gone.deployment_id.clone_from(&deployment);
+                self.bus.put_desired(&gone).await.map_err(unavailable)?;
+            }
+            let mut r = record;
+            r.replicas = 0;
+            r.placement.clear();
+            r.pending_replicas = 0;
+            r.pending_reason.clear();
+            r.updated_at = Some(infra_proto::now());
+            r.deployment_id.clone_from(&deployment);
+            self.bus.put_record(&r).await.map_err(unavailable)?;
+            self.event(
+                EventKind::ServiceScaled,
+                &req.service,
+                &p.spec.tier,
+                &deployment,
+                format!("{now} -> 0"),
+            )
+            .await;
+            let _ = tx
+                .send(Ok(api::DeployProgress {
+                    deployment_id: deployment,
+                    service: req.service.clone(),
+                    tier: p.spec.tier.clone(),
+                    phase: api::Phase::Done as i32,
+                    message: format!("scaled {now} -> 0"),
+                    time: Some(infra_proto::now()),
+                    ..Default::default()
+                }))
+                .await;
+            return Ok(());
+        }
+        let hosts = placement::hosts_from(&self.heartbeats().await?);
+        let parsed = Rules::from_spec(&p.spec.tier, req.replicas, &p.rules).map_err(invalid)?;
+        let others = self.bus.list_records().await.map_err(unavailable)?;
+        let mut usage = Usage::default();
+        for r in others.iter().filter(|r| r.service != req.service) {
+            let per = r.rules.as_ref().map_or(0, |x| x.gpus);
+            for (h, n) in &r.placement {
+                if r.tier == p.spec.tier {
+                    *usage.tier_load.entry(h.clone()).or_default() += 1;
+                }
+                *usage.gpus_used.entry(h.clone()).or_default() += per * n;
+            }
+        }
+        p.outcome = placement::place(&parsed, &hosts, &p.current(), &usage);
+        self.event(
+            EventKind::ServiceScaled,
+            &req.service,
+            &p.spec.tier,
+            &deployment,
+            format!("{now} -> {} (hosts {})", req.replicas, p.hosts_label()),
+        )
+        .await;
+        let (state_tx, state_rx) = watch::channel(HashMap::<String, Progress>::new());
+        let tier = p.spec.tier.clone();
+        let outcome = self
+            .deploy_one(
+                &req.service,
+                p,
+                Vec::new(),
+                deadline,
+                &deployment,
+                Arc::new(state_tx),
+                state_rx,
+                None,
+                &tx,
+            )
+            .await;
+        let ok = matches!(outcome, Progress::Healthy | Progress::Completed);
+        let _ = tx
+            .send(Ok(api::DeployProgress {
+                deployment_id: deployment,
+                service: req.service.clone(),
+                tier,
+                phase: api::Phase::Done as i32,
+                message: format!("scaled {now} -> {}", req.replicas),
+                time: Some(infra_proto::now()),
+                ready: u32::from(ok),
+                failed: u32::from(!ok),
+                ..Default::default()
+            }))
+            .await;
+        Ok(())
     }
 
     /// Hosts and their operators.

@@ -66,6 +66,29 @@ impl CoordinatorService for Api {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    type ScaleStream = Streamed<api::DeployProgress>;
+
+    async fn scale(&self, req: Request<api::ScaleRequest>) -> Result<Response<Self::ScaleStream>, Status> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+        let c = self.coordinator.clone();
+        tokio::spawn(async move {
+            if let Err(status) = c.scale(req.into_inner(), tx.clone()).await {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        // A refused scale (not deployed, stateful, global) is an error
+        // status, not a stream that fails.
+        let first = match rx.recv().await {
+            Some(Err(status)) => return Err(status),
+            Some(Ok(p)) => p,
+            None => return Err(Status::internal("scale ended without a word")),
+        };
+        let rest = ReceiverStream::new(rx);
+        Ok(Response::new(Box::pin(
+            futures::stream::once(async move { Ok(first) }).chain(rest),
+        )))
+    }
+
     async fn get_status(
         &self,
         req: Request<api::GetStatusRequest>,

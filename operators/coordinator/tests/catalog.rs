@@ -35,6 +35,8 @@ fn check(overrides: Vec<PathBuf>) -> usize {
     for name in graph.order() {
         infra_coordinator::convert::to_spec(&catalog, "infra", &catalog.services[name], &env)
             .unwrap_or_else(|e| panic!("{e}"));
+        // Every placement constraint of the catalog parses.
+        infra_coordinator::convert::placement_spec(&catalog.services[name]).unwrap_or_else(|e| panic!("{e}"));
     }
     names.len()
 }

@@ -91,6 +91,17 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         timeout: u32,
     },
+    /// Set a deployed service's replica count, printing progress; fails if
+    /// the new replicas do not become ready.
+    Scale {
+        /// The service.
+        service: String,
+        /// Replicas wanted in all.
+        replicas: u32,
+        /// Deadline for the new replicas, seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u32,
+    },
     /// Remove (volumes kept unless --volumes).
     Remove {
         #[command(flatten)]
@@ -144,6 +155,39 @@ fn table(rows: Vec<Vec<String>>) {
         let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", line.join("  ").trim_end());
     }
+}
+
+/// Prints a Deploy or Scale progress stream; true when nothing failed.
+async fn progress(stream: &mut tonic::Streaming<api::DeployProgress>) -> Result<bool, Box<dyn std::error::Error>> {
+    let start = Instant::now();
+    let mut ok = true;
+    while let Some(p) = stream.message().await? {
+        let phase = api::Phase::try_from(p.phase).map_or("?".into(), |a| {
+            a.as_str_name().trim_start_matches("PHASE_").to_lowercase()
+        });
+        if p.phase == api::Phase::Done as i32 {
+            ok = p.failed == 0 && p.blocked == 0;
+            println!("[{:>6.1}s] done: {}", start.elapsed().as_secs_f64(), p.message);
+            continue;
+        }
+        if p.phase == api::Phase::Planned as i32 {
+            continue;
+        }
+        let blocks = if p.blocks.is_empty() {
+            String::new()
+        } else {
+            format!(" (blocks: {})", p.blocks.join("; "))
+        };
+        println!(
+            "[{:>6.1}s] {:<18} {:<11} {}{}",
+            start.elapsed().as_secs_f64(),
+            p.service,
+            phase,
+            p.message,
+            blocks
+        );
+    }
+    Ok(ok)
 }
 
 async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
@@ -255,12 +299,16 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             ];
             let mut all_ok = true;
             for s in r.services {
-                let h = health(s.health);
+                let h = if s.pending_replicas > 0 && s.host.is_empty() {
+                    "pending".to_string()
+                } else {
+                    health(s.health)
+                };
                 all_ok &= matches!(h.as_str(), "healthy" | "running" | "completed");
                 rows.push(vec![
                     s.service,
                     s.tier,
-                    s.host,
+                    if s.host.is_empty() { "-".into() } else { s.host },
                     format!("{}/{}", s.healthy_replicas, s.desired_replicas),
                     h,
                     age(s.since),
@@ -351,35 +399,23 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 })
                 .await?
                 .into_inner();
-            let start = Instant::now();
-            let mut ok = true;
-            while let Some(p) = stream.message().await? {
-                let phase = api::Phase::try_from(p.phase).map_or("?".into(), |a| {
-                    a.as_str_name().trim_start_matches("PHASE_").to_lowercase()
-                });
-                if p.phase == api::Phase::Done as i32 {
-                    ok = p.failed == 0 && p.blocked == 0;
-                    println!("[{:>6.1}s] done: {}", start.elapsed().as_secs_f64(), p.message);
-                    continue;
-                }
-                if p.phase == api::Phase::Planned as i32 {
-                    continue;
-                }
-                let blocks = if p.blocks.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (blocks: {})", p.blocks.join("; "))
-                };
-                println!(
-                    "[{:>6.1}s] {:<18} {:<11} {}{}",
-                    start.elapsed().as_secs_f64(),
-                    p.service,
-                    phase,
-                    p.message,
-                    blocks
-                );
-            }
-            Ok(ok)
+            progress(&mut stream).await
+        }
+        Cmd::Scale {
+            service,
+            replicas,
+            timeout,
+        } => {
+            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let mut stream = c
+                .scale(api::ScaleRequest {
+                    service,
+                    replicas,
+                    timeout_seconds: timeout,
+                })
+                .await?
+                .into_inner();
+            progress(&mut stream).await
         }
         Cmd::Remove { sel, volumes } => {
             let mut c = CoordinatorServiceClient::new(connect().await?);

@@ -1,0 +1,634 @@
+//! Placement: which hosts run how many replicas of a service, from the
+//! Compose `deploy` keys with Swarm's meaning (`mode`, `replicas`,
+//! `placement.constraints`, `placement.max_replicas_per_node`) and the
+//! GPUs a service reserves.
+//!
+//! Pure logic over what the hosts reported in their heartbeats: no bus, no
+//! Docker. The coordinator calls [`place`] on every deploy, scale and
+//! re-placement.
+//!
+//! # Guarantees
+//!
+//! - Sticky: replicas stay on the hosts they are on while those hosts remain
+//!   eligible; only the difference moves.
+//! - Spread: a new replica goes to the eligible host with the fewest
+//!   replicas of the service, then the fewest services of its tier, then by
+//!   name, so the result is deterministic.
+//! - A replica that cannot be placed is counted as pending, with a reason
+//!   that names the constraint (and what each host has instead).
+//! - A stateful service keeps its replicas on the hosts that hold its
+//!   volumes, even while such a host is not heard from: it is reported, not
+//!   moved.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+
+use infra_proto::bus::v1::{Heartbeat, PlacementSpec};
+
+/// Host label that holds the number of GPUs a host has (published by the
+/// ai operator from NVML; absent means none).
+pub const GPUS_LABEL: &str = "gpus";
+
+/// One host as placement sees it: its labels (configured and detected,
+/// merged over all its operators) and the tiers it has a live operator for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostView {
+    /// Host id (`node.hostname`).
+    pub name: String,
+    /// Labels (`node.labels.*`) and facts (`cpus`, `memory_bytes`, `gpus`).
+    pub labels: BTreeMap<String, String>,
+    /// Tiers with a live operator on this host.
+    pub tiers: BTreeSet<String>,
+}
+
+impl HostView {
+    /// GPUs the host reported.
+    pub fn gpus(&self) -> u32 {
+        self.labels
+            .get(GPUS_LABEL)
+            .and_then(|g| g.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// The hosts heard from, by name, from the live operators' heartbeats.
+pub fn hosts_from(heartbeats: &[Heartbeat]) -> Vec<HostView> {
+    let mut by: BTreeMap<String, HostView> = BTreeMap::new();
+    for hb in heartbeats {
+        let h = by.entry(hb.host.clone()).or_insert_with(|| HostView {
+            name: hb.host.clone(),
+            ..Default::default()
+        });
+        for (k, v) in &hb.labels {
+            h.labels.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        h.tiers.insert(hb.tier.clone());
+    }
+    by.into_values().collect()
+}
+
+/// `==` or `!=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Must equal.
+    Eq,
+    /// Must differ (a missing label differs).
+    Ne,
+}
+
+/// What a constraint looks at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attr {
+    /// `node.hostname` (also `node.id`: hosts have no other id).
+    Hostname,
+    /// `node.labels.<key>` (also `engine.labels.<key>`).
+    Label(String),
+    /// `node.platform.os`.
+    Os,
+    /// `node.platform.arch`.
+    Arch,
+}
+
+/// One parsed `deploy.placement.constraints` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Constraint {
+    /// The attribute.
+    pub attr: Attr,
+    /// The comparison.
+    pub op: Op,
+    /// The value compared with.
+    pub value: String,
+    /// The constraint as written, for messages.
+    pub text: String,
+}
+
+/// A constraint that does not parse: what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConstraintError {
+    /// The constraint as written.
+    pub text: String,
+    /// What is wrong.
+    pub why: String,
+}
+
+impl fmt::Display for ConstraintError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "constraint {:?}: {}", self.text, self.why)
+    }
+}
+
+impl std::error::Error for ConstraintError {}
+
+impl Constraint {
+    /// Parses `node.labels.zone == a` (Swarm's syntax: an attribute, `==` or
+    /// `!=`, a value).
+    pub fn parse(text: &str) -> Result<Self, ConstraintError> {
+        let err = |why: String| ConstraintError {
+            text: text.to_owned(),
+            why,
+        };
+        let (lhs, op, rhs) = if let Some((l, r)) = text.split_once("!=") {
+            (l, Op::Ne, r)
+        } else if let Some((l, r)) = text.split_once("==") {
+            (l, Op::Eq, r)
+        } else {
+            return Err(err("needs `==` or `!=` (e.g. `node.labels.zone == a`)".into()));
+        };
+        let (lhs, value) = (lhs.trim(), rhs.trim());
+        if value.is_empty() {
+            return Err(err("has no value after the operator".into()));
+        }
+        let attr = match lhs {
+            "node.hostname" | "node.id" => Attr::Hostname,
+            "node.platform.os" => Attr::Os,
+            "node.platform.arch" => Attr::Arch,
+            "node.role" => {
+                return Err(err(
+                    "node.role is a Swarm manager/worker role; hosts here have no roles: use node.labels.<key>".into(),
+                ));
+            }
+            other => match other
+                .strip_prefix("node.labels.")
+                .or_else(|| other.strip_prefix("engine.labels."))
+            {
+                Some(k) if !k.is_empty() => Attr::Label(k.to_owned()),
+                _ => {
+                    return Err(err(format!(
+                        "unknown attribute {other:?}: use node.hostname, node.id, node.labels.<key>, \
+                         engine.labels.<key>, node.platform.os or node.platform.arch"
+                    )));
+                }
+            },
+        };
+        Ok(Self {
+            attr,
+            op,
+            value: value.to_owned(),
+            text: text.trim().to_owned(),
+        })
+    }
+
+    /// Whether `host` satisfies the constraint; on `Err`, why not.
+    pub fn check(&self, host: &HostView) -> Result<(), String> {
+        let (have, what): (Option<&str>, String) = match &self.attr {
+            Attr::Hostname => (Some(host.name.as_str()), "hostname".into()),
+            Attr::Label(k) => (host.labels.get(k).map(String::as_str), format!("label {k}")),
+            Attr::Os => (Some(std::env::consts::OS), "os".into()),
+            Attr::Arch => (Some(std::env::consts::ARCH), "arch".into()),
+        };
+        let ok = match self.op {
+            Op::Eq => have == Some(self.value.as_str()),
+            Op::Ne => have != Some(self.value.as_str()),
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(match have {
+            Some(v) => format!("{what} is {v:?} ({})", self.text),
+            None => format!("has no {what} ({})", self.text),
+        })
+    }
+}
+
+/// A service's placement rules, parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rules {
+    /// Tier whose operator must run on a host for it to be eligible.
+    pub tier: String,
+    /// One replica on every eligible host.
+    pub global: bool,
+    /// Replicas wanted (ignored when `global`).
+    pub replicas: u32,
+    /// Every constraint must hold.
+    pub constraints: Vec<Constraint>,
+    /// At most this many replicas on one host.
+    pub max_per_host: Option<u32>,
+    /// GPUs each replica needs.
+    pub gpus: u32,
+    /// Replicas stay where their volumes are.
+    pub stateful: bool,
+}
+
+impl Rules {
+    /// Rules from the stored form; the constraints were checked when the
+    /// record was written, so one that no longer parses is an error here.
+    pub fn from_spec(tier: &str, replicas: u32, spec: &PlacementSpec) -> Result<Self, ConstraintError> {
+        Ok(Self {
+            tier: tier.to_owned(),
+            global: spec.global,
+            replicas,
+            constraints: spec
+                .constraints
+                .iter()
+                .map(|c| Constraint::parse(c))
+                .collect::<Result<_, _>>()?,
+            max_per_host: (spec.max_replicas_per_node > 0).then_some(spec.max_replicas_per_node),
+            gpus: spec.gpus,
+            stateful: spec.stateful,
+        })
+    }
+}
+
+/// Where the replicas go.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Host -> replicas there; hosts with none are absent.
+    pub hosts: BTreeMap<String, u32>,
+    /// Replicas no host could take.
+    pub pending: u32,
+    /// Why (empty when nothing is pending). Names the constraint and what
+    /// each host has instead.
+    pub reason: String,
+}
+
+impl Outcome {
+    /// Replicas placed in all.
+    pub fn placed(&self) -> u32 {
+        self.hosts.values().sum()
+    }
+}
+
+/// What else runs where, for spreading and GPU accounting.
+#[derive(Clone, Debug, Default)]
+pub struct Usage {
+    /// Host -> services of the rule's tier already there (other services).
+    pub tier_load: HashMap<String, usize>,
+    /// Host -> GPUs reserved by other services there.
+    pub gpus_used: HashMap<String, u32>,
+}
+
+/// Places `rules` on `hosts`, keeping `current` (host -> replicas now)
+/// where it still fits. See the module docs for the guarantees.
+pub fn place(rules: &Rules, hosts: &[HostView], current: &BTreeMap<String, u32>, usage: &Usage) -> Outcome {
+    let mut why_not: BTreeMap<String, String> = BTreeMap::new();
+    let mut eligible: Vec<&HostView> = Vec::new();
+    for h in hosts {
+        match eligibility(rules, h, usage) {
+            Ok(()) => eligible.push(h),
+            Err(e) => {
+                why_not.insert(h.name.clone(), e);
+            }
+        }
+    }
+    let cap = rules.max_per_host.unwrap_or(u32::MAX);
+    let mut out: BTreeMap<String, u32> = BTreeMap::new();
+
+    if rules.global {
+        for h in &eligible {
+            out.insert(h.name.clone(), 1);
+        }
+        // A stateful global service keeps its replica on a silent host.
+        if rules.stateful {
+            for (h, n) in current {
+                if *n > 0 && !hosts.iter().any(|x| &x.name == h) {
+                    out.insert(h.clone(), 1);
+                }
+            }
+        }
+        let reason = if out.is_empty() {
+            no_host_reason(rules, hosts, &why_not)
+        } else {
+            String::new()
+        };
+        return Outcome {
+            pending: u32::from(out.is_empty()),
+            hosts: out,
+            reason,
+        };
+    }
+
+    // Keep what runs where it may still run (all of it for a stateful
+    // service on a host not heard from).
+    let want = rules.replicas;
+    for (h, n) in current {
+        let keep = if eligible.iter().any(|e| &e.name == h) {
+            (*n).min(cap)
+        } else if rules.stateful && !hosts.iter().any(|x| &x.name == h) {
+            *n
+        } else {
+            0
+        };
+        if keep > 0 {
+            out.insert(h.clone(), keep);
+        }
+    }
+    // Too many: take from the hosts with the most first.
+    while out.values().sum::<u32>() > want {
+        let (h, _) = out
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+            .map(|(h, n)| (h.clone(), *n))
+            .expect("non-empty while over");
+        let n = out.get_mut(&h).expect("present");
+        *n -= 1;
+        if *n == 0 {
+            out.remove(&h);
+        }
+    }
+    // Too few: add to the emptiest eligible host.
+    while out.values().sum::<u32>() < want {
+        let next = eligible
+            .iter()
+            .filter(|h| out.get(&h.name).copied().unwrap_or(0) < cap)
+            .filter(|h| gpus_fit(rules, h, usage, out.get(&h.name).copied().unwrap_or(0) + 1))
+            .min_by_key(|h| {
+                (
+                    out.get(&h.name).copied().unwrap_or(0),
+                    usage.tier_load.get(&h.name).copied().unwrap_or(0),
+                    h.name.clone(),
+                )
+            });
+        match next {
+            Some(h) => *out.entry(h.name.clone()).or_default() += 1,
+            None => break,
+        }
+    }
+    let placed: u32 = out.values().sum();
+    let pending = want.saturating_sub(placed);
+    let reason = if pending == 0 {
+        String::new()
+    } else if eligible.is_empty() {
+        no_host_reason(rules, hosts, &why_not)
+    } else {
+        let names: Vec<&str> = eligible.iter().map(|h| h.name.as_str()).collect();
+        let mut r = format!("{placed} of {want} replicas placed");
+        if let Some(c) = rules.max_per_host {
+            r.push_str(&format!(
+                ": deploy.placement.max_replicas_per_node is {c} and {} host{} eligible ({})",
+                names.len(),
+                if names.len() == 1 { " is" } else { "s are" },
+                names.join(", ")
+            ));
+        } else if rules.gpus > 0 {
+            r.push_str(&format!(
+                ": each replica needs {} GPU{} and the eligible hosts ({}) have no more free",
+                rules.gpus,
+                if rules.gpus == 1 { "" } else { "s" },
+                names.join(", ")
+            ));
+        }
+        if !why_not.is_empty() {
+            r.push_str(&format!("; not eligible: {}", explain(&why_not)));
+        }
+        r
+    };
+    Outcome {
+        hosts: out,
+        pending,
+        reason,
+    }
+}
+
+fn eligibility(rules: &Rules, h: &HostView, usage: &Usage) -> Result<(), String> {
+    if !h.tiers.contains(&rules.tier) {
+        return Err(format!("no live {} operator", rules.tier));
+    }
+    for c in &rules.constraints {
+        c.check(h)?;
+    }
+    if !gpus_fit(rules, h, usage, 1) {
+        let have = h.gpus();
+        let used = usage.gpus_used.get(&h.name).copied().unwrap_or(0);
+        return Err(if have == 0 {
+            format!("reports no GPUs (needs {})", rules.gpus)
+        } else {
+            format!(
+                "{} of {have} GPUs free (needs {})",
+                have.saturating_sub(used),
+                rules.gpus
+            )
+        });
+    }
+    Ok(())
+}
+
+fn gpus_fit(rules: &Rules, h: &HostView, usage: &Usage, replicas_there: u32) -> bool {
+    if rules.gpus == 0 {
+        return true;
+    }
+    let used = usage.gpus_used.get(&h.name).copied().unwrap_or(0);
+    used.saturating_add(rules.gpus.saturating_mul(replicas_there)) <= h.gpus()
+}
+
+fn explain(why_not: &BTreeMap<String, String>) -> String {
+    why_not
+        .iter()
+        .map(|(h, w)| format!("{h} {w}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn no_host_reason(rules: &Rules, hosts: &[HostView], why_not: &BTreeMap<String, String>) -> String {
+    if !hosts.iter().any(|h| h.tiers.contains(&rules.tier)) {
+        return format!(
+            "no live {} operator on any host: start one (it heartbeats on the bus)",
+            rules.tier
+        );
+    }
+    format!("no host satisfies the placement: {}", explain(why_not))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, labels: &[(&str, &str)]) -> HostView {
+        HostView {
+            name: name.into(),
+            labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+            tiers: ["gateway".to_string(), "data".into()].into(),
+        }
+    }
+
+    fn rules(replicas: u32) -> Rules {
+        Rules {
+            tier: "gateway".into(),
+            global: false,
+            replicas,
+            constraints: vec![],
+            max_per_host: None,
+            gpus: 0,
+            stateful: false,
+        }
+    }
+
+    fn three() -> Vec<HostView> {
+        vec![
+            host("h1", &[("zone", "a")]),
+            host("h2", &[("zone", "b")]),
+            host("h3", &[("zone", "b")]),
+        ]
+    }
+
+    fn map(pairs: &[(&str, u32)]) -> BTreeMap<String, u32> {
+        pairs.iter().map(|(h, n)| ((*h).into(), *n)).collect()
+    }
+
+    #[test]
+    fn replicas_spread_one_per_host_before_any_host_gets_two() {
+        let o = place(&rules(3), &three(), &BTreeMap::new(), &Usage::default());
+        assert_eq!(o.hosts, map(&[("h1", 1), ("h2", 1), ("h3", 1)]));
+        let o = place(&rules(5), &three(), &BTreeMap::new(), &Usage::default());
+        assert_eq!(o.hosts, map(&[("h1", 2), ("h2", 2), ("h3", 1)]));
+        assert_eq!(o.pending, 0);
+        assert!(o.reason.is_empty());
+    }
+
+    #[test]
+    fn spreading_prefers_the_host_with_the_fewest_services_of_the_tier() {
+        let usage = Usage {
+            tier_load: HashMap::from([("h1".into(), 4), ("h2".into(), 0), ("h3".into(), 2)]),
+            ..Default::default()
+        };
+        let o = place(&rules(1), &three(), &BTreeMap::new(), &usage);
+        assert_eq!(o.hosts, map(&[("h2", 1)]));
+    }
+
+    #[test]
+    fn placement_is_sticky_and_scaling_moves_only_the_difference() {
+        let current = map(&[("h3", 2)]);
+        let o = place(&rules(3), &three(), &current, &Usage::default());
+        assert_eq!(o.hosts, map(&[("h1", 1), ("h3", 2)]));
+        // Scaling down takes from the host with the most first.
+        let current = map(&[("h1", 1), ("h2", 1), ("h3", 2)]);
+        let o = place(&rules(3), &three(), &current, &Usage::default());
+        assert_eq!(o.hosts, map(&[("h1", 1), ("h2", 1), ("h3", 1)]));
+        let o = place(&rules(1), &three(), &current, &Usage::default());
+        assert_eq!(o.placed(), 1);
+    }
+
+    #[test]
+    fn constraints_filter_hosts_by_hostname_and_label_with_eq_and_ne() {
+        let mut r = rules(2);
+        r.constraints = vec![Constraint::parse("node.labels.zone == b").unwrap()];
+        assert_eq!(
+            place(&r, &three(), &BTreeMap::new(), &Usage::default()).hosts,
+            map(&[("h2", 1), ("h3", 1)])
+        );
+        r.constraints = vec![Constraint::parse("node.hostname!=h2").unwrap()];
+        assert_eq!(
+            place(&r, &three(), &BTreeMap::new(), &Usage::default()).hosts,
+            map(&[("h1", 1), ("h3", 1)])
+        );
+        // A missing label is "not equal".
+        r.constraints = vec![Constraint::parse("node.labels.ssd != true").unwrap()];
+        assert_eq!(place(&r, &three(), &BTreeMap::new(), &Usage::default()).placed(), 2);
+    }
+
+    #[test]
+    fn a_replica_on_a_host_that_no_longer_qualifies_moves() {
+        let mut r = rules(1);
+        r.constraints = vec![Constraint::parse("node.labels.zone == b").unwrap()];
+        let o = place(&r, &three(), &map(&[("h1", 1)]), &Usage::default());
+        assert_eq!(o.hosts, map(&[("h2", 1)]));
+    }
+
+    #[test]
+    fn an_unplaceable_service_is_pending_with_a_reason_that_names_the_constraint() {
+        let mut r = rules(2);
+        r.constraints = vec![Constraint::parse("node.labels.zone == c").unwrap()];
+        let o = place(&r, &three(), &BTreeMap::new(), &Usage::default());
+        assert!(o.hosts.is_empty());
+        assert_eq!(o.pending, 2);
+        assert!(o.reason.contains("no host satisfies"), "{}", o.reason);
+        assert!(o.reason.contains("node.labels.zone == c"), "{}", o.reason);
+        assert!(o.reason.contains("h1 label zone is \"a\""), "{}", o.reason);
+    }
+
+    #[test]
+    fn max_replicas_per_node_leaves_the_rest_pending_and_says_why() {
+        let mut r = rules(4);
+        r.max_per_host = Some(1);
+        let o = place(&r, &three(), &BTreeMap::new(), &Usage::default());
+        assert_eq!(o.placed(), 3);
+        assert_eq!(o.pending, 1);
+        assert!(o.reason.contains("3 of 4 replicas placed"), "{}", o.reason);
+        assert!(o.reason.contains("max_replicas_per_node is 1"), "{}", o.reason);
+        // It also caps what is kept.
+        let o = place(&r, &three(), &map(&[("h1", 3)]), &Usage::default());
+        assert_eq!(o.hosts, map(&[("h1", 1), ("h2", 1), ("h3", 1)]));
+    }
+
+    #[test]
+    fn global_services_run_once_on_every_eligible_host() {
+        let mut r = rules(0);
+        r.global = true;
+        r.constraints = vec![Constraint::parse("engine.labels.zone == b").unwrap()];
+        let o = place(&r, &three(), &BTreeMap::new(), &Usage::default());
+        assert_eq!(o.hosts, map(&[("h2", 1), ("h3", 1)]));
+        assert_eq!(o.pending, 0);
+    }
+
+    #[test]
+    fn hosts_without_the_tiers_operator_are_not_eligible() {
+        let mut r = rules(1);
+        r.tier = "ai".into();
+        let o = place(&r, &three(), &BTreeMap::new(), &Usage::default());
+        assert_eq!(o.pending, 1);
+        assert!(o.reason.contains("no live ai operator on any host"), "{}", o.reason);
+    }
+
+    #[test]
+    fn gpu_services_go_only_where_enough_gpus_are_free() {
+        let mut hosts = three();
+        hosts[2].labels.insert(GPUS_LABEL.into(), "2".into());
+        let mut r = rules(1);
+        r.gpus = 1;
+        let o = place(&r, &hosts, &BTreeMap::new(), &Usage::default());
+        assert_eq!(o.hosts, map(&[("h3", 1)]));
+        // Two GPUs: two replicas fit there, a third does not.
+        r.replicas = 3;
+        let o = place(&r, &hosts, &BTreeMap::new(), &Usage::default());
+        assert_eq!(o.hosts, map(&[("h3", 2)]));
+        assert_eq!(o.pending, 1);
+        // GPUs used by others count.
+        let usage = Usage {
+            gpus_used: HashMap::from([("h3".into(), 2)]),
+            ..Default::default()
+        };
+        r.replicas = 1;
+        let o = place(&r, &hosts, &BTreeMap::new(), &usage);
+        assert_eq!(o.pending, 1);
+        assert!(o.reason.contains("h1 reports no GPUs (needs 1)"), "{}", o.reason);
+        assert!(o.reason.contains("h3 0 of 2 GPUs free"), "{}", o.reason);
+    }
+
+    #[test]
+    fn a_stateful_service_stays_on_a_silent_host_and_a_stateless_one_moves() {
+        let hosts = three();
+        let current = map(&[("h9", 1)]);
+        let mut r = rules(1);
+        assert_eq!(place(&r, &hosts, &current, &Usage::default()).hosts, map(&[("h1", 1)]));
+        r.stateful = true;
+        assert_eq!(place(&r, &hosts, &current, &Usage::default()).hosts, map(&[("h9", 1)]));
+    }
+
+    #[test]
+    fn constraints_that_do_not_parse_say_what_is_wrong() {
+        for (bad, want) in [
+            ("node.labels.zone = a", "needs `==` or `!=`"),
+            ("node.labels.zone ==", "no value"),
+            ("node.role == manager", "no roles"),
+            ("node.colour == red", "unknown attribute \"node.colour\""),
+            ("node.labels. == x", "unknown attribute"),
+        ] {
+            let e = Constraint::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains(bad), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn host_views_merge_every_operators_labels_and_tiers() {
+        let hb = |tier: &str, labels: &[(&str, &str)]| Heartbeat {
+            host: "h1".into(),
+            tier: tier.into(),
+            labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+            ..Default::default()
+        };
+        let v = hosts_from(&[hb("data", &[("zone", "a")]), hb("ai", &[(GPUS_LABEL, "1")])]);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].gpus(), 1);
+        assert_eq!(v[0].labels["zone"], "a");
+        assert_eq!(v[0].tiers, ["ai".to_string(), "data".into()].into());
+    }
+}
