@@ -38,3 +38,14 @@ bench-up rounds="3":
     bash e2e/images/make-dev-secrets.sh
     cargo build --release --bins
     cargo run --release -p infra-e2e --bin bench-up -- --rounds {{rounds}}
+
+# Simulated hosts (Docker-in-Docker) with a NATS cluster and a coordinator, until Ctrl-C (e.g. `just hosts-up 3 --tiers data,gateway --image infra-local/nginx:1`).
+hosts-up n="3" *flags:
+    bash e2e/images/build.sh host nats
+    cargo build --workspace --bins
+    target/debug/hosts up {{n}} {{flags}}
+
+# Remove simulated-host clusters left running (an id, or every one hosts-up started; --all: also kept test clusters).
+hosts-down *args:
+    cargo build -p infra-e2e --bin hosts
+    target/debug/hosts down {{args}}

