@@ -216,8 +216,10 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts the network, the NATS cluster, the hosts (loading the images
-    /// and starting the operators) and the coordinators; returns when every
-    /// operator heartbeats through every coordinator.
+    /// and starting the operators) and the coordinators; returns when
+    /// `ListHosts` shows every operator (with no coordinator, once the
+    /// operators are started: a test driving the bus itself waits itself).
+    /// Each step is bounded and panics with the logs that explain it.
     pub fn start(opts: ClusterOptions) -> Self {
         let id = format!("e2ehosts{}{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
         Self::start_named(&id, opts)
@@ -464,7 +466,7 @@ impl Cluster {
                     s.spawn(move || {
                         let file = std::fs::File::open(tar).expect("saved images");
                         let out = Command::new("docker")
-                            .args(["exec", "-i", &container, "docker", "load", "-q"])
+                            .args(["exec", "-i", &container, "timeout", "300", "docker", "load", "-q"])
                             .stdin(file)
                             .output()
                             .expect("docker");
@@ -1001,6 +1003,12 @@ pub fn tier_port(tier: &str) -> u16 {
 }
 
 fn preflight(opts: &ClusterOptions) {
+    // Hosts get .101 and up of the cluster's /24.
+    assert!(
+        (1..=150).contains(&opts.hosts),
+        "a cluster has 1 to 150 hosts, not {}",
+        opts.hosts
+    );
     for img in [HOST_IMAGE, NATS_IMAGE]
         .into_iter()
         .chain(opts.images.iter().map(String::as_str))

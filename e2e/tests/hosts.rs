@@ -32,7 +32,9 @@ fn all_hosts(n: usize) -> BTreeSet<String> {
 
 #[test]
 fn three_simulated_hosts_run_their_own_engines_and_every_operator_heartbeats_over_the_nats_cluster() {
-    let c = Cluster::start(ClusterOptions::new(3).images(&[NATS_IMAGE]));
+    let mut opts = ClusterOptions::new(3).images(&[NATS_IMAGE]);
+    opts.coordinators = 2;
+    let c = Cluster::start(opts);
 
     // Through the real grpcurl: three hosts, nine operators each.
     let hosts = c.call("ListHosts", "{}");
@@ -46,6 +48,10 @@ fn three_simulated_hosts_run_their_own_engines_and_every_operator_heartbeats_ove
         let ops = h["operators"].as_array().expect("operators");
         assert_eq!(ops.len(), 9, "nine operators on {}: {h:#?}", h["host"]);
     }
+
+    // The second coordinator sees the same hosts.
+    let other = c.call_on(1, "ListHosts", "{}");
+    assert_eq!(other[0]["hosts"].as_array().map(Vec::len), Some(3), "{other:#?}");
 
     // Each engine is its own: names and ids differ from each other and
     // from the outer engine's.
@@ -117,7 +123,16 @@ fn a_service_deployed_through_the_coordinator_runs_and_is_healthy_in_exactly_one
     eprintln!("deploy took {:.1?}", t0.elapsed());
 
     let status = c.call("GetStatus", r#"{"selection":{"services":["web"]}}"#);
-    let svc = &status[0]["services"][0];
+    // One row per host that runs it (a row with no host carries pending
+    // replicas): exactly one here.
+    let rows: Vec<&serde_json::Value> = status[0]["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["host"].as_str().is_some_and(|h| !h.is_empty()))
+        .collect();
+    assert_eq!(rows.len(), 1, "web runs on one host: {status:#?}");
+    let svc = rows[0];
     let host = svc["host"].as_str().expect("a host").to_owned();
     assert!(c.hosts().contains(&host), "{status:#?}");
 
