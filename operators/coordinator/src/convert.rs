@@ -339,6 +339,36 @@ pub fn placement_spec(svc: &Service) -> Result<pb::PlacementSpec, ConvertError> 
     Ok(out)
 }
 
+/// How a spec change rolls over the service (`rollback: false`:
+/// `deploy.update_config`) or back (`true`: `deploy.rollback_config`), with
+/// Swarm's defaults for what is not given.
+pub fn update_policy(svc: &Service, rollback: bool) -> pb::UpdatePolicy {
+    let cfg = svc
+        .deploy
+        .as_ref()
+        .and_then(|d| {
+            if rollback {
+                d.rollback_config.clone()
+            } else {
+                d.update_config.clone()
+            }
+        })
+        .unwrap_or_default();
+    pb::UpdatePolicy {
+        parallelism: cfg.parallelism,
+        delay: dur(Some(cfg.delay)),
+        failure_action: match cfg.failure_action {
+            infra_compose::FailureAction::Pause => "pause",
+            infra_compose::FailureAction::Continue => "continue",
+            infra_compose::FailureAction::Rollback => "rollback",
+        }
+        .into(),
+        monitor: dur(Some(cfg.monitor)),
+        max_failure_ratio: cfg.max_failure_ratio,
+        start_first: cfg.order == infra_compose::UpdateOrder::StartFirst,
+    }
+}
+
 /// GPUs one replica reserves: `gpus:` and `deploy.resources.reservations
 /// .devices` entries with the `gpu` capability (`count: all` counts as 1,
 /// the least a host must have).
@@ -386,8 +416,6 @@ pub fn unsupported_keys(svc: &Service) -> Vec<String> {
     flag(svc.platform.is_some(), "platform");
     flag(svc.pull_policy.is_some(), "pull_policy");
     if let Some(d) = &svc.deploy {
-        flag(d.update_config.is_some(), "deploy.update_config");
-        flag(d.rollback_config.is_some(), "deploy.rollback_config");
         flag(!d.placement.preferences.is_empty(), "deploy.placement.preferences");
         flag(
             !d.resources.reservations.devices.is_empty(),

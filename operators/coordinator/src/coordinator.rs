@@ -11,6 +11,7 @@ use infra_bus::Bus;
 use infra_compose::{Catalog, DependencyCondition, Graph, LoadOptions, SelectError, Selection, Severity, Tier};
 use infra_proto::bus::v1::{
     DesiredService, Event, EventKind, Health, Heartbeat, ObservedService, PlacementSpec, ServiceRecord, ServiceSpec,
+    UpdatePolicy,
 };
 use infra_proto::coordinator::v1 as api;
 use tokio::sync::{mpsc, watch};
@@ -18,6 +19,7 @@ use tonic::Status;
 
 use crate::convert::{self, SecretContent};
 use crate::placement::{self, Outcome, Rules, Usage};
+use crate::rollout::{self, Reporter};
 use crate::selections;
 use crate::state::ObservedCache;
 
@@ -63,6 +65,8 @@ struct Prepared {
     rules: PlacementSpec,
     outcome: Outcome,
     existing: Vec<DesiredService>,
+    update: UpdatePolicy,
+    back: UpdatePolicy,
 }
 
 impl Prepared {
@@ -171,6 +175,11 @@ impl Coordinator {
     /// The bus.
     pub fn bus(&self) -> &Bus {
         &self.bus
+    }
+
+    /// Observed state, as the operators last reported it.
+    pub(crate) fn cache(&self) -> &ObservedCache {
+        &self.cache
     }
 
     fn env() -> BTreeMap<String, String> {
@@ -343,6 +352,8 @@ impl Coordinator {
                 rules,
                 outcome: Outcome::default(),
                 existing,
+                update: convert::update_policy(svc, false),
+                back: convert::update_policy(svc, true),
             };
             let parsed = Rules::from_spec(&p.spec.tier, p.spec.replicas.max(1), &p.rules).map_err(invalid)?;
             p.outcome = placement::place(&parsed, &hosts, &p.current(), &usage);
@@ -436,7 +447,7 @@ impl Coordinator {
         Ok(api::PlanResponse { steps, warnings })
     }
 
-    async fn event(&self, kind: EventKind, service: &str, tier: &str, deployment: &str, reason: String) {
+    pub(crate) async fn event(&self, kind: EventKind, service: &str, tier: &str, deployment: &str, reason: String) {
         let ev = Event {
             kind: kind as i32,
             host: self.settings.id.clone(),
@@ -576,7 +587,7 @@ impl Coordinator {
     async fn deploy_one(
         &self,
         name: &str,
-        p: Prepared,
+        mut p: Prepared,
         deps: Vec<(String, DependencyCondition)>,
         deadline: Duration,
         deployment: &str,
@@ -585,7 +596,8 @@ impl Coordinator {
         graph: Option<&Graph>,
         tx: &mpsc::Sender<Result<api::DeployProgress, Status>>,
     ) -> Progress {
-        let tier: &str = &p.spec.tier;
+        let tier_owned = p.spec.tier.clone();
+        let tier: &str = &tier_owned;
         let hosts = p.hosts_label();
         let report = |phase: api::Phase, message: String, blocks: Vec<String>| {
             let ev = api::DeployProgress {
@@ -706,15 +718,27 @@ impl Coordinator {
             Progress::Failed
         };
 
-        // The service-level record: what is wanted, where, what is pending.
-        let record = ServiceRecord {
+        // The service-level record: what is wanted, where, what is pending,
+        // which revision runs. A changed spec becomes a new revision only
+        // once its rollout is done.
+        let before = self.bus.get_record(tier, name).await.ok().flatten().unwrap_or_default();
+        let running_spec = p
+            .existing
+            .iter()
+            .filter(|d| !d.absent && !d.hold)
+            .find_map(|d| d.spec.clone());
+        let changed = running_spec
+            .as_ref()
+            .is_some_and(|o| operator_core::spec::spec_hash(o) != operator_core::spec::spec_hash(&p.spec));
+        let replicas = if p.rules.global {
+            p.outcome.placed()
+        } else {
+            p.spec.replicas.max(1)
+        };
+        let mut record = ServiceRecord {
             service: name.to_owned(),
             tier: tier.to_owned(),
-            replicas: if p.rules.global {
-                p.outcome.placed()
-            } else {
-                p.spec.replicas.max(1)
-            },
+            replicas,
             rules: Some(p.rules.clone()),
             placement: p.outcome.hosts.clone().into_iter().collect(),
             pending_replicas: p.outcome.pending,
@@ -722,7 +746,17 @@ impl Coordinator {
             deployment_id: deployment.to_owned(),
             updated_at: Some(infra_proto::now()),
             spec: Some(p.spec.clone()),
+            revision: before.revision.max(1),
+            previous_spec: before.previous_spec.clone(),
+            update: Some(p.update.clone()),
+            rollback: Some(p.back.clone()),
+            rollout: before.rollout.clone(),
         };
+        if changed && let Some(old) = before.spec.clone().or(running_spec.clone()) {
+            let mut old = old;
+            old.replicas = replicas;
+            record.spec = Some(old);
+        }
         if let Err(e) = self.bus.put_record(&record).await {
             return fail(format!("could not write the service record: {e}")).await;
         }
@@ -745,6 +779,34 @@ impl Coordinator {
             return fail(format!("pending: {}", p.outcome.reason)).await;
         }
 
+        // A changed spec on what runs rolls over it as update_config says;
+        // then the placement below adds or removes replicas.
+        if !held {
+            let r = Reporter {
+                name,
+                tier,
+                deployment,
+                tx,
+            };
+            match self
+                .roll_if_changed(&r, &p.existing, &p.spec, &p.update, &p.back, deadline)
+                .await
+            {
+                Ok(false) => {}
+                Ok(true) => {
+                    p.existing = self
+                        .bus
+                        .list_desired(None)
+                        .await
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|d| d.spec.as_ref().is_some_and(|s| s.name == name))
+                        .collect();
+                }
+                Err(e) => return fail(e).await,
+            }
+        }
+
         // Dispatch: write desired state on every host whose share is not
         // already what we want; take it off hosts it no longer has (volumes
         // are kept).
@@ -759,6 +821,7 @@ impl Coordinator {
             let unchanged = existing.is_some_and(|d| {
                 !d.absent
                     && !d.hold
+                    && d.previous.is_none()
                     && d.spec
                         .as_ref()
                         .is_some_and(|s| operator_core::spec::spec_hash(s) == hash && s.replicas.max(1) == *n)
@@ -770,9 +833,7 @@ impl Coordinator {
                     host: h.clone(),
                     generation: existing.map_or(0, |d| d.generation) + if held { 2 } else { 1 },
                     deployment_id: deployment.to_owned(),
-                    absent: false,
-                    remove_volumes: false,
-                    hold: false,
+                    ..Default::default()
                 };
                 if let Err(e) = self.bus.put_desired(&desired).await {
                     return fail(format!("could not write desired state on {h}: {e}")).await;
@@ -1031,6 +1092,264 @@ impl Coordinator {
         })
     }
 
+    /// Rolls what runs of a service to `new` when it differs, or resumes a
+    /// rollout to `new` that was left midway. `Ok(true)` when it rolled.
+    async fn roll_if_changed(
+        &self,
+        r: &Reporter<'_>,
+        existing: &[DesiredService],
+        new: &ServiceSpec,
+        update: &UpdatePolicy,
+        back: &UpdatePolicy,
+        deadline: Duration,
+    ) -> Result<bool, String> {
+        let running: Vec<&DesiredService> = existing
+            .iter()
+            .filter(|d| !d.absent && !d.hold && d.spec.is_some())
+            .collect();
+        let Some(first) = running.first() else { return Ok(false) };
+        let counts: BTreeMap<String, u32> = running
+            .iter()
+            .map(|d| (d.host.clone(), d.spec.as_ref().map_or(1, |s| s.replicas.max(1))))
+            .collect();
+        let hash = operator_core::spec::spec_hash(new);
+        let current = first.spec.as_ref().expect("filtered");
+        if let Some(prev) = running.iter().find_map(|d| d.previous.as_ref()) {
+            if operator_core::spec::spec_hash(current) != hash {
+                return Err(format!(
+                    "a rollout of {} to another spec is paused or in progress: Rollout resumes it, Rollback undoes it",
+                    r.name
+                ));
+            }
+            let updated: BTreeMap<String, u32> = running.iter().map(|d| (d.host.clone(), d.updated)).collect();
+            let at = rollout::done_from(&rollout::slots(&counts), &updated);
+            r.send(
+                api::Phase::Updating,
+                String::new(),
+                format!("resuming the rollout at replica {}", at + 1),
+            )
+            .await;
+            let prev = prev.clone();
+            self.rollout(r, &prev, new, &counts, at, update, back, deadline, false)
+                .await?;
+            return Ok(true);
+        }
+        if operator_core::spec::spec_hash(current) == hash {
+            return Ok(false);
+        }
+        let old = current.clone();
+        self.rollout(r, &old, new, &counts, 0, update, back, deadline, false)
+            .await?;
+        Ok(true)
+    }
+
+    /// Rolls a deployed service to the catalog's spec (with `image` and
+    /// `environment` laid over it), as its update_config says.
+    pub async fn rollout_service(
+        &self,
+        req: api::RolloutRequest,
+        tx: mpsc::Sender<Result<api::DeployProgress, Status>>,
+    ) -> Result<(), Status> {
+        if req.service.is_empty() {
+            return Err(invalid("service: must name a service"));
+        }
+        let catalog = self.load()?;
+        let svc = catalog.services.get(&req.service).ok_or_else(|| {
+            Status::not_found(format!(
+                "service: no service {:?} in the catalog at {}",
+                req.service,
+                catalog.root.display()
+            ))
+        })?;
+        let (mut spec, contents) =
+            convert::to_spec(&catalog, &self.settings.project, svc, &Self::env()).map_err(invalid)?;
+        if !req.image.is_empty() {
+            spec.image.clone_from(&req.image);
+        }
+        for (k, v) in &req.environment {
+            if k.is_empty() || k.contains('=') {
+                return Err(invalid(format!("environment: {k:?} is not a variable name")));
+            }
+            spec.environment.insert(k.clone(), v.clone());
+        }
+        let existing: Vec<DesiredService> = self
+            .bus
+            .list_desired(None)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .filter(|d| d.spec.as_ref().is_some_and(|s| s.name == req.service))
+            .collect();
+        if !existing.iter().any(|d| !d.absent && !d.hold) {
+            return Err(Status::failed_precondition(format!(
+                "service {:?} is not deployed: deploy it first",
+                req.service
+            )));
+        }
+        // Replicas stay as they are: a rollout changes the spec, not the count.
+        spec.replicas = existing
+            .iter()
+            .filter(|d| !d.absent)
+            .filter_map(|d| d.spec.as_ref())
+            .map(|s| s.replicas.max(1))
+            .sum();
+        for c in contents {
+            self.bus.put_secret(&c.key, c.content).await.map_err(unavailable)?;
+        }
+        let deadline = self.deadline(req.timeout_seconds);
+        let deployment = nuid::next().to_string();
+        let r = Reporter {
+            name: &req.service,
+            tier: &spec.tier,
+            deployment: &deployment,
+            tx: &tx,
+        };
+        let (update, back) = (convert::update_policy(svc, false), convert::update_policy(svc, true));
+        if let Ok(Some(mut rec)) = self.bus.get_record(&spec.tier, &req.service).await {
+            rec.update = Some(update.clone());
+            rec.rollback = Some(back.clone());
+            let _ = self.bus.put_record(&rec).await;
+        }
+        let outcome = self
+            .roll_if_changed(&r, &existing, &spec, &update, &back, deadline)
+            .await;
+        let (ok, message) = match outcome {
+            Ok(true) => (true, "rolled out".to_string()),
+            Ok(false) => (true, "unchanged: every replica already runs this spec".to_string()),
+            Err(e) => (false, e),
+        };
+        self.done(&r, ok, message).await;
+        Ok(())
+    }
+
+    /// Undoes a rollout in progress or paused, or goes back to the previous
+    /// revision, as the service's rollback_config says.
+    pub async fn rollback_service(
+        &self,
+        req: api::RollbackRequest,
+        tx: mpsc::Sender<Result<api::DeployProgress, Status>>,
+    ) -> Result<(), Status> {
+        if req.service.is_empty() {
+            return Err(invalid("service: must name a service"));
+        }
+        let records = self.bus.list_records().await.map_err(unavailable)?;
+        let Some(record) = records.into_iter().find(|r| r.service == req.service) else {
+            return Err(Status::failed_precondition(format!(
+                "service {:?} is not deployed: nothing to roll back",
+                req.service
+            )));
+        };
+        let existing: Vec<DesiredService> = self
+            .bus
+            .list_desired(None)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .filter(|d| !d.absent && !d.hold && d.spec.as_ref().is_some_and(|s| s.name == req.service))
+            .collect();
+        let Some(first) = existing.first().and_then(|d| d.spec.clone()) else {
+            return Err(Status::failed_precondition(format!(
+                "service {:?} runs nowhere: nothing to roll back",
+                req.service
+            )));
+        };
+        let counts: BTreeMap<String, u32> = existing
+            .iter()
+            .map(|d| (d.host.clone(), d.spec.as_ref().map_or(1, |s| s.replicas.max(1))))
+            .collect();
+        let (update, back) = (
+            record.update.clone().unwrap_or_default(),
+            record.rollback.clone().unwrap_or_default(),
+        );
+        let deadline = self.deadline(req.timeout_seconds);
+        let deployment = nuid::next().to_string();
+        let r = Reporter {
+            name: &req.service,
+            tier: &record.tier,
+            deployment: &deployment,
+            tx: &tx,
+        };
+        // A rollout midway: take its updated replicas back.
+        if let Some(prev) = existing.iter().find_map(|d| d.previous.clone()) {
+            let updated: BTreeMap<String, u32> = existing.iter().map(|d| (d.host.clone(), d.updated)).collect();
+            let at = rollout::done_from(&rollout::slots(&counts), &updated);
+            self.event(
+                EventKind::RollbackStarted,
+                &req.service,
+                &record.tier,
+                &deployment,
+                format!("{at} replicas"),
+            )
+            .await;
+            let end = self.roll(&r, &first, &prev, &counts, at, 0, &back, deadline).await;
+            let settled = self.settle(&r, &prev, &counts).await;
+            if let Ok(Some(mut rec)) = self.bus.get_record(&record.tier, &req.service).await {
+                rec.rollout = None;
+                let _ = self.bus.put_record(&rec).await;
+            }
+            let (ok, msg) = match (end, settled) {
+                (rollout::RollEnd::Done, Ok(())) => {
+                    self.event(
+                        EventKind::RollbackFinished,
+                        &req.service,
+                        &record.tier,
+                        &deployment,
+                        "back on the previous spec".into(),
+                    )
+                    .await;
+                    (true, format!("rolled back {at} replicas to the previous spec"))
+                }
+                (rollout::RollEnd::Failed { why, .. }, _) => (false, format!("rollback failed: {why}")),
+                (_, Err(e)) => (false, e),
+            };
+            self.done(&r, ok, msg).await;
+            return Ok(());
+        }
+        let Some(target) = record.previous_spec.clone() else {
+            return Err(Status::failed_precondition(format!(
+                "{} has no previous revision to go back to (revision {} is its first)",
+                req.service,
+                record.revision.max(1)
+            )));
+        };
+        let outcome = self
+            .rollout(&r, &first, &target, &counts, 0, &back, &update, deadline, true)
+            .await;
+        let (ok, msg) = match outcome {
+            Ok(()) => (
+                true,
+                format!("back on the previous revision (now revision {})", record.revision + 1),
+            ),
+            Err(e) => (false, e),
+        };
+        self.done(&r, ok, msg).await;
+        Ok(())
+    }
+
+    fn deadline(&self, secs: u32) -> Duration {
+        if secs > 0 {
+            Duration::from_secs(u64::from(secs))
+        } else {
+            self.settings.deploy_timeout
+        }
+    }
+
+    async fn done(&self, r: &Reporter<'_>, ok: bool, message: String) {
+        let _ =
+            r.tx.send(Ok(api::DeployProgress {
+                deployment_id: r.deployment.to_owned(),
+                service: r.name.to_owned(),
+                tier: r.tier.to_owned(),
+                phase: api::Phase::Done as i32,
+                message,
+                time: Some(infra_proto::now()),
+                ready: u32::from(ok),
+                failed: u32::from(!ok),
+                ..Default::default()
+            }))
+            .await;
+    }
+
     /// Sets a deployed service's replica count: places the new count by the
     /// service's rules (keeping replicas where they are), starts what is
     /// new, removes what is surplus, and streams progress to `tx` until
@@ -1098,11 +1417,17 @@ impl Coordinator {
         let deployment = nuid::next().to_string();
         let mut spec = spec;
         spec.replicas = req.replicas;
+        let (update, back) = (
+            record.update.clone().unwrap_or_default(),
+            record.rollback.clone().unwrap_or_default(),
+        );
         let mut p = Prepared {
             spec,
             rules,
             outcome: Outcome::default(),
             existing,
+            update,
+            back,
         };
         if req.replicas == 0 {
             // Nothing to place: take it off every host, keep the record.
@@ -1232,8 +1557,17 @@ impl Coordinator {
             _ => catalog.services.keys().cloned().collect(),
         };
         let observed = self.cache.all().await;
+        let records: HashMap<String, ServiceRecord> = self
+            .bus
+            .list_records()
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(|r| (r.service.clone(), r))
+            .collect();
         let mut out = Vec::new();
         for n in names {
+            let rec = records.get(&n);
             let svc = &catalog.services[&n];
             let here: Vec<&ObservedService> = observed.iter().filter(|o| o.service == n).collect();
             out.push(api::ServiceSummary {
@@ -1244,7 +1578,12 @@ impl Coordinator {
                 profiles: svc.profiles.clone(),
                 hosts: here.iter().map(|o| o.host.clone()).collect(),
                 health: here.first().map_or(Health::Unspecified as i32, |o| o.health),
-                replicas: svc.replicas(),
+                replicas: rec.map_or(svc.replicas(), |r| r.replicas),
+                revision: rec.map_or(0, |r| r.revision),
+                rollout: rec
+                    .and_then(|r| r.rollout.as_ref())
+                    .map(|r| r.phase.clone())
+                    .unwrap_or_default(),
             });
         }
         Ok(api::ListServicesResponse { services: out })

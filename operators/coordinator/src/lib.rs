@@ -7,6 +7,7 @@
 pub mod convert;
 pub mod coordinator;
 pub mod placement;
+pub mod rollout;
 pub mod selections;
 pub mod service;
 pub mod state;

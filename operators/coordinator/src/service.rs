@@ -13,6 +13,33 @@ use crate::coordinator::Coordinator;
 
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+type Progress = tokio::sync::mpsc::Sender<Result<api::DeployProgress, Status>>;
+
+/// Runs `work` in its own task and streams what it sends. A call refused
+/// before any progress (not deployed, stateful, no previous revision) is an
+/// error status, not a stream that fails.
+async fn progress_stream<F, Fut>(work: F) -> Result<Response<Streamed<api::DeployProgress>>, Status>
+where
+    F: FnOnce(Progress) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), Status>> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        if let Err(status) = work(tx.clone()).await {
+            let _ = tx.send(Err(status)).await;
+        }
+    });
+    let first = match rx.recv().await {
+        Some(Err(status)) => return Err(status),
+        Some(Ok(p)) => p,
+        None => return Err(Status::internal("the call ended without a word")),
+    };
+    let rest = ReceiverStream::new(rx);
+    Ok(Response::new(Box::pin(
+        futures::stream::once(async move { Ok(first) }).chain(rest),
+    )))
+}
+
 /// Implements `infra.coordinator.v1.CoordinatorService`.
 pub struct Api {
     /// The logic.
@@ -69,24 +96,22 @@ impl CoordinatorService for Api {
     type ScaleStream = Streamed<api::DeployProgress>;
 
     async fn scale(&self, req: Request<api::ScaleRequest>) -> Result<Response<Self::ScaleStream>, Status> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
         let c = self.coordinator.clone();
-        tokio::spawn(async move {
-            if let Err(status) = c.scale(req.into_inner(), tx.clone()).await {
-                let _ = tx.send(Err(status)).await;
-            }
-        });
-        // A refused scale (not deployed, stateful, global) is an error
-        // status, not a stream that fails.
-        let first = match rx.recv().await {
-            Some(Err(status)) => return Err(status),
-            Some(Ok(p)) => p,
-            None => return Err(Status::internal("scale ended without a word")),
-        };
-        let rest = ReceiverStream::new(rx);
-        Ok(Response::new(Box::pin(
-            futures::stream::once(async move { Ok(first) }).chain(rest),
-        )))
+        progress_stream(move |tx| async move { c.scale(req.into_inner(), tx).await }).await
+    }
+
+    type RolloutStream = Streamed<api::DeployProgress>;
+
+    async fn rollout(&self, req: Request<api::RolloutRequest>) -> Result<Response<Self::RolloutStream>, Status> {
+        let c = self.coordinator.clone();
+        progress_stream(move |tx| async move { c.rollout_service(req.into_inner(), tx).await }).await
+    }
+
+    type RollbackStream = Streamed<api::DeployProgress>;
+
+    async fn rollback(&self, req: Request<api::RollbackRequest>) -> Result<Response<Self::RollbackStream>, Status> {
+        let c = self.coordinator.clone();
+        progress_stream(move |tx| async move { c.rollback_service(req.into_inner(), tx).await }).await
     }
 
     async fn get_status(

@@ -55,6 +55,14 @@ pub enum Op {
         /// the restart budget).
         restart: bool,
     },
+    /// Start-first update: create and start a replica's new container
+    /// under another name, beside the old one that still serves.
+    CreateNext {
+        /// Replica index.
+        replica: u32,
+        /// Name of the old container, so the new one gets a different one.
+        beside: String,
+    },
     /// Replace a container whose spec changed.
     Recreate {
         /// Container id.
@@ -167,10 +175,30 @@ impl RestartHistory {
     }
 }
 
+/// The spec replica `replica` must run: during a rolling update the
+/// replicas past `updated` keep the previous spec.
+pub fn target_spec(d: &DesiredService, replica: u32) -> Option<&ServiceSpec> {
+    match &d.previous {
+        Some(prev) if replica > d.updated => Some(prev),
+        _ => d.spec.as_ref(),
+    }
+}
+
+/// Whether a container counts as up for a start-first handover: running
+/// and healthy, or running without a health check.
+fn ready(spec: &ServiceSpec, c: &Container) -> bool {
+    matches!(container_health(Some(spec), c), Health::Healthy | Health::Running)
+}
+
 /// Decides what to do for one service. `desired` is `None` (or marked
 /// absent) when the service should not run here.
+///
+/// During a rolling update each replica is compared with its own target
+/// ([`target_spec`]); with `start_first`, a replica's new container is
+/// created beside the old one ([`Op::CreateNext`]) and the old one is
+/// removed only once the new one is ready.
 pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec<Op> {
-    let Some(spec) = desired.filter(|d| !d.absent).and_then(|d| d.spec.as_ref()) else {
+    let Some(d) = desired.filter(|d| !d.absent && d.spec.is_some()) else {
         return containers
             .iter()
             .map(|c| Op::Remove {
@@ -179,9 +207,9 @@ pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec
             })
             .collect();
     };
+    let spec = d.spec.as_ref().expect("checked");
     let want = spec.replicas.max(1);
-    let hash = spec::spec_hash(spec);
-    let hold = desired.is_some_and(|d| d.hold);
+    let hold = d.hold;
     let mut ops = Vec::new();
 
     let mut by_replica: BTreeMap<u32, Vec<&Container>> = BTreeMap::new();
@@ -197,6 +225,8 @@ pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec
     }
 
     for replica in 1..=want {
+        let target = target_spec(d, replica).unwrap_or(spec);
+        let hash = spec::spec_hash(target);
         let mut list = by_replica.remove(&replica).unwrap_or_default();
         // Keep the best candidate: right spec first, then running.
         list.sort_by_key(|c| (c.spec_hash != hash, c.state != "running", c.id.clone()));
@@ -204,7 +234,20 @@ pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec
             ops.push(Op::Create { replica, start: !hold });
             continue;
         };
+        if d.start_first && keep.spec_hash != hash && keep.state == "running" {
+            // Start the new one beside it; the old one serves meanwhile.
+            ops.push(Op::CreateNext {
+                replica,
+                beside: keep.name.clone(),
+            });
+            continue;
+        }
+        // Start-first: the old container goes only once the new one is up.
+        let handover = d.start_first && keep.spec_hash == hash && !ready(target, keep);
         for c in extra {
+            if handover && c.state == "running" {
+                continue;
+            }
             ops.push(Op::Remove {
                 id: c.id.clone(),
                 replica,
@@ -229,7 +272,7 @@ pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec
                 replica,
                 restart: false,
             }),
-            "exited" | "dead" if !spec::exited_for_good(spec, keep.exit_code) => {
+            "exited" | "dead" if !spec::exited_for_good(target, keep.exit_code) => {
                 ops.push(Op::Start {
                     id: keep.id.clone(),
                     replica,
@@ -402,6 +445,72 @@ mod tests {
                     replica: 1
                 }
             ]
+        );
+    }
+
+    #[test]
+    fn a_rolling_update_changes_only_the_replicas_up_to_updated() {
+        let old = desired(3);
+        let mut d = desired(3);
+        d.spec.as_mut().unwrap().image = "nginx:2".into();
+        d.previous = old.spec.clone();
+        d.updated = 1;
+        let cs: Vec<Container> = (1..=3).map(|r| running(&old, &format!("c{r}"), r)).collect();
+        assert_eq!(
+            decide(Some(&d), &cs),
+            vec![Op::Recreate {
+                id: "c1".into(),
+                replica: 1
+            }]
+        );
+        // Replica 1 done: nothing more until `updated` moves on.
+        let mut done = cs.clone();
+        done[0] = running(&d, "n1", 1);
+        assert!(decide(Some(&d), &done).is_empty());
+        // Rolling back is the same with the specs swapped.
+        let mut back = desired(3);
+        back.previous = d.spec.clone();
+        back.updated = 3;
+        assert_eq!(
+            decide(Some(&back), &done),
+            vec![Op::Recreate {
+                id: "n1".into(),
+                replica: 1
+            }]
+        );
+    }
+
+    #[test]
+    fn start_first_starts_the_new_container_beside_the_old_and_removes_the_old_once_ready() {
+        let old = desired(1);
+        let mut d = desired(1);
+        d.spec.as_mut().unwrap().image = "nginx:2".into();
+        d.spec.as_mut().unwrap().healthcheck = Some(HealthcheckSpec {
+            test: vec!["CMD".into(), "true".into()],
+            ..Default::default()
+        });
+        d.start_first = true;
+        let serving = running(&old, "old", 1);
+        assert_eq!(
+            decide(Some(&d), std::slice::from_ref(&serving)),
+            vec![Op::CreateNext {
+                replica: 1,
+                beside: "infra-web-1".into()
+            }]
+        );
+        // The new one is starting: the old one keeps serving.
+        let mut next = running(&d, "new", 1);
+        next.name = "infra-web-1-x".into();
+        next.health = Some("starting".into());
+        assert!(decide(Some(&d), &[serving.clone(), next.clone()]).is_empty());
+        // Healthy: now the old one goes.
+        next.health = Some("healthy".into());
+        assert_eq!(
+            decide(Some(&d), &[serving, next]),
+            vec![Op::Remove {
+                id: "old".into(),
+                replica: 1
+            }]
         );
     }
 

@@ -363,8 +363,10 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
     for op in ops {
         match op {
             Op::Create { replica, start } => {
-                let Some(spec) = spec.as_ref() else { continue };
-                match create(ctx, spec, replica).await {
+                let Some(spec) = desired.as_ref().and_then(|d| decide::target_spec(d, replica)) else {
+                    continue;
+                };
+                match create(ctx, spec, replica, None).await {
                     Ok(id) => {
                         st.failure = None;
                         st.seen.insert(id.clone(), ("created".into(), None));
@@ -391,8 +393,50 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
                     }
                 }
             }
+            Op::CreateNext { replica, beside } => {
+                let Some(spec) = desired.as_ref().and_then(|d| decide::target_spec(d, replica)) else {
+                    continue;
+                };
+                // The new container needs a name of its own while the old
+                // one runs: the plain name when the old one has the other.
+                let plain = spec::container_name(spec, replica);
+                let name = if beside == plain {
+                    format!("{plain}-{}", &spec::spec_hash(spec)[..6])
+                } else {
+                    plain
+                };
+                match create(ctx, spec, replica, Some(name)).await {
+                    Ok(new_id) => {
+                        st.failure = None;
+                        st.seen.insert(new_id.clone(), ("created".into(), None));
+                        ctx.events
+                            .emit(
+                                EventKind::Created,
+                                service,
+                                &new_id,
+                                replica,
+                                format!("start-first: beside {beside}"),
+                            )
+                            .await;
+                        ctx.docker.start(&new_id).await?;
+                        ctx.events.emit(EventKind::Started, service, &new_id, replica, "").await;
+                    }
+                    Err(e) => {
+                        let msg = e.to_string();
+                        if st.failure.as_deref() != Some(msg.as_str()) {
+                            ctx.events
+                                .emit(EventKind::ReconcileFailed, service, "", replica, msg.clone())
+                                .await;
+                        }
+                        st.failure = Some(msg);
+                        next = Next::After(Duration::from_secs(15));
+                    }
+                }
+            }
             Op::Recreate { id, replica } => {
-                let Some(spec) = spec.as_ref() else { continue };
+                let Some(spec) = desired.as_ref().and_then(|d| decide::target_spec(d, replica)) else {
+                    continue;
+                };
                 // Pull before stopping: a bad image must not take the old one down.
                 if let Err(e) = ctx.docker.ensure_image(&spec.image, ctx.pull_timeout).await {
                     let msg = e.to_string();
@@ -410,7 +454,7 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
                     .emit(EventKind::Removed, service, &id, replica, "spec changed")
                     .await;
                 st.seen.remove(&id);
-                let new_id = create(ctx, spec, replica).await?;
+                let new_id = create(ctx, spec, replica, None).await?;
                 st.seen.insert(new_id.clone(), ("created".into(), None));
                 st.failure = None;
                 st.restarts.remove(&replica);
@@ -766,7 +810,9 @@ async fn publish_observed(
     }
 }
 
-async fn create(ctx: &Ctx, spec: &ServiceSpec, replica: u32) -> Result<String, DockerError> {
+/// Creates one replica's container, named `name` or by
+/// [`spec::container_name`].
+async fn create(ctx: &Ctx, spec: &ServiceSpec, replica: u32, name: Option<String>) -> Result<String, DockerError> {
     ctx.docker.ensure_image(&spec.image, ctx.pull_timeout).await?;
     let mut network_ids = Vec::with_capacity(spec.networks.len());
     for n in &spec.networks {
@@ -780,7 +826,7 @@ async fn create(ctx: &Ctx, spec: &ServiceSpec, replica: u32) -> Result<String, D
         ctx.docker.ensure_volume(&m.source).await?;
     }
     write_secrets(ctx, spec).await?;
-    let name = spec::container_name(spec, replica);
+    let name = name.unwrap_or_else(|| spec::container_name(spec, replica));
     let mut body = spec::container_config(spec, &ctx.host, replica, &ctx.state_dir);
     // Attach by network id (see `ensure_network`).
     if let (Some(first), Some(id)) = (spec.networks.first(), network_ids.first()) {

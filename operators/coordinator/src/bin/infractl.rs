@@ -102,6 +102,29 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         timeout: u32,
     },
+    /// Roll a deployed service to the catalog's spec (optionally with a new
+    /// image or environment), batch by batch as its update_config says.
+    Rollout {
+        /// The service.
+        service: String,
+        /// New image.
+        #[arg(long)]
+        image: Option<String>,
+        /// KEY=VALUE laid over the environment (repeatable).
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// Seconds one replica may take to become healthy.
+        #[arg(long, default_value_t = 300)]
+        timeout: u32,
+    },
+    /// Undo a rollout in progress or paused, or go back one revision.
+    Rollback {
+        /// The service.
+        service: String,
+        /// Seconds one replica may take to become healthy.
+        #[arg(long, default_value_t = 300)]
+        timeout: u32,
+    },
     /// Remove (volumes kept unless --volumes).
     Remove {
         #[command(flatten)]
@@ -395,6 +418,42 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             let mut stream = c
                 .deploy(api::DeployRequest {
                     selection: Some(sel.to_api()),
+                    timeout_seconds: timeout,
+                })
+                .await?
+                .into_inner();
+            progress(&mut stream).await
+        }
+        Cmd::Rollout {
+            service,
+            image,
+            env,
+            timeout,
+        } => {
+            let mut environment = std::collections::BTreeMap::new();
+            for kv in env {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
+                environment.insert(k.to_owned(), v.to_owned());
+            }
+            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let mut stream = c
+                .rollout(api::RolloutRequest {
+                    service,
+                    image: image.unwrap_or_default(),
+                    environment,
+                    timeout_seconds: timeout,
+                })
+                .await?
+                .into_inner();
+            progress(&mut stream).await
+        }
+        Cmd::Rollback { service, timeout } => {
+            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let mut stream = c
+                .rollback(api::RollbackRequest {
+                    service,
                     timeout_seconds: timeout,
                 })
                 .await?
