@@ -20,7 +20,7 @@ use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use infra_proto::bus::v1::{DesiredService, Event, EventKind, Heartbeat, ObservedService, ServiceRecord};
+use infra_proto::bus::v1::{DesiredService, Event, EventKind, Heartbeat, HostState, ObservedService, ServiceRecord};
 use prost::Message;
 
 pub use subject::Token;
@@ -182,6 +182,7 @@ pub struct Bus {
     secrets: kv::Store,
     locks: kv::Store,
     services: kv::Store,
+    host_state: kv::Store,
 }
 
 impl fmt::Debug for Bus {
@@ -272,6 +273,7 @@ impl Bus {
         // A lock whose holder died expires with the bucket's max age.
         let locks = ensure_bucket(&js, bucket(subject::LOCKS_BUCKET, 1, Duration::from_secs(30))).await?;
         let services = ensure_bucket(&js, bucket(subject::SERVICES_BUCKET, 5, Duration::ZERO)).await?;
+        let host_state = ensure_bucket(&js, bucket(subject::HOST_STATE_BUCKET, 1, Duration::ZERO)).await?;
         Ok(Self {
             client,
             js,
@@ -281,6 +283,7 @@ impl Bus {
             secrets,
             locks,
             services,
+            host_state,
         })
     }
 
@@ -428,6 +431,21 @@ impl Bus {
         list(&self.services, None).await
     }
 
+    /// Writes what the coordinator holds about a host.
+    pub async fn put_host_state(&self, h: &HostState) -> Result<u64> {
+        put(&self.host_state, Token::new("host", &h.host)?.as_str(), h).await
+    }
+
+    /// Every host state record.
+    pub async fn list_host_states(&self) -> Result<Vec<HostState>> {
+        list(&self.host_state, None).await
+    }
+
+    /// Forgets a host's state (it is active again).
+    pub async fn delete_host_state(&self, host: &str) -> Result<()> {
+        delete(&self.host_state, Token::new("host", host)?.as_str()).await
+    }
+
     /// Records a heartbeat in the hosts bucket and publishes it.
     pub async fn heartbeat(&self, hb: &Heartbeat) -> Result<()> {
         let host = Token::new("host", &hb.host)?;
@@ -511,6 +529,19 @@ pub fn event_kind_token(kind: EventKind) -> &'static str {
                 "SERVICE_REMOVE_REQUESTED" => "service_remove_requested",
                 "SERVICE_PENDING" => "service_pending",
                 "SERVICE_SCALED" => "service_scaled",
+                "ROLLOUT_STARTED" => "rollout_started",
+                "ROLLOUT_BATCH_DONE" => "rollout_batch_done",
+                "ROLLOUT_FINISHED" => "rollout_finished",
+                "ROLLOUT_FAILED" => "rollout_failed",
+                "ROLLOUT_PAUSED" => "rollout_paused",
+                "ROLLBACK_STARTED" => "rollback_started",
+                "ROLLBACK_FINISHED" => "rollback_finished",
+                "HOST_DRAINED" => "host_drained",
+                "HOST_LOST" => "host_lost",
+                "HOST_RETURNED" => "host_returned",
+                "SERVICE_STRANDED" => "service_stranded",
+                "SERVICE_MOVED" => "service_moved",
+                "LEADER_ELECTED" => "leader_elected",
                 _ => "unspecified",
             }
         })
@@ -620,4 +651,20 @@ async fn watch<M: Message + Default + 'static>(
         }
     })
     .boxed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_event_kind_has_a_subject_token_of_its_own() {
+        let mut seen = std::collections::BTreeSet::new();
+        for n in 1..200 {
+            let Ok(kind) = EventKind::try_from(n) else { continue };
+            let token = event_kind_token(kind);
+            assert_ne!(token, "unspecified", "{kind:?} has no token");
+            assert!(seen.insert(token), "{token} is used twice");
+        }
+    }
 }

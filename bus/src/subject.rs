@@ -20,6 +20,9 @@ pub const OBSERVED_BUCKET: &str = "infra_observed";
 /// Key-value bucket of the coordinator's service records (replicas,
 /// placement rules, where each replica runs), `<tier>.<service>`.
 pub const SERVICES_BUCKET: &str = "infra_services";
+/// Key-value bucket of what the coordinator holds about hosts (drained,
+/// lost), `<host>`.
+pub const HOST_STATE_BUCKET: &str = "infra_host_state";
 /// Key-value bucket of operator heartbeats, `<host>.<tier>`.
 pub const HOSTS_BUCKET: &str = "infra_hosts";
 /// Key-value bucket of secret contents, `<name>`.

@@ -118,7 +118,7 @@ impl Watcher {
         let min = Arc::new(AtomicUsize::new(usize::MAX));
         let (s, m, project) = (stop.clone(), min.clone(), project.to_owned());
         let handle = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
+            let list = || {
                 let ids = Command::new("docker")
                     .args([
                         "ps",
@@ -130,9 +130,17 @@ impl Watcher {
                     ])
                     .output()
                     .unwrap();
-                let ids = String::from_utf8_lossy(&ids.stdout).into_owned();
-                let serving = ids
+                let mut v: Vec<String> = String::from_utf8_lossy(&ids.stdout)
                     .split_whitespace()
+                    .map(str::to_owned)
+                    .collect();
+                v.sort();
+                v
+            };
+            while !s.load(Ordering::SeqCst) {
+                let ids = list();
+                let serving = ids
+                    .iter()
                     .filter(|id| {
                         Command::new("docker")
                             .args([
@@ -142,11 +150,16 @@ impl Watcher {
                                 "-c",
                                 "[ \"$BROKEN\" != 1 ] && wget -q -O /dev/null http://127.0.0.1/",
                             ])
+                            .stderr(std::process::Stdio::null())
                             .status()
                             .is_ok_and(|s| s.success())
                     })
                     .count();
-                m.fetch_min(serving, Ordering::SeqCst);
+                // Only a consistent sample counts: the same containers
+                // before and after probing them.
+                if list() == ids {
+                    m.fetch_min(serving, Ordering::SeqCst);
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
         });

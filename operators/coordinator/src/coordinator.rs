@@ -38,6 +38,17 @@ pub struct Settings {
     pub env_file: Option<PathBuf>,
     /// Default per-service deadline of a deploy.
     pub deploy_timeout: Duration,
+    /// A host silent for this long is lost (its stateless replicas move).
+    pub host_lost_after: Duration,
+    /// How long a heartbeat counts (the hosts bucket's max age).
+    pub heartbeat_ttl: Duration,
+}
+
+impl Settings {
+    /// How long after its last heartbeat an operator disappears from view.
+    pub fn heartbeat_grace(&self) -> Duration {
+        self.heartbeat_ttl
+    }
 }
 
 /// The coordinator. Cheap to clone.
@@ -46,6 +57,7 @@ pub struct Coordinator {
     settings: Arc<Settings>,
     bus: Bus,
     cache: ObservedCache,
+    leader: watch::Receiver<bool>,
 }
 
 fn invalid(e: impl std::fmt::Display) -> Status {
@@ -169,7 +181,26 @@ impl Coordinator {
             settings: Arc::new(settings),
             bus,
             cache,
+            // Alone, a coordinator leads; `with_leadership` makes it follow
+            // a lease.
+            leader: watch::channel(true).1,
         }
+    }
+
+    /// Leads only while `leader` says so (the lease task keeps it current).
+    pub fn with_leadership(mut self, leader: watch::Receiver<bool>) -> Self {
+        self.leader = leader;
+        self
+    }
+
+    /// Whether this coordinator leads now.
+    pub fn is_leader(&self) -> bool {
+        *self.leader.borrow()
+    }
+
+    /// What it runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// The bus.
@@ -301,7 +332,7 @@ impl Coordinator {
         graph: &Graph,
     ) -> Result<(Vec<(String, Prepared)>, Vec<SecretContent>), Status> {
         let env = Self::env();
-        let hosts = placement::hosts_from(&self.heartbeats().await?);
+        let hosts = self.eligible_hosts().await?;
         let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
         let records = self.bus.list_records().await.map_err(unavailable)?;
         // What the other services take where: tier load for spreading, GPUs.
@@ -1468,7 +1499,7 @@ impl Coordinator {
                 .await;
             return Ok(());
         }
-        let hosts = placement::hosts_from(&self.heartbeats().await?);
+        let hosts = self.eligible_hosts().await?;
         let parsed = Rules::from_spec(&p.spec.tier, req.replicas, &p.rules).map_err(invalid)?;
         let others = self.bus.list_records().await.map_err(unavailable)?;
         let mut usage = Usage::default();
@@ -1540,8 +1571,18 @@ impl Coordinator {
                 services: hb.services,
             });
         }
+        for st in self.host_states().await.into_values() {
+            let h = by_host.entry(st.host.clone()).or_insert_with(|| api::HostInfo {
+                host: st.host.clone(),
+                ..Default::default()
+            });
+            h.state = if st.lost { "lost" } else { "drained" }.into();
+        }
         for h in by_host.values_mut() {
             h.operators.sort_by(|a, b| a.tier.cmp(&b.tier));
+            if h.state.is_empty() {
+                h.state = "active".into();
+            }
         }
         Ok(api::ListHostsResponse {
             hosts: by_host.into_values().collect(),

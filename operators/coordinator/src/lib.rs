@@ -6,6 +6,7 @@
 
 pub mod convert;
 pub mod coordinator;
+pub mod hosts;
 pub mod placement;
 pub mod rollout;
 pub mod selections;
@@ -46,6 +47,12 @@ pub struct CoordinatorConfig {
     pub env_file: Option<PathBuf>,
     /// Per-service deploy deadline, seconds.
     pub deploy_timeout_secs: u64,
+    /// How long an operator's heartbeat counts (the hosts bucket's max age),
+    /// seconds; must match the operators' `heartbeat_ttl_secs`.
+    pub heartbeat_ttl_secs: u64,
+    /// A host none of whose operators heartbeated for this long is lost:
+    /// its replicated stateless services start elsewhere. Seconds.
+    pub host_lost_secs: u64,
     /// Bounded drain on shutdown, seconds.
     pub shutdown_grace_secs: u64,
     /// Logging.
@@ -63,6 +70,8 @@ impl Default for CoordinatorConfig {
             overrides: Vec::new(),
             env_file: None,
             deploy_timeout_secs: 300,
+            heartbeat_ttl_secs: 20,
+            host_lost_secs: 30,
             shutdown_grace_secs: 10,
             log: operator_core::config::LogConfig {
                 format: LogFormat::Json,
@@ -91,6 +100,12 @@ impl CoordinatorConfig {
         if self.deploy_timeout_secs == 0 {
             return Err(ConfigError("deploy_timeout_secs must be at least 1".into()));
         }
+        if self.heartbeat_ttl_secs == 0 {
+            return Err(ConfigError("heartbeat_ttl_secs must be at least 1".into()));
+        }
+        if self.host_lost_secs == 0 {
+            return Err(ConfigError("host_lost_secs must be at least 1".into()));
+        }
         self.grpc_listen.parse().map_err(|e| {
             ConfigError(format!(
                 "grpc_listen: {:?} is not a socket address ({e})",
@@ -108,6 +123,8 @@ impl CoordinatorConfig {
             overrides: self.overrides.iter().map(|p| app::absolute(p)).collect(),
             env_file: self.env_file.as_ref().map(|p| app::absolute(p)),
             deploy_timeout: Duration::from_secs(self.deploy_timeout_secs),
+            host_lost_after: Duration::from_secs(self.host_lost_secs),
+            heartbeat_ttl: Duration::from_secs(self.heartbeat_ttl_secs),
         }
     }
 }
@@ -124,6 +141,7 @@ pub async fn run(
     let tasks = TaskTracker::new();
     tasks.spawn(cache.clone().follow(bus.clone(), shutdown.clone()));
     let coordinator = Coordinator::new(settings, bus, cache);
+    tasks.spawn(coordinator.clone().watch_hosts(shutdown.clone()));
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<CoordinatorServiceServer<service::Api>>().await;

@@ -66,10 +66,10 @@ fn main() -> ExitCode {
             return ExitCode::from(app::EXIT_CONFIG as u8);
         }
     };
-    let bus_cfg = match cfg
-        .nats
-        .bus_config(format!("coordinator@{}", cfg.id), Duration::from_secs(20))
-    {
+    let bus_cfg = match cfg.nats.bus_config(
+        format!("coordinator@{}", cfg.id),
+        Duration::from_secs(cfg.heartbeat_ttl_secs),
+    ) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("coordinator: {e}");

@@ -100,6 +100,13 @@ impl CoordinatorService for Api {
         progress_stream(move |tx| async move { c.scale(req.into_inner(), tx).await }).await
     }
 
+    type DrainStream = Streamed<api::DeployProgress>;
+
+    async fn drain(&self, req: Request<api::DrainRequest>) -> Result<Response<Self::DrainStream>, Status> {
+        let c = self.coordinator.clone();
+        progress_stream(move |tx| async move { c.drain(req.into_inner(), tx).await }).await
+    }
+
     type RolloutStream = Streamed<api::DeployProgress>;
 
     async fn rollout(&self, req: Request<api::RolloutRequest>) -> Result<Response<Self::RolloutStream>, Status> {

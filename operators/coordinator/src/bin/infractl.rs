@@ -125,6 +125,18 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         timeout: u32,
     },
+    /// Drain a host (its stateless replicas start elsewhere first), or
+    /// with --undo make it eligible again.
+    Drain {
+        /// The host.
+        host: String,
+        /// Make the host active again.
+        #[arg(long)]
+        undo: bool,
+        /// Seconds moved replicas may take to become healthy.
+        #[arg(long, default_value_t = 300)]
+        timeout: u32,
+    },
     /// Remove (volumes kept unless --volumes).
     Remove {
         #[command(flatten)]
@@ -346,14 +358,18 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             let mut c = CoordinatorServiceClient::new(connect().await?);
             let r = c.list_hosts(api::ListHostsRequest {}).await?.into_inner();
             let mut rows = vec![
-                ["HOST", "TIER", "VERSION", "SERVICES", "LAST HEARTBEAT", "GRPC"]
+                ["HOST", "STATE", "TIER", "VERSION", "SERVICES", "LAST HEARTBEAT", "GRPC"]
                     .map(String::from)
                     .to_vec(),
             ];
             for h in r.hosts {
+                if h.operators.is_empty() {
+                    rows.push(vec![h.host.clone(), h.state.clone(), "-".into()]);
+                }
                 for o in h.operators {
                     rows.push(vec![
                         h.host.clone(),
+                        h.state.clone(),
                         o.tier,
                         o.version,
                         o.services.to_string(),
@@ -454,6 +470,18 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             let mut stream = c
                 .rollback(api::RollbackRequest {
                     service,
+                    timeout_seconds: timeout,
+                })
+                .await?
+                .into_inner();
+            progress(&mut stream).await
+        }
+        Cmd::Drain { host, undo, timeout } => {
+            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let mut stream = c
+                .drain(api::DrainRequest {
+                    host,
+                    undo,
                     timeout_seconds: timeout,
                 })
                 .await?
