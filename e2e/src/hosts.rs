@@ -905,6 +905,9 @@ impl Cluster {
             ("INFRA_HEARTBEAT_SECS".into(), HEARTBEAT_SECS.to_string()),
             ("INFRA_HEARTBEAT_TTL_SECS".into(), HEARTBEAT_TTL_SECS.to_string()),
             ("INFRA_LOG__FORMAT".into(), "json".into()),
+            // The host's private address: where other hosts reach what it
+            // publishes (cross-host reach).
+            ("INFRA_LABELS__ADDR".into(), h.ip.clone()),
         ];
         env.extend(self.opts.operator_env.iter().cloned());
         let mut cmd = Command::new("docker");

@@ -369,6 +369,25 @@ pub fn update_policy(svc: &Service, rollback: bool) -> pb::UpdatePolicy {
     }
 }
 
+/// The ports a service listens on for others: `expose` and the targets
+/// of `ports`, as (port, protocol). Ranges in `expose` are left out.
+pub fn service_ports(svc: &Service) -> Vec<(u16, String)> {
+    let mut out: Vec<(u16, String)> = Vec::new();
+    for e in &svc.expose {
+        let (port, proto) = e.split_once('/').unwrap_or((e.as_str(), "tcp"));
+        if let Ok(p) = port.trim().parse::<u16>() {
+            out.push((p, proto.trim().to_lowercase()));
+        }
+    }
+    for p in &svc.ports {
+        let proto = format!("{:?}", p.protocol).to_lowercase();
+        out.push((p.target, proto));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// GPUs one replica reserves: `gpus:` and `deploy.resources.reservations
 /// .devices` entries with the `gpu` capability (`count: all` counts as 1,
 /// the least a host must have).

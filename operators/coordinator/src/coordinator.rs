@@ -400,6 +400,7 @@ impl Coordinator {
             }
             out.push((name.clone(), p));
         }
+        cross_host_reach(catalog, &hosts, &mut out);
         Ok((out, secrets.into_values().collect()))
     }
 
@@ -1217,6 +1218,17 @@ impl Coordinator {
                 req.service
             )));
         }
+        // The same cross-host reach as a deploy gives it.
+        let everyone = self.bus.list_desired(None).await.map_err(unavailable)?;
+        let mut placed: HashMap<String, Vec<String>> = HashMap::new();
+        for d in everyone.iter().filter(|d| !d.absent) {
+            if let Some(s) = &d.spec {
+                placed.entry(s.name.clone()).or_default().push(d.host.clone());
+            }
+        }
+        let mine = placed.get(&req.service).cloned().unwrap_or_default();
+        let hosts = self.eligible_hosts().await?;
+        reach_spec(&catalog, &hosts, &placed, &req.service, &mine, &mut spec);
         // Replicas stay as they are: a rollout changes the spec, not the count.
         spec.replicas = existing
             .iter()
@@ -1681,6 +1693,92 @@ impl Coordinator {
                 .filter(|o| o.service == name)
                 .collect(),
         })
+    }
+}
+
+/// Label of a host that holds its private address: the address other
+/// hosts reach it on (never a public one).
+pub const ADDR_LABEL: &str = "addr";
+
+/// Cross-host reach, when the hosts say their private addresses (label
+/// [`ADDR_LABEL`]):
+///
+/// - a service that others depend on publishes the ports it listens on
+///   (`expose`, and the targets of `ports`) on its host's private address
+///   only (`@addr`, which each operator replaces with its own), so it is
+///   reachable from the other hosts and not beyond them;
+/// - a service with a dependency placed on another host gets an
+///   `extra_hosts` entry that maps the dependency's name to that host's
+///   private address (`@host:<name>`, resolved by the operator from the
+///   heartbeats), so it reaches it by the same name it uses on one host.
+///
+/// Both placeholders keep one spec for every host of a service, so a
+/// rollout compares one spec hash everywhere. With no `addr` label on any
+/// host (one host) nothing changes: Docker's DNS does it all.
+fn cross_host_reach(catalog: &Catalog, hosts: &[placement::HostView], prepared: &mut [(String, Prepared)]) {
+    let placed: HashMap<String, Vec<String>> = prepared
+        .iter()
+        .map(|(n, p)| (n.clone(), p.outcome.hosts.keys().cloned().collect()))
+        .collect();
+    for (name, p) in prepared.iter_mut() {
+        let mine: Vec<String> = p.outcome.hosts.keys().cloned().collect();
+        reach_spec(catalog, hosts, &placed, name, &mine, &mut p.spec);
+    }
+}
+
+/// [`cross_host_reach`] for one service's spec, with `placed` the hosts of
+/// every service and `mine` those of this one.
+fn reach_spec(
+    catalog: &Catalog,
+    hosts: &[placement::HostView],
+    placed: &HashMap<String, Vec<String>>,
+    name: &str,
+    mine: &[String],
+    spec: &mut ServiceSpec,
+) {
+    let with_addr: BTreeSet<&str> = hosts
+        .iter()
+        .filter(|h| h.labels.get(ADDR_LABEL).is_some_and(|a| !a.is_empty()))
+        .map(|h| h.name.as_str())
+        .collect();
+    if with_addr.is_empty() {
+        return;
+    }
+    let Some(svc) = catalog.services.get(name) else { return };
+    let needed = catalog
+        .services
+        .values()
+        .any(|s| s.depends_on.iter().any(|d| d.service == name));
+    if needed {
+        for (port, proto) in convert::service_ports(svc) {
+            let have = spec.ports.iter().any(|x| {
+                x.published == u32::from(port) && (x.protocol == proto || x.protocol.is_empty() && proto == "tcp")
+            });
+            if !have {
+                spec.ports.push(infra_proto::bus::v1::PortSpec {
+                    host_ip: "@addr".into(),
+                    published: u32::from(port),
+                    target: u32::from(port),
+                    protocol: proto,
+                });
+            }
+        }
+    }
+    for d in &svc.depends_on {
+        let Some(dep_hosts) = placed.get(&d.service) else {
+            continue;
+        };
+        let Some(dh) = dep_hosts.iter().find(|h| with_addr.contains(h.as_str())) else {
+            continue;
+        };
+        // Only when some replica runs where the dependency does not.
+        if mine.iter().all(|h| dep_hosts.contains(h)) {
+            continue;
+        }
+        let entry = format!("{}:@host:{dh}", d.service);
+        if !spec.extra_hosts.contains(&entry) {
+            spec.extra_hosts.push(entry);
+        }
     }
 }
 

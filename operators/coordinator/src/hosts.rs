@@ -248,6 +248,12 @@ impl Coordinator {
                     }
                 }
             }
+            // A drain keeps what no other host can take where it is: better
+            // on a drained host than nowhere.
+            if wait_healthy && outcome.pending > 0 {
+                out.pending.push(format!("{} stays: {}", rec.service, outcome.reason));
+                continue;
+            }
             for (h, n) in &targets {
                 let existing = desired
                     .iter()

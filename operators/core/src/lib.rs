@@ -233,18 +233,21 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let events = events::EventSink::new(bus.clone(), &cfg.host, tier.name, &format!("operator/{}", tier.name));
-    let ctx = Arc::new(reconcile::Ctx::new(
-        docker,
-        bus.clone(),
-        events,
-        cfg.host.clone(),
-        tier.name.to_owned(),
-        cfg.state_dir.clone(),
-        cfg.restart.policy(),
-        Duration::from_secs(cfg.image_pull_timeout_secs),
-        Duration::from_secs(cfg.stop_grace_secs),
-        Duration::from_secs(cfg.resync_secs),
-    ));
+    let ctx = Arc::new(
+        reconcile::Ctx::new(
+            docker,
+            bus.clone(),
+            events,
+            cfg.host.clone(),
+            tier.name.to_owned(),
+            cfg.state_dir.clone(),
+            cfg.restart.policy(),
+            Duration::from_secs(cfg.image_pull_timeout_secs),
+            Duration::from_secs(cfg.stop_grace_secs),
+            Duration::from_secs(cfg.resync_secs),
+        )
+        .with_addr(cfg.labels.get("addr").cloned()),
+    );
     let grpc_addr = listener.local_addr()?.to_string();
     let tasks = TaskTracker::new();
     tasks.spawn(reconcile::run_controller(ctx.clone(), shutdown.clone()));

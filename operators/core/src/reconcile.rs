@@ -64,6 +64,9 @@ pub struct Ctx {
     /// passed.
     probes: Arc<std::sync::Mutex<HashMap<String, HashMap<String, bool>>>>,
     trigger: std::sync::OnceLock<mpsc::Sender<String>>,
+    /// This host's private address (its `addr` label): what `@addr` in a
+    /// port binding stands for.
+    pub addr: Option<String>,
 }
 
 impl Ctx {
@@ -97,7 +100,63 @@ impl Ctx {
             observed: RwLock::default(),
             probes: Arc::default(),
             trigger: std::sync::OnceLock::new(),
+            addr: None,
         }
+    }
+
+    /// Sets this host's private address (see [`Ctx::addr`]).
+    #[must_use]
+    pub fn with_addr(mut self, addr: Option<String>) -> Self {
+        self.addr = addr.filter(|a| !a.is_empty());
+        self
+    }
+
+    /// The spec with its cross-host placeholders resolved: `@addr` in a
+    /// port binding becomes this host's private address, `@host:<name>` in
+    /// `extra_hosts` that host's (from its operators' heartbeats). The
+    /// coordinator writes placeholders so that every host of a service
+    /// gets the same spec (and spec hash).
+    pub async fn resolve(&self, spec: &ServiceSpec) -> Result<ServiceSpec, DockerError> {
+        let needs =
+            spec.ports.iter().any(|p| p.host_ip == "@addr") || spec.extra_hosts.iter().any(|e| e.contains(":@host:"));
+        if !needs {
+            return Ok(spec.clone());
+        }
+        let mut out = spec.clone();
+        for p in out.ports.iter_mut().filter(|p| p.host_ip == "@addr") {
+            p.host_ip = self.addr.clone().ok_or_else(|| {
+                DockerError::Prepare(format!(
+                    "service {:?}: port {} is to be published on this host's private address, but host {} has no \
+                     `labels.addr` in its operator config",
+                    spec.name, p.target, self.host
+                ))
+            })?;
+        }
+        if out.extra_hosts.iter().any(|e| e.contains(":@host:")) {
+            let beats = self.bus.list_heartbeats().await.unwrap_or_default();
+            for e in out.extra_hosts.iter_mut() {
+                let Some((name, host)) = e.split_once(":@host:") else {
+                    continue;
+                };
+                let addr = if host == self.host {
+                    self.addr.clone()
+                } else {
+                    beats
+                        .iter()
+                        .filter(|h| h.host == host)
+                        .find_map(|h| h.labels.get("addr").cloned())
+                };
+                let addr = addr.ok_or_else(|| {
+                    DockerError::Prepare(format!(
+                        "service {:?}: cannot reach {name:?} on host {host}: no operator there publishes \
+                         `labels.addr` (is the host up?)",
+                        spec.name
+                    ))
+                })?;
+                *e = format!("{name}:{addr}");
+            }
+        }
+        Ok(out)
     }
 
     /// Observed state of every service this operator owns, as last computed.
@@ -827,7 +886,12 @@ async fn create(ctx: &Ctx, spec: &ServiceSpec, replica: u32, name: Option<String
     }
     write_secrets(ctx, spec).await?;
     let name = name.unwrap_or_else(|| spec::container_name(spec, replica));
-    let mut body = spec::container_config(spec, &ctx.host, replica, &ctx.state_dir);
+    let resolved = ctx.resolve(spec).await?;
+    let mut body = spec::container_config(&resolved, &ctx.host, replica, &ctx.state_dir);
+    // The hash is the desired spec's, placeholders and all.
+    if let Some(l) = body.labels.as_mut() {
+        l.insert(crate::labels::SPEC_HASH.into(), spec::spec_hash(spec));
+    }
     // Attach by network id (see `ensure_network`).
     if let (Some(first), Some(id)) = (spec.networks.first(), network_ids.first()) {
         if let Some(hc) = body.host_config.as_mut() {
