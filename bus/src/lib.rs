@@ -20,7 +20,10 @@ use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use infra_proto::bus::v1::{DesiredService, Event, EventKind, Heartbeat, HostState, ObservedService, ServiceRecord};
+use infra_proto::bus::v1::{
+    DeploymentInProgress, DesiredService, Event, EventKind, Heartbeat, HostState, LeaderLease, ObservedService,
+    ServiceRecord,
+};
 use prost::Message;
 
 pub use subject::Token;
@@ -183,6 +186,18 @@ pub struct Bus {
     locks: kv::Store,
     services: kv::Store,
     host_state: kv::Store,
+    leader: kv::Store,
+    deployments: kv::Store,
+}
+
+/// The leader lease as read from the store, with the revision that a
+/// compare-and-set over it must name.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeaseEntry {
+    /// The lease.
+    pub lease: LeaderLease,
+    /// The key's revision (the bucket sequence of this write).
+    pub revision: u64,
 }
 
 impl fmt::Debug for Bus {
@@ -274,6 +289,10 @@ impl Bus {
         let locks = ensure_bucket(&js, bucket(subject::LOCKS_BUCKET, 1, Duration::from_secs(30))).await?;
         let services = ensure_bucket(&js, bucket(subject::SERVICES_BUCKET, 5, Duration::ZERO)).await?;
         let host_state = ensure_bucket(&js, bucket(subject::HOST_STATE_BUCKET, 1, Duration::ZERO)).await?;
+        // The most history a bucket may keep: every renewal of the lease
+        // near a takeover stays auditable; term records keep the rest.
+        let leader = ensure_bucket(&js, bucket(subject::LEADER_BUCKET, 64, Duration::ZERO)).await?;
+        let deployments = ensure_bucket(&js, bucket(subject::DEPLOYMENTS_BUCKET, 1, Duration::ZERO)).await?;
         Ok(Self {
             client,
             js,
@@ -284,6 +303,8 @@ impl Bus {
             locks,
             services,
             host_state,
+            leader,
+            deployments,
         })
     }
 
@@ -499,6 +520,120 @@ impl Bus {
             .get(key.as_str())
             .await
             .map_err(|e| BusError::with(BusErrorKind::Io, format!("get secret {key}"), e))
+    }
+
+    /// Reads the leader lease and its revision; `None` when no coordinator
+    /// ever took it (or it was deleted by hand).
+    pub async fn read_lease(&self) -> Result<Option<LeaseEntry>> {
+        let key = subject::LEASE_KEY;
+        let entry = self
+            .leader
+            .entry(key)
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Io, format!("get {key}"), e))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(None);
+        };
+        let lease = LeaderLease::decode(entry.value)
+            .map_err(|e| BusError::with(BusErrorKind::Decode, format!("value of {key}"), e))?;
+        Ok(Some(LeaseEntry {
+            lease,
+            revision: entry.revision,
+        }))
+    }
+
+    /// Writes the leader lease by compare-and-set: only if the key is
+    /// still at `expected` (`None`: only if it does not exist). Returns
+    /// the new revision, or `None` when someone else wrote it first; of
+    /// several candidates naming the same revision, exactly one wins.
+    pub async fn write_lease(&self, lease: &LeaderLease, expected: Option<u64>) -> Result<Option<u64>> {
+        let key = subject::LEASE_KEY;
+        let value = Bytes::from(lease.encode_to_vec());
+        match expected {
+            None => match self.leader.create(key, value).await {
+                Ok(rev) => Ok(Some(rev)),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+                Err(e) => Err(BusError::with(BusErrorKind::Io, format!("create {key}"), e)),
+            },
+            Some(rev) => match self.leader.update(key, value, rev).await {
+                Ok(rev) => Ok(Some(rev)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                Err(e) => Err(BusError::with(BusErrorKind::Io, format!("update {key}"), e)),
+            },
+        }
+    }
+
+    /// Records the acquisition of a term under its own key, once: `false`
+    /// when that term was already recorded (which the lease's
+    /// compare-and-set should make impossible).
+    pub async fn record_term(&self, lease: &LeaderLease) -> Result<bool> {
+        let key = subject::term_key(lease.term);
+        match self.leader.create(&key, Bytes::from(lease.encode_to_vec())).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(BusError::with(BusErrorKind::Io, format!("create {key}"), e)),
+        }
+    }
+
+    /// Every write of the lease the bucket still keeps (the last 64), oldest
+    /// first: acquisitions, renewals and releases, for audits and tests.
+    pub async fn lease_history(&self) -> Result<Vec<LeaseEntry>> {
+        let key = subject::LEASE_KEY;
+        let history = self
+            .leader
+            .history(key)
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Io, format!("history of {key}"), e))?;
+        let entries: Vec<kv::Entry> = history
+            .try_collect()
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Io, format!("history of {key}"), e))?;
+        entries
+            .into_iter()
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| {
+                let lease = LeaderLease::decode(e.value)
+                    .map_err(|err| BusError::with(BusErrorKind::Decode, format!("value of {key}"), err))?;
+                Ok(LeaseEntry {
+                    lease,
+                    revision: e.revision,
+                })
+            })
+            .collect()
+    }
+
+    /// Every recorded term, by term number.
+    pub async fn list_terms(&self) -> Result<Vec<LeaderLease>> {
+        let keys: Vec<String> = match self.leader.keys().await {
+            Ok(keys) => keys
+                .try_collect()
+                .await
+                .map_err(|e| BusError::with(BusErrorKind::Io, "list keys of the leader bucket", e))?,
+            Err(e) => return Err(BusError::with(BusErrorKind::Io, "list keys of the leader bucket", e)),
+        };
+        let mut out: Vec<LeaderLease> = Vec::new();
+        for key in keys.iter().filter(|k| k.starts_with("term.")) {
+            if let Some(t) = get(&self.leader, key).await? {
+                out.push(t);
+            }
+        }
+        out.sort_by_key(|t| t.term);
+        Ok(out)
+    }
+
+    /// Records a deploy the leader has started.
+    pub async fn put_deployment(&self, d: &DeploymentInProgress) -> Result<u64> {
+        put(&self.deployments, Token::new("deployment", &d.id)?.as_str(), d).await
+    }
+
+    /// Forgets a deploy that ended.
+    pub async fn delete_deployment(&self, id: &str) -> Result<()> {
+        delete(&self.deployments, Token::new("deployment", id)?.as_str()).await
+    }
+
+    /// Every deploy started and not finished.
+    pub async fn list_deployments(&self) -> Result<Vec<DeploymentInProgress>> {
+        list(&self.deployments, None).await
     }
 }
 

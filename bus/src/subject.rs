@@ -29,6 +29,15 @@ pub const HOSTS_BUCKET: &str = "infra_hosts";
 pub const SECRETS_BUCKET: &str = "infra_secrets";
 /// Key-value bucket of short-lived locks between processes, `<host>.<what>`.
 pub const LOCKS_BUCKET: &str = "infra_locks";
+/// Key-value bucket of the coordinators' leader lease: the lease itself
+/// under [`LEASE_KEY`], and one record per acquisition under
+/// [`term_key`], so the terms can be audited.
+pub const LEADER_BUCKET: &str = "infra_leader";
+/// The lease's key in [`LEADER_BUCKET`].
+pub const LEASE_KEY: &str = "lease";
+/// Key-value bucket of the deploys the leader has started and not
+/// finished, `<deployment id>`, so a new leader can run them again.
+pub const DEPLOYMENTS_BUCKET: &str = "infra_deployments";
 
 /// A validated subject token.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -111,6 +120,17 @@ pub fn operator_key(host: &Token, tier: &Token) -> String {
     format!("{host}.{tier}")
 }
 
+/// Key of the record of one leader term in [`LEADER_BUCKET`]:
+/// `term.<n>`, zero-padded so keys sort by term.
+pub fn term_key(term: u64) -> String {
+    format!("term.{term:020}")
+}
+
+/// Key filter of every term record.
+pub fn term_keys() -> String {
+    "term.*".into()
+}
+
 /// Splits a service key back into host, tier and service.
 pub fn parse_service_key(key: &str) -> Option<(&str, &str, &str)> {
     let mut it = key.splitn(3, '.');
@@ -148,5 +168,6 @@ mod tests {
         assert_eq!(service_key(&h, &t, &s), "h1.data.mng-pg");
         assert_eq!(parse_service_key("h1.data.mng-pg"), Some(("h1", "data", "mng-pg")));
         assert_eq!(heartbeat(&h, &t), "infra.heartbeat.h1.data");
+        assert_eq!(term_key(42), "term.00000000000000000042");
     }
 }

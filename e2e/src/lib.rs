@@ -58,6 +58,9 @@ pub struct Options {
     /// Extra environment for the coordinator (interpolation variables,
     /// e.g. a free `HTTP_PORT` so tests never clash with a running platform).
     pub env: Vec<(String, String)>,
+    /// Coordinators to run on the one NATS server (ids `coordinator`,
+    /// `coordinator2`, ...; processes named the same); one leads by lease.
+    pub coordinators: usize,
 }
 
 impl Options {
@@ -77,6 +80,7 @@ impl Options {
                 ("HTTP_PORT".into(), free_port().to_string()),
                 ("NGINX_HTTP_PORT".into(), free_port().to_string()),
             ],
+            coordinators: 1,
         }
     }
 }
@@ -85,8 +89,10 @@ impl Options {
 pub struct Platform {
     /// The NATS server.
     pub nats: NatsServer,
-    /// Coordinator gRPC address (`127.0.0.1:port`).
+    /// Coordinator gRPC address (`127.0.0.1:port`), of the first one.
     pub grpc: String,
+    /// Every coordinator's gRPC address, in the order of their names.
+    pub grpcs: Vec<String>,
     /// The options it was started with.
     pub opts: Options,
     /// Per-process logs and operator state.
@@ -106,28 +112,35 @@ impl Platform {
         );
         let nats = NatsServer::start();
         let dir = tempfile::tempdir().expect("temp dir");
-        let grpc = format!("127.0.0.1:{}", free_port());
+        let grpcs: Vec<String> = (0..opts.coordinators.max(1))
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
         let mut me = Self {
             nats,
-            grpc: grpc.clone(),
+            grpc: grpcs[0].clone(),
+            grpcs: grpcs.clone(),
             opts: opts.clone(),
             dir,
             procs: Vec::new(),
         };
-        let mut coord = vec![
-            "--grpc-listen".to_string(),
-            grpc,
-            "--compose-dir".into(),
-            opts.compose_dir.display().to_string(),
-            "--project".into(),
-            opts.project.clone(),
-        ];
-        for o in &opts.overrides {
-            coord.push("--override".into());
-            coord.push(o.display().to_string());
+        for (i, grpc) in grpcs.iter().enumerate() {
+            let mut coord = vec![
+                "--grpc-listen".to_string(),
+                grpc.clone(),
+                "--compose-dir".into(),
+                opts.compose_dir.display().to_string(),
+                "--project".into(),
+                opts.project.clone(),
+            ];
+            for o in &opts.overrides {
+                coord.push("--override".into());
+                coord.push(o.display().to_string());
+            }
+            let name = Self::coordinator_name(i);
+            let mut env = opts.env.clone();
+            env.push(("INFRA_ID".into(), name.clone()));
+            me.spawn_with(&name, &bins.join("coordinator"), &coord, &env);
         }
-        let env = opts.env.clone();
-        me.spawn_with("coordinator", &bins.join("coordinator"), &coord, &env);
         for tier in &opts.tiers {
             let port = free_port().to_string();
             let state = me.dir.path().join("state").display().to_string();
@@ -198,6 +211,23 @@ impl Platform {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The process name (and id) of coordinator `i`: `coordinator`,
+    /// `coordinator2`, ...
+    pub fn coordinator_name(i: usize) -> String {
+        if i == 0 {
+            "coordinator".into()
+        } else {
+            format!("coordinator{}", i + 1)
+        }
+    }
+
+    /// Kills one process with SIGKILL (no clean shutdown) and reaps it.
+    pub fn kill(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        let (_, child) = self.procs.iter_mut().find(|(n, _)| n == name)?;
+        let _ = child.kill();
+        child.wait().ok()
     }
 
     /// PIDs of the platform's processes, by name.

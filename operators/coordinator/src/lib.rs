@@ -7,6 +7,7 @@
 pub mod convert;
 pub mod coordinator;
 pub mod hosts;
+pub mod leader;
 pub mod placement;
 pub mod rollout;
 pub mod selections;
@@ -17,12 +18,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use infra_bus::Bus;
+use infra_proto::bus::v1::EventKind;
 use infra_proto::coordinator::v1::coordinator_service_server::CoordinatorServiceServer;
 use operator_core::app::{self, ConfigError, LogFormat};
 use operator_core::config::NatsConfig;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::leader::{Election, Leadership, LeaseSettings};
 
 pub use coordinator::{Coordinator, Settings};
 pub use state::ObservedCache;
@@ -39,6 +44,13 @@ pub struct CoordinatorConfig {
     pub nats: NatsConfig,
     /// gRPC listen address.
     pub grpc_listen: String,
+    /// The address other coordinators name when they refuse a write and
+    /// send the caller to the leader. Empty: `grpc_listen`.
+    pub advertise_grpc: String,
+    /// The leader lease, seconds: a leader that cannot renew for this long
+    /// is replaced (it stops leading a little before). Every coordinator
+    /// on one bus should use the same value.
+    pub lease_secs: u64,
     /// The catalog root.
     pub compose_dir: PathBuf,
     /// Override files merged onto the catalog, in order.
@@ -66,6 +78,8 @@ impl Default for CoordinatorConfig {
             project: convert::PROJECT.into(),
             nats: NatsConfig::default(),
             grpc_listen: "127.0.0.1:50051".into(),
+            advertise_grpc: String::new(),
+            lease_secs: 10,
             compose_dir: PathBuf::from("compose"),
             overrides: Vec::new(),
             env_file: None,
@@ -106,12 +120,29 @@ impl CoordinatorConfig {
         if self.host_lost_secs == 0 {
             return Err(ConfigError("host_lost_secs must be at least 1".into()));
         }
+        if self.lease_secs == 0 {
+            return Err(ConfigError("lease_secs must be at least 1".into()));
+        }
         self.grpc_listen.parse().map_err(|e| {
             ConfigError(format!(
                 "grpc_listen: {:?} is not a socket address ({e})",
                 self.grpc_listen
             ))
         })
+    }
+
+    /// The election's settings: this coordinator's id, the address it
+    /// advertises, the lease time.
+    pub fn lease(&self) -> LeaseSettings {
+        LeaseSettings {
+            id: self.id.clone(),
+            address: if self.advertise_grpc.is_empty() {
+                self.grpc_listen.clone()
+            } else {
+                self.advertise_grpc.clone()
+            },
+            lease: Duration::from_secs(self.lease_secs),
+        }
     }
 
     /// The settings the logic needs.
@@ -129,34 +160,117 @@ impl CoordinatorConfig {
     }
 }
 
+/// How the coordinator serves, beside what the logic needs.
+#[derive(Clone, Debug)]
+pub struct Serving {
+    /// The leader election.
+    pub lease: LeaseSettings,
+    /// Bounded drain on shutdown.
+    pub grace: Duration,
+}
+
 /// Runs the coordinator until `shutdown`, then drains within the grace.
+///
+/// It leads only while it holds the lease (see [`leader`]); when it becomes
+/// leader it says so on the bus (`leader_elected`) and takes up the
+/// rollouts and deploys a former leader left unfinished.
 pub async fn run(
     settings: Settings,
     bus: Bus,
     listener: tokio::net::TcpListener,
     shutdown: CancellationToken,
-    grace: Duration,
+    serving: Serving,
 ) -> Result<(), tonic::transport::Error> {
     let cache = ObservedCache::default();
     let tasks = TaskTracker::new();
     tasks.spawn(cache.clone().follow(bus.clone(), shutdown.clone()));
-    let coordinator = Coordinator::new(settings, bus, cache);
+    let (election, lease_task) = Election::start(bus.clone(), serving.lease.clone(), shutdown.clone()).await;
+    let coordinator = Coordinator::new(settings, bus, cache).with_leadership(election.leading());
     tasks.spawn(coordinator.clone().watch_hosts(shutdown.clone()));
+    tasks.spawn(on_elected(coordinator.clone(), election.clone(), shutdown.clone()));
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<CoordinatorServiceServer<service::Api>>().await;
     let (v1, v1alpha) = operator_core::grpc::reflection().expect("embedded descriptor sets are valid");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let api = service::Api {
+        coordinator,
+        election: Some(election),
+    };
     let served = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha)
-        .add_service(CoordinatorServiceServer::new(service::Api { coordinator }))
+        .add_service(CoordinatorServiceServer::new(api))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
         .await;
     tasks.close();
+    let grace = serving.grace;
+    // The lease is released first, so a successor starts while this one
+    // drains.
+    if tokio::time::timeout(grace, lease_task).await.is_err() {
+        tracing::warn!("the lease was not released within {}s", grace.as_secs());
+    }
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         tracing::warn!("drain did not finish within {}s", grace.as_secs());
     }
     served
+}
+
+/// Every time this coordinator becomes leader: says so on the bus, then
+/// resumes interrupted rollouts and deploys in tasks of their own, which
+/// stop if it stops leading.
+async fn on_elected(coordinator: Coordinator, election: Election, shutdown: CancellationToken) {
+    let mut leading = election.leading();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = leading.wait_for(|l| *l) => if r.is_err() { return },
+        }
+        let term = match election.leadership() {
+            Leadership::Me { term } => term,
+            _ => 0,
+        };
+        let id = coordinator.settings().id.clone();
+        tracing::info!(term, "leading: resuming interrupted rollouts and deploys");
+        coordinator
+            .event(
+                EventKind::LeaderElected,
+                "",
+                "",
+                "",
+                format!("{id} leads (term {term})"),
+            )
+            .await;
+        let c = coordinator.clone();
+        let l = leading.clone();
+        tokio::spawn(async move {
+            let work = {
+                let c = c.clone();
+                async move { c.resume_rollouts().await }
+            };
+            if let Some(done) = service::while_leading(Some(l), work).await {
+                for (service, end) in done {
+                    match end {
+                        Ok(()) => tracing::info!(%service, "resumed rollout finished"),
+                        Err(e) => tracing::warn!(%service, error = %e, "resumed rollout did not finish"),
+                    }
+                }
+            }
+        });
+        let c = coordinator.clone();
+        let l: watch::Receiver<bool> = leading.clone();
+        tokio::spawn(async move {
+            for (id, end) in service::resume_deploys(&c, l).await {
+                match end {
+                    Ok(()) => tracing::info!(deployment = %id, "resumed deploy finished"),
+                    Err(e) => tracing::warn!(deployment = %id, error = %e, "resumed deploy did not finish"),
+                }
+            }
+        });
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = leading.wait_for(|l| !*l) => if r.is_err() { return },
+        }
+    }
 }

@@ -100,7 +100,11 @@ fn main() -> ExitCode {
         app::cancel_on_signals(shutdown.clone());
         let bus = infra_bus::Bus::connect(&bus_cfg).await.map_err(|e| e.to_string())?;
         let listener = operator_core::grpc::bind(listen).await.map_err(|e| e.to_string())?;
-        infra_coordinator::run(cfg.settings(), bus, listener, shutdown, grace)
+        let serving = infra_coordinator::Serving {
+            lease: cfg.lease(),
+            grace,
+        };
+        infra_coordinator::run(cfg.settings(), bus, listener, shutdown, serving)
             .await
             .map_err(|e| e.to_string())
     });

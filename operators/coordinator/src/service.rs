@@ -1,15 +1,27 @@
 //! The gRPC face of the coordinator.
+//!
+//! Reads (ListServices, DescribeService, Plan, GetStatus, ListHosts,
+//! WatchEvents, Lint) are answered by every coordinator. Writes (Deploy,
+//! Remove, Scale, Rollout, Rollback, Drain) only by the leader: a follower
+//! refuses them with `FAILED_PRECONDITION` naming the leader and its
+//! address, or `UNAVAILABLE` while nobody leads. A write in progress stops
+//! when its coordinator stops leading; what it left is taken up by the next
+//! leader (rollouts from their records, deploys from the deployments
+//! bucket).
 
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
-use infra_proto::bus::v1::Event;
+use infra_proto::bus::v1::{DeploymentInProgress, Event};
 use infra_proto::coordinator::v1 as api;
 use infra_proto::coordinator::v1::coordinator_service_server::CoordinatorService;
+use prost::Message;
+use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::coordinator::Coordinator;
+use crate::leader::{Election, Leadership};
 
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -18,15 +30,24 @@ type Progress = tokio::sync::mpsc::Sender<Result<api::DeployProgress, Status>>;
 /// Runs `work` in its own task and streams what it sends. A call refused
 /// before any progress (not deployed, stateful, no previous revision) is an
 /// error status, not a stream that fails.
-async fn progress_stream<F, Fut>(work: F) -> Result<Response<Streamed<api::DeployProgress>>, Status>
+async fn progress_stream<F, Fut>(
+    leading: Option<watch::Receiver<bool>>,
+    work: F,
+) -> Result<Response<Streamed<api::DeployProgress>>, Status>
 where
     F: FnOnce(Progress) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<(), Status>> + Send + 'static,
 {
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
-        if let Err(status) = work(tx.clone()).await {
-            let _ = tx.send(Err(status)).await;
+        match while_leading(leading, work(tx.clone())).await {
+            Some(Ok(())) => {}
+            Some(Err(status)) => {
+                let _ = tx.send(Err(status)).await;
+            }
+            None => {
+                let _ = tx.send(Err(lost_lead())).await;
+            }
         }
     });
     let first = match rx.recv().await {
@@ -40,10 +61,107 @@ where
     )))
 }
 
+/// Runs `work` while this coordinator leads: `None` when it stopped
+/// leading first (the work is dropped at its next await, so it writes
+/// nothing more). Without an election it just runs.
+pub(crate) async fn while_leading<F: Future>(leading: Option<watch::Receiver<bool>>, work: F) -> Option<F::Output> {
+    let Some(mut leading) = leading else {
+        return Some(work.await);
+    };
+    tokio::select! {
+        out = work => Some(out),
+        _ = leading.wait_for(|l| !*l) => None,
+    }
+}
+
+fn lost_lead() -> Status {
+    Status::unavailable("this coordinator stopped leading during the call; the new leader takes up what it left")
+}
+
 /// Implements `infra.coordinator.v1.CoordinatorService`.
 pub struct Api {
     /// The logic.
     pub coordinator: Coordinator,
+    /// The lease this coordinator leads by; `None`: it leads alone, always
+    /// (tests in-process).
+    pub election: Option<Election>,
+}
+
+impl Api {
+    /// Refuses a write unless this coordinator leads, naming who does.
+    fn may_write(&self) -> Result<(), Status> {
+        let Some(election) = &self.election else {
+            return Ok(());
+        };
+        match election.leadership() {
+            Leadership::Me { .. } => Ok(()),
+            Leadership::Other { holder, address, term } => Err(Status::failed_precondition(format!(
+                "not the leader: {holder} at {address} leads (term {term}); send writes there"
+            ))),
+            Leadership::Nobody | Leadership::Unknown => Err(Status::unavailable(
+                "no coordinator leads now (the lease is free or expired and not yet taken over); retry in a few seconds",
+            )),
+        }
+    }
+
+    fn leading(&self) -> Option<watch::Receiver<bool>> {
+        self.election.as_ref().map(Election::leading)
+    }
+}
+
+/// Runs again every deploy a former leader recorded and did not finish,
+/// then forgets it. Deploy is idempotent (unchanged services are skipped),
+/// so what the former leader did is not done twice; its progress stream
+/// is gone with it and is discarded here. Called by a new leader; stops
+/// when it stops leading, leaving the records for the next one.
+pub async fn resume_deploys(
+    coordinator: &Coordinator,
+    leading: watch::Receiver<bool>,
+) -> Vec<(String, Result<(), String>)> {
+    let mut out = Vec::new();
+    let records = match coordinator.bus().list_deployments().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the deploys in progress");
+            return out;
+        }
+    };
+    for rec in records {
+        let req = match api::DeployRequest::decode(rec.request.as_slice()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(deployment = %rec.id, error = %e, "dropping a deploy record that does not decode");
+                let _ = coordinator.bus().delete_deployment(&rec.id).await;
+                continue;
+            }
+        };
+        tracing::info!(deployment = %rec.id, from = %rec.holder, "running again a deploy its leader did not finish");
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<api::DeployProgress, Status>>(256);
+        let drain = tokio::spawn(async move {
+            let mut failure = None;
+            while let Some(p) = rx.recv().await {
+                if let Err(status) = p {
+                    failure = Some(status.message().to_owned());
+                }
+            }
+            failure
+        });
+        let c = coordinator.clone();
+        let Some(result) = while_leading(Some(leading.clone()), async move { c.deploy(req, tx).await }).await else {
+            return out;
+        };
+        let failure = drain.await.ok().flatten();
+        let end = match (result, failure) {
+            (Err(status), _) => Err(status.message().to_owned()),
+            (Ok(()), Some(m)) => Err(m),
+            (Ok(()), None) => Ok(()),
+        };
+        if let Err(e) = coordinator.bus().delete_deployment(&rec.id).await {
+            tracing::warn!(deployment = %rec.id, error = %e, "cannot forget a resumed deploy");
+        }
+        out.push((rec.id, end));
+    }
+    out
 }
 
 #[tonic::async_trait]
@@ -78,15 +196,41 @@ impl CoordinatorService for Api {
     type DeployStream = Streamed<api::DeployProgress>;
 
     async fn deploy(&self, req: Request<api::DeployRequest>) -> Result<Response<Self::DeployStream>, Status> {
+        self.may_write()?;
         let req = req.into_inner();
         // Validate everything before answering: a bad catalog or selection
         // is an error status, not a stream.
         let catalog = self.coordinator.load()?;
         self.coordinator.resolve(&catalog, req.selection.as_ref())?;
+        // Recorded before the first write, so a successor can finish it.
+        let record = DeploymentInProgress {
+            id: nuid::next().to_string(),
+            request: req.encode_to_vec(),
+            started_at: Some(infra_proto::now()),
+            holder: self.coordinator.settings().id.clone(),
+        };
+        self.coordinator
+            .bus()
+            .put_deployment(&record)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot record the deploy: {e}")))?;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let c = self.coordinator.clone();
+        let leading = self.leading();
         tokio::spawn(async move {
-            if let Err(status) = c.deploy(req, tx.clone()).await {
+            let work = {
+                let (c, tx) = (c.clone(), tx.clone());
+                async move { c.deploy(req, tx).await }
+            };
+            let Some(result) = while_leading(leading, work).await else {
+                // Left recorded: the next leader runs it again.
+                let _ = tx.send(Err(lost_lead())).await;
+                return;
+            };
+            if let Err(e) = c.bus().delete_deployment(&record.id).await {
+                tracing::warn!(deployment = %record.id, error = %e, "cannot forget a finished deploy");
+            }
+            if let Err(status) = result {
                 let _ = tx.send(Err(status)).await;
             }
         });
@@ -96,29 +240,47 @@ impl CoordinatorService for Api {
     type ScaleStream = Streamed<api::DeployProgress>;
 
     async fn scale(&self, req: Request<api::ScaleRequest>) -> Result<Response<Self::ScaleStream>, Status> {
+        self.may_write()?;
         let c = self.coordinator.clone();
-        progress_stream(move |tx| async move { c.scale(req.into_inner(), tx).await }).await
+        progress_stream(
+            self.leading(),
+            move |tx| async move { c.scale(req.into_inner(), tx).await },
+        )
+        .await
     }
 
     type DrainStream = Streamed<api::DeployProgress>;
 
     async fn drain(&self, req: Request<api::DrainRequest>) -> Result<Response<Self::DrainStream>, Status> {
+        self.may_write()?;
         let c = self.coordinator.clone();
-        progress_stream(move |tx| async move { c.drain(req.into_inner(), tx).await }).await
+        progress_stream(
+            self.leading(),
+            move |tx| async move { c.drain(req.into_inner(), tx).await },
+        )
+        .await
     }
 
     type RolloutStream = Streamed<api::DeployProgress>;
 
     async fn rollout(&self, req: Request<api::RolloutRequest>) -> Result<Response<Self::RolloutStream>, Status> {
+        self.may_write()?;
         let c = self.coordinator.clone();
-        progress_stream(move |tx| async move { c.rollout_service(req.into_inner(), tx).await }).await
+        progress_stream(self.leading(), move |tx| async move {
+            c.rollout_service(req.into_inner(), tx).await
+        })
+        .await
     }
 
     type RollbackStream = Streamed<api::DeployProgress>;
 
     async fn rollback(&self, req: Request<api::RollbackRequest>) -> Result<Response<Self::RollbackStream>, Status> {
+        self.may_write()?;
         let c = self.coordinator.clone();
-        progress_stream(move |tx| async move { c.rollback_service(req.into_inner(), tx).await }).await
+        progress_stream(self.leading(), move |tx| async move {
+            c.rollback_service(req.into_inner(), tx).await
+        })
+        .await
     }
 
     async fn get_status(
@@ -132,7 +294,12 @@ impl CoordinatorService for Api {
     }
 
     async fn remove(&self, req: Request<api::RemoveRequest>) -> Result<Response<api::RemoveResponse>, Status> {
-        self.coordinator.remove(req.into_inner()).await.map(Response::new)
+        self.may_write()?;
+        let c = self.coordinator.clone();
+        while_leading(self.leading(), async move { c.remove(req.into_inner()).await })
+            .await
+            .unwrap_or_else(|| Err(lost_lead()))
+            .map(Response::new)
     }
 
     async fn list_hosts(
