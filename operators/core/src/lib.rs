@@ -34,12 +34,83 @@ pub use config::OperatorConfig;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What differs between tiers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct Tier {
     /// Name on the bus and in labels (`data`).
     pub name: &'static str,
     /// Default port of the local gRPC inspection service.
     pub grpc_port: u16,
+    /// What the tier does beyond running its containers (the gateway
+    /// renders routes, the ai operator reads GPUs, ...): tasks started
+    /// beside the reconcile loop, given the operator's shared parts, that
+    /// run until shutdown. Empty for most tiers.
+    pub extensions: &'static [Extension],
+}
+
+impl Tier {
+    /// The same tier with `extensions`.
+    pub const fn with(self, extensions: &'static [Extension]) -> Self {
+        Self { extensions, ..self }
+    }
+}
+
+impl std::fmt::Debug for Tier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tier")
+            .field("name", &self.name)
+            .field("grpc_port", &self.grpc_port)
+            .field("extensions", &self.extensions.len())
+            .finish()
+    }
+}
+
+/// A tier extension: a task over the operator's shared parts (see
+/// [`Tier::extensions`]). It must return when `ctx.shutdown` is cancelled
+/// and must not stop the operator on its own errors: it reports them
+/// (events, logs) and goes on.
+pub type Extension = fn(TierContext) -> futures::future::BoxFuture<'static, ()>;
+
+/// What an extension gets.
+#[derive(Clone)]
+pub struct TierContext {
+    /// The bus.
+    pub bus: Bus,
+    /// The Docker engine of this host.
+    pub docker: docker::DockerClient,
+    /// This host's id.
+    pub host: String,
+    /// This tier.
+    pub tier: &'static str,
+    /// The operator's state directory (an extension keeps its files under
+    /// `<state_dir>/<tier>/`).
+    pub state_dir: PathBuf,
+    /// The configured host labels (`addr` is the private address).
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Facts this extension adds to the host's heartbeats (`gpus`, ...).
+    pub facts: Facts,
+    /// The reconcile loop's shared state (observed services, desired ones).
+    pub reconcile: Arc<reconcile::Ctx>,
+    /// Cancelled on shutdown.
+    pub shutdown: CancellationToken,
+}
+
+/// Host facts an extension publishes in every heartbeat of its operator,
+/// over the detected ones and under the configured labels. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Facts(Arc<std::sync::RwLock<std::collections::BTreeMap<String, String>>>);
+
+impl Facts {
+    /// Sets one fact (published from the next heartbeat on).
+    pub fn set(&self, key: impl Into<String>, value: impl Into<String>) {
+        if let Ok(mut m) = self.0.write() {
+            m.insert(key.into(), value.into());
+        }
+    }
+
+    /// Every fact now.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, String> {
+        self.0.read().map(|m| m.clone()).unwrap_or_default()
+    }
 }
 
 /// The nine tiers, with their default gRPC ports.
@@ -49,46 +120,55 @@ pub mod tiers {
     pub const GATEWAY: Tier = Tier {
         name: "gateway",
         grpc_port: 50061,
+        extensions: &[],
     };
     /// Keycloak, OAuth2 Proxy and (03-security) Vault.
     pub const AUTH: Tier = Tier {
         name: "auth",
         grpc_port: 50062,
+        extensions: &[],
     };
     /// Databases, caches, object storage.
     pub const DATA: Tier = Tier {
         name: "data",
         grpc_port: 50063,
+        extensions: &[],
     };
     /// Kafka, RabbitMQ.
     pub const MESSAGING: Tier = Tier {
         name: "messaging",
         grpc_port: 50064,
+        extensions: &[],
     };
     /// Prometheus and the LGTM stack.
     pub const OBSERVABILITY: Tier = Tier {
         name: "observability",
         grpc_port: 50065,
+        extensions: &[],
     };
     /// Ollama, Open WebUI.
     pub const AI: Tier = Tier {
         name: "ai",
         grpc_port: 50066,
+        extensions: &[],
     };
     /// n8n, Airflow.
     pub const WORKFLOW: Tier = Tier {
         name: "workflow",
         grpc_port: 50067,
+        extensions: &[],
     };
     /// Terraform, SonarQube, Harbor, Jenkins, ...
     pub const TOOLING: Tier = Tier {
         name: "tooling",
         grpc_port: 50068,
+        extensions: &[],
     };
     /// MailHog, Stalwart.
     pub const COMMUNICATION: Tier = Tier {
         name: "communication",
         grpc_port: 50069,
+        extensions: &[],
     };
     /// All of them.
     pub const ALL: [Tier; 9] = [
@@ -250,8 +330,28 @@ pub async fn run(
     );
     let grpc_addr = listener.local_addr()?.to_string();
     let tasks = TaskTracker::new();
+    let facts = Facts::default();
     tasks.spawn(reconcile::run_controller(ctx.clone(), shutdown.clone()));
-    tasks.spawn(heartbeat_loop(ctx.clone(), cfg.clone(), grpc_addr, shutdown.clone()));
+    tasks.spawn(heartbeat_loop(
+        ctx.clone(),
+        cfg.clone(),
+        grpc_addr,
+        facts.clone(),
+        shutdown.clone(),
+    ));
+    for ext in tier.extensions {
+        tasks.spawn(ext(TierContext {
+            bus: bus.clone(),
+            docker: ctx.docker.clone(),
+            host: cfg.host.clone(),
+            tier: tier.name,
+            state_dir: cfg.state_dir.clone(),
+            labels: cfg.labels.clone(),
+            facts: facts.clone(),
+            reconcile: ctx.clone(),
+            shutdown: shutdown.clone(),
+        }));
+    }
     let server = tasks.spawn(grpc::serve_operator(
         ctx.clone(),
         VERSION.to_owned(),
@@ -296,21 +396,31 @@ pub fn host_facts() -> std::collections::BTreeMap<String, String> {
     facts
 }
 
-async fn heartbeat_loop(ctx: Arc<reconcile::Ctx>, cfg: OperatorConfig, grpc_addr: String, shutdown: CancellationToken) {
+async fn heartbeat_loop(
+    ctx: Arc<reconcile::Ctx>,
+    cfg: OperatorConfig,
+    grpc_addr: String,
+    facts: Facts,
+    shutdown: CancellationToken,
+) {
     let started_at = infra_proto::now();
-    let mut labels = host_facts();
-    labels.extend(cfg.labels.clone());
+    let detected = host_facts();
     let mut tick = tokio::time::interval(Duration::from_secs(cfg.heartbeat_secs));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // Detected facts, then the extensions' facts, then the configured
+        // labels: a person's word wins.
+        let mut labels = detected.clone();
+        labels.extend(facts.snapshot());
+        labels.extend(cfg.labels.clone());
         let hb = Heartbeat {
             host: ctx.host.clone(),
             tier: ctx.tier.clone(),
             version: VERSION.to_owned(),
-            labels: labels.clone(),
+            labels,
             started_at: Some(started_at),
             sent_at: Some(infra_proto::now()),
             grpc_addr: grpc_addr.clone(),

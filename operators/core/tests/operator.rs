@@ -628,3 +628,59 @@ async fn operators_of_several_tiers_creating_one_network_at_once_make_exactly_on
     })
     .await;
 }
+
+/// An extension that says the host has two GPUs and tries to say its zone.
+fn fake_gpu_extension(ctx: operator_core::TierContext) -> futures::future::BoxFuture<'static, ()> {
+    Box::pin(async move {
+        ctx.facts.set("gpus", "2");
+        ctx.facts.set("zone", "from-extension");
+        ctx.shutdown.cancelled().await;
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tier_extension_runs_beside_the_loop_and_its_facts_reach_the_heartbeats_under_the_configured_labels() {
+    let env = Env::new("ext").await;
+    let tier = tiers::AI.with(&[fake_gpu_extension]);
+    let cfg = OperatorConfig {
+        host: env.host.clone(),
+        state_dir: PathBuf::from(env.state.path()),
+        heartbeat_secs: 1,
+        heartbeat_ttl_secs: 5,
+        labels: [("zone".to_string(), "configured".to_string())].into(),
+        ..Default::default()
+    };
+    let token = CancellationToken::new();
+    let (docker, bus, t) = (env.docker.clone(), env.bus.clone(), token.clone());
+    let handle = tokio::spawn(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        operator_core::run(tier, cfg, docker, bus, listener, t).await.unwrap();
+    });
+    let hb = eventually(
+        Duration::from_secs(10),
+        "a heartbeat with the extension's facts",
+        || {
+            let bus = env.bus.clone();
+            let host = env.host.clone();
+            async move {
+                bus.list_heartbeats()
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .find(|h| h.host == host && h.labels.contains_key("gpus"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(hb.labels["gpus"], "2");
+    assert_eq!(
+        hb.labels["zone"], "configured",
+        "a person's label wins over an extension's"
+    );
+    assert!(hb.labels.contains_key("cpus"), "detected facts stay");
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(15), handle)
+        .await
+        .expect("the operator and its extension stop on shutdown")
+        .unwrap();
+}
