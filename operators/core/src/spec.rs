@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, Mount, MountType, NetworkingConfig, PortBinding,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, DeviceRequest, EndpointSettings, HealthConfig, HostConfig, Mount, MountType, NetworkingConfig,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
-use infra_proto::bus::v1::{MountKind, ServiceSpec};
+use infra_proto::bus::v1::{DeviceRequestSpec, MountKind, ServiceSpec};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -79,6 +79,23 @@ pub fn exited_for_good(spec: &ServiceSpec, exit_code: i64) -> bool {
         // "no" or unset: never started again, as Docker would not.
         _ => true,
     }
+}
+
+/// Docker's form of the spec's device requests (GPUs). Empty fields stay
+/// unset so the engine applies its own defaults; `count` 0 with no
+/// `device_ids` would ask for nothing, so it is left out too.
+fn device_requests(devices: &[DeviceRequestSpec]) -> Option<Vec<DeviceRequest>> {
+    let out: Vec<DeviceRequest> = devices
+        .iter()
+        .map(|d| DeviceRequest {
+            driver: (!d.driver.is_empty()).then(|| d.driver.clone()),
+            count: (d.count != 0).then_some(d.count),
+            device_ids: (!d.device_ids.is_empty()).then(|| d.device_ids.clone()),
+            capabilities: (!d.capabilities.is_empty()).then(|| vec![d.capabilities.clone()]),
+            options: (!d.options.is_empty()).then(|| d.options.clone().into_iter().collect()),
+        })
+        .collect();
+    (!out.is_empty()).then_some(out)
 }
 
 /// The Docker create body for one replica of `spec`. Networks beyond the
@@ -185,6 +202,7 @@ pub fn container_config(spec: &ServiceSpec, host: &str, replica: u32, state_dir:
         sysctls: (!spec.sysctls.is_empty()).then(|| spec.sysctls.clone().into_iter().collect()),
         extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
         network_mode: spec.networks.first().map(|n| n.name.clone()),
+        device_requests: device_requests(&spec.devices),
         ..Default::default()
     };
 
@@ -321,6 +339,44 @@ mod tests {
             .unwrap();
         assert_eq!(aliases, vec!["mng-pg", "db"]);
         assert_eq!(c.healthcheck.unwrap().interval, Some(2_000_000_000));
+    }
+
+    #[test]
+    fn a_gpu_request_becomes_a_docker_device_request_and_none_leaves_it_unset() {
+        let mut s = spec();
+        let hc = container_config(&s, "h1", 1, Path::new("/state")).host_config.unwrap();
+        assert_eq!(hc.device_requests, None);
+
+        s.devices.push(DeviceRequestSpec {
+            driver: "nvidia".into(),
+            count: -1,
+            capabilities: vec!["gpu".into()],
+            ..Default::default()
+        });
+        s.devices.push(DeviceRequestSpec {
+            device_ids: vec!["GPU-1".into()],
+            capabilities: vec!["gpu".into(), "utility".into()],
+            ..Default::default()
+        });
+        let hc = container_config(&s, "h1", 1, Path::new("/state")).host_config.unwrap();
+        let reqs = hc.device_requests.unwrap();
+        assert_eq!(
+            reqs[0],
+            DeviceRequest {
+                driver: Some("nvidia".into()),
+                count: Some(-1),
+                capabilities: Some(vec![vec!["gpu".into()]]),
+                ..Default::default()
+            }
+        );
+        assert_eq!(reqs[1].driver, None);
+        assert_eq!(reqs[1].count, None);
+        assert_eq!(reqs[1].device_ids, Some(vec!["GPU-1".to_string()]));
+        // One AND-set of capabilities, as Compose sends it.
+        assert_eq!(
+            reqs[1].capabilities,
+            Some(vec![vec!["gpu".to_string(), "utility".to_string()]])
+        );
     }
 
     #[test]
