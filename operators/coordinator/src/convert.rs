@@ -253,7 +253,7 @@ pub fn to_spec(
         })
         .collect();
 
-    let spec = ServiceSpec {
+    let mut spec = ServiceSpec {
         name: svc.name.clone(),
         tier: svc.tier.as_str().to_owned(),
         image,
@@ -296,7 +296,11 @@ pub fn to_spec(
         source_file: svc.file.display().to_string(),
         source_line: svc.line as u32,
         project: project.to_owned(),
+        devices: device_requests(svc),
     };
+    if let Some(models) = svc.extensions.get(OLLAMA_MODELS_KEY) {
+        spec.labels.insert(OLLAMA_MODELS_LABEL.into(), ollama_models(models));
+    }
     Ok((spec, contents))
 }
 
@@ -409,6 +413,54 @@ pub fn gpus_needed(svc: &Service) -> u32 {
         .sum()
 }
 
+/// The Compose extension listing the models the ai operator pulls into an
+/// Ollama service.
+pub const OLLAMA_MODELS_KEY: &str = "x-ollama-models";
+/// The container label that carries them to the operator, comma-separated
+/// (the operator reads only the spec, not the catalog).
+pub const OLLAMA_MODELS_LABEL: &str = "io.infra.ollama.models";
+
+/// `x-ollama-models` (a list, or one comma-separated string) as the
+/// label's value.
+fn ollama_models(v: &serde_json::Value) -> String {
+    let items: Vec<String> = match v {
+        serde_json::Value::Array(a) => a.iter().filter_map(|m| m.as_str().map(str::to_owned)).collect(),
+        serde_json::Value::String(s) => s.split(',').map(str::to_owned).collect(),
+        _ => Vec::new(),
+    };
+    items
+        .iter()
+        .map(|m| m.trim())
+        .filter(|m| !m.is_empty())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The device requests of `svc` (`gpus:` and `deploy.resources.reservations
+/// .devices`) for the engine: `count: all` is -1, as Docker has it.
+fn device_requests(svc: &Service) -> Vec<pb::DeviceRequestSpec> {
+    let reservations = svc
+        .deploy
+        .as_ref()
+        .map(|d| d.resources.reservations.devices.as_slice())
+        .unwrap_or_default();
+    svc.gpus
+        .iter()
+        .chain(reservations)
+        .map(|r| pb::DeviceRequestSpec {
+            driver: r.driver.clone().unwrap_or_default(),
+            count: match r.count {
+                Some(infra_compose::DeviceCount::All) => -1,
+                Some(infra_compose::DeviceCount::Count(n)) => i64::from(n),
+                None => 0,
+            },
+            device_ids: r.device_ids.clone(),
+            capabilities: r.capabilities.clone(),
+            options: r.options.clone().into_iter().collect(),
+        })
+        .collect()
+}
+
 /// Compose keys of `svc` that are kept but not acted on yet, for the plan.
 pub fn unsupported_keys(svc: &Service) -> Vec<String> {
     let mut keys: Vec<String> = svc.unsupported.keys().cloned().collect();
@@ -420,7 +472,6 @@ pub fn unsupported_keys(svc: &Service) -> Vec<String> {
     flag(svc.build.is_some(), "build");
     flag(!svc.ulimits.is_empty(), "ulimits");
     flag(svc.logging.is_some(), "logging");
-    flag(!svc.gpus.is_empty(), "gpus");
     flag(!svc.devices.is_empty(), "devices");
     flag(!svc.dns.is_empty(), "dns");
     flag(svc.network_mode.is_some(), "network_mode");
@@ -436,13 +487,14 @@ pub fn unsupported_keys(svc: &Service) -> Vec<String> {
     flag(svc.pull_policy.is_some(), "pull_policy");
     if let Some(d) = &svc.deploy {
         flag(!d.placement.preferences.is_empty(), "deploy.placement.preferences");
-        flag(
-            !d.resources.reservations.devices.is_empty(),
-            "deploy.resources.reservations.devices",
-        );
         flag(d.restart_policy.is_some(), "deploy.restart_policy");
     }
-    keys.extend(svc.extensions.keys().map(|k| format!("{k} (extension)")));
+    keys.extend(
+        svc.extensions
+            .keys()
+            .filter(|k| *k != OLLAMA_MODELS_KEY)
+            .map(|k| format!("{k} (extension)")),
+    );
     keys.sort();
     keys
 }
@@ -524,6 +576,51 @@ secrets:
         assert_eq!(kc.depends_on[0].tier, "data");
         assert_eq!(kc.depends_on[0].condition(), pb::Condition::ServiceHealthy);
         assert_eq!(unsupported_keys(&cat.services["keycloak"]), vec!["ulimits"]);
+    }
+
+    #[test]
+    fn gpu_reservations_become_device_requests_and_ollama_models_a_label() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "08-ai/ollama/docker-compose.yml",
+            r#"services:
+  ollama:
+    image: ollama/ollama:1
+    x-ollama-models: [llama3.2:1b, " nomic-embed-text "]
+    deploy:
+      resources:
+        reservations:
+          devices:
+            - driver: nvidia
+              count: all
+              capabilities: [gpu]
+  trainer:
+    image: t:1
+    gpus:
+      - capabilities: [gpu]
+        count: 2
+"#,
+        );
+        let cat = load_catalog(dir.path(), &LoadOptions::default()).unwrap();
+        let (spec, _) = to_spec(&cat, "p", &cat.services["ollama"], &BTreeMap::new()).unwrap();
+        assert_eq!(
+            spec.devices,
+            vec![pb::DeviceRequestSpec {
+                driver: "nvidia".into(),
+                count: -1,
+                capabilities: vec!["gpu".into()],
+                ..Default::default()
+            }]
+        );
+        assert_eq!(spec.labels[OLLAMA_MODELS_LABEL], "llama3.2:1b,nomic-embed-text");
+        // Acted on now, so no longer listed as kept-but-ignored.
+        assert!(unsupported_keys(&cat.services["ollama"]).is_empty());
+
+        let (t, _) = to_spec(&cat, "p", &cat.services["trainer"], &BTreeMap::new()).unwrap();
+        assert_eq!((t.devices[0].count, t.devices[0].driver.as_str()), (2, ""));
+        assert!(!t.labels.contains_key(OLLAMA_MODELS_LABEL));
+        assert!(unsupported_keys(&cat.services["trainer"]).is_empty());
     }
 
     #[test]
