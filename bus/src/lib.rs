@@ -108,6 +108,8 @@ pub struct BusConfig {
     pub token: Option<String>,
     /// User and password credentials, if the server wants them.
     pub user: Option<(String, String)>,
+    /// TLS towards the servers.
+    pub tls: BusTls,
     /// How long a heartbeat stays in the hosts bucket: an operator silent
     /// for longer disappears from it.
     pub heartbeat_ttl: Duration,
@@ -125,6 +127,7 @@ impl fmt::Debug for BusConfig {
             .field("name", &self.name)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .field("tls", &self.tls)
             .field("heartbeat_ttl", &self.heartbeat_ttl)
             .field("events_max_age", &self.events_max_age)
             .field("replicas", &self.replicas)
@@ -139,11 +142,26 @@ impl Default for BusConfig {
             name: "infra".into(),
             token: None,
             user: None,
+            tls: BusTls::default(),
             heartbeat_ttl: Duration::from_secs(30),
             events_max_age: Duration::from_secs(7 * 24 * 3600),
             replicas: 1,
         }
     }
+}
+
+/// TLS towards the NATS servers. Files, not contents, so that keys are
+/// never copied around in memory more than needed (and never printed).
+#[derive(Clone, Debug, Default)]
+pub struct BusTls {
+    /// PEM file of the CA(s) that signed the servers' certificates; when
+    /// unset, the system's roots are trusted.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM files of a client certificate and its key, for servers that
+    /// verify clients (`--tlsverify`).
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// Refuse to talk to a server without TLS.
+    pub required: bool,
 }
 
 /// A change seen by a key-value watch.
@@ -210,23 +228,6 @@ impl Bus {
     /// Connects and makes sure the stream and buckets exist. Safe to call
     /// from any number of processes at once.
     pub async fn connect(cfg: &BusConfig) -> Result<Self> {
-        let mut opts = async_nats::ConnectOptions::new()
-            .name(&cfg.name)
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(5))
-            .event_callback(|ev| async move {
-                match ev {
-                    async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
-                    other => tracing::debug!(event = %other, "NATS connection event"),
-                }
-            });
-        if let Some(token) = &cfg.token {
-            opts = opts.token(token.clone());
-        }
-        if let Some((u, p)) = &cfg.user {
-            opts = opts.user_and_password(u.clone(), p.clone());
-        }
         let servers: Vec<async_nats::ServerAddr> = cfg
             .url
             .split(',')
@@ -245,21 +246,47 @@ impl Bus {
         if servers.is_empty() {
             return Err(BusError::new(BusErrorKind::Connect, "no NATS server address given"));
         }
-        let client = tokio::time::timeout(Duration::from_secs(30), opts.connect(servers))
-            .await
-            .map_err(|_| {
-                BusError::new(
-                    BusErrorKind::Connect,
-                    format!("could not reach NATS at {} within 30s", cfg.url),
-                )
-            })?
-            .map_err(|e| {
-                BusError::with(
-                    BusErrorKind::Connect,
-                    format!("could not connect to NATS at {}", cfg.url),
-                    e,
-                )
-            })?;
+        // Until the first connection, retry only what may pass by itself (a
+        // server not up yet); refused credentials or a failed TLS handshake
+        // fail at once, with the reason. Afterwards the client reconnects
+        // by itself.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let client = loop {
+            let attempt = tokio::time::timeout_at(deadline, connect_options(cfg).connect(servers.clone())).await;
+            match attempt {
+                Err(_) => {
+                    return Err(BusError::new(
+                        BusErrorKind::Connect,
+                        format!("could not reach NATS at {} within 30s", cfg.url),
+                    ));
+                }
+                Ok(Ok(client)) => break client,
+                Ok(Err(e))
+                    if matches!(
+                        e.kind(),
+                        async_nats::ConnectErrorKind::Io | async_nats::ConnectErrorKind::TimedOut
+                    ) && !is_tls_failure(&e)
+                        && tokio::time::Instant::now() + Duration::from_millis(250) < deadline =>
+                {
+                    tracing::debug!(error = %e, "NATS not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Ok(Err(e)) => {
+                    let why = match e.kind() {
+                        async_nats::ConnectErrorKind::AuthorizationViolation
+                        | async_nats::ConnectErrorKind::Authentication => "the server refused the credentials",
+                        async_nats::ConnectErrorKind::Tls => TLS_FAILED,
+                        _ if is_tls_failure(&e) => TLS_FAILED,
+                        _ => "could not connect",
+                    };
+                    return Err(BusError::with(
+                        BusErrorKind::Connect,
+                        format!("NATS at {}: {why}", cfg.url),
+                        e,
+                    ));
+                }
+            }
+        };
         let js = jetstream::new(client.clone());
 
         let events = stream::Config {
@@ -680,6 +707,46 @@ pub fn event_kind_token(kind: EventKind) -> &'static str {
                 _ => "unspecified",
             }
         })
+}
+
+const TLS_FAILED: &str = "TLS failed (is nats.ca_file the CA of the server's certificate?)";
+
+/// Whether a connect error is a failed TLS handshake, which retrying does
+/// not mend. async-nats reports a certificate the client does not trust
+/// as an I/O error; rustls' message names the certificate.
+fn is_tls_failure(e: &async_nats::ConnectError) -> bool {
+    let text = e.to_string();
+    e.kind() == async_nats::ConnectErrorKind::Tls || text.contains("certificate") || text.contains("TLS")
+}
+
+/// The client options of `cfg`: name, credentials, TLS.
+fn connect_options(cfg: &BusConfig) -> async_nats::ConnectOptions {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(&cfg.name)
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(|ev| async move {
+            match ev {
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                other => tracing::debug!(event = %other, "NATS connection event"),
+            }
+        });
+    if let Some(token) = &cfg.token {
+        opts = opts.token(token.clone());
+    }
+    if let Some((u, p)) = &cfg.user {
+        opts = opts.user_and_password(u.clone(), p.clone());
+    }
+    if let Some(ca) = &cfg.tls.ca_file {
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &cfg.tls.client {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    if cfg.tls.required {
+        opts = opts.require_tls(true);
+    }
+    opts
 }
 
 fn record_key(tier: &str, service: &str) -> Result<String> {

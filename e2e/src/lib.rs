@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use infra_bus::testing::{NatsServer, free_port};
 
 pub mod hosts;
+pub mod scenarios;
 
 /// Every tier.
 pub const TIERS: [&str; 9] = [
@@ -61,6 +62,11 @@ pub struct Options {
     /// Coordinators to run on the one NATS server (ids `coordinator`,
     /// `coordinator2`, ...; processes named the same); one leads by lease.
     pub coordinators: usize,
+    /// Extra arguments for the NATS server (`--tls`, `--user`, ...).
+    pub nats_args: Vec<String>,
+    /// Extra environment for every process, coordinators and operators
+    /// (NATS TLS and credentials).
+    pub proc_env: Vec<(String, String)>,
 }
 
 impl Options {
@@ -81,6 +87,8 @@ impl Options {
                 ("NGINX_HTTP_PORT".into(), free_port().to_string()),
             ],
             coordinators: 1,
+            nats_args: Vec::new(),
+            proc_env: Vec::new(),
         }
     }
 }
@@ -110,7 +118,8 @@ impl Platform {
             "{} missing: run `cargo build --workspace --bins` first",
             bins.join("coordinator").display()
         );
-        let nats = NatsServer::start();
+        let nats_args: Vec<&str> = opts.nats_args.iter().map(String::as_str).collect();
+        let nats = NatsServer::start_with_args(&nats_args);
         let dir = tempfile::tempdir().expect("temp dir");
         let grpcs: Vec<String> = (0..opts.coordinators.max(1))
             .map(|_| format!("127.0.0.1:{}", free_port()))
@@ -173,6 +182,7 @@ impl Platform {
         let child = Command::new(bin)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
+            .envs(self.opts.proc_env.iter().map(|(k, v)| (k, v)))
             .env("INFRA_NATS__URL", self.nats.url())
             .env("INFRA_LOG__FORMAT", "json")
             .stdout(Stdio::null())

@@ -47,6 +47,13 @@ pub struct CoordinatorConfig {
     /// The address other coordinators name when they refuse a write and
     /// send the caller to the leader. Empty: `grpc_listen`.
     pub advertise_grpc: String,
+    /// TLS for the gRPC API. Unset: plain text, allowed only on a loopback
+    /// `grpc_listen`, where no credential is asked for.
+    pub grpc_tls: GrpcTlsConfig,
+    /// File holding the bearer token that writes (Deploy, Remove, Scale,
+    /// Rollout, Rollback, Drain) must present as `authorization: Bearer
+    /// <token>` when TLS is on. Never logged.
+    pub api_token_file: Option<PathBuf>,
     /// The leader lease, seconds: a leader that cannot renew for this long
     /// is replaced (it stops leading a little before). Every coordinator
     /// on one bus should use the same value.
@@ -79,6 +86,8 @@ impl Default for CoordinatorConfig {
             nats: NatsConfig::default(),
             grpc_listen: "127.0.0.1:50051".into(),
             advertise_grpc: String::new(),
+            grpc_tls: GrpcTlsConfig::default(),
+            api_token_file: None,
             lease_secs: 10,
             compose_dir: PathBuf::from("compose"),
             overrides: Vec::new(),
@@ -95,7 +104,78 @@ impl Default for CoordinatorConfig {
     }
 }
 
+/// TLS for the coordinator's gRPC API (PEM files).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcTlsConfig {
+    /// The server's certificate chain.
+    pub cert_file: Option<PathBuf>,
+    /// The server's private key.
+    pub key_file: Option<PathBuf>,
+    /// CA of the client certificates: when set, every client must present
+    /// a certificate it signed, and such a certificate authorises writes.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl GrpcTlsConfig {
+    /// Whether TLS is configured.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() || self.key_file.is_some()
+    }
+}
+
 impl CoordinatorConfig {
+    /// How the gRPC API is secured: the TLS config to serve with (`None`:
+    /// plain text) and who may write. Reads the files; errors name the
+    /// key and the file, never a content.
+    pub fn security(&self) -> Result<(Option<tonic::transport::ServerTlsConfig>, service::Auth), ConfigError> {
+        let read = |field: &str, p: &PathBuf| {
+            std::fs::read(p).map_err(|e| ConfigError(format!("{field}: cannot read {}: {e}", p.display())))
+        };
+        let tls = &self.grpc_tls;
+        if !tls.enabled() {
+            if tls.client_ca_file.is_some() || self.api_token_file.is_some() {
+                return Err(ConfigError(
+                    "grpc_tls.client_ca_file and api_token_file need TLS: set grpc_tls.cert_file and grpc_tls.key_file (a token over plain text would travel in the clear)".into(),
+                ));
+            }
+            return Ok((None, service::Auth::open()));
+        }
+        let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) else {
+            return Err(ConfigError(
+                "grpc_tls.cert_file and grpc_tls.key_file go together: set both or neither".into(),
+            ));
+        };
+        let identity =
+            tonic::transport::Identity::from_pem(read("grpc_tls.cert_file", cert)?, read("grpc_tls.key_file", key)?);
+        let mut server = tonic::transport::ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &tls.client_ca_file {
+            server = server.client_ca_root(tonic::transport::Certificate::from_pem(read(
+                "grpc_tls.client_ca_file",
+                ca,
+            )?));
+        }
+        let token = self
+            .api_token_file
+            .as_ref()
+            .map(|f| app::read_secret_file("api_token_file", f))
+            .transpose()?;
+        if token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(ConfigError(
+                "api_token_file: the token must be at least 16 characters".into(),
+            ));
+        }
+        if token.is_none() && tls.client_ca_file.is_none() {
+            return Err(ConfigError(
+                "grpc_tls is set but neither api_token_file nor grpc_tls.client_ca_file is: no write could ever be authorised".into(),
+            ));
+        }
+        Ok((
+            Some(server),
+            service::Auth::credentials(token, tls.client_ca_file.is_some()),
+        ))
+    }
+
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<std::net::SocketAddr, ConfigError> {
         infra_bus::Token::new("id", &self.id).map_err(|e| ConfigError(format!("id: {e}")))?;
@@ -123,12 +203,20 @@ impl CoordinatorConfig {
         if self.lease_secs == 0 {
             return Err(ConfigError("lease_secs must be at least 1".into()));
         }
-        self.grpc_listen.parse().map_err(|e| {
+        let listen: std::net::SocketAddr = self.grpc_listen.parse().map_err(|e| {
             ConfigError(format!(
                 "grpc_listen: {:?} is not a socket address ({e})",
                 self.grpc_listen
             ))
-        })
+        })?;
+        if !listen.ip().is_loopback() && !self.grpc_tls.enabled() {
+            return Err(ConfigError(format!(
+                "grpc_listen: {listen} is not a loopback address and grpc_tls is not configured: \
+                 set grpc_tls.cert_file, grpc_tls.key_file and api_token_file (or grpc_tls.client_ca_file), \
+                 or listen on 127.0.0.1 for local use"
+            )));
+        }
+        Ok(listen)
     }
 
     /// The election's settings: this coordinator's id, the address it
@@ -161,12 +249,17 @@ impl CoordinatorConfig {
 }
 
 /// How the coordinator serves, beside what the logic needs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Serving {
     /// The leader election.
     pub lease: LeaseSettings,
     /// Bounded drain on shutdown.
     pub grace: Duration,
+    /// TLS to serve with; `None`: plain text (loopback only, checked by
+    /// [`CoordinatorConfig::validate`]).
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Who may write.
+    pub auth: service::Auth,
 }
 
 /// Runs the coordinator until `shutdown`, then drains within the grace.
@@ -196,8 +289,13 @@ pub async fn run(
     let api = service::Api {
         coordinator,
         election: Some(election),
+        auth: serving.auth.clone(),
     };
-    let served = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = serving.tls.clone() {
+        server = server.tls_config(tls)?;
+    }
+    let served = server
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha)

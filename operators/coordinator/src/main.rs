@@ -76,6 +76,13 @@ fn main() -> ExitCode {
             return ExitCode::from(app::EXIT_CONFIG as u8);
         }
     };
+    let (tls, auth) = match cfg.security() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("coordinator: {e}");
+            return ExitCode::from(app::EXIT_CONFIG as u8);
+        }
+    };
     let mut shown = cfg.clone();
     if shown.nats.token.is_some() {
         shown.nats.token = Some("<redacted>".into());
@@ -86,7 +93,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     app::init_logging(cfg.log.format, &cfg.log.filter);
-    tracing::info!(config = %shown, grpc = %listen, "starting coordinator");
+    tracing::info!(config = %shown, grpc = %listen, security = auth.describe(), "starting coordinator");
     let rt = match app::runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -103,6 +110,8 @@ fn main() -> ExitCode {
         let serving = infra_coordinator::Serving {
             lease: cfg.lease(),
             grace,
+            tls,
+            auth,
         };
         infra_coordinator::run(cfg.settings(), bus, listener, shutdown, serving)
             .await

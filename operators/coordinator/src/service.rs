@@ -78,6 +78,96 @@ fn lost_lead() -> Status {
     Status::unavailable("this coordinator stopped leading during the call; the new leader takes up what it left")
 }
 
+/// Who may call the writes (Deploy, Remove, Scale, Rollout, Rollback,
+/// Drain). Reads are open to anyone who can connect.
+#[derive(Clone, Default)]
+pub struct Auth {
+    /// SHA-256 of the bearer token, when one is configured (kept hashed so
+    /// comparisons take the same time whatever the guess, and the token
+    /// itself is not held).
+    token_sha: Option<[u8; 32]>,
+    /// A verified client certificate authorises writes.
+    client_certs: bool,
+    /// No credential is asked for: plain text on loopback.
+    open: bool,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("token", &self.token_sha.map(|_| "<redacted>"))
+            .field("client_certs", &self.client_certs)
+            .field("open", &self.open)
+            .finish()
+    }
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}
+
+impl Auth {
+    /// No credential needed (plain text on a loopback address).
+    pub fn open() -> Self {
+        Self {
+            open: true,
+            ..Self::default()
+        }
+    }
+
+    /// Writes need the bearer `token`, or a verified client certificate
+    /// when `client_certs`.
+    pub fn credentials(token: Option<String>, client_certs: bool) -> Self {
+        Self {
+            token_sha: token.map(|t| sha256(t.as_bytes())),
+            client_certs,
+            open: false,
+        }
+    }
+
+    /// One line for the startup log.
+    pub fn describe(&self) -> &'static str {
+        match (self.open, self.token_sha.is_some(), self.client_certs) {
+            (true, _, _) => "plain text on loopback: no credential is asked for (local use only)",
+            (false, true, true) => "TLS with client certificates: writes need the bearer token or a client certificate",
+            (false, true, false) => "TLS: writes need the bearer token",
+            (false, false, _) => "TLS with client certificates: writes need a client certificate",
+        }
+    }
+
+    /// Refuses a write without a credential, with UNAUTHENTICATED. The
+    /// message never repeats what was presented.
+    pub fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if self.open {
+            return Ok(());
+        }
+        if self.client_certs && req.peer_certs().is_some_and(|c| !c.is_empty()) {
+            // tonic only hands over certificates the client CA verified.
+            return Ok(());
+        }
+        if let Some(want) = &self.token_sha {
+            let presented = req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+            if let Some(p) = presented {
+                let got = sha256(p.trim().as_bytes());
+                // Constant time: every byte is compared, whatever differs.
+                let diff = got.iter().zip(want.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+                if diff == 0 {
+                    return Ok(());
+                }
+                return Err(Status::unauthenticated("the bearer token is not the coordinator's"));
+            }
+        }
+        Err(Status::unauthenticated(
+            "this call changes the platform and needs a credential: send the metadata 'authorization: Bearer <token>' (the coordinator's api_token_file) or a client certificate",
+        ))
+    }
+}
+
 /// Implements `infra.coordinator.v1.CoordinatorService`.
 pub struct Api {
     /// The logic.
@@ -85,11 +175,15 @@ pub struct Api {
     /// The lease this coordinator leads by; `None`: it leads alone, always
     /// (tests in-process).
     pub election: Option<Election>,
+    /// Who may write.
+    pub auth: Auth,
 }
 
 impl Api {
-    /// Refuses a write unless this coordinator leads, naming who does.
-    fn may_write(&self) -> Result<(), Status> {
+    /// Refuses a write without a credential (UNAUTHENTICATED), or unless
+    /// this coordinator leads, naming who does.
+    fn may_write<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        self.auth.check(req)?;
         let Some(election) = &self.election else {
             return Ok(());
         };
@@ -196,7 +290,7 @@ impl CoordinatorService for Api {
     type DeployStream = Streamed<api::DeployProgress>;
 
     async fn deploy(&self, req: Request<api::DeployRequest>) -> Result<Response<Self::DeployStream>, Status> {
-        self.may_write()?;
+        self.may_write(&req)?;
         let req = req.into_inner();
         // Validate everything before answering: a bad catalog or selection
         // is an error status, not a stream.
@@ -240,7 +334,7 @@ impl CoordinatorService for Api {
     type ScaleStream = Streamed<api::DeployProgress>;
 
     async fn scale(&self, req: Request<api::ScaleRequest>) -> Result<Response<Self::ScaleStream>, Status> {
-        self.may_write()?;
+        self.may_write(&req)?;
         let c = self.coordinator.clone();
         progress_stream(
             self.leading(),
@@ -252,7 +346,7 @@ impl CoordinatorService for Api {
     type DrainStream = Streamed<api::DeployProgress>;
 
     async fn drain(&self, req: Request<api::DrainRequest>) -> Result<Response<Self::DrainStream>, Status> {
-        self.may_write()?;
+        self.may_write(&req)?;
         let c = self.coordinator.clone();
         progress_stream(
             self.leading(),
@@ -264,7 +358,7 @@ impl CoordinatorService for Api {
     type RolloutStream = Streamed<api::DeployProgress>;
 
     async fn rollout(&self, req: Request<api::RolloutRequest>) -> Result<Response<Self::RolloutStream>, Status> {
-        self.may_write()?;
+        self.may_write(&req)?;
         let c = self.coordinator.clone();
         progress_stream(self.leading(), move |tx| async move {
             c.rollout_service(req.into_inner(), tx).await
@@ -275,7 +369,7 @@ impl CoordinatorService for Api {
     type RollbackStream = Streamed<api::DeployProgress>;
 
     async fn rollback(&self, req: Request<api::RollbackRequest>) -> Result<Response<Self::RollbackStream>, Status> {
-        self.may_write()?;
+        self.may_write(&req)?;
         let c = self.coordinator.clone();
         progress_stream(self.leading(), move |tx| async move {
             c.rollback_service(req.into_inner(), tx).await
@@ -294,7 +388,7 @@ impl CoordinatorService for Api {
     }
 
     async fn remove(&self, req: Request<api::RemoveRequest>) -> Result<Response<api::RemoveResponse>, Status> {
-        self.may_write()?;
+        self.may_write(&req)?;
         let c = self.coordinator.clone();
         while_leading(self.leading(), async move { c.remove(req.into_inner()).await })
             .await

@@ -27,6 +27,17 @@ pub struct NatsConfig {
     pub password_file: Option<PathBuf>,
     /// JetStream replicas for the buckets and stream (3 on a NATS cluster).
     pub replicas: usize,
+    /// PEM file of the CA that signed the NATS servers' certificates
+    /// (default: the system's roots).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for servers that verify clients; with
+    /// `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM key of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// Refuse to connect without TLS (set it on every host that reaches
+    /// NATS over a network).
+    pub tls_required: bool,
 }
 
 impl Default for NatsConfig {
@@ -38,6 +49,10 @@ impl Default for NatsConfig {
             user: None,
             password_file: None,
             replicas: 1,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            tls_required: false,
         }
     }
 }
@@ -57,11 +72,36 @@ impl NatsConfig {
         if self.url.trim().is_empty() {
             return Err(ConfigError("nats.url is empty".into()));
         }
+        let file = |field: &str, f: &Option<PathBuf>| -> Result<Option<PathBuf>, ConfigError> {
+            match f {
+                Some(p) if !p.is_file() => Err(ConfigError(format!("{field}: {} does not exist", p.display()))),
+                Some(p) => Ok(Some(app::absolute(p))),
+                None => Ok(None),
+            }
+        };
+        let ca_file = file("nats.ca_file", &self.ca_file)?;
+        let client = match (
+            file("nats.cert_file", &self.cert_file)?,
+            file("nats.key_file", &self.key_file)?,
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError(
+                    "nats.cert_file and nats.key_file go together: set both or neither".into(),
+                ));
+            }
+        };
         Ok(infra_bus::BusConfig {
             url: self.url.clone(),
             name,
             token,
             user,
+            tls: infra_bus::BusTls {
+                ca_file,
+                client,
+                required: self.tls_required,
+            },
             heartbeat_ttl,
             replicas: self.replicas.max(1),
             ..Default::default()

@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use infra_proto::bus::v1::Health;
 use infra_proto::coordinator::v1 as api;
 use infra_proto::coordinator::v1::coordinator_service_client::CoordinatorServiceClient;
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 #[derive(Parser)]
 #[command(version, about = "Client for the infra coordinator.")]
@@ -17,6 +18,20 @@ struct Cli {
     /// Coordinator address.
     #[arg(long, env = "INFRA_COORDINATOR", default_value = "http://127.0.0.1:50051")]
     addr: String,
+    /// PEM CA that signed the coordinator's certificate: talk TLS
+    /// (`http://` in the address becomes `https://`).
+    #[arg(long, env = "INFRA_CA")]
+    ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for a coordinator that verifies clients.
+    #[arg(long, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// PEM key of `--cert`.
+    #[arg(long, requires = "cert")]
+    key: Option<std::path::PathBuf>,
+    /// File holding the bearer token that writes need (the coordinator's
+    /// `api_token_file`). Sent as `authorization: Bearer ...`; never printed.
+    #[arg(long, env = "INFRA_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -225,12 +240,54 @@ async fn progress(stream: &mut tonic::Streaming<api::DeployProgress>) -> Result<
     Ok(ok)
 }
 
+/// Adds `authorization: Bearer <token>` to every call when a token is set.
+#[derive(Clone)]
+struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Client = CoordinatorServiceClient<InterceptedService<Channel, Bearer>>;
+
+fn read(what: &str, p: &std::path::Path) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    std::fs::read(p).map_err(|e| format!("{what}: cannot read {}: {e}", p.display()).into())
+}
+
 async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
+    let bearer = match &cli.token_file {
+        Some(f) => {
+            let token = String::from_utf8(read("--token-file", f)?).map_err(|_| "--token-file: not UTF-8")?;
+            let v = format!("Bearer {}", token.trim_end_matches(['\n', '\r']))
+                .parse()
+                .map_err(|_| "--token-file: the token is not a valid header value")?;
+            Bearer(Some(v))
+        }
+        None => Bearer(None),
+    };
     let connect = || async {
-        Channel::from_shared(cli.addr.clone())?
-            .connect()
-            .await
-            .map_err(Box::<dyn std::error::Error>::from)
+        let mut addr = cli.addr.clone();
+        let mut endpoint;
+        if let Some(ca) = &cli.ca {
+            if let Some(rest) = addr.strip_prefix("http://") {
+                addr = format!("https://{rest}");
+            }
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca", ca)?));
+            if let (Some(cert), Some(key)) = (&cli.cert, &cli.key) {
+                tls = tls.identity(Identity::from_pem(read("--cert", cert)?, read("--key", key)?));
+            }
+            endpoint = Channel::from_shared(addr)?;
+            endpoint = endpoint.tls_config(tls)?;
+        } else {
+            endpoint = Channel::from_shared(addr)?;
+        }
+        let ch = endpoint.connect().await.map_err(Box::<dyn std::error::Error>::from)?;
+        Ok::<Client, Box<dyn std::error::Error>>(CoordinatorServiceClient::with_interceptor(ch, bearer.clone()))
     };
     match cli.cmd {
         Cmd::Validate { compose_dir, overrides } => {
@@ -295,14 +352,13 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
         Cmd::Wait { operators, timeout } => {
             let deadline = Instant::now() + Duration::from_secs(timeout);
             loop {
-                if let Ok(ch) = connect().await {
-                    let mut c = CoordinatorServiceClient::new(ch);
-                    if let Ok(r) = c.list_hosts(api::ListHostsRequest {}).await {
-                        let n: usize = r.into_inner().hosts.iter().map(|h| h.operators.len()).sum();
-                        if n >= operators {
-                            println!("coordinator up; {n} operators heartbeating");
-                            return Ok(true);
-                        }
+                if let Ok(mut c) = connect().await
+                    && let Ok(r) = c.list_hosts(api::ListHostsRequest {}).await
+                {
+                    let n: usize = r.into_inner().hosts.iter().map(|h| h.operators.len()).sum();
+                    if n >= operators {
+                        println!("coordinator up; {n} operators heartbeating");
+                        return Ok(true);
                     }
                 }
                 if Instant::now() > deadline {
@@ -313,7 +369,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             }
         }
         Cmd::Status => {
-            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let mut c = connect().await?;
             let r = c
                 .get_status(api::GetStatusRequest { selection: None })
                 .await?
@@ -355,7 +411,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             Ok(all_ok)
         }
         Cmd::Hosts => {
-            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let mut c = connect().await?;
             let r = c.list_hosts(api::ListHostsRequest {}).await?.into_inner();
             let mut rows = vec![
                 ["HOST", "STATE", "TIER", "VERSION", "SERVICES", "LAST HEARTBEAT", "GRPC"]
@@ -382,7 +438,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             Ok(true)
         }
         Cmd::Plan(sel) => {
-            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let mut c = connect().await?;
             let r = c
                 .plan(api::PlanRequest {
                     selection: Some(sel.to_api()),
@@ -430,7 +486,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             Ok(true)
         }
         Cmd::Deploy { sel, timeout } => {
-            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let mut c = connect().await?;
             let mut stream = c
                 .deploy(api::DeployRequest {
                     selection: Some(sel.to_api()),
@@ -453,7 +509,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                     .ok_or_else(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
                 environment.insert(k.to_owned(), v.to_owned());
             }
-            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let mut c = connect().await?;
             let mut stream = c
                 .rollout(api::RolloutRequest {
                     service,
@@ -466,7 +522,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             progress(&mut stream).await
         }
         Cmd::Rollback { service, timeout } => {
-            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let mut c = connect().await?;
             let mut stream = c
                 .rollback(api::RollbackRequest {
                     service,
@@ -477,7 +533,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             progress(&mut stream).await
         }
         Cmd::Drain { host, undo, timeout } => {
-            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let mut c = connect().await?;
             let mut stream = c
                 .drain(api::DrainRequest {
                     host,
@@ -493,7 +549,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             replicas,
             timeout,
         } => {
-            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let mut c = connect().await?;
             let mut stream = c
                 .scale(api::ScaleRequest {
                     service,
@@ -505,7 +561,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             progress(&mut stream).await
         }
         Cmd::Remove { sel, volumes } => {
-            let mut c = CoordinatorServiceClient::new(connect().await?);
+            let mut c = connect().await?;
             let r = c
                 .remove(api::RemoveRequest {
                     selection: Some(sel.to_api()),
