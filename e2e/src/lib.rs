@@ -67,6 +67,9 @@ pub struct Options {
     /// Extra environment for every process, coordinators and operators
     /// (NATS TLS and credentials).
     pub proc_env: Vec<(String, String)>,
+    /// Extra environment for the operators only (configured host labels,
+    /// e.g. `INFRA_LABELS__GPUS="1"` to stand in for a GPU host).
+    pub operator_env: Vec<(String, String)>,
 }
 
 impl Options {
@@ -89,6 +92,7 @@ impl Options {
             coordinators: 1,
             nats_args: Vec::new(),
             proc_env: Vec::new(),
+            operator_env: Vec::new(),
         }
     }
 }
@@ -162,10 +166,11 @@ impl Platform {
                 &format!("127.0.0.1:{port}"),
             ];
             let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-            let env = [
+            let mut env = vec![
                 ("INFRA_HEARTBEAT_SECS".to_string(), "1".to_string()),
                 ("INFRA_HEARTBEAT_TTL_SECS".into(), "5".into()),
             ];
+            env.extend(opts.operator_env.iter().cloned());
             me.spawn_with(
                 &format!("{tier}-operator"),
                 &bins.join(format!("{tier}-operator")),

@@ -6,4 +6,5 @@
 pub mod ai;
 pub mod auth;
 pub mod gateway;
+pub mod http;
 pub mod observability;

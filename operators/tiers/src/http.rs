@@ -1,0 +1,520 @@
+//! A small plain-HTTP JSON client for the calls tier extensions make to the
+//! services they manage (Ollama, Keycloak, Vault) over the host's container
+//! networks. Built on the hyper already in the tree (through tonic and
+//! bollard), so it adds no TLS stack and almost no build time.
+//!
+//! Every call is bounded by the client's timeout. Error messages name the
+//! method, URL and status, and at most the service's own short error field,
+//! never a request or response body: bodies carry passwords, tokens and
+//! unseal keys.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+
+/// What a call could fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The request could not be built (a bad URL).
+    #[error("{method} {url}: bad request: {reason}")]
+    Request {
+        /// Method.
+        method: String,
+        /// URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server could not be reached or the connection broke.
+    #[error("{method} {url}: {reason}")]
+    Connect {
+        /// Method.
+        method: String,
+        /// URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// No answer within the client's timeout.
+    #[error("{method} {url}: no answer within {timeout:?}")]
+    Timeout {
+        /// Method.
+        method: String,
+        /// URL.
+        url: String,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// The server answered with a status that is not 2xx.
+    #[error("{method} {url}: HTTP {status}{detail}")]
+    Status {
+        /// Method.
+        method: String,
+        /// URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// The service's own short error (`error`, `errorMessage`,
+        /// `errors`), prefixed with ": ", or empty.
+        detail: String,
+    },
+    /// A 2xx answer whose body is not the JSON expected.
+    #[error("{method} {url}: unexpected answer: {reason}")]
+    Decode {
+        /// Method.
+        method: String,
+        /// URL.
+        url: String,
+        /// Why (serde's message, which names no values).
+        reason: String,
+    },
+}
+
+impl HttpError {
+    /// The HTTP status, when the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A request body.
+pub enum Body {
+    /// `application/json`.
+    Json(serde_json::Value),
+    /// `application/x-www-form-urlencoded` (OAuth token requests).
+    Form(Vec<(String, String)>),
+}
+
+/// A 2xx answer.
+#[derive(Debug)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// Body bytes.
+    pub body: Bytes,
+}
+
+impl Response {
+    /// The body as JSON (`null` when empty).
+    pub fn json<T: DeserializeOwned>(&self, method: &Method, url: &str) -> Result<T, HttpError> {
+        let body: &[u8] = if self.body.is_empty() { b"null" } else { &self.body };
+        serde_json::from_slice(body).map_err(|e| HttpError::Decode {
+            method: method.to_string(),
+            url: url.to_owned(),
+            reason: format!("{} at line {} column {}", classify(&e), e.line(), e.column()),
+        })
+    }
+}
+
+fn classify(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "JSON of another shape",
+        serde_json::error::Category::Eof => "truncated JSON",
+    }
+}
+
+/// The client. Cheap to clone.
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Http {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Http").field("timeout", &self.timeout).finish()
+    }
+}
+
+impl Http {
+    /// A client whose every call (connect, send, read the whole body) ends
+    /// within `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeout));
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            timeout,
+        }
+    }
+
+    /// One call; a non-2xx answer is an error.
+    pub async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<Body>,
+    ) -> Result<Response, HttpError> {
+        let m = method.to_string();
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let bytes = match body {
+            None => Bytes::new(),
+            Some(Body::Json(v)) => {
+                req = req.header("content-type", "application/json");
+                Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+            }
+            Some(Body::Form(pairs)) => {
+                req = req.header("content-type", "application/x-www-form-urlencoded");
+                Bytes::from(form(&pairs))
+            }
+        };
+        let req = req.body(Full::new(bytes)).map_err(|e| HttpError::Request {
+            method: m.clone(),
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let call = async {
+            let resp = self.client.request(req).await.map_err(|e| HttpError::Connect {
+                method: m.clone(),
+                url: url.to_owned(),
+                reason: connect_reason(&e),
+            })?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| HttpError::Connect {
+                    method: m.clone(),
+                    url: url.to_owned(),
+                    reason: format!("reading the answer: {e}"),
+                })?
+                .to_bytes();
+            Ok::<_, HttpError>(Response { status, body })
+        };
+        let resp = tokio::time::timeout(self.timeout, call)
+            .await
+            .map_err(|_| HttpError::Timeout {
+                method: m.clone(),
+                url: url.to_owned(),
+                timeout: self.timeout,
+            })??;
+        if !(200..300).contains(&resp.status) {
+            return Err(HttpError::Status {
+                method: m,
+                url: url.to_owned(),
+                status: resp.status,
+                detail: error_detail(&resp.body),
+            });
+        }
+        Ok(resp)
+    }
+
+    /// One call whose answer is JSON.
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<Body>,
+    ) -> Result<T, HttpError> {
+        let resp = self.call(method.clone(), url, headers, body).await?;
+        resp.json(&method, url)
+    }
+}
+
+fn connect_reason(e: &hyper_util::client::legacy::Error) -> String {
+    use std::error::Error as _;
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// The service's own error field, short, when the body is JSON that has
+/// one (Keycloak `error`/`errorMessage`, Vault `errors`, Ollama `error`).
+fn error_detail(body: &[u8]) -> String {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return String::new();
+    };
+    let text = ["errorMessage", "error", "errors"]
+        .iter()
+        .find_map(|k| match v.get(*k)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(a) => Some(a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join("; ")),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let text: String = text.chars().take(200).collect();
+    if text.is_empty() { text } else { format!(": {text}") }
+}
+
+/// `application/x-www-form-urlencoded` of `pairs`.
+pub fn form(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Percent-encoding of one form or path component (unreserved characters
+/// kept).
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_values_are_percent_encoded() {
+        let f = form(&[
+            ("password".into(), "a b&c=d/é".into()),
+            ("grant_type".into(), "password".into()),
+        ]);
+        assert_eq!(f, "password=a%20b%26c%3Dd%2F%C3%A9&grant_type=password");
+    }
+
+    #[test]
+    fn an_error_answer_keeps_only_the_services_short_error_field() {
+        assert_eq!(
+            error_detail(br#"{"error":"invalid_grant","password":"hunter2"}"#),
+            ": invalid_grant"
+        );
+        assert_eq!(error_detail(br#"{"errors":["a","b"]}"#), ": a; b");
+        assert_eq!(error_detail(b"<html>hunter2</html>"), "");
+    }
+}
+
+/// A fake HTTP/1.1 server for tests: answers every request with what a
+/// handler returns and records the requests, so a test can count writes.
+#[cfg(test)]
+#[allow(dead_code)]
+pub(crate) mod fake {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// One request as received.
+    #[derive(Clone, Debug)]
+    pub struct Req {
+        /// `GET`, `POST`, ...
+        pub method: String,
+        /// Path and query.
+        pub path: String,
+        /// Lower-cased header names.
+        pub headers: Vec<(String, String)>,
+        /// Body text.
+        pub body: String,
+    }
+
+    impl Req {
+        /// The body as JSON (`null` when it is not).
+        pub fn json(&self) -> serde_json::Value {
+            serde_json::from_str(&self.body).unwrap_or_default()
+        }
+
+        /// A header's value.
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        }
+    }
+
+    type Handler = Arc<dyn Fn(&Req) -> (u16, String) + Send + Sync>;
+
+    /// A running fake; stops when dropped.
+    pub struct Server {
+        /// `http://127.0.0.1:<port>`.
+        pub url: String,
+        /// Every request so far.
+        pub requests: Arc<Mutex<Vec<Req>>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl Server {
+        /// Requests that change something (anything but `GET`).
+        pub fn writes(&self) -> Vec<Req> {
+            self.requests
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|r| r.method != "GET")
+                .cloned()
+                .collect()
+        }
+
+        /// Forgets the requests so far.
+        pub fn clear(&self) {
+            self.requests.lock().unwrap().clear();
+        }
+    }
+
+    /// Starts a fake on a free loopback port.
+    pub async fn start(handler: impl Fn(&Req) -> (u16, String) + Send + Sync + 'static) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests: Arc<Mutex<Vec<Req>>> = Arc::default();
+        let handler: Handler = Arc::new(handler);
+        let log = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let handler = handler.clone();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let Some(req) = read_request(&mut sock).await else {
+                        return;
+                    };
+                    let (status, body) = handler(&req);
+                    log.lock().unwrap().push(req);
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    let _ = sock.write_all(body.as_bytes()).await;
+                    let _ = sock.shutdown().await;
+                });
+            }
+        });
+        Server { url, requests, task }
+    }
+
+    async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<Req> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            let n = sock.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let mut first = lines.next()?.split(' ');
+        let method = first.next()?.to_owned();
+        let path = first.next()?.to_owned();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_owned()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            let n = sock.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = String::from_utf8_lossy(&buf[head_end..]).into_owned();
+        Some(Req {
+            method,
+            path,
+            headers,
+            body,
+        })
+    }
+}
+
+/// A running, healthy container of this operator and its address on its
+/// first network: what an extension calls a service at.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// Compose service.
+    pub service: String,
+    /// Container name.
+    pub container: String,
+    /// IP on its first network (reachable from the host on a bridge).
+    pub ip: String,
+    /// The container's labels (the spec's labels and the operator's).
+    pub labels: std::collections::HashMap<String, String>,
+}
+
+/// The healthy containers (running, and `healthy` when they have a health
+/// check) that this operator owns and that carry `label` (`key` or
+/// `key=value`). An engine error is an empty answer: callers retry on
+/// their next pass.
+pub async fn healthy_endpoints(docker: &bollard::Docker, host: &str, tier: &str, label: &str) -> Vec<Endpoint> {
+    use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
+    use operator_core::labels;
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![
+            format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+            format!("{}={host}", labels::HOST),
+            format!("{}={tier}", labels::TIER),
+            label.to_owned(),
+        ],
+    )]);
+    let opts = ListContainersOptions {
+        all: false,
+        filters: Some(filters),
+        ..Default::default()
+    };
+    let Ok(list) = docker.list_containers(Some(opts)).await else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for s in list {
+        let Some(id) = s.id else { continue };
+        let Ok(info) = docker.inspect_container(&id, None::<InspectContainerOptions>).await else {
+            continue;
+        };
+        let state = info.state.unwrap_or_default();
+        let healthy = match state.health.and_then(|h| h.status) {
+            Some(bollard::models::HealthStatusEnum::HEALTHY) => true,
+            Some(bollard::models::HealthStatusEnum::NONE | bollard::models::HealthStatusEnum::EMPTY) | None => {
+                state.running == Some(true)
+            }
+            Some(_) => false,
+        };
+        if !healthy {
+            continue;
+        }
+        let lbls = info.config.and_then(|c| c.labels).unwrap_or_default();
+        let ip = info
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|n| n.into_values().find_map(|e| e.ip_address.filter(|ip| !ip.is_empty())));
+        let Some(ip) = ip else { continue };
+        out.push(Endpoint {
+            service: lbls.get(labels::SERVICE).cloned().unwrap_or_default(),
+            container: info.name.unwrap_or_default().trim_start_matches('/').to_owned(),
+            ip,
+            labels: lbls,
+        });
+    }
+    out
+}
