@@ -308,7 +308,6 @@ mod tests {
 /// A fake HTTP/1.1 server for tests: answers every request with what a
 /// handler returns and records the requests, so a test can count writes.
 #[cfg(test)]
-#[allow(dead_code)]
 pub(crate) mod fake {
     use std::sync::{Arc, Mutex};
 
