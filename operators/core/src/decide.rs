@@ -55,13 +55,18 @@ pub enum Op {
         /// the restart budget).
         restart: bool,
     },
-    /// Start-first update: create and start a replica's new container
-    /// under another name, beside the old one that still serves.
+    /// Update of a running replica: create its new container under another
+    /// name beside the old one that still serves; start it at once
+    /// (start-first), or leave it created so that only `start` is left
+    /// once the old one stops (stop-first: the gap is a stop and a start,
+    /// not a create).
     CreateNext {
         /// Replica index.
         replica: u32,
         /// Name of the old container, so the new one gets a different one.
         beside: String,
+        /// Start it now (start-first).
+        start: bool,
     },
     /// Replace a container whose spec changed.
     Recreate {
@@ -234,11 +239,12 @@ pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec
             ops.push(Op::Create { replica, start: !hold });
             continue;
         };
-        if d.start_first && keep.spec_hash != hash && keep.state == "running" {
-            // Start the new one beside it; the old one serves meanwhile.
+        if keep.spec_hash != hash && keep.state == "running" && !hold {
+            // Create the new one beside it; the old one serves meanwhile.
             ops.push(Op::CreateNext {
                 replica,
                 beside: keep.name.clone(),
+                start: d.start_first,
             });
             continue;
         }
@@ -434,17 +440,46 @@ mod tests {
         old.spec_hash = "old".into();
         let extra = running(&d, "b", 2);
         assert_eq!(
-            decide(Some(&d), &[old, extra]),
+            decide(Some(&d), &[old.clone(), extra]),
             vec![
                 Op::Remove {
                     id: "b".into(),
                     replica: 2
                 },
-                Op::Recreate {
-                    id: "a".into(),
-                    replica: 1
+                Op::CreateNext {
+                    replica: 1,
+                    beside: "infra-web-1".into(),
+                    start: false,
                 }
             ]
+        );
+        // The new one created beside it: the old one stops, then only a
+        // start is left.
+        let mut next = running(&d, "n", 1);
+        next.state = "created".into();
+        assert_eq!(
+            decide(Some(&d), &[old.clone(), next]),
+            vec![
+                Op::Remove {
+                    id: "a".into(),
+                    replica: 1
+                },
+                Op::Start {
+                    id: "n".into(),
+                    replica: 1,
+                    restart: false
+                }
+            ]
+        );
+        // An old container that is not running is simply recreated.
+        let mut dead = old;
+        dead.state = "exited".into();
+        assert_eq!(
+            decide(Some(&d), &[dead]),
+            vec![Op::Recreate {
+                id: "a".into(),
+                replica: 1
+            }]
         );
     }
 
@@ -458,9 +493,10 @@ mod tests {
         let cs: Vec<Container> = (1..=3).map(|r| running(&old, &format!("c{r}"), r)).collect();
         assert_eq!(
             decide(Some(&d), &cs),
-            vec![Op::Recreate {
-                id: "c1".into(),
-                replica: 1
+            vec![Op::CreateNext {
+                replica: 1,
+                beside: "infra-web-1".into(),
+                start: false,
             }]
         );
         // Replica 1 done: nothing more until `updated` moves on.
@@ -473,9 +509,10 @@ mod tests {
         back.updated = 3;
         assert_eq!(
             decide(Some(&back), &done),
-            vec![Op::Recreate {
-                id: "n1".into(),
-                replica: 1
+            vec![Op::CreateNext {
+                replica: 1,
+                beside: "infra-web-1".into(),
+                start: false,
             }]
         );
     }
@@ -495,7 +532,8 @@ mod tests {
             decide(Some(&d), std::slice::from_ref(&serving)),
             vec![Op::CreateNext {
                 replica: 1,
-                beside: "infra-web-1".into()
+                beside: "infra-web-1".into(),
+                start: true,
             }]
         );
         // The new one is starting: the old one keeps serving.

@@ -377,6 +377,12 @@ impl DockerClient {
     /// Stops (with `grace`) and removes a container. Anonymous volumes go
     /// with it; named volumes never do.
     pub async fn remove(&self, id: &str, grace: Duration) -> Result<(), DockerError> {
+        self.stop(id, grace).await?;
+        self.remove_stopped(id).await
+    }
+
+    /// Stops a container within `grace` (gone or already stopped is fine).
+    pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), DockerError> {
         let opts = StopContainerOptions {
             t: Some(grace.as_secs() as i32),
             ..Default::default()
@@ -386,6 +392,11 @@ impl DockerClient {
             Err(e) if not_found(&e) || conflict_or_not_modified(&e) => {}
             Err(e) => return Err(api("stop container", id)(e)),
         }
+        Ok(())
+    }
+
+    /// Removes a stopped container (its named volumes stay).
+    pub async fn remove_stopped(&self, id: &str) -> Result<(), DockerError> {
         let opts = RemoveContainerOptions {
             force: true,
             v: false,

@@ -418,6 +418,7 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
     }
     let mut next = Next::Idle;
     let acted = !ops.is_empty();
+    let mut removals: Vec<String> = Vec::new();
     let now = Instant::now();
     for op in ops {
         match op {
@@ -452,7 +453,7 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
                     }
                 }
             }
-            Op::CreateNext { replica, beside } => {
+            Op::CreateNext { replica, beside, start } => {
                 let Some(spec) = desired.as_ref().and_then(|d| decide::target_spec(d, replica)) else {
                     continue;
                 };
@@ -468,17 +469,21 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
                     Ok(new_id) => {
                         st.failure = None;
                         st.seen.insert(new_id.clone(), ("created".into(), None));
+                        let why = if start {
+                            format!("start-first: beside {beside}")
+                        } else {
+                            format!("stop-first: created beside {beside}, starts once it stops")
+                        };
                         ctx.events
-                            .emit(
-                                EventKind::Created,
-                                service,
-                                &new_id,
-                                replica,
-                                format!("start-first: beside {beside}"),
-                            )
+                            .emit(EventKind::Created, service, &new_id, replica, why)
                             .await;
-                        ctx.docker.start(&new_id).await?;
-                        ctx.events.emit(EventKind::Started, service, &new_id, replica, "").await;
+                        if start {
+                            ctx.docker.start(&new_id).await?;
+                            ctx.events.emit(EventKind::Started, service, &new_id, replica, "").await;
+                        }
+                        // Stop-first: the next pass removes the old one and
+                        // starts this one.
+                        next = Next::After(Duration::from_millis(10));
                     }
                     Err(e) => {
                         let msg = e.to_string();
@@ -587,11 +592,46 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
             }
             Op::Remove { id, replica } => {
                 let g = spec.as_ref().map_or(ctx.stop_grace, |s| grace(ctx, s));
-                ctx.docker.remove(&id, g).await?;
+                // A stop-first update: the container created beside it takes
+                // its place now (it is started next in this pass). The old
+                // one is only stopped here and removed after that start, so
+                // the gap is a stop and a start.
+                let successor = containers
+                    .iter()
+                    .find(|c| c.replica == replica && c.id != id && c.state == "created" && !c.spec_hash.is_empty())
+                    .filter(|_| containers.iter().any(|c| c.id == id && c.state == "running"));
+                if successor.is_some() {
+                    ctx.docker.stop(&id, g).await?;
+                    removals.push(id.clone());
+                } else {
+                    ctx.docker.remove(&id, g).await?;
+                }
                 st.seen.remove(&id);
-                ctx.events.emit(EventKind::Removed, service, &id, replica, "").await;
+                match successor {
+                    Some(n) => {
+                        ctx.events
+                            .emit(EventKind::Removed, service, &id, replica, "spec changed")
+                            .await;
+                        st.restarts.remove(&replica);
+                        st.exhausted.remove(&replica);
+                        ctx.events
+                            .emit(
+                                EventKind::Recreated,
+                                service,
+                                &n.id,
+                                replica,
+                                format!("replaces {}", short(&id)),
+                            )
+                            .await;
+                    }
+                    None => ctx.events.emit(EventKind::Removed, service, &id, replica, "").await,
+                }
             }
         }
+    }
+
+    for id in removals {
+        ctx.docker.remove_stopped(&id).await?;
     }
 
     let containers = if acted {

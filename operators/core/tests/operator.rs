@@ -342,9 +342,12 @@ async fn operator_creates_adopts_after_restart_recreates_on_change_and_removes()
         env.desire(changed, 2).await;
         env.wait_event(EventKind::Recreated, "lc").await;
         let obs = eventually(Duration::from_secs(60), "recreated and healthy", || async {
-            env.observed("lc")
-                .await
-                .filter(|o| o.health() == Health::Healthy && o.generation == 2)
+            env.observed("lc").await.filter(|o| {
+                o.health() == Health::Healthy
+                    && o.generation == 2
+                    && o.containers.len() == 1
+                    && o.containers[0].spec_hash == o.spec_hash
+            })
         })
         .await;
         let new_id = obs.containers[0].id.clone();
