@@ -5,7 +5,7 @@
 //!   service that reserves a GPU stays pending with a reason naming GPUs
 //!   while a service beside it deploys;
 //! - a host that stands in for a GPU host is an operator started with the
-//!   configured label `gpus=1` (`INFRA_LABELS__GPUS='"1"'`; labels win over
+//!   configured label `gpus=1` (`INFRA_LABELS__GPUS=1`; labels win over
 //!   facts). The service is placed there and its container is created with
 //!   the device request; Docker then refuses to start it (no NVIDIA
 //!   runtime: `could not select device driver ... with capabilities:
@@ -141,9 +141,8 @@ fn on_a_host_without_gpus_a_gpu_service_stays_pending_naming_gpus_and_the_rest_r
 
 #[test]
 fn a_host_labelled_with_a_gpu_gets_the_service_created_with_its_device_request_and_the_failure_to_start_is_reported() {
-    // Quoted: figment reads a bare `1` from the environment as a number,
-    // which the operator's `labels` (strings) refuse.
-    let (_dir, p) = platform("gpulabel", vec![("INFRA_LABELS__GPUS".into(), "\"1\"".into())]);
+    // A bare number, as a person writes it: labels take it as text.
+    let (_dir, p) = platform("gpulabel", vec![("INFRA_LABELS__GPUS".into(), "1".into())]);
     assert_eq!(host_label(&p, "gpus"), "1", "the configured label wins over the fact");
 
     let progress = p.call(

@@ -180,7 +180,10 @@ pub struct OperatorConfig {
     /// Where the operator keeps files it mounts into containers (secrets).
     /// Must be a path the Docker engine sees.
     pub state_dir: PathBuf,
-    /// Host labels, published in heartbeats (used for placement).
+    /// Host labels, published in heartbeats (used for placement). Values
+    /// are strings; a number or boolean (`INFRA_LABELS__GPUS=1`, `ssd =
+    /// true` in TOML) is taken as its text.
+    #[serde(deserialize_with = "label_values")]
     pub labels: BTreeMap<String, String>,
     /// Full resync interval, seconds. Events make the operator fast; this
     /// makes it correct even when an event is missed.
@@ -252,5 +255,50 @@ impl OperatorConfig {
         listen
             .parse()
             .map_err(|e| ConfigError(format!("grpc_listen: {listen:?} is not a socket address ({e})")))
+    }
+}
+
+/// Label values as text, whether the source gave a string, a number or a
+/// boolean (environment variables and TOML both make `1` a number).
+fn label_values<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    let raw: BTreeMap<String, Scalar> = BTreeMap::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Scalar::Text(s) => s,
+                Scalar::Int(i) => i.to_string(),
+                Scalar::Float(f) => f.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            };
+            (k, v)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::Figment;
+    use figment::providers::{Format, Serialized, Toml};
+
+    use super::*;
+
+    #[test]
+    fn label_values_may_be_numbers_or_booleans_and_are_kept_as_text() {
+        let cfg: OperatorConfig = Figment::from(Serialized::defaults(OperatorConfig::default()))
+            .merge(Toml::string("[labels]\ngpus = 1\nssd = true\nzone = \"eu-1\"\n"))
+            .extract()
+            .unwrap();
+        assert_eq!(cfg.labels["gpus"], "1");
+        assert_eq!(cfg.labels["ssd"], "true");
+        assert_eq!(cfg.labels["zone"], "eu-1");
     }
 }

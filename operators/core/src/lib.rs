@@ -107,6 +107,13 @@ impl Facts {
         }
     }
 
+    /// Drops a fact (a GPU that is gone).
+    pub fn remove(&self, key: &str) {
+        if let Ok(mut m) = self.0.write() {
+            m.remove(key);
+        }
+    }
+
     /// Every fact now.
     pub fn snapshot(&self) -> std::collections::BTreeMap<String, String> {
         self.0.read().map(|m| m.clone()).unwrap_or_default()
