@@ -36,6 +36,17 @@ command -v docker >/dev/null || die "docker not found"
 
 mkdir -p "$CACHE/debs" "$CACHE/logs" "$CACHE/work"
 
+# One build at a time: two runs at once (a test suite and a person) would
+# share the work directories and the base rootfs.
+# (The per-image children, `build.sh --one`, run under their parent's lock.)
+if [ "${1:-}" != --one ]; then
+  exec 9>"$CACHE/.build.lock"
+  if ! flock -n 9; then
+    log "build.sh: another build is running; waiting for it"
+    flock 9
+  fi
+fi
+
 # ---------------------------------------------------------------- hashing ---
 hash_dir() { # stable hash of a directory's file names, modes and contents
   local d="$1"
