@@ -198,6 +198,10 @@ pub struct OperatorConfig {
     pub image_pull_timeout_secs: u64,
     /// Grace given to containers to stop, seconds, when the spec has none.
     pub stop_grace_secs: u64,
+    /// A container of a routed service (Traefik labels) leaves the
+    /// observed state this long before it stops, so the gateway drops it
+    /// from its routes first. Milliseconds; 0 turns it off.
+    pub route_drain_ms: u64,
     /// Bounded drain on shutdown, seconds.
     pub shutdown_grace_secs: u64,
     /// Logging.
@@ -218,6 +222,7 @@ impl Default for OperatorConfig {
             restart: RestartConfig::default(),
             image_pull_timeout_secs: 120,
             stop_grace_secs: 10,
+            route_drain_ms: 1000,
             shutdown_grace_secs: 10,
             log: LogConfig::default(),
         }

@@ -333,7 +333,8 @@ pub async fn run(
             Duration::from_secs(cfg.stop_grace_secs),
             Duration::from_secs(cfg.resync_secs),
         )
-        .with_addr(cfg.labels.get("addr").cloned()),
+        .with_addr(cfg.labels.get("addr").cloned())
+        .with_route_drain(Duration::from_millis(cfg.route_drain_ms)),
     );
     let grpc_addr = listener.local_addr()?.to_string();
     let tasks = TaskTracker::new();

@@ -67,6 +67,9 @@ pub struct Ctx {
     /// This host's private address (its `addr` label): what `@addr` in a
     /// port binding stands for.
     pub addr: Option<String>,
+    /// How long a routed container is out of the observed state before it
+    /// stops, so the gateway stops sending it requests first.
+    pub route_drain: Duration,
 }
 
 impl Ctx {
@@ -101,7 +104,15 @@ impl Ctx {
             probes: Arc::default(),
             trigger: std::sync::OnceLock::new(),
             addr: None,
+            route_drain: Duration::from_millis(1000),
         }
+    }
+
+    /// Sets [`Ctx::route_drain`].
+    #[must_use]
+    pub fn with_route_drain(mut self, d: Duration) -> Self {
+        self.route_drain = d;
+        self
     }
 
     /// Sets this host's private address (see [`Ctx::addr`]).
@@ -415,6 +426,27 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
     let mut ops = decide::decide(desired.as_ref(), &containers);
     if !loaded {
         ops.retain(|op| !matches!(op, Op::Remove { .. }));
+    }
+    // Running containers about to stop, of a service the gateway routes
+    // to: take them out of the observed state first (the gateway renders
+    // routes from it) and give the gateway time to reload, so no request is
+    // sent to a container that is going away.
+    let leaving: Vec<String> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Remove { id, .. } => Some(id.clone()),
+            _ => None,
+        })
+        .filter(|id| containers.iter().any(|c| &c.id == id && c.state == "running"))
+        .collect();
+    if !leaving.is_empty() && !ctx.route_drain.is_zero() && has_routes(desired.as_ref()) {
+        let staying: Vec<Container> = containers
+            .iter()
+            .filter(|c| !leaving.contains(&c.id))
+            .cloned()
+            .collect();
+        publish_observed(ctx, service, desired.as_ref(), spec.as_ref(), &staying, st).await;
+        tokio::time::sleep(ctx.route_drain).await;
     }
     let mut next = Next::Idle;
     let acted = !ops.is_empty();
@@ -907,6 +939,17 @@ async fn publish_observed(
         Ok(_) => st.last_published = Some(obs),
         Err(e) => tracing::warn!(error = %e, "could not publish observed state; will retry"),
     }
+}
+
+/// Whether the gateway routes to this service (it carries Traefik router
+/// labels or `traefik.enable=true`).
+fn has_routes(desired: Option<&DesiredService>) -> bool {
+    desired
+        .and_then(|d| d.spec.as_ref().or(d.previous.as_ref()))
+        .is_some_and(|s| {
+            s.labels.get("traefik.enable").is_some_and(|v| v == "true")
+                || s.labels.keys().any(|k| k.starts_with("traefik.http.routers."))
+        })
 }
 
 /// Creates one replica's container, named `name` or by
