@@ -49,3 +49,10 @@ hosts-up n="3" *flags:
 hosts-down *args:
     cargo build -p infra-e2e --bin hosts
     target/debug/hosts down {{args}}
+
+# Rollouts, host loss and leadership across simulated hosts (prints figures; see e2e/BENCH.md).
+bench-hosts rounds="3":
+    bash e2e/local/install-tools.sh
+    bash e2e/images/build.sh host nats nginx debian
+    cargo build --workspace --bins
+    target/debug/bench-hosts --rounds {{rounds}}

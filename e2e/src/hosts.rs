@@ -646,6 +646,14 @@ impl Cluster {
         }
     }
 
+    /// Kills coordinator `i` with SIGKILL (a crash: no lease released).
+    pub fn kill_coordinator(&mut self, i: usize) {
+        if let Some(mut child) = self.coords[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Starts coordinator `i` (again, on the same address) and waits until
     /// it answers.
     pub fn start_coordinator(&mut self, i: usize) {

@@ -120,6 +120,18 @@ volumes:
 }
 
 pub fn start(name: &str, web_replicas: u32, lost_secs: u64) -> (Cluster, tempfile::TempDir) {
+    start_with(name, web_replicas, lost_secs, 1, Vec::new())
+}
+
+/// [`start`] with `coordinators` coordinators (one leads by lease) and
+/// extra environment for them (`INFRA_LEASE_SECS`, ...).
+pub fn start_with(
+    name: &str,
+    web_replicas: u32,
+    lost_secs: u64,
+    coordinators: usize,
+    env: Vec<(String, String)>,
+) -> (Cluster, tempfile::TempDir) {
     // The hosts' addresses are known before the catalog is written: the
     // cluster hands them out in order (see `Cluster::host_ip`).
     let mut opts = ClusterOptions::new(3)
@@ -129,6 +141,8 @@ pub fn start(name: &str, web_replicas: u32, lost_secs: u64) -> (Cluster, tempfil
     opts.overrides.clear();
     opts.env.push(("INFRA_HOST_LOST_SECS".into(), lost_secs.to_string()));
     opts.env.push(("INFRA_HEARTBEAT_TTL_SECS".into(), "5".into()));
+    opts.coordinators = coordinators;
+    opts.env.extend(env);
     let placeholder = tempfile::tempdir().unwrap();
     opts.compose_dir = placeholder.path().to_owned();
     let c = Cluster::start(opts);

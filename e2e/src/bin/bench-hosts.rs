@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use futures::StreamExt;
-use infra_e2e::scenarios::{Client, everywhere, start, wait_for};
+use infra_e2e::scenarios::{Client, everywhere, start_with, wait_for};
 use infra_proto::bus::v1::{Event, EventKind};
 use prost::Message;
 
@@ -27,6 +27,20 @@ struct Args {
     /// `host_lost_secs` of the coordinator.
     #[arg(long, default_value_t = 5)]
     lost_secs: u64,
+    /// `lease_secs` of the coordinators (two run; one leads).
+    #[arg(long, default_value_t = 5)]
+    lease_secs: u64,
+}
+
+/// A harmless write (make an unknown host active): accepted only by the
+/// leader.
+fn leads(c: &infra_e2e::hosts::Cluster, i: usize) -> bool {
+    let out = infra_e2e::grpcurl_at(
+        &c.grpc_addrs()[i],
+        &["infra.coordinator.v1.CoordinatorService/Drain"],
+        Some(r#"{"host":"nohost","undo":true}"#),
+    );
+    out.status.success()
 }
 
 /// Monitor time of the catalog's update_config (see scenarios::catalog).
@@ -45,7 +59,13 @@ fn now_ns() -> i128 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let (c, _catalog) = start("benchhosts", 3, args.lost_secs);
+    let (mut c, _catalog) = start_with(
+        "benchhosts",
+        3,
+        args.lost_secs,
+        2,
+        vec![("INFRA_LEASE_SECS".into(), args.lease_secs.to_string())],
+    );
     let events: Arc<Mutex<Vec<Event>>> = Arc::default();
     let servers: Vec<async_nats::ServerAddr> = c.nats_urls().iter().filter_map(|u| u.parse().ok()).collect();
     let nats = match async_nats::connect(servers).await {
@@ -181,6 +201,25 @@ async fn main() -> ExitCode {
         args.lost_secs,
         (lost + moved).as_secs_f64(),
         failed.len()
+    );
+    // A new coordinator takes the lead: after a clean stop (the lease is
+    // released) and after a crash (the lease must run out).
+    let first = (0..2).find(|i| leads(&c, *i)).expect("one coordinator leads");
+    let other = 1 - first;
+    c.stop_coordinator(first);
+    let handover = wait_for("the other coordinator leads", Duration::from_secs(60), || {
+        leads(&c, other)
+    });
+    c.start_coordinator(first);
+    c.kill_coordinator(other);
+    let takeover = wait_for("the first coordinator leads again", Duration::from_secs(60), || {
+        leads(&c, first)
+    });
+    println!(
+        "new leader: {:.2}s after a clean stop (lease released), {:.2}s after a crash (lease {}s)",
+        handover.as_secs_f64(),
+        takeover.as_secs_f64(),
+        args.lease_secs
     );
     drop(client);
     ExitCode::SUCCESS
