@@ -1745,10 +1745,30 @@ fn reach_spec(
         return;
     }
     let Some(svc) = catalog.services.get(name) else { return };
-    let needed = catalog
-        .services
-        .values()
-        .any(|s| s.depends_on.iter().any(|d| d.service == name));
+    // Cluster members (etcd-1..3, pg-0..2) are written as single-replica
+    // services of one Compose file that reach each other by name without
+    // any `depends_on` among them. Only single-replica services count, so
+    // a published port never has two replicas on one host.
+    let peers: Vec<&str> = if spec.replicas.max(1) == 1 && mine.len() <= 1 {
+        catalog
+            .services
+            .values()
+            .filter(|s| s.name != name && s.file == svc.file)
+            .filter(|s| {
+                placed
+                    .get(&s.name)
+                    .is_some_and(|h| h.len() == 1 && !mine.contains(&h[0]))
+            })
+            .map(|s| s.name.as_str())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let needed = !peers.is_empty()
+        || catalog
+            .services
+            .values()
+            .any(|s| s.depends_on.iter().any(|d| d.service == name));
     if needed {
         for (port, proto) in convert::service_ports(svc) {
             let have = spec.ports.iter().any(|x| {
@@ -1776,6 +1796,18 @@ fn reach_spec(
             continue;
         }
         let entry = format!("{}:@host:{dh}", d.service);
+        if !spec.extra_hosts.contains(&entry) {
+            spec.extra_hosts.push(entry);
+        }
+    }
+    for peer in peers {
+        let Some(ph) = placed.get(peer).and_then(|h| h.first()) else {
+            continue;
+        };
+        if !with_addr.contains(ph.as_str()) {
+            continue;
+        }
+        let entry = format!("{peer}:@host:{ph}");
         if !spec.extra_hosts.contains(&entry) {
             spec.extra_hosts.push(entry);
         }
@@ -1964,5 +1996,91 @@ mod tests {
         b.environment.insert("K".into(), "V".into());
         assert_eq!(diff(&a, &b), vec!["image", "environment", "deploy.replicas"]);
         assert!(diff(&a, &a).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod reach_tests {
+    use super::*;
+
+    /// A catalog of one stack file: etcd-1 and etcd-2 (peers, no
+    /// depends_on between them) and a client that depends on etcd-1.
+    fn catalog(dir: &std::path::Path) -> Catalog {
+        let file = dir.join("docker-compose.yml");
+        std::fs::write(
+            &file,
+            "services:\n  etcd-1:\n    image: e\n    expose: [\"2379\", \"2380\"]\n  etcd-2:\n    image: e\n    expose: [\"2379\", \"2380\"]\n  client:\n    image: c\n    deploy:\n      replicas: 2\n    depends_on: [etcd-1]\n",
+        )
+        .unwrap();
+        infra_compose::load_files(&[(file, Tier::Data)], &LoadOptions::default()).unwrap()
+    }
+
+    fn hosts(with_addr: bool) -> Vec<placement::HostView> {
+        ["h1", "h2"]
+            .iter()
+            .map(|h| placement::HostView {
+                name: (*h).into(),
+                labels: if with_addr {
+                    [(ADDR_LABEL.to_string(), format!("10.0.0.{}", &h[1..]))].into()
+                } else {
+                    BTreeMap::new()
+                },
+                tiers: BTreeSet::new(),
+            })
+            .collect()
+    }
+
+    fn spec_of(name: &str, replicas: u32) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            replicas,
+            ..Default::default()
+        }
+    }
+
+    fn placed(pairs: &[(&str, &[&str])]) -> HashMap<String, Vec<String>> {
+        pairs
+            .iter()
+            .map(|(n, hs)| ((*n).into(), hs.iter().map(|h| (*h).to_string()).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn members_of_one_stack_on_other_hosts_reach_each_other_by_name_and_publish_their_peer_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = catalog(dir.path());
+        let where_ = placed(&[("etcd-1", &["h1"]), ("etcd-2", &["h2"]), ("client", &["h1", "h2"])]);
+        let mut s = spec_of("etcd-2", 1);
+        reach_spec(&cat, &hosts(true), &where_, "etcd-2", &["h2".into()], &mut s);
+        assert_eq!(s.extra_hosts, vec!["etcd-1:@host:h1".to_string()]);
+        let published: Vec<(String, u32)> = s.ports.iter().map(|p| (p.host_ip.clone(), p.published)).collect();
+        assert_eq!(published, vec![("@addr".into(), 2379), ("@addr".into(), 2380)]);
+        // A multi-replica service of the same file is not a cluster member:
+        // it keeps the depends_on reach only.
+        let mut c = spec_of("client", 2);
+        reach_spec(
+            &cat,
+            &hosts(true),
+            &where_,
+            "client",
+            &["h1".into(), "h2".into()],
+            &mut c,
+        );
+        assert_eq!(c.extra_hosts, vec!["etcd-1:@host:h1".to_string()]);
+        assert!(c.ports.is_empty(), "{:?}", c.ports);
+    }
+
+    #[test]
+    fn on_one_host_or_with_members_together_the_spec_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = catalog(dir.path());
+        let apart = placed(&[("etcd-1", &["h1"]), ("etcd-2", &["h2"])]);
+        let mut s = spec_of("etcd-2", 1);
+        reach_spec(&cat, &hosts(false), &apart, "etcd-2", &["h2".into()], &mut s);
+        assert_eq!(s, spec_of("etcd-2", 1), "no addr label: nothing changes");
+        let together = placed(&[("etcd-1", &["h1"]), ("etcd-2", &["h1"])]);
+        let mut s = spec_of("etcd-2", 1);
+        reach_spec(&cat, &hosts(true), &together, "etcd-2", &["h1".into()], &mut s);
+        assert_eq!(s, spec_of("etcd-2", 1), "peers on the same host use Docker's DNS");
     }
 }

@@ -25,10 +25,11 @@ use std::time::{Duration, Instant};
 
 use infra_proto::bus::v1::{DesiredService, EventKind, Health, RolloutState, ServiceRecord, ServiceSpec, UpdatePolicy};
 use infra_proto::coordinator::v1 as api;
+use operator_core::members::{self, Member, UpdateOrder};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::coordinator::Coordinator;
+use crate::coordinator::{ADDR_LABEL, Coordinator};
 
 /// One replica in rollout order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,6 +155,20 @@ impl Coordinator {
         let order = slots(counts);
         let total = order.len();
         let to_k = to_k.min(total);
+        let labels = if new.labels.contains_key(members::ORDER_LABEL) {
+            &new.labels
+        } else {
+            &old.labels
+        };
+        match members::for_labels(labels) {
+            Ok(None) => {}
+            Ok(Some(hook)) => {
+                return self
+                    .roll_members(r, hook.as_ref(), new, old, counts, from_k, to_k, policy, deadline)
+                    .await;
+            }
+            Err(e) => return RollEnd::Failed { at: from_k, why: e.0 },
+        }
         let forward = to_k >= from_k;
         let step = if policy.parallelism == 0 {
             total.max(1)
@@ -171,30 +186,8 @@ impl Coordinator {
                 k.saturating_sub(step).max(to_k)
             };
             let moved: Vec<Slot> = order[k.min(next)..k.max(next)].to_vec();
-            let updated = updated_after(&order, next);
-            for h in moved
-                .iter()
-                .map(|s| s.host.clone())
-                .collect::<std::collections::BTreeSet<_>>()
-            {
-                let n = counts.get(&h).copied().unwrap_or(1);
-                let existing = self.bus().get_desired(&h, r.tier, r.name).await.ok().flatten();
-                let d = DesiredService {
-                    spec: Some(with_replicas(new, n)),
-                    host: h.clone(),
-                    generation: existing.map_or(0, |d| d.generation) + 1,
-                    deployment_id: r.deployment.to_owned(),
-                    previous: Some(with_replicas(old, n)),
-                    updated: updated.get(&h).copied().unwrap_or(0),
-                    start_first: policy.start_first,
-                    ..Default::default()
-                };
-                if let Err(e) = self.bus().put_desired(&d).await {
-                    return RollEnd::Failed {
-                        at: k,
-                        why: format!("could not write desired state on {h}: {e}"),
-                    };
-                }
+            if let Err(why) = self.move_slots(r, new, old, counts, &order, next, &moved, policy).await {
+                return RollEnd::Failed { at: k, why };
             }
             let which = moved
                 .iter()
@@ -254,6 +247,186 @@ impl Coordinator {
             }
         }
         RollEnd::Done
+    }
+
+    /// Writes the desired state of the hosts of `moved`: the first `next`
+    /// slots of `order` on `new`, the rest on `old`.
+    #[allow(clippy::too_many_arguments)]
+    async fn move_slots(
+        &self,
+        r: &Reporter<'_>,
+        new: &ServiceSpec,
+        old: &ServiceSpec,
+        counts: &BTreeMap<String, u32>,
+        order: &[Slot],
+        next: usize,
+        moved: &[Slot],
+        policy: &UpdatePolicy,
+    ) -> Result<(), String> {
+        let updated = updated_after(order, next);
+        for h in moved
+            .iter()
+            .map(|s| s.host.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let n = counts.get(&h).copied().unwrap_or(1);
+            let existing = self.bus().get_desired(&h, r.tier, r.name).await.ok().flatten();
+            let d = DesiredService {
+                spec: Some(with_replicas(new, n)),
+                host: h.clone(),
+                generation: existing.map_or(0, |d| d.generation) + 1,
+                deployment_id: r.deployment.to_owned(),
+                previous: Some(with_replicas(old, n)),
+                updated: updated.get(&h).copied().unwrap_or(0),
+                start_first: policy.start_first,
+                ..Default::default()
+            };
+            self.bus()
+                .put_desired(&d)
+                .await
+                .map_err(|e| format!("could not write desired state on {h}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::roll`] for a stateful cluster with an update-order hook
+    /// (`infra.update-order` label): one member at a time in the hook's
+    /// order, `before_restart` before its desired state changes,
+    /// `ready_for_next` after it is healthy on the target spec. Any failure
+    /// stops the roll (whatever `failure_action` says afterwards), so the
+    /// members not yet touched keep the cluster serving.
+    ///
+    /// Members of one cluster written as separate services (`pg-0`..`pg-2`)
+    /// are rolled by separate calls; a per-cluster lock keeps them one at a
+    /// time, and the member the hook puts last (Patroni's leader) lets the
+    /// others that are queued go first.
+    #[allow(clippy::too_many_arguments)]
+    async fn roll_members(
+        &self,
+        r: &Reporter<'_>,
+        hook: &dyn UpdateOrder,
+        new: &ServiceSpec,
+        old: &ServiceSpec,
+        counts: &BTreeMap<String, u32>,
+        from_k: usize,
+        to_k: usize,
+        policy: &UpdatePolicy,
+        deadline: Duration,
+    ) -> RollEnd {
+        let spec = if to_k >= from_k { new } else { old };
+        let cluster = members::cluster_from(&spec.labels).unwrap_or_else(|| hook.kind().to_owned());
+        let hash = operator_core::spec::spec_hash(spec);
+        let base = slots(counts);
+        let mut order: Vec<Slot> = base[..from_k.min(to_k)].to_vec();
+        let range: Vec<Slot> = base[from_k.min(to_k)..from_k.max(to_k)].to_vec();
+        let all = self.cluster_members(&cluster).await;
+        let mine: Vec<Member> = range
+            .iter()
+            .map(|s| {
+                all.iter()
+                    .find(|m| m.host == s.host && m.replica == s.replica && m.name == r.name)
+                    .cloned()
+                    .unwrap_or_else(|| Member {
+                        name: r.name.to_owned(),
+                        host: s.host.clone(),
+                        replica: s.replica,
+                        addr: String::new(),
+                        port: 0,
+                    })
+            })
+            .collect();
+        let idx = hook.order(&mine).await;
+        let ranked: Vec<Slot> = idx.iter().filter_map(|&i| range.get(i).cloned()).collect();
+        order.extend(ranked.iter().cloned());
+        order.extend(base[from_k.max(to_k)..].iter().cloned());
+        let lock = cluster_lock(&cluster);
+        let batches = ranked.len();
+        for (i, slot) in ranked.iter().enumerate() {
+            let member = mine
+                .iter()
+                .find(|m| m.host == slot.host && m.replica == slot.replica)
+                .cloned()
+                .expect("one member per slot");
+            let at = from_k.min(to_k) + i;
+            let next = at + 1;
+            let _turn = lock.turn(hook, &member, &all).await;
+            let all = self.cluster_members(&cluster).await;
+            let which = format!("{} replica {} ({})", slot.host, slot.replica, member.name);
+            let stop = |why: String, at: usize| RollEnd::Failed {
+                at,
+                why: format!("{which}: {why}"),
+            };
+            if let Err(e) = hook.before_restart(&member, &all).await {
+                return stop(e.0, at);
+            }
+            if let Err(why) = self
+                .move_slots(r, new, old, counts, &order, next, std::slice::from_ref(slot), policy)
+                .await
+            {
+                return stop(why, at);
+            }
+            let bad = self
+                .wait_slots(
+                    r.tier,
+                    r.name,
+                    std::slice::from_ref(slot),
+                    &hash,
+                    deadline,
+                    secs(policy.monitor.as_ref()),
+                )
+                .await;
+            if !bad.is_empty() {
+                return stop(bad.join("; "), next);
+            }
+            if let Err(e) = hook.ready_for_next(&member, &all, deadline).await {
+                return stop(e.0, next);
+            }
+            let msg = format!(
+                "member {} of {batches}: {which} on the target spec and caught up",
+                i + 1
+            );
+            r.send(api::Phase::Updating, which.clone(), msg.clone()).await;
+            self.note_progress(r, next, 0).await;
+            self.coordinator_event(EventKind::RolloutBatchDone, r, msg).await;
+        }
+        RollEnd::Done
+    }
+
+    /// The members of `cluster`: every replica of every service whose
+    /// desired spec names it, at its host's private address and the port
+    /// the hook talks to as published there.
+    async fn cluster_members(&self, cluster: &str) -> Vec<Member> {
+        let desired = self.bus().list_desired(None).await.unwrap_or_default();
+        let beats = self.bus().list_heartbeats().await.unwrap_or_default();
+        let mut out = Vec::new();
+        for d in desired.iter().filter(|d| !d.absent) {
+            let Some(s) = &d.spec else { continue };
+            if members::cluster_from(&s.labels).as_deref() != Some(cluster) {
+                continue;
+            }
+            let target = members::port_from(&s.labels, 8008);
+            let port = s
+                .ports
+                .iter()
+                .find(|p| p.target == u32::from(target) && p.published != 0)
+                .map_or(target, |p| u16::try_from(p.published).unwrap_or(target));
+            let addr = beats
+                .iter()
+                .filter(|b| b.host == d.host)
+                .find_map(|b| b.labels.get(ADDR_LABEL).filter(|a| !a.is_empty()).cloned())
+                .unwrap_or_else(|| "127.0.0.1".into());
+            for replica in 1..=s.replicas.max(1) {
+                out.push(Member {
+                    name: s.name.clone(),
+                    host: d.host.clone(),
+                    replica,
+                    addr: addr.clone(),
+                    port,
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.name, a.replica).cmp(&(&b.name, b.replica)));
+        out
     }
 
     /// Ends a rollout on every host: all replicas on `spec`, no previous.
@@ -600,6 +773,62 @@ impl Coordinator {
         }
         out
     }
+}
+
+/// One member of a cluster restarts at a time, in this process: the
+/// members of a cluster written as separate services roll in separate
+/// tasks of one deploy.
+struct ClusterLock {
+    turn: tokio::sync::Mutex<()>,
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+/// How long the member that must go last waits for the others of the same
+/// deploy to queue, and at most how often it lets them go first.
+const LAST_GRACE: Duration = Duration::from_secs(2);
+const LAST_DEFERRALS: u32 = 1800;
+
+impl ClusterLock {
+    /// Waits for this member's turn. The member the hook orders last among
+    /// the cluster (Patroni's leader) lets every queued member go first, so
+    /// a deploy that rolls the whole cluster hands leadership over once.
+    async fn turn(&self, hook: &dyn UpdateOrder, member: &Member, all: &[Member]) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::sync::atomic::Ordering;
+        let idx = hook.order(all).await;
+        let last = idx.last().and_then(|&i| all.get(i)).is_some_and(|m| m == member) && all.len() > 1;
+        if last {
+            tokio::time::sleep(LAST_GRACE).await;
+        }
+        let mut deferred = 0;
+        loop {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let guard = self.turn.lock().await;
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            if last && deferred < LAST_DEFERRALS && self.waiting.load(Ordering::SeqCst) > 0 {
+                drop(guard);
+                deferred += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            return guard;
+        }
+    }
+}
+
+fn cluster_lock(cluster: &str) -> std::sync::Arc<ClusterLock> {
+    static LOCKS: std::sync::LazyLock<std::sync::Mutex<BTreeMap<String, std::sync::Arc<ClusterLock>>>> =
+        std::sync::LazyLock::new(Default::default);
+    LOCKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .entry(cluster.to_owned())
+        .or_insert_with(|| {
+            std::sync::Arc::new(ClusterLock {
+                turn: tokio::sync::Mutex::new(()),
+                waiting: std::sync::atomic::AtomicUsize::new(0),
+            })
+        })
+        .clone()
 }
 
 #[cfg(test)]

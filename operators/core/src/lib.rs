@@ -13,6 +13,7 @@ pub mod docker;
 pub mod events;
 pub mod grpc;
 pub mod labels;
+pub mod members;
 pub mod reconcile;
 pub mod spec;
 

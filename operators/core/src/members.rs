@@ -1,0 +1,187 @@
+//! Member-aware update order for stateful clusters (Patroni, Valkey, Kafka,
+//! RabbitMQ, etcd): the hook a rolling update consults before and after it
+//! restarts one member, so a cluster keeps serving and loses nothing.
+//!
+//! A rollout moves replicas one batch at a time and gates each on container
+//! health. For a cluster that is not enough: which member restarts last
+//! (Patroni's leader, Kafka's active controller), what must be true before
+//! the next (a replica streaming again, every partition back above
+//! `min.insync.replicas`) and what to do first (a switchover, a Valkey
+//! failover) depend on the software. [`UpdateOrder`] is that knowledge; the
+//! rollout keeps the mechanics (desired state, health gates, progress).
+//!
+//! A service chooses its hook with the label [`ORDER_LABEL`]
+//! (`infra.update-order: patroni`); [`for_labels`] builds it. The members of
+//! one cluster are the services with the same [`CLUSTER_LABEL`] (default:
+//! the hook's kind), so a cluster written as single-replica services
+//! (`pg-0`, `pg-1`, `pg-2`) and one written as a replicated service are
+//! handled alike.
+//!
+//! # Adding a kind
+//!
+//! Implement [`UpdateOrder`] (reach members with [`Member::addr`] and
+//! [`Member::port`]) and add it to [`for_labels`]. Kafka: `order` puts the
+//! active controller last, `ready_for_next` checks that no partition is
+//! under `min.insync.replicas`; Valkey: `before_restart` runs `CLUSTER
+//! FAILOVER` on a replica of a primary; etcd: `order` puts the leader last,
+//! `ready_for_next` waits for `/health` and the member's raft index.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Label that selects a service's update-order hook (`patroni`).
+pub const ORDER_LABEL: &str = "infra.update-order";
+/// Label that names the cluster a member belongs to (default: the kind).
+pub const CLUSTER_LABEL: &str = "infra.update-order.cluster";
+/// Label: the member's port the hook talks to (Patroni: its REST API).
+pub const PORT_LABEL: &str = "infra.update-order.port";
+/// Label: the largest replication lag, in bytes, that counts as caught up.
+pub const MAX_LAG_LABEL: &str = "infra.update-order.max-lag-bytes";
+
+/// A boxed future, so the trait stays object safe.
+pub type HookFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One member of a cluster, as a rollout sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// The member's own name in the cluster software: its service name
+    /// (`pg-1`), which is also its hostname and Patroni's member name.
+    pub name: String,
+    /// Host it runs on.
+    pub host: String,
+    /// Replica index there.
+    pub replica: u32,
+    /// The host's private address (its `addr` label), where the member's
+    /// published ports are.
+    pub addr: String,
+    /// The port the hook talks to on `addr`.
+    pub port: u16,
+}
+
+/// Why a hook stopped a rollout. The message names the member and what was
+/// seen, so the rollout can report it as is.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("{0}")]
+pub struct HookError(pub String);
+
+/// What a rollout asks a stateful cluster, around each member's restart.
+///
+/// # Guarantees the rollout gives
+///
+/// - One member at a time: the rollout never restarts two members of one
+///   cluster at once, whatever `parallelism` says.
+/// - `before_restart` runs right before the member's desired state changes;
+///   when it fails, the member is not touched and the rollout stops.
+/// - `ready_for_next` runs after the member is healthy on the new spec;
+///   when it fails the rollout stops and reports it (the cluster keeps
+///   serving from the members that were not touched).
+pub trait UpdateOrder: Send + Sync {
+    /// The hook's name (the label value), for messages.
+    fn kind(&self) -> &'static str;
+
+    /// The order in which `members` restart, as indices into `members`.
+    /// Members that cannot be asked go where they were.
+    fn order<'a>(&'a self, members: &'a [Member]) -> HookFuture<'a, Vec<usize>>;
+
+    /// Called before `member` restarts (Patroni: hand leadership away).
+    fn before_restart<'a>(&'a self, member: &'a Member, members: &'a [Member])
+    -> HookFuture<'a, Result<(), HookError>>;
+
+    /// Waits, at most `deadline`, until the cluster may lose its next
+    /// member after `member` restarted (Patroni: it streams again with lag
+    /// under the threshold).
+    fn ready_for_next<'a>(
+        &'a self,
+        member: &'a Member,
+        members: &'a [Member],
+        deadline: Duration,
+    ) -> HookFuture<'a, Result<(), HookError>>;
+}
+
+/// The hook the labels choose, or `None` for a plain rollout. An unknown
+/// kind is an error naming the known ones.
+pub fn for_labels(labels: &BTreeMap<String, String>) -> Result<Option<Box<dyn UpdateOrder>>, HookError> {
+    let Some(kind) = labels.get(ORDER_LABEL).filter(|k| !k.is_empty()) else {
+        return Ok(None);
+    };
+    match kind.as_str() {
+        "patroni" => {
+            let max_lag = match labels.get(MAX_LAG_LABEL) {
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| HookError(format!("label {MAX_LAG_LABEL}: {v:?} is not a number of bytes")))?,
+                None => patroni::DEFAULT_MAX_LAG,
+            };
+            Ok(Some(Box::new(patroni::Patroni { max_lag })))
+        }
+        other => Err(HookError(format!(
+            "label {ORDER_LABEL}: unknown update order {other:?} (known: patroni)"
+        ))),
+    }
+}
+
+/// The port a hook talks to, from the labels (`default` without one).
+pub fn port_from(labels: &BTreeMap<String, String>, default: u16) -> u16 {
+    labels.get(PORT_LABEL).and_then(|p| p.parse().ok()).unwrap_or(default)
+}
+
+/// The cluster a member belongs to, from its labels.
+pub fn cluster_from(labels: &BTreeMap<String, String>) -> Option<String> {
+    let kind = labels.get(ORDER_LABEL).filter(|k| !k.is_empty())?;
+    Some(
+        labels
+            .get(CLUSTER_LABEL)
+            .filter(|c| !c.is_empty())
+            .unwrap_or(kind)
+            .clone(),
+    )
+}
+
+/// A small HTTP/1.1 exchange (one request, `Connection: close`), enough for
+/// the members' admin APIs (Patroni's is Python's `http.server`). Returns
+/// the status and the body. Bounded by `timeout`.
+pub async fn http(
+    addr: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String), HookError> {
+    let target = format!("{addr}:{port}");
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(&target)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let body = body.unwrap_or("");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+            .ok_or_else(|| format!("not an HTTP response: {:?}", head.lines().next().unwrap_or("")))?;
+        Ok::<_, String>((status, rest.to_owned()))
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(HookError(format!("{method} http://{target}{path}: {e}"))),
+        Err(_) => Err(HookError(format!(
+            "{method} http://{target}{path}: no answer within {}s",
+            timeout.as_secs()
+        ))),
+    }
+}
+
+pub mod patroni;
