@@ -1748,12 +1748,14 @@ fn reach_spec(
     // Cluster members (etcd-1..3, pg-0..2) are written as single-replica
     // services of one Compose file that reach each other by name without
     // any `depends_on` among them. Only single-replica services count, so
-    // a published port never has two replicas on one host.
+    // a published port never has two replicas on one host; and only those
+    // with ports to reach (`expose`, `ports`), so a stack of unrelated
+    // single services keeps its specs.
     let peers: Vec<&str> = if spec.replicas.max(1) == 1 && mine.len() <= 1 {
         catalog
             .services
             .values()
-            .filter(|s| s.name != name && s.file == svc.file)
+            .filter(|s| s.name != name && s.file == svc.file && !convert::service_ports(s).is_empty())
             .filter(|s| {
                 placed
                     .get(&s.name)
@@ -1764,7 +1766,7 @@ fn reach_spec(
     } else {
         Vec::new()
     };
-    let needed = !peers.is_empty()
+    let needed = (!peers.is_empty() && !convert::service_ports(svc).is_empty())
         || catalog
             .services
             .values()
@@ -2068,6 +2070,18 @@ mod reach_tests {
         );
         assert_eq!(c.extra_hosts, vec!["etcd-1:@host:h1".to_string()]);
         assert!(c.ports.is_empty(), "{:?}", c.ports);
+    }
+
+    #[test]
+    fn single_services_of_one_stack_with_nothing_to_reach_keep_their_specs() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("docker-compose.yml");
+        std::fs::write(&file, "services:\n  db:\n    image: d\n  cache:\n    image: c\n").unwrap();
+        let cat = infra_compose::load_files(&[(file, Tier::Data)], &LoadOptions::default()).unwrap();
+        let where_ = placed(&[("db", &["h2"]), ("cache", &["h1"])]);
+        let mut s = spec_of("db", 1);
+        reach_spec(&cat, &hosts(true), &where_, "db", &["h2".into()], &mut s);
+        assert_eq!(s, spec_of("db", 1));
     }
 
     #[test]
