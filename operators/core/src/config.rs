@@ -204,6 +204,13 @@ pub struct OperatorConfig {
     pub route_drain_ms: u64,
     /// Bounded drain on shutdown, seconds.
     pub shutdown_grace_secs: u64,
+    /// Where Prometheus scrapes the operator's metrics (`GET /metrics`).
+    /// Unset: 127.0.0.1 and the tier's port (gateway 9461 ... communication
+    /// 9469, see [`crate::metrics::FIRST_OPERATOR_PORT`]). `""` turns the
+    /// server off. Port 0 picks a free port; the address actually bound is
+    /// published in heartbeats (label `metrics`, with the `addr` label in
+    /// place of 0.0.0.0) for the observability operator to find.
+    pub metrics_listen: Option<String>,
     /// Logging.
     pub log: LogConfig,
 }
@@ -224,12 +231,25 @@ impl Default for OperatorConfig {
             stop_grace_secs: 10,
             route_drain_ms: 1000,
             shutdown_grace_secs: 10,
+            metrics_listen: None,
             log: LogConfig::default(),
         }
     }
 }
 
 impl OperatorConfig {
+    /// The metrics address for a tier whose default gRPC port is
+    /// `default_grpc_port`; `None` when turned off (`metrics_listen = ""`).
+    pub fn metrics_addr(&self, default_grpc_port: u16) -> Result<Option<SocketAddr>, ConfigError> {
+        match &self.metrics_listen {
+            None => Ok(Some(SocketAddr::from((
+                [127, 0, 0, 1],
+                crate::metrics::default_operator_port(default_grpc_port),
+            )))),
+            Some(v) => crate::metrics::parse_listen("metrics_listen", v),
+        }
+    }
+
     /// Checks what serde cannot, naming the field.
     pub fn validate(&self, default_port: u16) -> Result<SocketAddr, ConfigError> {
         infra_bus::Token::new("host", &self.host).map_err(|e| ConfigError(format!("host: {e}")))?;
@@ -252,6 +272,7 @@ impl OperatorConfig {
         if self.resync_secs == 0 {
             return Err(ConfigError("resync_secs must be at least 1".into()));
         }
+        self.metrics_addr(default_port)?;
         let listen = if self.grpc_listen.is_empty() {
             format!("127.0.0.1:{default_port}")
         } else {

@@ -1,6 +1,7 @@
 //! Publishing what happens: to the bus (JetStream, durable) and to local
 //! gRPC watchers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use infra_bus::Bus;
@@ -15,6 +16,9 @@ pub struct EventSink {
     host: String,
     tier: String,
     source: String,
+    /// Counts what is sent, and carries the operator's other metrics to
+    /// the reconcile loop (which holds the sink).
+    metrics: Arc<crate::metrics::OperatorMetrics>,
 }
 
 impl EventSink {
@@ -27,7 +31,13 @@ impl EventSink {
             host: host.to_owned(),
             tier: tier.to_owned(),
             source: source.to_owned(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// The operator's metrics (events are counted as they are sent).
+    pub fn metrics(&self) -> &Arc<crate::metrics::OperatorMetrics> {
+        &self.metrics
     }
 
     /// Local subscribers (the operator's gRPC `WatchEvents`).
@@ -84,6 +94,7 @@ impl EventSink {
             reason = %ev.reason,
             "event"
         );
+        self.metrics.event(ev.kind());
         let _ = self.local.send(ev.clone());
         match tokio::time::timeout(Duration::from_secs(5), self.bus.publish_event(&ev)).await {
             Ok(Ok(())) => {}

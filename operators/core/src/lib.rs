@@ -14,6 +14,7 @@ pub mod events;
 pub mod grpc;
 pub mod labels;
 pub mod members;
+pub mod metrics;
 pub mod reconcile;
 pub mod spec;
 
@@ -252,6 +253,7 @@ pub fn main(tier: Tier) -> ExitCode {
         cfg.nats.url.clone_from(url);
     }
     cfg.state_dir = app::absolute(&cfg.state_dir);
+    let metrics_addr = cfg.metrics_addr(tier.grpc_port).ok().flatten();
     let listen = match cfg.validate(tier.grpc_port) {
         Ok(a) => a,
         Err(e) => {
@@ -274,7 +276,13 @@ pub fn main(tier: Tier) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     app::init_logging(cfg.log.format, &cfg.log.filter);
-    tracing::info!(tier = tier.name, config = %sanitized(&cfg), grpc = %listen, "starting operator");
+    tracing::info!(
+        tier = tier.name,
+        config = %sanitized(&cfg),
+        grpc = %listen,
+        metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        "starting operator"
+    );
     let rt = match app::runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -288,7 +296,11 @@ pub fn main(tier: Tier) -> ExitCode {
         let docker = docker::DockerClient::connect().await?;
         let bus = Bus::connect(&bus_cfg).await?;
         let listener = grpc::bind(listen).await?;
-        run(tier, cfg, docker, bus, listener, shutdown).await
+        let metrics = match metrics_addr {
+            Some(a) => Metrics::Listener(metrics::bind("metrics_listen", a).await?),
+            None => Metrics::Off,
+        };
+        run_with(tier, cfg, docker, bus, listener, metrics, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -309,15 +321,42 @@ pub fn sanitized(cfg: &OperatorConfig) -> String {
     serde_json::to_string(&c).unwrap_or_default()
 }
 
+/// How [`run_with`] serves metrics.
+#[derive(Debug)]
+pub enum Metrics {
+    /// Bind `metrics_listen` (or the tier's default); if that fails, warn
+    /// and run without metrics (in-process tests run many operators of one
+    /// tier on one machine, and metrics must never stop an operator).
+    FromConfig,
+    /// Serve on this listener (the binary binds it first, so a taken port
+    /// is a start-up error that names the key).
+    Listener(tokio::net::TcpListener),
+    /// No metrics server.
+    Off,
+}
+
 /// Runs an operator with everything it needs passed in, until `shutdown`;
 /// then drains within `shutdown_grace_secs`. Containers keep running when
-/// the operator stops.
+/// the operator stops. Metrics as [`Metrics::FromConfig`].
 pub async fn run(
     tier: Tier,
     cfg: OperatorConfig,
     docker: docker::DockerClient,
     bus: Bus,
     listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    run_with(tier, cfg, docker, bus, listener, Metrics::FromConfig, shutdown).await
+}
+
+/// As [`run`], with the metrics server chosen by the caller.
+pub async fn run_with(
+    tier: Tier,
+    cfg: OperatorConfig,
+    docker: docker::DockerClient,
+    bus: Bus,
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
     let events = events::EventSink::new(bus.clone(), &cfg.host, tier.name, &format!("operator/{}", tier.name));
@@ -340,6 +379,37 @@ pub async fn run(
     let grpc_addr = listener.local_addr()?.to_string();
     let tasks = TaskTracker::new();
     let facts = Facts::default();
+    let metrics_listener = match metrics {
+        Metrics::Listener(l) => Some(l),
+        Metrics::Off => None,
+        Metrics::FromConfig => match cfg.metrics_addr(tier.grpc_port) {
+            Ok(Some(a)) => match metrics::bind("metrics_listen", a).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "running without metrics");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "running without metrics");
+                None
+            }
+        },
+    };
+    if let Some(l) = metrics_listener {
+        let bound = l.local_addr()?;
+        let at = metrics::advertised(bound, cfg.labels.get("addr").map(String::as_str));
+        tracing::info!(listen = %bound, advertised = %at, "metrics: serving /metrics");
+        facts.set(metrics::HEARTBEAT_LABEL, at);
+        let m = ctx.events.metrics().clone();
+        tasks.spawn(metrics::serve(l, move || m.render(), shutdown.clone()));
+        tasks.spawn(metrics::refresh_loop(
+            ctx.clone(),
+            ctx.events.metrics().clone(),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(reconcile::run_controller(ctx.clone(), shutdown.clone()));
     tasks.spawn(heartbeat_loop(
         ctx.clone(),

@@ -376,7 +376,10 @@ async fn worker(ctx: Arc<Ctx>, service: String, mut rx: mpsc::Receiver<()>, shut
             r = rx.recv() => if r.is_none() { return },
             _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {}
         }
-        match reconcile_once(&ctx, &service, &mut st).await {
+        let t0 = Instant::now();
+        let result = reconcile_once(&ctx, &service, &mut st).await;
+        ctx.events.metrics().reconciled(t0.elapsed(), result.is_ok());
+        match result {
             Ok(Next::Idle) => {
                 st.reconcile_errors = 0;
                 wake = None;
