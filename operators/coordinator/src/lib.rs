@@ -8,6 +8,7 @@ pub mod convert;
 pub mod coordinator;
 pub mod hosts;
 pub mod leader;
+pub mod metrics;
 pub mod placement;
 pub mod rollout;
 pub mod selections;
@@ -74,6 +75,10 @@ pub struct CoordinatorConfig {
     pub host_lost_secs: u64,
     /// Bounded drain on shutdown, seconds.
     pub shutdown_grace_secs: u64,
+    /// Where Prometheus scrapes the coordinator's metrics (`GET /metrics`:
+    /// deploy and rollout steps, services by health, hosts by state,
+    /// leader). `""` turns the server off.
+    pub metrics_listen: String,
     /// Logging.
     pub log: operator_core::config::LogConfig,
 }
@@ -96,6 +101,7 @@ impl Default for CoordinatorConfig {
             heartbeat_ttl_secs: 20,
             host_lost_secs: 30,
             shutdown_grace_secs: 10,
+            metrics_listen: format!("127.0.0.1:{}", operator_core::metrics::COORDINATOR_PORT),
             log: operator_core::config::LogConfig {
                 format: LogFormat::Json,
                 filter: "info".into(),
@@ -203,6 +209,7 @@ impl CoordinatorConfig {
         if self.lease_secs == 0 {
             return Err(ConfigError("lease_secs must be at least 1".into()));
         }
+        self.metrics_addr()?;
         let listen: std::net::SocketAddr = self.grpc_listen.parse().map_err(|e| {
             ConfigError(format!(
                 "grpc_listen: {:?} is not a socket address ({e})",
@@ -217,6 +224,11 @@ impl CoordinatorConfig {
             )));
         }
         Ok(listen)
+    }
+
+    /// The metrics address; `None` when turned off (`metrics_listen = ""`).
+    pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        operator_core::metrics::parse_listen("metrics_listen", &self.metrics_listen)
     }
 
     /// The election's settings: this coordinator's id, the address it
@@ -249,7 +261,6 @@ impl CoordinatorConfig {
 }
 
 /// How the coordinator serves, beside what the logic needs.
-#[derive(Clone)]
 pub struct Serving {
     /// The leader election.
     pub lease: LeaseSettings,
@@ -260,6 +271,8 @@ pub struct Serving {
     pub tls: Option<tonic::transport::ServerTlsConfig>,
     /// Who may write.
     pub auth: service::Auth,
+    /// Where to serve metrics (see [`metrics`]); `None`: no metrics.
+    pub metrics: Option<tokio::net::TcpListener>,
 }
 
 /// Runs the coordinator until `shutdown`, then drains within the grace.
@@ -278,6 +291,15 @@ pub async fn run(
     let tasks = TaskTracker::new();
     tasks.spawn(cache.clone().follow(bus.clone(), shutdown.clone()));
     let (election, lease_task) = Election::start(bus.clone(), serving.lease.clone(), shutdown.clone()).await;
+    if let Some(l) = serving.metrics {
+        tasks.spawn(metrics::run(
+            bus.clone(),
+            settings.id.clone(),
+            election.leading(),
+            l,
+            shutdown.clone(),
+        ));
+    }
     let coordinator = Coordinator::new(settings, bus, cache).with_leadership(election.leading());
     tasks.spawn(coordinator.clone().watch_hosts(shutdown.clone()));
     tasks.spawn(on_elected(coordinator.clone(), election.clone(), shutdown.clone()));

@@ -102,16 +102,34 @@ fn main() -> ExitCode {
         }
     };
     let grace = Duration::from_secs(cfg.shutdown_grace_secs);
+    let metrics_addr = cfg.metrics_addr().ok().flatten();
     let result: Result<(), String> = rt.block_on(async move {
         let shutdown = CancellationToken::new();
         app::cancel_on_signals(shutdown.clone());
         let bus = infra_bus::Bus::connect(&bus_cfg).await.map_err(|e| e.to_string())?;
         let listener = operator_core::grpc::bind(listen).await.map_err(|e| e.to_string())?;
+        // A taken metrics port is a warning, not a failed start: several
+        // coordinators may share a machine (tests, benches), and metrics
+        // must never keep a coordinator from leading.
+        let metrics = match metrics_addr {
+            Some(a) => match operator_core::metrics::bind("metrics_listen", a).await {
+                Ok(l) => {
+                    tracing::info!(listen = %a, "metrics: serving /metrics");
+                    Some(l)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "running without metrics");
+                    None
+                }
+            },
+            None => None,
+        };
         let serving = infra_coordinator::Serving {
             lease: cfg.lease(),
             grace,
             tls,
             auth,
+            metrics,
         };
         infra_coordinator::run(cfg.settings(), bus, listener, shutdown, serving)
             .await
