@@ -8,3 +8,4 @@ pub mod auth;
 pub mod gateway;
 pub mod http;
 pub mod observability;
+pub mod valkey;
