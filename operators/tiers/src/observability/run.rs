@@ -1,0 +1,198 @@
+//! The scrape-target writer: watches the bus, computes the targets and
+//! copies `targets.json` into this host's running Prometheus container
+//! when it changed.
+//!
+//! Copied through the Docker API, like the gateway's Nginx routes (see
+//! `gateway::nginx`): the operator's state directory is not the same path on
+//! every host, and the API reaches the container wherever it runs. The
+//! Prometheus container is `read_only`, so the file goes into a volume
+//! mounted at [`TARGETS_DIR`] (Docker writes into volumes of a read-only
+//! container, never into its root filesystem). Prometheus's file_sd picks
+//! the new file up by itself: no reload.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use bollard::query_parameters::UploadToContainerOptionsBuilder;
+use futures::StreamExt;
+use infra_proto::bus::v1::ObservedService;
+use operator_core::TierContext;
+
+use super::targets::{self, Problem};
+use crate::gateway::nginx::tar;
+
+/// Where `targets.json` goes in the Prometheus container (a volume: see
+/// the module documentation; `prometheus.yml` reads `targets/*.json` here).
+pub const TARGETS_DIR: &str = "/etc/prometheus/targets";
+/// The file's name in [`TARGETS_DIR`].
+pub const TARGETS_FILE: &str = "targets.json";
+/// Environment variable naming the Prometheus service (default
+/// `prometheus`): its container on this host gets the targets.
+pub const PROMETHEUS_SERVICE_ENV: &str = "INFRA_OBSERVABILITY_PROMETHEUS_SERVICE";
+/// Environment variable listing the coordinators' metrics addresses,
+/// comma-separated `[id=]host:port`. Coordinators publish no heartbeat on
+/// the bus, so they are named here.
+pub const COORDINATORS_ENV: &str = "INFRA_OBSERVABILITY_COORDINATORS";
+/// Changes arriving within this long of the first are taken together.
+const DEBOUNCE: Duration = Duration::from_millis(150);
+/// A full recomputation even without a change: new heartbeats, host
+/// addresses, anything a watch missed.
+const RESYNC: Duration = Duration::from_secs(5);
+/// Bound on each bus listing and on the copy into the container.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+struct State {
+    /// (container id, content) last copied into Prometheus.
+    applied: Option<(String, String)>,
+    reported: BTreeSet<Problem>,
+}
+
+/// Runs until shutdown. Errors are logged, never fatal.
+pub async fn run(ctx: TierContext) {
+    let service = std::env::var(PROMETHEUS_SERVICE_ENV).unwrap_or_else(|_| "prometheus".into());
+    let coordinators = targets::parse_coordinators(&std::env::var(COORDINATORS_ENV).unwrap_or_default());
+    tracing::info!(prometheus_service = %service, coordinators = coordinators.len(), "scrape targets: writing");
+    let mut st = State {
+        applied: None,
+        reported: BTreeSet::new(),
+    };
+    let mut watch = None;
+    let mut tick = tokio::time::interval(RESYNC);
+    loop {
+        if watch.is_none() {
+            match tokio::time::timeout(TIMEOUT, ctx.bus.watch_observed()).await {
+                Ok(Ok(w)) => watch = Some(w),
+                Ok(Err(e)) => tracing::warn!(error = %e, "scrape targets: cannot watch observed state; retrying"),
+                Err(_) => tracing::warn!("scrape targets: watching observed state timed out; retrying"),
+            }
+        }
+        let changed = async {
+            match watch.as_mut() {
+                Some(w) => w.next().await,
+                None => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    None
+                }
+            }
+        };
+        tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+            ev = changed => {
+                if ev.is_none() && watch.is_some() {
+                    watch = None;
+                }
+                if let Some(w) = watch.as_mut() {
+                    let until = tokio::time::Instant::now() + DEBOUNCE;
+                    while let Ok(Some(_)) = tokio::time::timeout_at(until, w.next()).await {}
+                }
+            }
+        }
+        write_once(&ctx, &service, &coordinators, &mut st).await;
+    }
+}
+
+async fn write_once(ctx: &TierContext, service: &str, coordinators: &[(String, String)], st: &mut State) {
+    let t0 = Instant::now();
+    let listed = tokio::time::timeout(TIMEOUT, async {
+        Ok::<_, infra_bus::BusError>((
+            ctx.bus.list_desired(None).await?,
+            ctx.bus.list_observed(None).await?,
+            ctx.bus.list_heartbeats().await?,
+        ))
+    })
+    .await;
+    let (desired, observed, heartbeats) = match listed {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "scrape targets: cannot read the bus; the targets stay as they are");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("scrape targets: reading the bus timed out; the targets stay as they are");
+            return;
+        }
+    };
+    let Some(container) = running(&observed, &ctx.host, ctx.tier, service) else {
+        return; // no Prometheus on this host: another host's operator writes
+    };
+    let mut addrs: BTreeMap<String, String> = BTreeMap::new();
+    for hb in &heartbeats {
+        if let Some(a) = hb.labels.get("addr").filter(|a| !a.is_empty()) {
+            addrs.insert(hb.host.clone(), a.clone());
+        }
+    }
+    if let Some(a) = ctx.labels.get("addr").filter(|a| !a.is_empty()) {
+        addrs.insert(ctx.host.clone(), a.clone());
+    }
+    let networks: BTreeSet<String> = desired
+        .iter()
+        .filter(|d| d.host == ctx.host)
+        .filter_map(|d| d.spec.as_ref())
+        .filter(|s| s.name == service && s.tier == ctx.tier)
+        .flat_map(|s| s.networks.iter().map(|n| n.name.clone()))
+        .collect();
+    let (groups, problems) = targets::build(targets::Inputs {
+        host: &ctx.host,
+        desired: &desired,
+        observed: &observed,
+        heartbeats: &heartbeats,
+        addrs: &addrs,
+        prometheus_networks: &networks,
+        coordinators,
+    });
+    let now: BTreeSet<Problem> = problems.into_iter().collect();
+    for p in now.difference(&st.reported) {
+        tracing::warn!(what = %p.what, host = %p.host, "scrape target skipped: {}", p.problem);
+    }
+    st.reported = now;
+    let text = targets::render(&groups);
+    if st.applied.as_ref() == Some(&(container.clone(), text.clone())) {
+        return;
+    }
+    match upload(ctx, &container, &text).await {
+        Ok(()) => {
+            tracing::info!(
+                container = %short(&container),
+                targets = groups.len(),
+                since_change_ms = t0.elapsed().as_millis() as u64,
+                "scrape targets: {TARGETS_DIR}/{TARGETS_FILE} written into Prometheus"
+            );
+            st.applied = Some((container, text));
+        }
+        Err(e) => tracing::warn!(container = %short(&container), "scrape targets: {e}; retrying at the next change"),
+    }
+}
+
+async fn upload(ctx: &TierContext, container: &str, text: &str) -> Result<(), String> {
+    let opts = UploadToContainerOptionsBuilder::default().path(TARGETS_DIR).build();
+    let body = bollard::body_full(tar(TARGETS_FILE, text.as_bytes()).into());
+    tokio::time::timeout(
+        TIMEOUT,
+        ctx.docker.raw().upload_to_container(container, Some(opts), body),
+    )
+    .await
+    .map_err(|_| format!("copying {TARGETS_FILE} into {container} timed out"))?
+    .map_err(|e| {
+        format!(
+            "copying {TARGETS_FILE} into {container}:{TARGETS_DIR}: {e} (is a volume mounted there? \
+             the container's root filesystem is read-only)"
+        )
+    })
+}
+
+/// The running container of `service` of this tier on this host.
+fn running(observed: &[ObservedService], host: &str, tier: &str, service: &str) -> Option<String> {
+    observed
+        .iter()
+        .find(|o| o.host == host && o.tier == tier && o.service == service)?
+        .containers
+        .iter()
+        .filter(|c| c.state == "running")
+        .min_by_key(|c| c.replica)
+        .map(|c| c.id.clone())
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
