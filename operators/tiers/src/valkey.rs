@@ -76,6 +76,9 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 const BUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on a short command in a member (`CLUSTER INFO`, `getent`).
 const EXEC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on waiting for a new cluster's roles to reach the node that
+/// created it (for the event's counts).
+const ROLES_WAIT: Duration = Duration::from_secs(15);
 /// Bound on `valkey-cli --cluster create` (it waits for the nodes to agree).
 const CREATE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -609,12 +612,24 @@ async fn create(ctx: &TierContext, st: &mut State, cluster: &Cluster, at: &(Stri
         report(ctx, st, name, service, id, reason).await;
         return false;
     }
+    // The roles reach every node by gossip: right after the creation a
+    // node may still list a new replica as a primary. Read until the counts
+    // match the layout (bounded), then publish what the node says.
+    let expected = cluster.layout().unwrap_or_default();
     let nodes_cmd = cli(&cluster.password_file, &["cluster".into(), "nodes".into()]);
-    let (primaries, replicas) = match exec_output(ctx, id, "valkey-cli cluster nodes", nodes_cmd, EXEC_TIMEOUT).await {
-        Ok(out) => count_roles(&out),
-        Err(e) => {
-            tracing::warn!(cluster = %name, error = %e, "valkey cluster: created, but its nodes cannot be listed");
-            cluster.layout().unwrap_or_default()
+    let deadline = tokio::time::Instant::now() + ROLES_WAIT;
+    let (primaries, replicas) = loop {
+        let seen = match exec_output(ctx, id, "valkey-cli cluster nodes", nodes_cmd.clone(), EXEC_TIMEOUT).await {
+            Ok(out) => Some(count_roles(&out)),
+            Err(e) => {
+                tracing::warn!(cluster = %name, error = %e, "valkey cluster: created, but its nodes cannot be listed");
+                None
+            }
+        };
+        match seen {
+            Some(c) if c == expected || tokio::time::Instant::now() >= deadline => break c,
+            None if tokio::time::Instant::now() >= deadline => break expected,
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     };
     let reason = format!("cluster {name} created: {primaries} primaries, {replicas} replicas");
