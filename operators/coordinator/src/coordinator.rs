@@ -1749,13 +1749,13 @@ fn reach_spec(
     // services of one Compose file that reach each other by name without
     // any `depends_on` among them. Only single-replica services count, so
     // a published port never has two replicas on one host; and only those
-    // with ports to reach (`expose`, `ports`), so a stack of unrelated
+    // with ports to reach (`expose`), so a stack of unrelated
     // single services keeps its specs.
     let peers: Vec<&str> = if spec.replicas.max(1) == 1 && mine.len() <= 1 {
         catalog
             .services
             .values()
-            .filter(|s| s.name != name && s.file == svc.file && !convert::service_ports(s).is_empty())
+            .filter(|s| s.name != name && s.file == svc.file && !expose_ports(s).is_empty())
             .filter(|s| {
                 placed
                     .get(&s.name)
@@ -1766,13 +1766,22 @@ fn reach_spec(
     } else {
         Vec::new()
     };
-    let needed = (!peers.is_empty() && !convert::service_ports(svc).is_empty())
-        || catalog
-            .services
-            .values()
-            .any(|s| s.depends_on.iter().any(|d| d.service == name));
-    if needed {
-        for (port, proto) in convert::service_ports(svc) {
+    let needed = catalog
+        .services
+        .values()
+        .any(|s| s.depends_on.iter().any(|d| d.service == name));
+    // What its peers reach: its `expose` entries (the targets of `ports`
+    // are published already, and publishing them again would take a port
+    // another member publishes on this host).
+    let to_publish = if needed {
+        convert::service_ports(svc)
+    } else if !peers.is_empty() {
+        expose_ports(svc)
+    } else {
+        Vec::new()
+    };
+    {
+        for (port, proto) in to_publish {
             let have = spec.ports.iter().any(|x| {
                 x.published == u32::from(port) && (x.protocol == proto || x.protocol.is_empty() && proto == "tcp")
             });
@@ -1814,6 +1823,22 @@ fn reach_spec(
             spec.extra_hosts.push(entry);
         }
     }
+}
+
+/// A service's `expose` entries as (port, protocol): what the other members
+/// of its stack reach it on.
+fn expose_ports(svc: &infra_compose::Service) -> Vec<(u16, String)> {
+    let mut out: Vec<(u16, String)> = svc
+        .expose
+        .iter()
+        .filter_map(|e| {
+            let (port, proto) = e.split_once('/').unwrap_or((e.as_str(), "tcp"));
+            Some((port.trim().parse().ok()?, proto.trim().to_lowercase()))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// `min_severity` of a lint request: empty means every finding.
@@ -2082,6 +2107,24 @@ mod reach_tests {
         let mut s = spec_of("db", 1);
         reach_spec(&cat, &hosts(true), &where_, "db", &["h2".into()], &mut s);
         assert_eq!(s, spec_of("db", 1));
+    }
+
+    #[test]
+    fn a_member_with_published_ports_does_not_publish_their_targets_again_on_the_private_address() {
+        // pg-router publishes 15432:5432 on host1, where pg-0 publishes
+        // 5432 on the private address: the router must not take it too.
+        let dir = tempfile::tempdir().unwrap();
+        let cat = catalog(dir.path());
+        let file = dir.path().join("docker-compose.yml");
+        let text = std::fs::read_to_string(&file).unwrap() + "  router:\n    image: r\n    ports: [\"15432:5432\"]\n";
+        std::fs::write(&file, text).unwrap();
+        drop(cat);
+        let cat = infra_compose::load_files(&[(file, Tier::Data)], &LoadOptions::default()).unwrap();
+        let where_ = placed(&[("etcd-1", &["h1"]), ("etcd-2", &["h2"]), ("router", &["h1"])]);
+        let mut s = spec_of("router", 1);
+        reach_spec(&cat, &hosts(true), &where_, "router", &["h1".into()], &mut s);
+        assert!(s.ports.is_empty(), "{:?}", s.ports);
+        assert_eq!(s.extra_hosts, vec!["etcd-2:@host:h2".to_string()]);
     }
 
     #[test]
