@@ -382,6 +382,94 @@ mod tests {
         has(&text, "infra_coordinator_host_events_total{kind=\"lost\"} 1");
     }
 
+    /// Every `infra_operator_*` / `infra_coordinator_*` name in `text`.
+    fn names_in(text: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for prefix in ["infra_operator_", "infra_coordinator_"] {
+            let mut rest = text;
+            while let Some(i) = rest.find(prefix) {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                out.insert(tail[..end].to_owned());
+                rest = &tail[end..];
+            }
+        }
+        out
+    }
+
+    /// Every series name the operators and the coordinator expose.
+    fn exposed() -> BTreeSet<String> {
+        let mut names =
+            operator_core::metrics::series_names(&operator_core::metrics::OperatorMetrics::exercised().render());
+        names.extend(operator_core::metrics::series_names(
+            &CoordinatorMetrics::new().render(),
+        ));
+        names
+    }
+
+    fn observability(rel: &str) -> String {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../compose/06-observability")
+            .join(rel);
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    #[test]
+    fn the_platform_dashboard_parses_and_names_only_metrics_the_code_registers() {
+        let text = observability("grafana/provisioning/dashboards/platform.json");
+        let dash: serde_json::Value = serde_json::from_str(&text).expect("platform.json is JSON");
+        assert_eq!(dash["uid"], "infra-platform");
+        let exprs: Vec<&str> = dash["panels"]
+            .as_array()
+            .expect("panels")
+            .iter()
+            .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+            .filter_map(|t| t["expr"].as_str())
+            .collect();
+        assert!(exprs.len() >= 10, "{exprs:?}");
+        let used = names_in(&exprs.join("\n"));
+        let exposed = exposed();
+        let unknown: Vec<&String> = used.difference(&exposed).collect();
+        assert!(
+            unknown.is_empty(),
+            "the dashboard names {unknown:?}, which no code registers; exposed: {exposed:?}"
+        );
+        for wanted in [
+            "infra_coordinator_hosts",
+            "infra_coordinator_services",
+            "infra_coordinator_rollout_steps_total",
+            "infra_operator_restarts_total",
+            "infra_operator_services",
+        ] {
+            assert!(used.contains(wanted), "the dashboard shows {wanted}");
+        }
+        let provider = observability("grafana/provisioning/dashboards/dashboards.yml");
+        assert!(provider.contains("/etc/grafana/provisioning/dashboards"), "{provider}");
+    }
+
+    #[test]
+    fn the_platform_alert_rules_name_only_metrics_the_code_registers() {
+        let text = observability("prometheus/rules/platform.yml");
+        let rules: serde_json::Value = serde_norway::from_str(&text).expect("platform.yml is YAML");
+        let alerts: BTreeMap<&str, &str> = rules["groups"][0]["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .map(|r| (r["alert"].as_str().unwrap_or(""), r["expr"].as_str().unwrap_or("")))
+            .collect();
+        for a in ["InfraServiceUnhealthy", "InfraHostLost", "InfraRolloutReverted"] {
+            assert!(alerts.contains_key(a), "{a} in {alerts:?}");
+        }
+        let used = names_in(&alerts.values().copied().collect::<Vec<_>>().join("\n"));
+        let unknown: Vec<String> = used.difference(&exposed()).cloned().collect();
+        assert!(
+            unknown.is_empty(),
+            "the alert rules name {unknown:?}, which no code registers"
+        );
+    }
+
     #[test]
     fn hosts_are_up_drained_or_lost_and_services_are_counted_by_health() {
         let m = CoordinatorMetrics::new();

@@ -70,12 +70,14 @@ pub struct HealthLabel {
     pub health: &'static str,
 }
 
-/// A `service` and its `health`: one series per service, value 1, so an
-/// alert can name the service.
+/// A service (`name`) and its `health`: one series per service, value 1,
+/// so an alert can name the service. `name`, not `service`: Prometheus
+/// gives every target a `service` label (the operator's), and a scraped
+/// label of that name would be renamed `exported_service`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceHealthLabel {
     /// The service.
-    pub service: String,
+    pub name: String,
     /// Its health on this host.
     pub health: &'static str,
 }
@@ -173,7 +175,7 @@ impl OperatorMetrics {
         let service_health = Family::<ServiceHealthLabel, Gauge>::default();
         registry.register(
             "service_health",
-            "1 for each service of this tier on this host, labelled with its health",
+            "1 for each service (label name) of this tier on this host, labelled with its health",
             service_health.clone(),
         );
         let containers = Family::<StateLabel, Gauge>::default();
@@ -259,7 +261,7 @@ impl OperatorMetrics {
         for o in observed {
             self.service_health
                 .get_or_create(&ServiceHealthLabel {
-                    service: o.service.clone(),
+                    name: o.service.clone(),
                     health: health_token(o.health()),
                 })
                 .set(1);
@@ -481,7 +483,7 @@ mod tests {
             "infra_operator_services{health=\"healthy\"} 2",
             "infra_operator_services{health=\"unhealthy\"} 1",
             "infra_operator_services{health=\"failed\"} 0",
-            "infra_operator_service_health{service=\"minio\",health=\"unhealthy\"} 1",
+            "infra_operator_service_health{name=\"minio\",health=\"unhealthy\"} 1",
             "infra_operator_containers{state=\"running\"} 4",
             "infra_operator_containers{state=\"exited\"} 0",
             "infra_operator_info{version=\"1.2.3\"} 1",
@@ -497,8 +499,8 @@ mod tests {
         m.observe(&[observed("minio", Health::Unhealthy, &["running"])]);
         m.observe(&[observed("minio", Health::Healthy, &["running"])]);
         let text = m.render();
-        assert!(!text.contains("service=\"minio\",health=\"unhealthy\""), "{text}");
-        assert!(text.contains("infra_operator_service_health{service=\"minio\",health=\"healthy\"} 1"));
+        assert!(!text.contains("name=\"minio\",health=\"unhealthy\""), "{text}");
+        assert!(text.contains("infra_operator_service_health{name=\"minio\",health=\"healthy\"} 1"));
     }
 
     #[test]

@@ -27,12 +27,14 @@ pub const TARGETS_DIR: &str = "/etc/prometheus/targets";
 /// The file's name in [`TARGETS_DIR`].
 pub const TARGETS_FILE: &str = "targets.json";
 /// Environment variable naming the Prometheus service (default
-/// `prometheus`): its container on this host gets the targets.
-pub const PROMETHEUS_SERVICE_ENV: &str = "INFRA_OBSERVABILITY_PROMETHEUS_SERVICE";
+/// `prometheus`): its container on this host gets the targets. Not
+/// `INFRA_*`: the operator's configuration takes every `INFRA_*` variable
+/// as a key and refuses unknown ones.
+pub const PROMETHEUS_SERVICE_ENV: &str = "OBSERVABILITY_PROMETHEUS_SERVICE";
 /// Environment variable listing the coordinators' metrics addresses,
 /// comma-separated `[id=]host:port`. Coordinators publish no heartbeat on
 /// the bus, so they are named here.
-pub const COORDINATORS_ENV: &str = "INFRA_OBSERVABILITY_COORDINATORS";
+pub const COORDINATORS_ENV: &str = "OBSERVABILITY_COORDINATORS";
 /// Changes arriving within this long of the first are taken together.
 const DEBOUNCE: Duration = Duration::from_millis(150);
 /// A full recomputation even without a change: new heartbeats, host

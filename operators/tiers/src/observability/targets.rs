@@ -26,8 +26,9 @@ pub const PATH_LABEL: &str = "prometheus.io/path";
 pub struct Group {
     /// `host:port` addresses.
     pub targets: Vec<String>,
-    /// `host`, `tier`, `service`, `kind` (`service`, `operator`,
-    /// `coordinator`), and `__metrics_path__` when not `/metrics`.
+    /// `host`, `tier`, `service`, `role` (`service`, `operator`,
+    /// `coordinator`; not `kind`, which the operators' own series use),
+    /// `replica` for a service, and `__metrics_path__` when not `/metrics`.
     pub labels: BTreeMap<String, String>,
 }
 
@@ -66,8 +67,8 @@ fn serving(c: &ContainerStatus) -> bool {
     c.state == "running" && matches!(c.health(), Health::Healthy | Health::Running)
 }
 
-fn labels(host: &str, tier: &str, service: &str, kind: &str) -> BTreeMap<String, String> {
-    [("host", host), ("tier", tier), ("service", service), ("kind", kind)]
+fn labels(host: &str, tier: &str, service: &str, role: &str) -> BTreeMap<String, String> {
+    [("host", host), ("tier", tier), ("service", service), ("role", role)]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
@@ -316,7 +317,7 @@ mod tests {
             &[],
         );
         assert_eq!(p, vec![]);
-        let svc: Vec<&Group> = g.iter().filter(|g| g.labels["kind"] == "service").collect();
+        let svc: Vec<&Group> = g.iter().filter(|g| g.labels["role"] == "service").collect();
         assert_eq!(svc.len(), 1);
         assert_eq!(svc[0].targets, vec!["10.0.0.2:19113"]);
         assert_eq!(svc[0].labels["host"], "host2");
@@ -342,7 +343,7 @@ mod tests {
             &[observed("host2", "pg-exporter", Health::Healthy)],
             &[],
         );
-        assert!(!g.iter().any(|g| g.labels["kind"] == "service"));
+        assert!(!g.iter().any(|g| g.labels["role"] == "service"));
         assert_eq!(p.len(), 1);
         assert!(p[0].problem.contains("not published on host2"), "{}", p[0].problem);
     }
@@ -360,7 +361,7 @@ mod tests {
                 &[observed("host1", "x", health)],
                 &[],
             );
-            assert_eq!(g.iter().any(|g| g.labels["kind"] == "service"), scraped, "{health:?}");
+            assert_eq!(g.iter().any(|g| g.labels["role"] == "service"), scraped, "{health:?}");
         }
         let (g, _) = build_on(
             &[desired("host1", "x", &[(PORT_LABEL, "9113")], &[])],
@@ -368,7 +369,7 @@ mod tests {
             &[],
         );
         assert!(
-            !g.iter().any(|g| g.labels["kind"] == "service"),
+            !g.iter().any(|g| g.labels["role"] == "service"),
             "no scrape=true, no target"
         );
         let (_, p) = build_on(
@@ -387,7 +388,7 @@ mod tests {
             &[observed("host1", "web", Health::Healthy)],
             &[],
         );
-        let svc = g.iter().find(|g| g.labels["kind"] == "service").unwrap();
+        let svc = g.iter().find(|g| g.labels["role"] == "service").unwrap();
         assert_eq!(svc.labels["__metrics_path__"], "/stats/prom");
     }
 
@@ -405,7 +406,7 @@ mod tests {
         );
         let ops: Vec<(&str, &str, &str)> = g
             .iter()
-            .filter(|g| g.labels["kind"] == "operator")
+            .filter(|g| g.labels["role"] == "operator")
             .map(|g| {
                 (
                     g.targets[0].as_str(),
@@ -423,7 +424,7 @@ mod tests {
         );
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].what, "gateway-operator");
-        let coord = g.iter().find(|g| g.labels["kind"] == "coordinator").unwrap();
+        let coord = g.iter().find(|g| g.labels["role"] == "coordinator").unwrap();
         assert_eq!(coord.targets, vec!["10.0.0.9:9460"]);
         assert_eq!(coord.labels["host"], "coordinator1");
     }
