@@ -291,3 +291,215 @@ pub fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Du
     }
     start.elapsed()
 }
+
+/// The PostgreSQL HA stack of `compose/04-data/postgresql-cluster` on
+/// three hosts, as a test fixture: one etcd and one Patroni member per
+/// host (`node.hostname == hostN`), HAProxy on host1 publishing the write
+/// port on 15432 and the read port on 15433 (5432 is pg-0's, published on
+/// host1's private address). The members reach each other by name across
+/// hosts (the coordinator's cross-host reach); HAProxy checks every member
+/// at its host's private address, as the gateway does. `roll` is an
+/// environment value of the Patroni members: change it to roll them.
+pub fn patroni_catalog(dir: &Path, ips: &[String], roll: &str) {
+    let cluster = "etcd-1=http://etcd-1:2380,etcd-2=http://etcd-2:2380,etcd-3=http://etcd-3:2380";
+    let mut y = String::from("services:\n");
+    for i in 1..=3 {
+        y += &format!(
+            r#"  etcd-{i}:
+    image: infra-local/etcd:3
+    expose: ["2379", "2380"]
+    environment:
+      ETCD_NAME: etcd-{i}
+      ETCD_INITIAL_CLUSTER: {cluster}
+      ETCD_INITIAL_CLUSTER_STATE: new
+      ETCD_INITIAL_CLUSTER_TOKEN: pg-cluster-etcd
+      ETCD_LISTEN_CLIENT_URLS: http://0.0.0.0:2379
+      ETCD_LISTEN_PEER_URLS: http://0.0.0.0:2380
+      ETCD_ADVERTISE_CLIENT_URLS: http://etcd-{i}:2379
+      ETCD_INITIAL_ADVERTISE_PEER_URLS: http://etcd-{i}:2380
+      ETCD_DATA_DIR: /etcd-data
+    volumes: ["etcd-{i}-data:/etcd-data"]
+    healthcheck:
+      test: ["CMD", "etcdctl", "--endpoints=http://127.0.0.1:2379", "endpoint", "health"]
+      interval: 1s
+      timeout: 3s
+      retries: 30
+    deploy:
+      placement:
+        constraints: ["node.hostname == host{i}"]
+"#
+        );
+    }
+    for i in 0..3 {
+        y += &format!(
+            r#"  pg-{i}:
+    image: infra-local/patroni:3
+    hostname: pg-{i}
+    expose: ["5432", "8008"]
+    labels:
+      infra.update-order: patroni
+      infra.update-order.cluster: pg-cluster
+      infra.update-order.port: "8008"
+    environment:
+      SCOPE: pg-cluster
+      ETCD3_HOSTS: '"etcd-1:2379","etcd-2:2379","etcd-3:2379"'
+      PGPASSWORD_SUPERUSER: e2e-superuser
+      PGPASSWORD_STANDBY: e2e-standby
+      PGPASSWORD_ADMIN: e2e-admin
+      ROLL: "{roll}"
+    volumes: ["pg-{i}-data:/home/postgres/pgdata"]
+    stop_grace_period: 30s
+    healthcheck:
+      test: ["CMD-SHELL", "curl -fsS -o /dev/null http://127.0.0.1:8008/health"]
+      interval: 1s
+      timeout: 3s
+      retries: 3
+      start_period: 120s
+    depends_on:
+      etcd-1: {{ condition: service_healthy }}
+      etcd-2: {{ condition: service_healthy }}
+      etcd-3: {{ condition: service_healthy }}
+    deploy:
+      placement:
+        constraints: ["node.hostname == host{}"]
+      update_config:
+        parallelism: 1
+        order: stop-first
+        failure_action: pause
+"#,
+            i + 1
+        );
+    }
+    let servers = |_: &str| {
+        (0..3)
+            .map(|i| format!("    server pg-{i} {}:5432 check port 8008\n", ips[i]))
+            .collect::<String>()
+    };
+    let cfg = format!(
+        "global\n    log stdout format raw local0 info\ndefaults\n    mode tcp\n    log global\n    retries 3\n    \
+         timeout connect 2s\n    timeout client 30m\n    timeout server 30m\n    timeout check 2s\n\
+         frontend stats\n    mode http\n    bind :8404\n    monitor-uri /healthz\n    \
+         monitor fail if {{ nbsrv(primary) lt 1 }}\n\
+         listen primary\n    bind :5432\n    option httpchk GET /primary\n    http-check expect status 200\n    \
+         default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions\n{}\
+         listen replicas\n    bind :5433\n    balance roundrobin\n    option httpchk GET /replica\n    \
+         http-check expect status 200\n    default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions\n{}",
+        servers("primary"),
+        servers("replicas")
+    );
+    let cfg_yaml = cfg.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    y += &format!(
+        r#"  pg-router:
+    image: infra-local/haproxy:2
+    ports: ["15432:5432", "15433:5433"]
+    environment:
+      CFG: "{cfg_yaml}"
+    command: ["sh", "-c", "printf '%s' \"$$CFG\" > /tmp/haproxy.cfg && exec haproxy -W -db -f /tmp/haproxy.cfg"]
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8404/healthz"]
+      interval: 1s
+      timeout: 2s
+      retries: 3
+    depends_on:
+      pg-0: {{ condition: service_healthy }}
+      pg-1: {{ condition: service_healthy }}
+      pg-2: {{ condition: service_healthy }}
+    deploy:
+      placement:
+        constraints: ["node.hostname == host1"]
+volumes:
+"#
+    );
+    for i in 1..=3 {
+        y += &format!("  etcd-{i}-data: {{}}\n");
+    }
+    for i in 0..3 {
+        y += &format!("  pg-{i}-data: {{}}\n");
+    }
+    write(dir, "04-data/postgresql-cluster/docker-compose.yml", &y);
+}
+
+/// One statement through `psql` (the host's) at `addr:port` as the
+/// fixture's superuser; its output on success.
+pub fn psql(addr: &str, port: u16, sql: &str) -> Result<String, String> {
+    let out = std::process::Command::new("psql")
+        .arg(format!(
+            "host={addr} port={port} user=postgres dbname=postgres connect_timeout=2"
+        ))
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-Atc", sql])
+        .env("PGPASSWORD", "e2e-superuser")
+        .output()
+        .map_err(|e| format!("psql: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// What a [`Writer`] saw: values PostgreSQL acknowledged, failed attempts
+/// (one line each), and the longest gap between two acknowledged writes.
+#[derive(Clone, Debug, Default)]
+pub struct Writes {
+    pub acked: Vec<u64>,
+    pub failed: Vec<String>,
+    pub longest_gap: Duration,
+}
+
+/// A client that inserts a sequence of numbers through HAProxy's write
+/// port the whole time and records every write PostgreSQL acknowledged.
+pub struct Writer {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Writes>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts writing into `acks(v)` (created by the caller) at `addr:port`.
+    pub fn start(addr: String, port: u16) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen: Arc<Mutex<Writes>> = Arc::default();
+        let (s, out) = (stop.clone(), seen.clone());
+        let handle = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(900);
+            let mut last_ok = Instant::now();
+            let mut n = 0u64;
+            while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
+                n += 1;
+                let r = psql(&addr, port, &format!("insert into acks(v) values ({n}) returning v"));
+                let mut g = out.lock().unwrap();
+                match r {
+                    Ok(v) if v.lines().next() == Some(n.to_string().as_str()) => {
+                        let gap = last_ok.elapsed();
+                        g.longest_gap = g.longest_gap.max(gap);
+                        last_ok = Instant::now();
+                        g.acked.push(n);
+                    }
+                    Ok(v) => g.failed.push(format!("write {n}: unexpected answer {v:?}")),
+                    Err(e) => g.failed.push(format!("write {n}: {e}")),
+                }
+                drop(g);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Self {
+            stop,
+            seen,
+            handle: Some(handle),
+        }
+    }
+
+    /// What it saw so far, and reset (the gap restarts from now).
+    pub fn take(&self) -> Writes {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
