@@ -175,6 +175,23 @@ fn targets(prometheus: &str) -> Option<Vec<Target>> {
     )
 }
 
+/// The value of an instant query that returns one series.
+fn query(prometheus: &str, q: &str) -> Option<f64> {
+    let enc: String = q
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"_.-".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let body = http_get(prometheus, &format!("/api/v1/query?query={enc}"))?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
 fn wait_for<T>(what: &str, limit: Duration, c: &Cluster, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
     loop {
@@ -294,6 +311,32 @@ fn prometheus_scrapes_every_operator_the_coordinator_and_a_labelled_service_on_a
         t0.elapsed().as_secs_f64()
     );
     assert!(seen.iter().all(|t| t.health == "up"), "every target is up: {seen:#?}");
+
+    // What the targets say, through Prometheus: the data operator on host2
+    // counts its healthy service, the coordinator the services it made
+    // ready.
+    let healthy_services = wait_for(
+        "host2's data operator: healthy services",
+        Duration::from_secs(30),
+        &c,
+        || {
+            query(
+                &prometheus,
+                r#"infra_operator_services{health="healthy",host="host2",tier="data"}"#,
+            )
+        },
+    );
+    assert!(
+        healthy_services >= 1.0,
+        "metrics-page is healthy on host2: {healthy_services}"
+    );
+    let ready = wait_for(
+        "the coordinator's ready deploy steps",
+        Duration::from_secs(30),
+        &c,
+        || query(&prometheus, r#"infra_coordinator_deploy_steps_total{step="ready"}"#).filter(|n| *n >= 2.0),
+    );
+    println!("through Prometheus: {healthy_services} healthy data service(s) on host2, {ready} services made ready");
 
     // A new service: a target, up, within a scrape interval and the file_sd
     // refresh of being healthy.
