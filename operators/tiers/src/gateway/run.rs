@@ -22,7 +22,7 @@ const RESYNC: Duration = Duration::from_secs(5);
 const BUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Environment variable naming the gateway's Nginx service (default
 /// `nginx`): its container on this host gets the rendered routes.
-pub const NGINX_SERVICE_ENV: &str = "INFRA_GATEWAY_NGINX_SERVICE";
+pub const NGINX_SERVICE_ENV: &str = "GATEWAY_NGINX_SERVICE";
 /// The port the rendered Nginx server blocks listen on (the stack's).
 const NGINX_LISTEN: u16 = 80;
 
