@@ -998,6 +998,16 @@ impl Coordinator {
             _ => None,
         };
         let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
+        // What the members' operators report of cluster members (Patroni's
+        // role, state, timeline, lag), from their heartbeats.
+        let beats = self.bus.list_heartbeats().await.unwrap_or_default();
+        let member_state = |host: &str, tier: &str, name: &str| {
+            let key = format!("{}{name}", operator_core::members::STATE_FACT_PREFIX);
+            beats
+                .iter()
+                .find(|b| b.host == host && b.tier == tier)
+                .and_then(|b| b.labels.get(&key).cloned())
+        };
         let mut out = Vec::new();
         for d in desired {
             let Some(spec) = d.spec.as_ref() else { continue };
@@ -1009,6 +1019,14 @@ impl Coordinator {
                 .get(&d.host, &spec.tier, &spec.name)
                 .await
                 .unwrap_or_default();
+            let mut message = if d.absent { "removing".into() } else { o.message.clone() };
+            if let Some(m) = member_state(&d.host, &spec.tier, &spec.name).filter(|_| !d.absent) {
+                message = if message.is_empty() {
+                    m
+                } else {
+                    format!("{message}; {m}")
+                };
+            }
             out.push(api::ServiceStatus {
                 service: spec.name.clone(),
                 tier: spec.tier.clone(),
@@ -1023,7 +1041,7 @@ impl Coordinator {
                 },
                 container_ids: o.containers.iter().map(|c| c.id.chars().take(12).collect()).collect(),
                 since: o.since,
-                message: if d.absent { "removing".into() } else { o.message.clone() },
+                message,
                 ..Default::default()
             });
         }

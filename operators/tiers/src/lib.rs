@@ -8,4 +8,5 @@ pub mod auth;
 pub mod gateway;
 pub mod http;
 pub mod observability;
+pub mod patroni;
 pub mod valkey;

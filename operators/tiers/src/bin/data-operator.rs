@@ -1,7 +1,14 @@
 //! The data tier operator: runs the data tier's containers on this host,
-//! and creates the Valkey clusters declared by their members' labels
-//! (`infra_operators::valkey`).
+//! creates the Valkey clusters declared by their members' labels
+//! (`infra_operators::valkey`) and reports each Patroni member's role,
+//! state, timeline and lag (`infra_operators::patroni`).
+
+/// Every extension of the data tier.
+const EXTENSIONS: &[operator_core::Extension] = &[
+    infra_operators::valkey::EXTENSIONS[0],
+    infra_operators::patroni::EXTENSIONS[0],
+];
 
 fn main() -> std::process::ExitCode {
-    operator_core::main(operator_core::tiers::DATA.with(infra_operators::valkey::EXTENSIONS))
+    operator_core::main(operator_core::tiers::DATA.with(EXTENSIONS))
 }
