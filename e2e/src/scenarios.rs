@@ -455,15 +455,16 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts writing into `acks(v)` (created by the caller) at `addr:port`.
-    pub fn start(addr: String, port: u16) -> Self {
+    /// Starts writing `first`, `first + 1`, ... into `acks(v)` (created by
+    /// the caller, a primary key) at `addr:port`.
+    pub fn start(addr: String, port: u16, first: u64) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let seen: Arc<Mutex<Writes>> = Arc::default();
         let (s, out) = (stop.clone(), seen.clone());
         let handle = std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(900);
             let mut last_ok = Instant::now();
-            let mut n = 0u64;
+            let mut n = first.saturating_sub(1);
             while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
                 n += 1;
                 let r = psql(&addr, port, &format!("insert into acks(v) values ({n}) returning v"));

@@ -70,7 +70,8 @@ fn leader(c: &Cluster) -> Option<String> {
 }
 
 #[test]
-fn a_patroni_cluster_over_three_hosts_comes_up_in_order_and_rolls_with_one_switchover_and_no_lost_write() {
+fn a_patroni_cluster_over_three_hosts_comes_up_in_order_rolls_with_one_switchover_and_no_lost_write_and_stops_at_a_replica_that_does_not_come_back()
+ {
     let (c, dir) = start();
     let ips: Vec<String> = c.hosts().iter().map(|h| c.host_ip(h)).collect();
     let t0 = Instant::now();
@@ -114,6 +115,34 @@ fn a_patroni_cluster_over_three_hosts_comes_up_in_order_and_rolls_with_one_switc
         .as_deref()
             == Ok("t|1")
     });
+    // Status: every member's row says its role, state, timeline and lag,
+    // as its host's data operator reads them from Patroni.
+    let mut rows = Vec::new();
+    wait_for("Patroni roles in GetStatus", Duration::from_secs(30), || {
+        let st = c.call("GetStatus", "{}");
+        rows = st[0]["services"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| {
+                r["service"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("pg-") && s != "pg-router")
+            })
+            .filter_map(|r| r["message"].as_str().map(str::to_owned))
+            .collect();
+        rows.iter()
+            .filter(|m| m.contains("patroni: leader running timeline 1"))
+            .count()
+            == 1
+            && rows
+                .iter()
+                .filter(|m| m.contains("patroni: replica") && m.contains(" lag "))
+                .count()
+                == 2
+    });
+    println!("STATUS | {}", rows.join(" | "));
     fault(
         "bring up etcd x3, Patroni x3 (one per host), HAProxy on host1",
         &format!(
@@ -125,7 +154,7 @@ fn a_patroni_cluster_over_three_hosts_comes_up_in_order_and_rolls_with_one_switc
     // Roll the members to a changed spec while a client writes the whole time.
     let leader_before = leader(&c).expect("a leader");
     let history_before = rest(&c, &hosts[0], "/history").as_array().map_or(0, Vec::len);
-    let writer = Writer::start(ips[0].clone(), 15432);
+    let writer = Writer::start(ips[0].clone(), 15432, 1);
     std::thread::sleep(Duration::from_secs(2));
     patroni_catalog(dir.path(), &ips, "2");
     let t1 = Instant::now();
@@ -192,6 +221,57 @@ fn a_patroni_cluster_over_three_hosts_comes_up_in_order_and_rolls_with_one_switc
             w.acked.len(),
             w.failed.len(),
             took.as_secs_f64()
+        ),
+    );
+    // 4. A replica that does not come back (its DCS address is wrong)
+    // stops the roll with a reason that names it; writes never stop, the
+    // leader stays; Rollback puts it back, streaming again.
+    let replica = (0..3).map(|i| format!("pg-{i}")).find(|n| *n != leader_after).unwrap();
+    let writer = Writer::start(ips[0].clone(), 15432, 1_000_000);
+    std::thread::sleep(Duration::from_secs(2));
+    let progress = c.call(
+        "Rollout",
+        &format!(r#"{{"service":"{replica}","environment":{{"ETCD3_HOSTS":"nowhere:2379"}},"timeoutSeconds":40}}"#),
+    );
+    let stopped = progress.last().unwrap()["message"].as_str().unwrap_or("").to_owned();
+    assert!(
+        stopped.contains(&format!("({replica})")) && stopped.contains("not ready within 40s"),
+        "{progress:#?}"
+    );
+    assert_eq!(leader(&c).as_deref(), Some(leader_after.as_str()), "the leader stayed");
+    let back = c.call(
+        "Rollback",
+        &format!(r#"{{"service":"{replica}","timeoutSeconds":180}}"#),
+    );
+    assert!(back.last().unwrap()["failed"].as_u64().unwrap_or(0) == 0, "{back:#?}");
+    wait_for(&format!("{replica} streaming again"), Duration::from_secs(120), || {
+        rest(&c, &hosts[0], "/cluster")["members"].as_array().is_some_and(|ms| {
+            ms.iter()
+                .any(|m| m["name"] == replica.as_str() && m["lag"].as_u64().is_some() && m["state"] == "running")
+        })
+    });
+    let w4 = writer.take();
+    drop(writer);
+    let stored: std::collections::BTreeSet<u64> = psql(&ips[0], 15432, "select v from acks")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    let lost4: Vec<u64> = w4.acked.iter().copied().filter(|v| !stored.contains(v)).collect();
+    assert!(lost4.is_empty(), "acknowledged writes lost: {lost4:?}");
+    assert!(
+        w4.longest_gap < Duration::from_secs(2),
+        "writes went on while {replica} was down: longest gap {:?}; {} failed attempts: {:?}",
+        w4.longest_gap,
+        w4.failed.len(),
+        w4.failed.iter().take(8).collect::<Vec<_>>()
+    );
+    fault(
+        &format!("roll {replica} (a replica) to a spec that never becomes healthy, then Rollback"),
+        &format!(
+            "stopped at that member with \"{stopped}\"; leader {leader_after} kept; {} writes acknowledged, 0 lost, longest gap {:.2}s; back to streaming after Rollback",
+            w4.acked.len(),
+            w4.longest_gap.as_secs_f64()
         ),
     );
     println!(

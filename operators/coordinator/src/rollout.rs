@@ -337,8 +337,17 @@ impl Coordinator {
             .collect();
         let idx = hook.order(&mine).await;
         let ranked: Vec<Slot> = idx.iter().filter_map(|&i| range.get(i).cloned()).collect();
-        order.extend(ranked.iter().cloned());
+        // Going back, the members move back in the hook's order too; the
+        // store's `updated` prefix then holds them in reverse, so the one
+        // moving back is always the last of the prefix.
+        let forward = to_k >= from_k;
+        if forward {
+            order.extend(ranked.iter().cloned());
+        } else {
+            order.extend(ranked.iter().rev().cloned());
+        }
         order.extend(base[from_k.max(to_k)..].iter().cloned());
+        let (lo, hi) = (from_k.min(to_k), from_k.max(to_k));
         let lock = cluster_lock(&cluster);
         let batches = ranked.len();
         for (i, slot) in ranked.iter().enumerate() {
@@ -347,8 +356,11 @@ impl Coordinator {
                 .find(|m| m.host == slot.host && m.replica == slot.replica)
                 .cloned()
                 .expect("one member per slot");
-            let at = from_k.min(to_k) + i;
-            let next = at + 1;
+            let (at, next) = if forward {
+                (lo + i, lo + i + 1)
+            } else {
+                (hi - i, hi - i - 1)
+            };
             let _turn = lock.turn(hook, &member, &all).await;
             let all = self.cluster_members(&cluster).await;
             let which = format!("{} replica {} ({})", slot.host, slot.replica, member.name);
@@ -381,11 +393,13 @@ impl Coordinator {
             if let Err(e) = hook.ready_for_next(&member, &all, deadline).await {
                 return stop(e.0, next);
             }
-            let msg = format!(
-                "member {} of {batches}: {which} on the target spec and caught up",
-                i + 1
-            );
-            r.send(api::Phase::Updating, which.clone(), msg.clone()).await;
+            let (phase, verb) = if forward {
+                (api::Phase::Updating, "on the new spec")
+            } else {
+                (api::Phase::RollingBack, "back on the previous spec")
+            };
+            let msg = format!("member {} of {batches}: {which} {verb} and caught up", i + 1);
+            r.send(phase, which.clone(), msg.clone()).await;
             self.note_progress(r, next, 0).await;
             self.coordinator_event(EventKind::RolloutBatchDone, r, msg).await;
         }
