@@ -671,6 +671,8 @@ impl Cluster {
             cmd.arg("--override").arg(o);
         }
         let child = cmd
+            // Clusters run side by side on this machine: no default port.
+            .env("INFRA_METRICS_LISTEN", "127.0.0.1:0")
             .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .env("INFRA_ID", &self.coords[i].id)
             .env("INFRA_NATS__URL", self.nats_url())

@@ -186,6 +186,9 @@ impl Platform {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log file");
         let child = Command::new(bin)
             .args(args)
+            // Tests run platforms side by side (and beside a real one): no
+            // process may take a default metrics port. A test can set its own.
+            .env("INFRA_METRICS_LISTEN", "127.0.0.1:0")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .envs(self.opts.proc_env.iter().map(|(k, v)| (k, v)))
             .env("INFRA_NATS__URL", self.nats.url())

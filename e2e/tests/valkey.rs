@@ -228,6 +228,7 @@ async fn the_data_operator_forms_the_six_valkey_nodes_into_one_cluster_once() {
         .env("INFRA_LOG__FORMAT", "json")
         .env("INFRA_HEARTBEAT_SECS", "1")
         .env("INFRA_HEARTBEAT_TTL_SECS", "5")
+        .env("INFRA_METRICS_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log2).unwrap())
         .spawn()
