@@ -21,6 +21,8 @@ need_apt=()
 command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 # htpasswd: the bcrypt line of harbor_registry_htpasswd (make-dev-secrets.sh)
 command -v htpasswd >/dev/null 2>&1 || need_apt+=(apache2-utils)
+# psql: the Patroni tests write and read through HAProxy with it
+command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 if ((${#need_apt[@]})); then
   echo "install-tools: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -28,7 +30,7 @@ if ((${#need_apt[@]})); then
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-for t in just nats-server grpcurl debootstrap htpasswd docker cargo; do
+for t in just nats-server grpcurl debootstrap htpasswd psql docker cargo; do
   command -v "$t" >/dev/null 2>&1 || { echo "install-tools: $t is still missing" >&2; exit 1; }
 done
 docker info >/dev/null 2>&1 || { echo "install-tools: the Docker engine is not reachable" >&2; exit 1; }
