@@ -7,6 +7,7 @@
 //! to [`main`].
 
 pub mod app;
+pub mod changes;
 pub mod config;
 pub mod decide;
 pub mod docker;

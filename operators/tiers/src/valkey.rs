@@ -410,38 +410,8 @@ struct State {
 pub async fn run(ctx: TierContext) {
     tracing::info!(label = CLUSTER_LABEL, "valkey clusters: watching");
     let mut st = State::default();
-    let mut watch = None;
-    let mut tick = tokio::time::interval(RESYNC);
-    loop {
-        if watch.is_none() {
-            match tokio::time::timeout(BUS_TIMEOUT, ctx.bus.watch_observed()).await {
-                Ok(Ok(w)) => watch = Some(w),
-                Ok(Err(e)) => tracing::warn!(error = %e, "valkey clusters: cannot watch observed state; retrying"),
-                Err(_) => tracing::warn!("valkey clusters: watching observed state timed out; retrying"),
-            }
-        }
-        let changed = async {
-            match watch.as_mut() {
-                Some(w) => w.next().await,
-                None => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    None
-                }
-            }
-        };
-        tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-            ev = changed => {
-                if ev.is_none() && watch.is_some() {
-                    watch = None;
-                }
-                if let Some(w) = watch.as_mut() {
-                    let until = tokio::time::Instant::now() + DEBOUNCE;
-                    while let Ok(Some(_)) = tokio::time::timeout_at(until, w.next()).await {}
-                }
-            }
-        }
+    let mut changes = operator_core::changes::ObservedChanges::new("valkey clusters", RESYNC, DEBOUNCE);
+    while changes.next(&ctx).await {
         pass(&ctx, &mut st).await;
     }
 }

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use infra_proto::bus::v1::{EventKind, ObservedService};
 use operator_core::TierContext;
 
@@ -51,39 +50,8 @@ pub async fn run(ctx: TierContext) {
         reported: BTreeSet::new(),
     };
     tracing::info!(dir = %st.dir.display(), nginx_service = %nginx_service, "gateway routes: rendering");
-    let mut watch = None;
-    let mut tick = tokio::time::interval(RESYNC);
-    loop {
-        if watch.is_none() {
-            match tokio::time::timeout(BUS_TIMEOUT, ctx.bus.watch_observed()).await {
-                Ok(Ok(w)) => watch = Some(w),
-                Ok(Err(e)) => tracing::warn!(error = %e, "gateway: cannot watch observed state; retrying"),
-                Err(_) => tracing::warn!("gateway: watching observed state timed out; retrying"),
-            }
-        }
-        let changed = async {
-            match watch.as_mut() {
-                Some(w) => w.next().await,
-                None => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    None
-                }
-            }
-        };
-        tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-            ev = changed => {
-                if ev.is_none() && watch.is_some() {
-                    watch = None; // the watch ended: open a new one
-                }
-                // Debounce: take what else arrives within DEBOUNCE.
-                if let Some(w) = watch.as_mut() {
-                    let until = tokio::time::Instant::now() + DEBOUNCE;
-                    while let Ok(Some(_)) = tokio::time::timeout_at(until, w.next()).await {}
-                }
-            }
-        }
+    let mut changes = operator_core::changes::ObservedChanges::new("gateway routes", RESYNC, DEBOUNCE);
+    while changes.next(&ctx).await {
         render_once(&ctx, &nginx_service, &mut st).await;
     }
 }

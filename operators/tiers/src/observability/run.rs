@@ -14,7 +14,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bollard::query_parameters::UploadToContainerOptionsBuilder;
-use futures::StreamExt;
 use infra_proto::bus::v1::ObservedService;
 use operator_core::TierContext;
 
@@ -58,38 +57,8 @@ pub async fn run(ctx: TierContext) {
         applied: None,
         reported: BTreeSet::new(),
     };
-    let mut watch = None;
-    let mut tick = tokio::time::interval(RESYNC);
-    loop {
-        if watch.is_none() {
-            match tokio::time::timeout(TIMEOUT, ctx.bus.watch_observed()).await {
-                Ok(Ok(w)) => watch = Some(w),
-                Ok(Err(e)) => tracing::warn!(error = %e, "scrape targets: cannot watch observed state; retrying"),
-                Err(_) => tracing::warn!("scrape targets: watching observed state timed out; retrying"),
-            }
-        }
-        let changed = async {
-            match watch.as_mut() {
-                Some(w) => w.next().await,
-                None => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    None
-                }
-            }
-        };
-        tokio::select! {
-            () = ctx.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-            ev = changed => {
-                if ev.is_none() && watch.is_some() {
-                    watch = None;
-                }
-                if let Some(w) = watch.as_mut() {
-                    let until = tokio::time::Instant::now() + DEBOUNCE;
-                    while let Ok(Some(_)) = tokio::time::timeout_at(until, w.next()).await {}
-                }
-            }
-        }
+    let mut changes = operator_core::changes::ObservedChanges::new("scrape targets", RESYNC, DEBOUNCE);
+    while changes.next(&ctx).await {
         write_once(&ctx, &service, &coordinators, &mut st).await;
     }
 }
