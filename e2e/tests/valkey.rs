@@ -132,8 +132,9 @@ async fn the_data_operator_forms_the_six_valkey_nodes_into_one_cluster_once() {
         assert_eq!(field(&info, "cluster_known_nodes"), "6", "{node}: {info}");
         assert_eq!(field(&info, "cluster_slots_assigned"), "16384", "{node}: {info}");
     }
-    let nodes = cli(&container("valkey-node-0"), &["cluster", "nodes"]);
-    let role = |r: &str| {
+    // Roles reach every node's view by gossip, a moment after the state is
+    // ok: wait for them, bounded.
+    let role = |nodes: &str, r: &str| {
         nodes
             .lines()
             .filter(|l| {
@@ -143,7 +144,15 @@ async fn the_data_operator_forms_the_six_valkey_nodes_into_one_cluster_once() {
             })
             .count()
     };
-    assert_eq!((role("master"), role("slave")), (3, 3), "{nodes}");
+    let roles_by = Instant::now() + Duration::from_secs(20);
+    let nodes = loop {
+        let nodes = cli(&container("valkey-node-0"), &["cluster", "nodes"]);
+        if (role(&nodes, "master"), role(&nodes, "slave")) == (3, 3) || Instant::now() > roles_by {
+            break nodes;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!((role(&nodes, "master"), role(&nodes, "slave")), (3, 3), "{nodes}");
     // The nodes announce their service names (clients follow redirections
     // by DNS name).
     for node in NODES {
