@@ -37,19 +37,8 @@ pub struct StepLabel {
     pub step: &'static str,
 }
 
-/// A `kind` label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    /// The kind (`lost`, `returned`, ...).
-    pub kind: &'static str,
-}
-
-/// A `health` label.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HealthLabel {
-    /// The health.
-    pub health: &'static str,
-}
+// The `kind` and `health` labels are the operators' (one definition).
+pub use operator_core::metrics::{HealthLabel, KindLabel};
 
 /// A host `state` label: `up`, `drained` or `lost`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
