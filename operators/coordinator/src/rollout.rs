@@ -163,6 +163,9 @@ impl Coordinator {
         match members::for_labels(labels) {
             Ok(None) => {}
             Ok(Some(hook)) => {
+                // Hooks that authenticate to the members (Valkey) read the
+                // password from the secrets bucket, as the operators do.
+                members::valkey::use_secrets(self.bus());
                 return self
                     .roll_members(r, hook.as_ref(), new, old, counts, from_k, to_k, policy, deadline)
                     .await;
@@ -794,35 +797,60 @@ impl Coordinator {
 /// tasks of one deploy.
 struct ClusterLock {
     turn: tokio::sync::Mutex<()>,
-    waiting: std::sync::atomic::AtomicUsize,
+    /// Members queued for their turn.
+    waiting: std::sync::Mutex<Vec<Member>>,
 }
 
-/// How long the member that must go last waits for the others of the same
-/// deploy to queue, and at most how often it lets them go first.
+/// How long a member the hook does not put first waits for the others of
+/// the same deploy to queue, and at most how often it lets them go first.
 const LAST_GRACE: Duration = Duration::from_secs(2);
 const LAST_DEFERRALS: u32 = 1800;
 
 impl ClusterLock {
-    /// Waits for this member's turn. The member the hook orders last among
-    /// the cluster (Patroni's leader) lets every queued member go first, so
-    /// a deploy that rolls the whole cluster hands leadership over once.
+    /// Waits for this member's turn. A member lets every queued member that
+    /// the hook orders before it go first (Patroni: the replicas before the
+    /// leader; Valkey: every replica before the primaries), the order asked
+    /// afresh at each turn since roles move as members roll. So a deploy
+    /// that rolls the whole cluster restarts the replicas first and hands
+    /// each leading role over once.
     async fn turn(&self, hook: &dyn UpdateOrder, member: &Member, all: &[Member]) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::sync::atomic::Ordering;
+        let rank = |idx: &[usize], m: &Member| idx.iter().position(|&i| all.get(i) == Some(m));
         let idx = hook.order(all).await;
-        let last = idx.last().and_then(|&i| all.get(i)).is_some_and(|m| m == member) && all.len() > 1;
-        if last {
+        if all.len() > 1 && rank(&idx, member).is_some_and(|r| r > 0) {
             tokio::time::sleep(LAST_GRACE).await;
         }
+        let queue = |add: bool| {
+            let mut w = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if add {
+                w.push(member.clone());
+            } else if let Some(i) = w.iter().position(|m| m == member) {
+                w.remove(i);
+            }
+        };
         let mut deferred = 0;
         loop {
-            self.waiting.fetch_add(1, Ordering::SeqCst);
+            queue(true);
             let guard = self.turn.lock().await;
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            if last && deferred < LAST_DEFERRALS && self.waiting.load(Ordering::SeqCst) > 0 {
-                drop(guard);
-                deferred += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
+            queue(false);
+            if deferred < LAST_DEFERRALS {
+                let queued = self
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                if !queued.is_empty() {
+                    let idx = hook.order(all).await;
+                    let mine = rank(&idx, member);
+                    if queued
+                        .iter()
+                        .any(|q| rank(&idx, q).zip(mine).is_some_and(|(a, b)| a < b))
+                    {
+                        drop(guard);
+                        deferred += 1;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
             }
             return guard;
         }
@@ -839,7 +867,7 @@ fn cluster_lock(cluster: &str) -> std::sync::Arc<ClusterLock> {
         .or_insert_with(|| {
             std::sync::Arc::new(ClusterLock {
                 turn: tokio::sync::Mutex::new(()),
-                waiting: std::sync::atomic::AtomicUsize::new(0),
+                waiting: std::sync::Mutex::new(Vec::new()),
             })
         })
         .clone()

@@ -123,8 +123,9 @@ pub fn for_labels(labels: &BTreeMap<String, String>) -> Result<Option<Box<dyn Up
             };
             Ok(Some(Box::new(patroni::Patroni { max_lag })))
         }
+        "valkey" => Ok(Some(Box::new(valkey::Valkey::from_labels(labels)?))),
         other => Err(HookError(format!(
-            "label {ORDER_LABEL}: unknown update order {other:?} (known: patroni)"
+            "label {ORDER_LABEL}: unknown update order {other:?} (known: patroni, valkey)"
         ))),
     }
 }
@@ -190,3 +191,4 @@ pub async fn http(
 }
 
 pub mod patroni;
+pub mod valkey;

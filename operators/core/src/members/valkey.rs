@@ -1,0 +1,913 @@
+//! Valkey's (and Redis 7's) update order for a cluster (what the Valkey
+//! operator for Kubernetes does): replicas first, one at a time, each back
+//! in the cluster and synced with its primary before the next; then each
+//! primary, after its role moved by a graceful `CLUSTER FAILOVER` run on
+//! its most caught-up replica (the primary pauses its clients until that
+//! replica has every write, so nothing acknowledged is lost), so that a
+//! primary never restarts while it serves slots.
+//!
+//! Everything goes through the members' client port, with a tiny RESP
+//! client ([`Conn`]): `INFO replication`, `CLUSTER INFO`, `CLUSTER NODES`,
+//! `CLUSTER FAILOVER`. A member is found in the cluster by its own view
+//! (`myself` in its `CLUSTER NODES`), and the other nodes at the addresses
+//! they announce (`cluster-announce-ip`: across hosts, their host's
+//! private address, where their ports are published).
+//!
+//! # The password
+//!
+//! The cluster's password is a Docker secret of the members
+//! (`valkey_cluster_password`, or the one [`PASSWORD_SECRET_LABEL`] names).
+//! The coordinator already holds it: a deploy puts every secret's content
+//! in the `infra_secrets` bucket for the operators. The hook reads it from
+//! there ([`use_secrets`]) when it needs it, keeps it only for the call, and
+//! sends it only in `AUTH` to the members; it is in no message, log or
+//! error (an `AUTH` error says the member refused, never what was sent).
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{HookError, HookFuture, MAX_LAG_LABEL, Member, UpdateOrder};
+
+/// Label naming the secret that holds the cluster password (an empty value:
+/// the members have none).
+pub const PASSWORD_SECRET_LABEL: &str = "infra.update-order.password-secret";
+/// The secret when no label names one (the seed stack's).
+pub const DEFAULT_PASSWORD_SECRET: &str = "valkey_cluster_password";
+/// Replication offset distance, in bytes, under which a replica counts as
+/// caught up (1 MiB).
+pub const DEFAULT_MAX_LAG: u64 = 1 << 20;
+/// How long one command may take.
+const CALL: Duration = Duration::from_secs(3);
+/// How often to ask again while waiting.
+const POLL: Duration = Duration::from_millis(250);
+/// How long a failover may take to show the roles moved.
+const FAILOVER: Duration = Duration::from_secs(60);
+
+/// Where the hook reads secrets: the coordinator's bus. Set once by the
+/// process that runs rollouts.
+static SECRETS: OnceLock<infra_bus::Bus> = OnceLock::new();
+
+/// Lets the Valkey hook read the cluster password from the bus's secrets
+/// bucket. Called by the coordinator before it rolls members; later calls
+/// keep the first bus (one per process).
+pub fn use_secrets(bus: &infra_bus::Bus) {
+    let _ = SECRETS.set(bus.clone());
+}
+
+/// The Valkey hook; see the module docs.
+#[derive(Clone, Debug)]
+pub struct Valkey {
+    /// Largest offset distance (bytes) that counts as caught up.
+    pub max_lag: u64,
+    /// The secret holding the password; `None`: no password.
+    pub password_secret: Option<String>,
+}
+
+impl Valkey {
+    /// The hook as the labels configure it.
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> Result<Self, HookError> {
+        let max_lag = match labels.get(MAX_LAG_LABEL) {
+            Some(v) => v
+                .parse()
+                .map_err(|_| HookError(format!("label {MAX_LAG_LABEL}: {v:?} is not a number of bytes")))?,
+            None => DEFAULT_MAX_LAG,
+        };
+        let password_secret = match labels.get(PASSWORD_SECRET_LABEL) {
+            Some(s) if s.trim().is_empty() => None,
+            Some(s) => Some(s.trim().to_owned()),
+            None => Some(DEFAULT_PASSWORD_SECRET.to_owned()),
+        };
+        Ok(Self {
+            max_lag,
+            password_secret,
+        })
+    }
+
+    /// The password, read now from the secrets bucket.
+    async fn password(&self) -> Result<Option<Secret>, HookError> {
+        let Some(name) = &self.password_secret else {
+            return Ok(None);
+        };
+        let bus = SECRETS.get().ok_or_else(|| {
+            HookError(format!(
+                "valkey: the password secret {name:?} cannot be read here (no secrets bucket in this process)"
+            ))
+        })?;
+        match tokio::time::timeout(CALL, bus.get_secret(name)).await {
+            Ok(Ok(Some(b))) => {
+                let text = String::from_utf8_lossy(&b);
+                Ok(Some(Secret(text.trim_end_matches(['\n', '\r']).to_owned())))
+            }
+            Ok(Ok(None)) => Err(HookError(format!(
+                "valkey: secret {name:?} is not in the secrets bucket (deploy the cluster first, or set \
+                 {PASSWORD_SECRET_LABEL})"
+            ))),
+            Ok(Err(e)) => Err(HookError(format!("valkey: cannot read secret {name:?}: {e}"))),
+            Err(_) => Err(HookError(format!(
+                "valkey: reading secret {name:?} took over {}s",
+                CALL.as_secs()
+            ))),
+        }
+    }
+}
+
+/// A password, kept out of `Debug` output.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+// ------------------------------------------------------------------ RESP ---
+
+/// One RESP2 reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// `+OK`
+    Simple(String),
+    /// `-ERR ...`
+    Error(String),
+    /// `:1`
+    Int(i64),
+    /// `$n` and its bytes; `None` for `$-1`.
+    Bulk(Option<Vec<u8>>),
+    /// `*n` and its elements; `None` for `*-1`.
+    Array(Option<Vec<Reply>>),
+}
+
+impl Reply {
+    /// The reply as text (a simple or bulk string), or why it is not.
+    pub fn text(self) -> Result<String, String> {
+        match self {
+            Reply::Simple(s) => Ok(s),
+            Reply::Bulk(Some(b)) => Ok(String::from_utf8_lossy(&b).into_owned()),
+            Reply::Error(e) => Err(e),
+            other => Err(format!("unexpected reply {other:?}")),
+        }
+    }
+}
+
+/// A command as a RESP array of bulk strings.
+pub fn encode(args: &[&str]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Parses one reply from the front of `buf`: `Ok(None)` when more bytes are
+/// needed, else the reply and how many bytes it took.
+pub fn parse(buf: &[u8]) -> Result<Option<(Reply, usize)>, String> {
+    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+        return Ok(None);
+    };
+    let Some(&kind) = buf.first() else { return Ok(None) };
+    let line = String::from_utf8_lossy(&buf[1..end]).into_owned();
+    let after = end + 2;
+    let number = |l: &str| l.parse::<i64>().map_err(|_| format!("bad RESP length {l:?}"));
+    match kind {
+        b'+' => Ok(Some((Reply::Simple(line), after))),
+        b'-' => Ok(Some((Reply::Error(line), after))),
+        b':' => Ok(Some((Reply::Int(number(&line)?), after))),
+        b'$' => {
+            let n = number(&line)?;
+            if n < 0 {
+                return Ok(Some((Reply::Bulk(None), after)));
+            }
+            let n = n as usize;
+            if buf.len() < after + n + 2 {
+                return Ok(None);
+            }
+            Ok(Some((Reply::Bulk(Some(buf[after..after + n].to_vec())), after + n + 2)))
+        }
+        b'*' => {
+            let n = number(&line)?;
+            if n < 0 {
+                return Ok(Some((Reply::Array(None), after)));
+            }
+            let mut items = Vec::new();
+            let mut at = after;
+            for _ in 0..n {
+                match parse(&buf[at..])? {
+                    Some((r, used)) => {
+                        items.push(r);
+                        at += used;
+                    }
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some((Reply::Array(Some(items)), at)))
+        }
+        other => Err(format!("not a RESP reply (starts with {:?})", other as char)),
+    }
+}
+
+/// A connection to one member, authenticated when there is a password.
+pub struct Conn {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+    target: String,
+}
+
+impl Conn {
+    /// Connects to `addr:port` (and sends `AUTH`), bounded by [`CALL`].
+    pub async fn open(addr: &str, port: u16, password: Option<&Secret>) -> Result<Self, HookError> {
+        let target = format!("{addr}:{port}");
+        let stream = match tokio::time::timeout(CALL, tokio::net::TcpStream::connect(&target)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(HookError(format!("valkey {target}: connect: {e}"))),
+            Err(_) => return Err(HookError(format!("valkey {target}: connect: no answer within 3s"))),
+        };
+        let mut c = Self {
+            stream,
+            buf: Vec::new(),
+            target,
+        };
+        if let Some(p) = password {
+            match c.call(&["AUTH", &p.0]).await? {
+                Reply::Simple(_) => {}
+                Reply::Error(e) => {
+                    // The server's words only (WRONGPASS ...): never what was sent.
+                    let word = e.split_whitespace().next().unwrap_or("error").to_owned();
+                    return Err(HookError(format!("valkey {}: AUTH refused ({word})", c.target)));
+                }
+                other => return Err(HookError(format!("valkey {}: AUTH answered {other:?}", c.target))),
+            }
+        }
+        Ok(c)
+    }
+
+    /// Sends one command and reads its reply, bounded by [`CALL`]. Errors
+    /// name the command (its first two words, never its arguments).
+    pub async fn call(&mut self, args: &[&str]) -> Result<Reply, HookError> {
+        let what = args.iter().take(2).copied().collect::<Vec<_>>().join(" ");
+        let what = if args.first().is_some_and(|a| a.eq_ignore_ascii_case("auth")) {
+            "AUTH".to_owned()
+        } else {
+            what
+        };
+        let fut = async {
+            self.stream
+                .write_all(&encode(args))
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            loop {
+                if let Some((reply, used)) = parse(&self.buf)? {
+                    self.buf.drain(..used);
+                    return Ok::<_, String>(reply);
+                }
+                let mut chunk = [0u8; 8192];
+                let n = self.stream.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+                if n == 0 {
+                    return Err("connection closed".into());
+                }
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        match tokio::time::timeout(CALL, fut).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(HookError(format!("valkey {} {what}: {e}", self.target))),
+            Err(_) => Err(HookError(format!(
+                "valkey {} {what}: no answer within {}s",
+                self.target,
+                CALL.as_secs()
+            ))),
+        }
+    }
+
+    /// A command whose reply is text (`INFO`, `CLUSTER NODES`); an error
+    /// reply is an error naming the command.
+    pub async fn text(&mut self, args: &[&str]) -> Result<String, HookError> {
+        let r = self.call(args).await?;
+        r.text().map_err(|e| {
+            HookError(format!(
+                "valkey {} {}: {e}",
+                self.target,
+                args.iter().take(2).copied().collect::<Vec<_>>().join(" ")
+            ))
+        })
+    }
+}
+
+// --------------------------------------------------------------- parsing ---
+
+/// `key:value` lines of `INFO` or `CLUSTER INFO` (sections and blank
+/// lines skipped).
+pub fn fields(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+/// What `INFO replication` says about a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replication {
+    /// `master` or `slave`.
+    pub role: String,
+    /// A replica's primary (`master_host`, `master_port`).
+    pub primary: Option<(String, u16)>,
+    /// A replica's `master_link_status` is `up`.
+    pub link_up: bool,
+    /// A replica's `slave_repl_offset`, a primary's `master_repl_offset`.
+    pub offset: u64,
+    /// A primary's replicas: (ip, port, state, offset).
+    pub replicas: Vec<(String, u16, String, u64)>,
+}
+
+impl Replication {
+    /// Whether the node is a primary.
+    pub fn is_primary(&self) -> bool {
+        self.role == "master"
+    }
+}
+
+/// Parses `INFO replication`. `None` without a `role` (an error reply).
+pub fn parse_replication(text: &str) -> Option<Replication> {
+    let f = fields(text);
+    let role = f.get("role")?.clone();
+    let num = |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok());
+    let primary = match (f.get("master_host"), f.get("master_port").and_then(|p| p.parse().ok())) {
+        (Some(h), Some(p)) => Some((h.clone(), p)),
+        _ => None,
+    };
+    let offset = if role == "master" {
+        num("master_repl_offset").unwrap_or(0)
+    } else {
+        num("slave_repl_offset")
+            .or_else(|| num("master_repl_offset"))
+            .unwrap_or(0)
+    };
+    let mut replicas = Vec::new();
+    for (k, v) in &f {
+        let Some(n) = k.strip_prefix("slave") else { continue };
+        if n.parse::<u32>().is_err() {
+            continue;
+        }
+        let kv: BTreeMap<&str, &str> = v.split(',').filter_map(|p| p.split_once('=')).collect();
+        let (Some(ip), Some(port)) = (kv.get("ip"), kv.get("port").and_then(|p| p.parse().ok())) else {
+            continue;
+        };
+        replicas.push((
+            (*ip).to_owned(),
+            port,
+            kv.get("state").copied().unwrap_or("").to_owned(),
+            kv.get("offset").and_then(|o| o.parse().ok()).unwrap_or(0),
+        ));
+    }
+    Some(Replication {
+        link_up: f.get("master_link_status").is_some_and(|s| s == "up"),
+        role,
+        primary,
+        offset,
+        replicas,
+    })
+}
+
+/// One line of `CLUSTER NODES`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    /// Node id.
+    pub id: String,
+    /// Announced address.
+    pub ip: String,
+    /// Announced client port.
+    pub port: u16,
+    /// Flags (`myself`, `master`, `slave`, `fail`, `fail?`, ...).
+    pub flags: Vec<String>,
+    /// A replica's primary id (`-` for a primary).
+    pub primary: Option<String>,
+    /// `connected` or `disconnected`.
+    pub link: String,
+    /// Slot ranges (a primary's).
+    pub slots: Vec<String>,
+}
+
+impl Node {
+    fn has(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag)
+    }
+    /// Flagged `myself`.
+    pub fn is_myself(&self) -> bool {
+        self.has("myself")
+    }
+    /// Flagged `master`.
+    pub fn is_primary(&self) -> bool {
+        self.has("master")
+    }
+    /// Flagged `slave` (or `replica`).
+    pub fn is_replica(&self) -> bool {
+        self.has("slave") || self.has("replica")
+    }
+    /// Flagged failing (`fail`, `fail?`) or without an address.
+    pub fn failing(&self) -> bool {
+        self.has("fail") || self.has("fail?") || self.has("noaddr")
+    }
+}
+
+/// Parses `CLUSTER NODES` (lines it cannot read are skipped).
+pub fn parse_nodes(text: &str) -> Vec<Node> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.len() < 8 {
+            continue;
+        }
+        // ip:port@cport[,hostname]
+        let addr = w[1].split(['@', ',']).next().unwrap_or("");
+        let Some((ip, port)) = addr.rsplit_once(':') else {
+            continue;
+        };
+        let Ok(port) = port.parse() else { continue };
+        out.push(Node {
+            id: w[0].to_owned(),
+            ip: ip.to_owned(),
+            port,
+            flags: w[2].split(',').map(str::to_owned).collect(),
+            primary: (w[3] != "-").then(|| w[3].to_owned()),
+            link: w[7].to_owned(),
+            slots: w[8..].iter().map(|s| (*s).to_owned()).collect(),
+        });
+    }
+    out
+}
+
+/// The order for members whose roles are known (`Some(true)`: a primary):
+/// replicas first, then members that could not be asked, primaries last;
+/// stable otherwise.
+pub fn rank(primary: &[Option<bool>]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..primary.len()).collect();
+    idx.sort_by_key(|&i| match primary[i] {
+        Some(false) => 0,
+        None => 1,
+        Some(true) => 2,
+    });
+    idx
+}
+
+/// The replica to fail `primary` over to, from `(node, its replication)`
+/// of its replicas: connected, link up, not failing, within `max_lag` of
+/// `primary_offset`, the highest offset (ties: the first).
+pub fn candidate<'a>(
+    primary: &str,
+    primary_offset: u64,
+    replicas: &'a [(Node, Option<Replication>)],
+    max_lag: u64,
+) -> Result<&'a Node, HookError> {
+    let mut best: Option<(&Node, u64)> = None;
+    let mut why = Vec::new();
+    for (n, r) in replicas {
+        let name = format!("{}:{}", n.ip, n.port);
+        match r {
+            Some(r) if !n.failing() && r.link_up && primary_offset.saturating_sub(r.offset) <= max_lag => {
+                if best.is_none_or(|(_, b)| r.offset > b) {
+                    best = Some((n, r.offset));
+                }
+            }
+            Some(r) => why.push(format!(
+                "{name} link {} offset {} of {primary_offset}{}",
+                if r.link_up { "up" } else { "down" },
+                r.offset,
+                if n.failing() { " (flagged failing)" } else { "" }
+            )),
+            None => why.push(format!("{name} did not answer")),
+        }
+    }
+    best.map(|(n, _)| n).ok_or_else(|| {
+        HookError(format!(
+            "no caught-up replica to fail primary {primary} over to (at most {max_lag} bytes behind): {}",
+            if why.is_empty() {
+                "it has no replica".to_string()
+            } else {
+                why.join("; ")
+            }
+        ))
+    })
+}
+
+// ------------------------------------------------------------ the hook ---
+
+/// What one member says about itself.
+struct View {
+    repl: Replication,
+    cluster_ok: bool,
+    nodes: Vec<Node>,
+}
+
+impl View {
+    fn myself(&self) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.is_myself())
+    }
+}
+
+async fn view(addr: &str, port: u16, pw: Option<&Secret>) -> Result<View, HookError> {
+    let mut c = Conn::open(addr, port, pw).await?;
+    let info = c.text(&["INFO", "replication"]).await?;
+    let repl = parse_replication(&info)
+        .ok_or_else(|| HookError(format!("valkey {addr}:{port}: INFO replication has no role")))?;
+    let ci = fields(&c.text(&["CLUSTER", "INFO"]).await?);
+    let nodes = parse_nodes(&c.text(&["CLUSTER", "NODES"]).await?);
+    Ok(View {
+        repl,
+        cluster_ok: ci.get("cluster_state").is_some_and(|s| s == "ok"),
+        nodes,
+    })
+}
+
+async fn replication(addr: &str, port: u16, pw: Option<&Secret>) -> Result<Replication, HookError> {
+    let mut c = Conn::open(addr, port, pw).await?;
+    let info = c.text(&["INFO", "replication"]).await?;
+    parse_replication(&info).ok_or_else(|| HookError(format!("valkey {addr}:{port}: INFO replication has no role")))
+}
+
+impl Valkey {
+    async fn fail_over(&self, member: &Member, me: &View, pw: Option<&Secret>) -> Result<(), HookError> {
+        let Some(myself) = me.myself() else {
+            return Err(HookError(format!("{}: CLUSTER NODES has no myself line", member.name)));
+        };
+        let mut reps = Vec::new();
+        for n in me
+            .nodes
+            .iter()
+            .filter(|n| n.primary.as_deref() == Some(myself.id.as_str()))
+        {
+            reps.push((n.clone(), replication(&n.ip, n.port, pw).await.ok()));
+        }
+        let cand = candidate(&member.name, me.repl.offset, &reps, self.max_lag)?.clone();
+        let at = format!("{}:{}", cand.ip, cand.port);
+        tracing::info!(member = %member.name, to = %at, "valkey: failing the primary over before it restarts");
+        let mut c = Conn::open(&cand.ip, cand.port, pw).await?;
+        match c.call(&["CLUSTER", "FAILOVER"]).await? {
+            Reply::Simple(_) => {}
+            Reply::Error(e) => {
+                return Err(HookError(format!(
+                    "CLUSTER FAILOVER on {at} (replica of {}): {e}",
+                    member.name
+                )));
+            }
+            other => return Err(HookError(format!("CLUSTER FAILOVER on {at}: answered {other:?}"))),
+        }
+        // The role really moved: the replica says it is a primary with the
+        // slots, and the old primary says it follows it.
+        let start = Instant::now();
+        loop {
+            let new = view(&cand.ip, cand.port, pw).await;
+            let old = view(&member.addr, member.port, pw).await;
+            let why = match (&new, &old) {
+                (Ok(n), Ok(o)) => {
+                    let n_leads = n.repl.is_primary() && n.myself().is_some_and(|m| !m.slots.is_empty());
+                    let o_follows =
+                        !o.repl.is_primary() && o.myself().and_then(|m| m.primary.as_deref()) == Some(cand.id.as_str());
+                    if n_leads && o_follows && n.cluster_ok {
+                        tracing::info!(
+                            member = %member.name,
+                            to = %at,
+                            took_ms = start.elapsed().as_millis() as u64,
+                            "valkey: failover done"
+                        );
+                        return Ok(());
+                    }
+                    format!(
+                        "{at} is {} ({} slot ranges), {} is {}",
+                        n.repl.role,
+                        n.myself().map_or(0, |m| m.slots.len()),
+                        member.name,
+                        o.repl.role
+                    )
+                }
+                (Err(e), _) | (_, Err(e)) => e.0.clone(),
+            };
+            if start.elapsed() >= FAILOVER {
+                return Err(HookError(format!(
+                    "failover of {} to {at}: roles did not move within {}s: {why}",
+                    member.name,
+                    FAILOVER.as_secs()
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Whether `member` is back and synced, and if not, why.
+    async fn synced(&self, member: &Member, pw: Option<&Secret>) -> Result<(), String> {
+        let me = view(&member.addr, member.port, pw).await.map_err(|e| e.0)?;
+        if !me.cluster_ok {
+            return Err(format!("{} does not see cluster_state:ok", member.name));
+        }
+        let Some(myself) = me.myself().cloned() else {
+            return Err(format!("{}: CLUSTER NODES has no myself line", member.name));
+        };
+        if me.repl.is_primary() {
+            // A primary that was not failed over (no replica): serving is enough.
+            return Ok(());
+        }
+        if !me.repl.link_up {
+            return Err(format!("{} has master_link_status down", member.name));
+        }
+        let Some(pid) = myself.primary.as_deref() else {
+            return Err(format!("{} is a replica of no node", member.name));
+        };
+        let Some(p) = me.nodes.iter().find(|n| n.id == pid) else {
+            return Err(format!(
+                "{}: its primary {pid} is not in its CLUSTER NODES",
+                member.name
+            ));
+        };
+        let pv = view(&p.ip, p.port, pw).await.map_err(|e| e.0)?;
+        let behind = pv.repl.offset.saturating_sub(me.repl.offset);
+        if behind > self.max_lag {
+            return Err(format!(
+                "{} is {behind} bytes behind its primary {}:{}",
+                member.name, p.ip, p.port
+            ));
+        }
+        // The primary sees it online, and not as failing.
+        let online = pv
+            .repl
+            .replicas
+            .iter()
+            .any(|(ip, port, state, _)| *ip == myself.ip && *port == myself.port && state == "online");
+        if !online {
+            return Err(format!(
+                "primary {}:{} does not list {} online",
+                p.ip, p.port, member.name
+            ));
+        }
+        if pv.nodes.iter().any(|n| n.id == myself.id && n.failing()) {
+            return Err(format!("primary {}:{} flags {} failing", p.ip, p.port, member.name));
+        }
+        Ok(())
+    }
+}
+
+impl UpdateOrder for Valkey {
+    fn kind(&self) -> &'static str {
+        "valkey"
+    }
+
+    fn order<'a>(&'a self, members: &'a [Member]) -> HookFuture<'a, Vec<usize>> {
+        Box::pin(async move {
+            let pw = self.password().await.ok().flatten();
+            let mut roles = Vec::new();
+            for m in members {
+                roles.push(
+                    replication(&m.addr, m.port, pw.as_ref())
+                        .await
+                        .ok()
+                        .map(|r| r.is_primary()),
+                );
+            }
+            rank(&roles)
+        })
+    }
+
+    fn before_restart<'a>(
+        &'a self,
+        member: &'a Member,
+        _members: &'a [Member],
+    ) -> HookFuture<'a, Result<(), HookError>> {
+        Box::pin(async move {
+            let pw = self.password().await?;
+            let me = view(&member.addr, member.port, pw.as_ref())
+                .await
+                .map_err(|e| HookError(format!("{}: {}", member.name, e.0)))?;
+            if !me.repl.is_primary() {
+                return Ok(());
+            }
+            self.fail_over(member, &me, pw.as_ref()).await
+        })
+    }
+
+    fn ready_for_next<'a>(
+        &'a self,
+        member: &'a Member,
+        _members: &'a [Member],
+        deadline: Duration,
+    ) -> HookFuture<'a, Result<(), HookError>> {
+        Box::pin(async move {
+            let pw = self.password().await?;
+            let start = Instant::now();
+            loop {
+                let why = match self.synced(member, pw.as_ref()).await {
+                    Ok(()) => return Ok(()),
+                    Err(w) => w,
+                };
+                if start.elapsed() >= deadline {
+                    return Err(HookError(format!(
+                        "{} did not rejoin the cluster synced within {}s: {why}",
+                        member.name,
+                        deadline.as_secs()
+                    )));
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODES: &str = "\
+e358 10.0.0.101:7000@17000 myself,master - 0 0 1 connected 0-5460
+1a2b 10.0.0.102:7001@17001 master - 0 1700000000000 2 connected 5461-10922
+3c4d 10.0.0.103:7002@17002,valkey-node-2 master - 0 1700000000000 3 connected 10923-16383
+5e6f 10.0.0.101:7003@17003 slave 3c4d 0 1700000000000 3 connected
+7a8b 10.0.0.102:7004@17004 slave,fail e358 0 1700000000000 1 disconnected
+9c0d 10.0.0.103:7005@17005 slave e358 0 1700000000000 1 connected
+";
+
+    const INFO_PRIMARY: &str = "# Replication\r\nrole:master\r\nconnected_slaves:2\r\n\
+slave0:ip=10.0.0.103,port=7005,state=online,offset=5000,lag=0\r\n\
+slave1:ip=10.0.0.102,port=7004,state=wait_bgsave,offset=0,lag=3\r\n\
+master_failover_state:no-failover\r\nmaster_replid:abc\r\nmaster_repl_offset:5042\r\n";
+
+    const INFO_REPLICA: &str = "# Replication\r\nrole:slave\r\nmaster_host:10.0.0.101\r\nmaster_port:7000\r\n\
+master_link_status:up\r\nmaster_last_io_seconds_ago:1\r\nslave_repl_offset:5000\r\nslave_priority:100\r\n\
+master_repl_offset:5000\r\n";
+
+    #[test]
+    fn commands_are_arrays_of_bulk_strings() {
+        assert_eq!(
+            encode(&["CLUSTER", "INFO"]),
+            b"*2\r\n$7\r\nCLUSTER\r\n$4\r\nINFO\r\n".to_vec()
+        );
+        assert_eq!(
+            encode(&["SET", "k", ""]),
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn replies_of_every_kind_parse_and_a_partial_one_asks_for_more() {
+        assert_eq!(parse(b"+OK\r\n").unwrap(), Some((Reply::Simple("OK".into()), 5)));
+        assert_eq!(parse(b"-ERR no\r\n").unwrap(), Some((Reply::Error("ERR no".into()), 9)));
+        assert_eq!(parse(b":12\r\nrest").unwrap(), Some((Reply::Int(12), 5)));
+        assert_eq!(
+            parse(b"$5\r\nhello\r\n").unwrap(),
+            Some((Reply::Bulk(Some(b"hello".to_vec())), 11))
+        );
+        assert_eq!(parse(b"$-1\r\n").unwrap(), Some((Reply::Bulk(None), 5)));
+        let arr = b"*2\r\n:1\r\n$2\r\nok\r\n";
+        assert_eq!(
+            parse(arr).unwrap(),
+            Some((
+                Reply::Array(Some(vec![Reply::Int(1), Reply::Bulk(Some(b"ok".to_vec()))])),
+                arr.len()
+            ))
+        );
+        // Every strict prefix needs more bytes.
+        for cut in 0..arr.len() {
+            assert_eq!(parse(&arr[..cut]).unwrap(), None, "prefix of {cut} bytes");
+        }
+        assert_eq!(parse(b"$5\r\nhel").unwrap(), None);
+        assert!(parse(b"?what\r\n").is_err());
+        assert!(parse(b"$x\r\n").is_err());
+    }
+
+    #[test]
+    fn info_replication_of_a_primary_lists_its_replicas_and_offset() {
+        let r = parse_replication(INFO_PRIMARY).unwrap();
+        assert!(r.is_primary());
+        assert_eq!(r.offset, 5042);
+        assert_eq!(r.primary, None);
+        assert_eq!(
+            r.replicas,
+            vec![
+                ("10.0.0.103".into(), 7005, "online".into(), 5000),
+                ("10.0.0.102".into(), 7004, "wait_bgsave".into(), 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn info_replication_of_a_replica_has_its_primary_link_and_offset() {
+        let r = parse_replication(INFO_REPLICA).unwrap();
+        assert!(!r.is_primary());
+        assert_eq!(r.primary, Some(("10.0.0.101".into(), 7000)));
+        assert!(r.link_up);
+        assert_eq!(r.offset, 5000);
+        let down = INFO_REPLICA.replace("master_link_status:up", "master_link_status:down");
+        assert!(!parse_replication(&down).unwrap().link_up);
+        assert_eq!(parse_replication("-NOAUTH Authentication required."), None);
+    }
+
+    #[test]
+    fn cluster_nodes_lines_give_address_flags_primary_and_slots() {
+        let n = parse_nodes(NODES);
+        assert_eq!(n.len(), 6);
+        assert!(n[0].is_myself() && n[0].is_primary());
+        assert_eq!((n[0].ip.as_str(), n[0].port), ("10.0.0.101", 7000));
+        assert_eq!(n[0].slots, ["0-5460"]);
+        assert_eq!(
+            (n[2].ip.as_str(), n[2].port),
+            ("10.0.0.103", 7002),
+            "hostname suffix ignored"
+        );
+        assert!(n[3].is_replica() && n[3].primary.as_deref() == Some("3c4d"));
+        assert!(n[4].failing() && n[4].link == "disconnected");
+        assert!(!n[5].failing());
+    }
+
+    #[test]
+    fn replicas_restart_first_unknown_members_next_primaries_last_in_their_order() {
+        let roles = [Some(true), Some(false), None, Some(true), Some(false)];
+        assert_eq!(rank(&roles), vec![1, 4, 2, 0, 3]);
+        assert_eq!(rank(&[]), Vec::<usize>::new());
+    }
+
+    fn replica(node: &Node, link_up: bool, offset: u64) -> (Node, Option<Replication>) {
+        (
+            node.clone(),
+            Some(Replication {
+                role: "slave".into(),
+                link_up,
+                offset,
+                ..Default::default()
+            }),
+        )
+    }
+
+    #[test]
+    fn the_failover_goes_to_the_most_caught_up_healthy_replica() {
+        let n = parse_nodes(NODES);
+        let healthy = n[5].clone();
+        let mut other = n[3].clone();
+        other.flags = vec!["slave".into()];
+        // Highest offset wins; a failing or link-down replica never does.
+        let reps = vec![
+            replica(&other, true, 4000),
+            replica(&healthy, true, 5000),
+            replica(&n[4], true, 5042),
+        ];
+        assert_eq!(candidate("valkey-node-0", 5042, &reps, 1 << 20).unwrap().port, 7005);
+        let reps = vec![replica(&other, false, 5042), replica(&healthy, true, 4900)];
+        assert_eq!(candidate("p", 5042, &reps, 1 << 20).unwrap().port, 7005);
+    }
+
+    #[test]
+    fn no_caught_up_replica_stops_the_roll_naming_the_primary_and_what_each_replica_is() {
+        let n = parse_nodes(NODES);
+        let reps = vec![
+            replica(&n[5], true, 100),
+            (n[3].clone(), None),
+            replica(&n[4], false, 5042),
+        ];
+        let e = candidate("valkey-node-0", 5042, &reps, 1000).unwrap_err().0;
+        assert!(e.contains("valkey-node-0"), "{e}");
+        assert!(e.contains("10.0.0.103:7005 link up offset 100 of 5042"), "{e}");
+        assert!(e.contains("10.0.0.101:7003 did not answer"), "{e}");
+        assert!(e.contains("(flagged failing)"), "{e}");
+        let e = candidate("p", 1, &[], 1000).unwrap_err().0;
+        assert!(e.contains("it has no replica"), "{e}");
+    }
+
+    #[test]
+    fn labels_choose_the_lag_and_the_password_secret() {
+        let labels = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
+        let v = Valkey::from_labels(&labels(&[])).unwrap();
+        assert_eq!(v.max_lag, DEFAULT_MAX_LAG);
+        assert_eq!(v.password_secret.as_deref(), Some(DEFAULT_PASSWORD_SECRET));
+        let v = Valkey::from_labels(&labels(&[(PASSWORD_SECRET_LABEL, ""), (MAX_LAG_LABEL, "10")])).unwrap();
+        assert_eq!((v.max_lag, v.password_secret), (10, None));
+        let e = Valkey::from_labels(&labels(&[(MAX_LAG_LABEL, "lots")])).unwrap_err().0;
+        assert!(e.contains(MAX_LAG_LABEL) && e.contains("lots"), "{e}");
+        assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(..)");
+    }
+
+    /// A real TCP exchange with a server that answers in small pieces, and
+    /// refuses the password: the error never holds it.
+    #[tokio::test]
+    async fn a_refused_auth_names_the_member_not_the_password() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf).await;
+            for part in [&b"-WRONGPASS inv"[..], b"alid username-password pair\r\n"] {
+                s.write_all(part).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let e = Conn::open("127.0.0.1", port, Some(&Secret("s3cret-pw".into())))
+            .await
+            .err()
+            .unwrap()
+            .0;
+        assert!(e.contains("AUTH refused (WRONGPASS)"), "{e}");
+        assert!(!e.contains("s3cret-pw"), "{e}");
+    }
+}
