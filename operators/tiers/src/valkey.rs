@@ -27,9 +27,12 @@
 //!    node, no slots) → create; formed (`cluster_state:ok`, every member
 //!    known) → leave alone; anything else → report, never force;
 //! 4. to create: resolves each member's address as the nodes see it
-//!    (`getent hosts <member>` inside the member container: Docker DNS
-//!    locally, the coordinator's `extra_hosts` entries across hosts; Redis
-//!    7.0's `CLUSTER MEET` takes IPs only), then runs
+//!    (Redis 7.0's `CLUSTER MEET` takes IPs only): on one host, `getent
+//!    hosts <member>` inside the member container (Docker DNS); when the
+//!    members span hosts, each member's host's private address (its
+//!    operators' `addr` label), where the member publishes its client and
+//!    bus ports and which it announces (`cluster-announce-ip`); the port is
+//!    the member's [`PORT_LABEL`]. Then it runs
 //!    `valkey-cli --cluster create ip:port... --cluster-replicas N
 //!    --cluster-yes` in that container, the password read there from the
 //!    node's secret file into `REDISCLI_AUTH` (never in an argument, log,
@@ -45,10 +48,13 @@
 //!
 //! # Assumptions
 //!
-//! Members listen on [`PORT`] and read the password from the secret mounted
-//! as [`DEFAULT_PASSWORD_FILE`] (or the file named by
-//! [`PASSWORD_FILE_LABEL`]). The rolling of a formed cluster (failover
-//! before a primary restarts) is not handled here.
+//! Members listen on [`PORT`] (or their [`PORT_LABEL`]) and read the
+//! password from the secret mounted as [`DEFAULT_PASSWORD_FILE`] (or the
+//! file named by [`PASSWORD_FILE_LABEL`]). Across hosts, each member
+//! announces its host's private address and publishes its client port and
+//! bus port (port + 10000) there. The rolling of a formed cluster (replicas
+//! first, `CLUSTER FAILOVER` before a primary restarts) is the coordinator's,
+//! with the `valkey` update-order hook (`operator_core::members::valkey`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -65,13 +71,21 @@ pub const REPLICAS_LABEL: &str = "infra.valkey-cluster.replicas";
 pub const PASSWORD_FILE_LABEL: &str = "infra.valkey-cluster.password-file";
 /// The password file when no label names one (the stack's secret).
 pub const DEFAULT_PASSWORD_FILE: &str = "/run/secrets/valkey_cluster_password";
-/// The port every member listens on.
+/// The host label with a host's private address.
+const ADDR_LABEL: &str = "addr";
+/// The port a member listens on when [`PORT_LABEL`] names none.
 pub const PORT: u16 = 6379;
+/// Label with a member's client port (the one the update-order hook talks
+/// to; its cluster bus port is that plus 10000).
+pub const PORT_LABEL: &str = operator_core::members::PORT_LABEL;
 
 /// A full pass even without a change.
 const RESYNC: Duration = Duration::from_secs(5);
 /// Changes arriving within this long of the first are handled together.
 const DEBOUNCE: Duration = Duration::from_millis(200);
+/// How long a complete cluster may say `cluster_state:fail` before it is
+/// reported (a restarted node rejoins within seconds).
+const SETTLE: Duration = Duration::from_secs(30);
 /// Bound on each bus call.
 const BUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on a short command in a member (`CLUSTER INFO`, `getent`).
@@ -99,6 +113,11 @@ pub struct Member {
     pub host: String,
     /// Tier of the service.
     pub tier: String,
+    /// Its client port: the label [`PORT_LABEL`] (the update-order hook's
+    /// port), else [`PORT`]. Members that share a host across hosts need
+    /// ports of their own: each publishes its ports on its host's private
+    /// address.
+    pub port: u16,
 }
 
 /// A cluster as declared by its members' labels.
@@ -159,10 +178,25 @@ pub fn clusters_from(desired: &[DesiredService]) -> BTreeMap<String, Result<Clus
             .get(PASSWORD_FILE_LABEL)
             .cloned()
             .unwrap_or_else(|| DEFAULT_PASSWORD_FILE.to_owned());
+        let port = match s.labels.get(PORT_LABEL).map(|v| v.trim().parse::<u16>()) {
+            None => PORT,
+            Some(Ok(p)) if p != 0 => p,
+            Some(_) => {
+                out.insert(
+                    name.clone(),
+                    Err(format!(
+                        "cluster {name}: member {}: label {PORT_LABEL}={:?} is not a port",
+                        s.name, s.labels[PORT_LABEL]
+                    )),
+                );
+                continue;
+            }
+        };
         let member = Member {
             service: s.name.clone(),
             host: d.host.clone(),
             tier: s.tier.clone(),
+            port,
         };
         let entry = out.entry(name.clone()).or_insert_with(|| {
             replicas.clone().map(|replicas| Cluster {
@@ -250,6 +284,11 @@ pub enum Decision {
     Create,
     /// Formed: `cluster_state:ok` and every member known. Leave it alone.
     Formed,
+    /// Every member knows every node and every slot is assigned, but some
+    /// member's `cluster_state` is not `ok` yet: a node that just
+    /// restarted (a rolling update) catching up by gossip. Reported only
+    /// when it lasts.
+    Settling(String),
     /// Neither: report why, do not touch it.
     Report(String),
 }
@@ -267,6 +306,16 @@ pub fn decide(cluster: &str, members: usize, infos: &[(String, ClusterInfo)]) ->
     let formed = |i: &ClusterInfo| i.state == "ok" && i.known_nodes as usize == members && i.slots_assigned == 16384;
     if infos.iter().all(|(_, i)| formed(i)) {
         return Decision::Formed;
+    }
+    let complete = |i: &ClusterInfo| i.known_nodes as usize == members && i.slots_assigned == 16384;
+    if infos.iter().all(|(_, i)| complete(i))
+        && let Some((who, info)) = infos.iter().find(|(_, i)| !formed(i))
+    {
+        return Decision::Settling(format!(
+            "cluster {cluster}: member {who} reports cluster_state:{} with every node known and every slot \
+             assigned",
+            info.state
+        ));
     }
     // Name a member that is in some cluster (the odd one out when the
     // others are fresh), else one that is not formed.
@@ -404,6 +453,8 @@ struct State {
     formed: BTreeMap<String, Vec<String>>,
     /// The last reported problem per cluster (reported once).
     reported: BTreeMap<String, String>,
+    /// Since when a cluster has been settling (see [`Decision::Settling`]).
+    settling: BTreeMap<String, std::time::Instant>,
 }
 
 /// Runs until shutdown. Errors are reported, never fatal.
@@ -527,7 +578,19 @@ async fn converge(ctx: &TierContext, st: &mut State, cluster: &Cluster, local: &
         }
     }
     match decide(name, cluster.members.len(), &infos) {
+        Decision::Settling(reason) => {
+            let since = *st.settling.entry(name.clone()).or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= SETTLE {
+                let (service, id) = &local[0];
+                let reason = format!("{reason} for over {}s", SETTLE.as_secs());
+                report(ctx, st, name, service, id, reason).await;
+            } else {
+                tracing::debug!(cluster = %name, "{reason}; waiting");
+            }
+            false
+        }
         Decision::Formed => {
+            st.settling.remove(name);
             tracing::info!(cluster = %name, members = cluster.members.len(), "valkey cluster formed; left alone");
             true
         }
@@ -544,8 +607,43 @@ async fn create(ctx: &TierContext, st: &mut State, cluster: &Cluster, at: &(Stri
     let name = &cluster.name;
     let (service, id) = at;
     let started = std::time::Instant::now();
+    let spans = cluster.members.iter().any(|m| m.host != ctx.host);
     let mut addrs = Vec::new();
-    for m in &cluster.members {
+    if spans {
+        // Across hosts every node announces its host's private address
+        // (`cluster-announce-ip`) and publishes its ports there: meet them
+        // there, as the other nodes will.
+        let beats = match tokio::time::timeout(BUS_TIMEOUT, ctx.bus.list_heartbeats()).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                tracing::warn!(cluster = %name, error = %e, "valkey cluster: cannot read the hosts' addresses");
+                return false;
+            }
+            Err(_) => {
+                tracing::warn!(cluster = %name, "valkey cluster: reading the hosts' addresses timed out");
+                return false;
+            }
+        };
+        for m in &cluster.members {
+            let addr = beats
+                .iter()
+                .filter(|b| b.host == m.host)
+                .find_map(|b| b.labels.get(ADDR_LABEL).filter(|a| !a.is_empty()).cloned());
+            match addr {
+                Some(a) => addrs.push(format!("{a}:{}", m.port)),
+                None => {
+                    let reason = format!(
+                        "cluster {name}: member {} is on host {}, which publishes no private address (label \
+                         {ADDR_LABEL} of its operators)",
+                        m.service, m.host
+                    );
+                    report(ctx, st, name, service, id, reason).await;
+                    return false;
+                }
+            }
+        }
+    }
+    for m in cluster.members.iter().filter(|_| !spans) {
         let what = format!("getent hosts {}", m.service);
         let cmd = vec!["getent".into(), "hosts".into(), m.service.clone()];
         let ip = match exec_output(ctx, id, &what, cmd, EXEC_TIMEOUT).await {
@@ -560,7 +658,7 @@ async fn create(ctx: &TierContext, st: &mut State, cluster: &Cluster, at: &(Stri
             }
         };
         match ip.filter(|ip| ip.parse::<std::net::IpAddr>().is_ok()) {
-            Some(ip) => addrs.push(format!("{ip}:{PORT}")),
+            Some(ip) => addrs.push(format!("{ip}:{}", m.port)),
             None => {
                 let reason = format!("cluster {name}: member {service} cannot resolve member {}", m.service);
                 report(ctx, st, name, service, id, reason).await;
@@ -744,9 +842,19 @@ e358993d4742860d574b9060fc128388a904f2c8 172.18.0.2:6379@16379,valkey-node-0 mys
             "{reason}"
         );
         assert!(reason.contains("3 of 6 nodes known"), "{reason}");
-        // A formed cluster that lost a node is not formed either: reported.
+        // A complete cluster whose node says fail (a node that just
+        // restarted) is settling: reported only when it lasts.
         let mut degraded: Vec<_> = (0..6).map(|i| (format!("valkey-node-{i}"), info(FORMED))).collect();
         degraded[0].1.state = "fail".into();
+        let Decision::Settling(reason) = decide("c", 6, &degraded) else {
+            panic!("settling");
+        };
+        assert!(
+            reason.contains("valkey-node-0") && reason.contains("cluster_state:fail"),
+            "{reason}"
+        );
+        // One that lost a node is not formed either: reported.
+        degraded[1].1.known_nodes = 5;
         assert!(matches!(decide("c", 6, &degraded), Decision::Report(_)));
         // A cluster with more nodes than members declared is not ours to touch.
         assert!(matches!(decide("c", 5, &degraded[1..]), Decision::Report(_)));
@@ -776,6 +884,23 @@ e358993d4742860d574b9060fc128388a904f2c8 172.18.0.2:6379@16379,valkey-node-0 mys
     }
 
     #[test]
+    fn a_member_port_comes_from_the_update_order_port_label_and_a_bad_one_names_the_member() {
+        let d = vec![
+            desired("n0", "h1", &[(CLUSTER_LABEL, "vc"), (PORT_LABEL, "7000")]),
+            desired("n1", "h2", &[(CLUSTER_LABEL, "vc")]),
+            desired("x0", "h1", &[(CLUSTER_LABEL, "bad"), (PORT_LABEL, "seven")]),
+        ];
+        let cs = clusters_from(&d);
+        let ports: Vec<u16> = cs["vc"].as_ref().unwrap().members.iter().map(|m| m.port).collect();
+        assert_eq!(ports, [7000, PORT]);
+        let e = cs["bad"].as_ref().unwrap_err();
+        assert!(
+            e.contains("x0") && e.contains("\"seven\"") && e.contains(PORT_LABEL),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn members_that_disagree_on_replicas_make_the_cluster_an_error_naming_them() {
         let d = vec![
             desired("n0", "h", &[(CLUSTER_LABEL, "vc"), (REPLICAS_LABEL, "1")]),
@@ -800,6 +925,7 @@ e358993d4742860d574b9060fc128388a904f2c8 172.18.0.2:6379@16379,valkey-node-0 mys
                     service: format!("n{i}"),
                     host: "h".into(),
                     tier: "data".into(),
+                    port: PORT,
                 })
                 .collect(),
         };
