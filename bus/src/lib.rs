@@ -192,6 +192,9 @@ impl<T> Change<T> {
     }
 }
 
+/// The NATS message header that carries W3C trace context on events.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
 /// A cheap, cloneable handle to the bus. Clones share one connection.
 #[derive(Clone)]
 pub struct Bus {
@@ -206,7 +209,15 @@ pub struct Bus {
     host_state: kv::Store,
     leader: kv::Store,
     deployments: kv::Store,
+    /// The W3C `traceparent` of the caller's current span, when the process
+    /// exports traces (see [`Bus::with_trace_context`]).
+    trace: Option<TraceContext>,
 }
+
+/// Returns the `traceparent` of the caller's current span, if any. The bus
+/// does not depend on a tracing backend; the process that has one gives
+/// the bus this function.
+pub type TraceContext = fn() -> Option<String>;
 
 /// The leader lease as read from the store, with the revision that a
 /// compare-and-set over it must name.
@@ -332,7 +343,21 @@ impl Bus {
             host_state,
             leader,
             deployments,
+            trace: None,
         })
+    }
+
+    /// Carries trace context from now on: events get a `traceparent`
+    /// header and desired-state writes get the field (empty outside a
+    /// traced span), both from `current` at the time of the call.
+    #[must_use]
+    pub fn with_trace_context(mut self, current: TraceContext) -> Self {
+        self.trace = Some(current);
+        self
+    }
+
+    fn traceparent(&self) -> Option<String> {
+        self.trace.and_then(|f| f())
     }
 
     /// The underlying NATS client, for callers that need raw access (tests).
@@ -363,11 +388,16 @@ impl Bus {
             Some(Token::new("service", &ev.service)?)
         };
         let subj = subject::event(&host, &tier, service.as_ref(), event_kind_token(ev.kind()));
-        let ack = self
-            .js
-            .publish(subj.clone(), Bytes::from(ev.encode_to_vec()))
-            .await
-            .map_err(|e| BusError::with(BusErrorKind::Io, format!("publish to {subj}"), e))?;
+        let payload = Bytes::from(ev.encode_to_vec());
+        let sent = match self.traceparent() {
+            Some(tp) => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(TRACEPARENT_HEADER, tp.as_str());
+                self.js.publish_with_headers(subj.clone(), headers, payload).await
+            }
+            None => self.js.publish(subj.clone(), payload).await,
+        };
+        let ack = sent.map_err(|e| BusError::with(BusErrorKind::Io, format!("publish to {subj}"), e))?;
         ack.await
             .map_err(|e| BusError::with(BusErrorKind::Io, format!("ack for {subj}"), e))?;
         Ok(())
@@ -411,6 +441,17 @@ impl Bus {
             .as_ref()
             .ok_or_else(|| BusError::new(BusErrorKind::InvalidName, "desired state without a spec"))?;
         let key = service_key(&d.host, &spec.tier, &spec.name)?;
+        // A write belongs to the trace of the caller's span, or to none: a
+        // rewrite outside a traced operation (a host evacuated) must not
+        // add its reconciles to the trace of an older deploy.
+        if self.trace.is_some() {
+            let tp = self.traceparent().unwrap_or_default();
+            if tp != d.traceparent {
+                let mut d = d.clone();
+                d.traceparent = tp;
+                return put(&self.desired, &key, &d).await;
+            }
+        }
         put(&self.desired, &key, d).await
     }
 

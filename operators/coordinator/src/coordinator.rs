@@ -16,6 +16,7 @@ use infra_proto::bus::v1::{
 use infra_proto::coordinator::v1 as api;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
+use tracing::Instrument;
 
 use crate::convert::{self, SecretContent};
 use crate::placement::{self, Outcome, Rules, Usage};
@@ -502,6 +503,7 @@ impl Coordinator {
     /// Brings the selection up in dependency order, streaming progress to
     /// `tx`. Every check happens before the first write; afterwards a
     /// failing service blocks only what depends on it.
+    #[tracing::instrument(name = "deploy", skip_all, fields(deployment = tracing::field::Empty, services = tracing::field::Empty))]
     pub async fn deploy(
         &self,
         req: api::DeployRequest,
@@ -516,6 +518,9 @@ impl Coordinator {
             self.settings.deploy_timeout
         };
         let deployment = nuid::next().to_string();
+        tracing::Span::current()
+            .record("deployment", deployment.as_str())
+            .record("services", prepared.len());
         for s in secrets {
             self.bus.put_secret(&s.key, s.content).await.map_err(unavailable)?;
         }
@@ -565,22 +570,26 @@ impl Coordinator {
                 tx.clone(),
                 deployment.clone(),
             );
-            tasks.spawn(async move {
-                let outcome = me
-                    .deploy_one(
-                        &name,
-                        p,
-                        deps,
-                        deadline,
-                        &deployment,
-                        state_tx,
-                        state_rx,
-                        Some(&graph),
-                        &tx,
-                    )
-                    .await;
-                (name, outcome)
-            });
+            let span = tracing::info_span!("service", service = %name, tier = %p.spec.tier);
+            tasks.spawn(
+                async move {
+                    let outcome = me
+                        .deploy_one(
+                            &name,
+                            p,
+                            deps,
+                            deadline,
+                            &deployment,
+                            state_tx,
+                            state_rx,
+                            Some(&graph),
+                            &tx,
+                        )
+                        .await;
+                    (name, outcome)
+                }
+                .instrument(span),
+            );
         }
         let (mut ready, mut failed, mut blocked) = (0u32, 0u32, 0u32);
         while let Some(r) = tasks.join_next().await {
@@ -1195,6 +1204,7 @@ impl Coordinator {
 
     /// Rolls a deployed service to the catalog's spec (with `image` and
     /// `environment` laid over it), as its update_config says.
+    #[tracing::instrument(name = "rollout", skip_all)]
     pub async fn rollout_service(
         &self,
         req: api::RolloutRequest,
@@ -1285,6 +1295,7 @@ impl Coordinator {
 
     /// Undoes a rollout in progress or paused, or goes back to the previous
     /// revision, as the service's rollback_config says.
+    #[tracing::instrument(name = "rollback", skip_all)]
     pub async fn rollback_service(
         &self,
         req: api::RollbackRequest,
@@ -1416,6 +1427,7 @@ impl Coordinator {
     /// new, removes what is surplus, and streams progress to `tx` until
     /// every host has its share ready. The spec is the one last applied, not
     /// the catalog's: scaling never rolls out an edit.
+    #[tracing::instrument(name = "scale", skip_all)]
     pub async fn scale(
         &self,
         req: api::ScaleRequest,

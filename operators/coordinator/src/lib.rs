@@ -21,7 +21,7 @@ use std::time::Duration;
 use infra_bus::Bus;
 use infra_proto::bus::v1::EventKind;
 use infra_proto::coordinator::v1::coordinator_service_server::CoordinatorServiceServer;
-use operator_core::app::{self, ConfigError, LogFormat};
+use operator_core::app::{self, ConfigError};
 use operator_core::config::NatsConfig;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -102,10 +102,7 @@ impl Default for CoordinatorConfig {
             host_lost_secs: 30,
             shutdown_grace_secs: 10,
             metrics_listen: format!("127.0.0.1:{}", operator_core::metrics::COORDINATOR_PORT),
-            log: operator_core::config::LogConfig {
-                format: LogFormat::Json,
-                filter: "info".into(),
-            },
+            log: operator_core::config::LogConfig::default(),
         }
     }
 }
@@ -313,7 +310,10 @@ pub async fn run(
         election: Some(election),
         auth: serving.auth.clone(),
     };
-    let mut server = tonic::transport::Server::builder();
+    let mut server = tonic::transport::Server::builder().trace_fn(|req| {
+        let tp = req.headers().get(operator_core::trace::TRACEPARENT);
+        operator_core::trace::grpc_span(req.uri().path(), tp.and_then(|v| v.to_str().ok()))
+    });
     if let Some(tls) = serving.tls.clone() {
         server = server.tls_config(tls)?;
     }

@@ -92,8 +92,6 @@ fn main() -> ExitCode {
         println!("{shown}");
         return ExitCode::SUCCESS;
     }
-    app::init_logging(cfg.log.format, &cfg.log.filter);
-    tracing::info!(config = %shown, grpc = %listen, security = auth.describe(), "starting coordinator");
     let rt = match app::runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -101,12 +99,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let telemetry = {
+        let _in_runtime = rt.enter();
+        match cfg.log.init("coordinator", &cfg.id) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("coordinator: {e}");
+                return ExitCode::from(app::EXIT_CONFIG as u8);
+            }
+        }
+    };
+    tracing::info!(config = %shown, grpc = %listen, security = auth.describe(), traces = telemetry.exporting(), "starting coordinator");
     let grace = Duration::from_secs(cfg.shutdown_grace_secs);
     let metrics_addr = cfg.metrics_addr().ok().flatten();
     let result: Result<(), String> = rt.block_on(async move {
         let shutdown = CancellationToken::new();
         app::cancel_on_signals(shutdown.clone());
-        let bus = infra_bus::Bus::connect(&bus_cfg).await.map_err(|e| e.to_string())?;
+        let bus = infra_bus::Bus::connect(&bus_cfg)
+            .await
+            .map_err(|e| e.to_string())?
+            .with_trace_context(operator_core::trace::current);
         let listener = operator_core::grpc::bind(listen).await.map_err(|e| e.to_string())?;
         // A taken metrics port is a warning, not a failed start: several
         // coordinators may share a machine (tests, benches), and metrics
@@ -135,6 +147,7 @@ fn main() -> ExitCode {
             .await
             .map_err(|e| e.to_string())
     });
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -19,6 +19,7 @@ use prost::Message;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::coordinator::Coordinator;
 use crate::leader::{Election, Leadership};
@@ -39,17 +40,21 @@ where
     Fut: std::future::Future<Output = Result<(), Status>> + Send + 'static,
 {
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
-    tokio::spawn(async move {
-        match while_leading(leading, work(tx.clone())).await {
-            Some(Ok(())) => {}
-            Some(Err(status)) => {
-                let _ = tx.send(Err(status)).await;
-            }
-            None => {
-                let _ = tx.send(Err(lost_lead())).await;
+    // The work outlives the call's future: it stays in the call's trace.
+    tokio::spawn(
+        async move {
+            match while_leading(leading, work(tx.clone())).await {
+                Some(Ok(())) => {}
+                Some(Err(status)) => {
+                    let _ = tx.send(Err(status)).await;
+                }
+                None => {
+                    let _ = tx.send(Err(lost_lead())).await;
+                }
             }
         }
-    });
+        .instrument(tracing::Span::current()),
+    );
     let first = match rx.recv().await {
         Some(Err(status)) => return Err(status),
         Some(Ok(p)) => p,
@@ -311,23 +316,26 @@ impl CoordinatorService for Api {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let c = self.coordinator.clone();
         let leading = self.leading();
-        tokio::spawn(async move {
-            let work = {
-                let (c, tx) = (c.clone(), tx.clone());
-                async move { c.deploy(req, tx).await }
-            };
-            let Some(result) = while_leading(leading, work).await else {
-                // Left recorded: the next leader runs it again.
-                let _ = tx.send(Err(lost_lead())).await;
-                return;
-            };
-            if let Err(e) = c.bus().delete_deployment(&record.id).await {
-                tracing::warn!(deployment = %record.id, error = %e, "cannot forget a finished deploy");
+        tokio::spawn(
+            async move {
+                let work = {
+                    let (c, tx) = (c.clone(), tx.clone());
+                    async move { c.deploy(req, tx).await }
+                };
+                let Some(result) = while_leading(leading, work).await else {
+                    // Left recorded: the next leader runs it again.
+                    let _ = tx.send(Err(lost_lead())).await;
+                    return;
+                };
+                if let Err(e) = c.bus().delete_deployment(&record.id).await {
+                    tracing::warn!(deployment = %record.id, error = %e, "cannot forget a finished deploy");
+                }
+                if let Err(status) = result {
+                    let _ = tx.send(Err(status)).await;
+                }
             }
-            if let Err(status) = result {
-                let _ = tx.send(Err(status)).await;
-            }
-        });
+            .instrument(tracing::Span::current()),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -1,6 +1,6 @@
 //! Process plumbing shared by every binary: layered config (file <
-//! environment < command line, with figment), JSON logs, and shutdown on
-//! signals.
+//! environment < command line, with figment) and shutdown on signals. Logs
+//! and traces are set up by [`crate::trace::init`].
 
 use std::path::{Path, PathBuf};
 
@@ -57,20 +57,6 @@ pub enum LogFormat {
     Json,
     /// Human-readable text.
     Text,
-}
-
-/// Initialises tracing. `filter` is an `EnvFilter` directive (`info`,
-/// `operator_core=debug`); `RUST_LOG` overrides it.
-pub fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
 }
 
 /// Cancels `token` on the first SIGTERM or SIGINT; a second one exits the

@@ -154,6 +154,10 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// Filter directive (`info`, `operator_core=debug`).
     pub filter: String,
+    /// OTLP/gRPC endpoint to send traces to (`http://tempo:4317`). Unset:
+    /// the standard `OTEL_EXPORTER_OTLP_ENDPOINT` if that is set, else no
+    /// traces.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for LogConfig {
@@ -161,7 +165,21 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Json,
             filter: "info".into(),
+            otlp_endpoint: None,
         }
+    }
+}
+
+impl LogConfig {
+    /// Installs logging and, when an endpoint is configured, trace export
+    /// as `service` on `host`. Must run inside the runtime's context.
+    pub fn init(&self, service: &str, host: &str) -> Result<crate::trace::Telemetry, ConfigError> {
+        let export = crate::trace::Exporting::wanted(self.otlp_endpoint.as_deref()).then(|| crate::trace::Exporting {
+            endpoint: self.otlp_endpoint.clone(),
+            service: service.to_owned(),
+            host: host.to_owned(),
+        });
+        crate::trace::init(self.format, &self.filter, export)
     }
 }
 

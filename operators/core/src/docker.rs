@@ -172,6 +172,7 @@ impl DockerClient {
 
     /// Makes sure `image` is on this host, pulling it if a registry can be
     /// reached. Gives up after `timeout`.
+    #[tracing::instrument(name = "docker.ensure_image", skip(self, timeout))]
     pub async fn ensure_image(&self, image: &str, timeout: Duration) -> Result<(), DockerError> {
         match self.inner.inspect_image(image).await {
             Ok(_) => return Ok(()),
@@ -290,6 +291,7 @@ impl DockerClient {
     }
 
     /// Creates a container, connects its extra networks, and returns its id.
+    #[tracing::instrument(name = "docker.create", skip(self, body, extra_networks))]
     pub async fn create(
         &self,
         name: &str,
@@ -322,6 +324,7 @@ impl DockerClient {
     }
 
     /// Starts a container; starting a running one is not an error.
+    #[tracing::instrument(name = "docker.start", skip(self))]
     pub async fn start(&self, id: &str) -> Result<(), DockerError> {
         match self.inner.start_container(id, None::<StartContainerOptions>).await {
             Ok(()) => Ok(()),
@@ -382,6 +385,7 @@ impl DockerClient {
     }
 
     /// Stops a container within `grace` (gone or already stopped is fine).
+    #[tracing::instrument(name = "docker.stop", skip(self, grace))]
     pub async fn stop(&self, id: &str, grace: Duration) -> Result<(), DockerError> {
         let opts = StopContainerOptions {
             t: Some(grace.as_secs() as i32),
@@ -396,6 +400,7 @@ impl DockerClient {
     }
 
     /// Removes a stopped container (its named volumes stay).
+    #[tracing::instrument(name = "docker.remove", skip(self))]
     pub async fn remove_stopped(&self, id: &str) -> Result<(), DockerError> {
         let opts = RemoveContainerOptions {
             force: true,

@@ -18,6 +18,7 @@ pub mod members;
 pub mod metrics;
 pub mod reconcile;
 pub mod spec;
+pub mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -276,14 +277,6 @@ pub fn main(tier: Tier) -> ExitCode {
         println!("{}", sanitized(&cfg));
         return ExitCode::SUCCESS;
     }
-    app::init_logging(cfg.log.format, &cfg.log.filter);
-    tracing::info!(
-        tier = tier.name,
-        config = %sanitized(&cfg),
-        grpc = %listen,
-        metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
-        "starting operator"
-    );
     let rt = match app::runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -291,11 +284,29 @@ pub fn main(tier: Tier) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let telemetry = {
+        let _in_runtime = rt.enter();
+        match cfg.log.init(&format!("operator-{}", tier.name), &cfg.host) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{tier}-operator: {e}", tier = tier.name);
+                return ExitCode::from(app::EXIT_CONFIG as u8);
+            }
+        }
+    };
+    tracing::info!(
+        tier = tier.name,
+        config = %sanitized(&cfg),
+        grpc = %listen,
+        metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        traces = telemetry.exporting(),
+        "starting operator"
+    );
     let result = rt.block_on(async move {
         let shutdown = CancellationToken::new();
         app::cancel_on_signals(shutdown.clone());
         let docker = docker::DockerClient::connect().await?;
-        let bus = Bus::connect(&bus_cfg).await?;
+        let bus = Bus::connect(&bus_cfg).await?.with_trace_context(trace::current);
         let listener = grpc::bind(listen).await?;
         let metrics = match metrics_addr {
             Some(a) => Metrics::Listener(metrics::bind("metrics_listen", a).await?),
@@ -303,6 +314,7 @@ pub fn main(tier: Tier) -> ExitCode {
         };
         run_with(tier, cfg, docker, bus, listener, metrics, shutdown).await
     });
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

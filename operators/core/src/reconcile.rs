@@ -29,6 +29,7 @@ use infra_proto::bus::v1::{
 use tokio::sync::{RwLock, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::decide::{self, Container, Op, RestartHistory, RestartPolicy, RestartVerdict};
 use crate::docker::{DockerClient, DockerError};
@@ -358,7 +359,14 @@ struct WorkerState {
     last_published: Option<ObservedService>,
     health_since: Option<(Health, prost_types::Timestamp)>,
     reconcile_errors: u32,
+    /// The desired generation whose trace the reconciles join, and how many
+    /// passes have joined it (bounded: a service that never settles must
+    /// not grow its deploy's trace forever).
+    traced: Option<(u64, u32)>,
 }
+
+/// Passes of one desired write that join its trace.
+const TRACED_PASSES: u32 = 64;
 
 enum Next {
     /// Nothing to do until something changes (the resync still looks).
@@ -377,8 +385,15 @@ async fn worker(ctx: Arc<Ctx>, service: String, mut rx: mpsc::Receiver<()>, shut
             _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {}
         }
         let t0 = Instant::now();
-        let result = reconcile_once(&ctx, &service, &mut st).await;
+        let span = reconcile_span(&ctx, &service, &mut st).await;
+        let result = reconcile_once(&ctx, &service, &mut st).instrument(span.clone()).await;
         ctx.events.metrics().reconciled(t0.elapsed(), result.is_ok());
+        // Settled: later passes (resyncs) are not part of the write's trace.
+        if matches!(result, Ok(Next::Idle))
+            && let Some((generation, _)) = st.traced
+        {
+            st.traced = Some((generation, TRACED_PASSES));
+        }
         match result {
             Ok(Next::Idle) => {
                 st.reconcile_errors = 0;
@@ -400,6 +415,41 @@ async fn worker(ctx: Arc<Ctx>, service: String, mut rx: mpsc::Receiver<()>, shut
             }
         }
     }
+}
+
+/// The span of one reconcile pass: a child of the trace of the desired
+/// write it acts on (the coordinator's deploy, rollout step or scale),
+/// from its first pass until it settles. Passes outside such a write get
+/// no span, so resyncs do not make a trace each.
+async fn reconcile_span(ctx: &Ctx, service: &str, st: &mut WorkerState) -> tracing::Span {
+    let Some((generation, traceparent)) = ctx
+        .desired
+        .read()
+        .await
+        .get(service)
+        .filter(|d| !d.traceparent.is_empty())
+        .map(|d| (d.generation, d.traceparent.clone()))
+    else {
+        return tracing::Span::none();
+    };
+    let passes = match st.traced {
+        Some((g, n)) if g == generation => n,
+        _ => 0,
+    };
+    if passes >= TRACED_PASSES {
+        return tracing::Span::none();
+    }
+    st.traced = Some((generation, passes + 1));
+    let span = tracing::info_span!(
+        "reconcile",
+        service,
+        host = %ctx.host,
+        tier = %ctx.tier,
+        generation,
+        pass = passes + 1
+    );
+    crate::trace::set_parent(&span, &traceparent);
+    span
 }
 
 fn to_status(spec: Option<&ServiceSpec>, c: &Container, restarts: u32) -> ContainerStatus {
