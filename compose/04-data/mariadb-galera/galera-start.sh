@@ -1,6 +1,7 @@
 #!/bin/bash
 # Starts one node of mariadb-galera through the image's own entrypoint (which
-# initialises an empty data directory first, with wsrep off).
+# initialises an empty data directory first, with wsrep off). Runs as root
+# (the entrypoint drops to mysql).
 #   GALERA_NODE       this node's name (galera-1..3)
 #   GALERA_BOOTSTRAP  1 on the node that may create the cluster (galera-1)
 # galera-1 bootstraps (--wsrep-new-cluster) only when its data directory is
@@ -8,11 +9,15 @@
 # otherwise it joins the running nodes like the others. After an unclean
 # stop of the whole cluster, pick the most advanced node and set
 # safe_to_bootstrap: 1 in its grastate.dat by hand (Galera's usual recovery).
+# The SST credentials go into a config file only mysql can read, never on
+# the command line: the server logs its command line whenever it starts a
+# state transfer ("WSREP: Running: 'wsrep_sst_mariabackup ... --mysqld-args
+# ..."), and /proc/<pid>/cmdline is world-readable.
 set -euo pipefail
-args=(
-  "--wsrep-node-name=${GALERA_NODE}"
-  "--wsrep-sst-auth=mariabackup:$(< /run/secrets/galera_sst_password)"
-)
+auth=/etc/mysql/mariadb.conf.d/99-galera-sst-auth.cnf
+install -m 0600 -o mysql -g mysql /dev/null "$auth"
+printf '[mariadbd]\nwsrep_sst_auth = mariabackup:%s\n' "$(< /run/secrets/galera_sst_password)" > "$auth"
+args=("--wsrep-node-name=${GALERA_NODE}")
 state=/var/lib/mysql/grastate.dat
 if [ "${GALERA_BOOTSTRAP:-0}" = 1 ]; then
   if [ ! -s "$state" ] || grep -q '^safe_to_bootstrap: *1' "$state"; then
