@@ -163,9 +163,10 @@ impl Coordinator {
         match members::for_labels(labels) {
             Ok(None) => {}
             Ok(Some(hook)) => {
-                // Hooks that authenticate to the members (Valkey) read the
+                // Hooks that authenticate to the members (Valkey, RabbitMQ) read the
                 // password from the secrets bucket, as the operators do.
                 members::valkey::use_secrets(self.bus());
+                members::rabbitmq::use_secrets(self.bus());
                 return self
                     .roll_members(r, hook.as_ref(), new, old, counts, from_k, to_k, policy, deadline)
                     .await;

@@ -123,9 +123,11 @@ pub fn for_labels(labels: &BTreeMap<String, String>) -> Result<Option<Box<dyn Up
             };
             Ok(Some(Box::new(patroni::Patroni { max_lag })))
         }
+        "kafka" => Ok(Some(Box::new(kafka::Kafka::from_labels(labels)?))),
+        "rabbitmq" => Ok(Some(Box::new(rabbitmq::RabbitMq::from_labels(labels)?))),
         "valkey" => Ok(Some(Box::new(valkey::Valkey::from_labels(labels)?))),
         other => Err(HookError(format!(
-            "label {ORDER_LABEL}: unknown update order {other:?} (known: patroni, valkey)"
+            "label {ORDER_LABEL}: unknown update order {other:?} (known: patroni, kafka, rabbitmq, valkey)"
         ))),
     }
 }
@@ -190,5 +192,7 @@ pub async fn http(
     }
 }
 
+pub mod kafka;
 pub mod patroni;
+pub mod rabbitmq;
 pub mod valkey;

@@ -244,13 +244,13 @@ fn labels_choose_the_hook_and_an_unknown_kind_names_the_known_ones() {
         .unwrap()
         .unwrap();
     assert_eq!(h.kind(), "patroni");
-    let err = super::super::for_labels(&labels(&[("infra.update-order", "kafka")]))
+    let err = super::super::for_labels(&labels(&[("infra.update-order", "zookeeper")]))
         .err()
         .unwrap()
         .0;
     assert_eq!(
         err,
-        "label infra.update-order: unknown update order \"kafka\" (known: patroni)"
+        "label infra.update-order: unknown update order \"zookeeper\" (known: patroni, kafka, rabbitmq, valkey)"
     );
     assert_eq!(
         super::super::cluster_from(&labels(&[("infra.update-order", "patroni")])),
