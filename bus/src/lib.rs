@@ -745,6 +745,7 @@ pub fn event_kind_token(kind: EventKind) -> &'static str {
                 "SERVICE_STRANDED" => "service_stranded",
                 "SERVICE_MOVED" => "service_moved",
                 "LEADER_ELECTED" => "leader_elected",
+                "MEMBER_LEADER_CHANGED" => "member_leader_changed",
                 _ => "unspecified",
             }
         })

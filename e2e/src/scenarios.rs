@@ -301,6 +301,14 @@ pub fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Du
 /// at its host's private address, as the gateway does. `roll` is an
 /// environment value of the Patroni members: change it to roll them.
 pub fn patroni_catalog(dir: &Path, ips: &[String], roll: &str) {
+    patroni_catalog_with(dir, ips, roll, "");
+}
+
+/// As [`patroni_catalog`], with `spilo` (YAML, flow style) as the members'
+/// `SPILO_CONFIGURATION`, merged over their Patroni configuration: e.g.
+/// `{bootstrap: {dcs: {synchronous_mode: true}}}`, so a failover keeps
+/// every acknowledged write.
+pub fn patroni_catalog_with(dir: &Path, ips: &[String], roll: &str, spilo: &str) {
     let cluster = "etcd-1=http://etcd-1:2380,etcd-2=http://etcd-2:2380,etcd-3=http://etcd-3:2380";
     let mut y = String::from("services:\n");
     for i in 1..=3 {
@@ -347,6 +355,7 @@ pub fn patroni_catalog(dir: &Path, ips: &[String], roll: &str) {
       PGPASSWORD_STANDBY: e2e-standby
       PGPASSWORD_ADMIN: e2e-admin
       ROLL: "{roll}"
+      SPILO_CONFIGURATION: '{spilo}'
     volumes: ["pg-{i}-data:/home/postgres/pgdata"]
     stop_grace_period: 30s
     healthcheck:

@@ -10,16 +10,30 @@
 //! images `host`, `nats`, `etcd`, `patroni`, `haproxy` from
 //! `e2e/images/build.sh`.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use infra_e2e::hosts::{Cluster, ClusterOptions};
-use infra_e2e::scenarios::{Writer, patroni_catalog, psql, wait_for};
+use infra_e2e::scenarios::{Writer, Writes, patroni_catalog, patroni_catalog_with, psql, wait_for};
+use infra_proto::bus::v1::{Event, EventKind};
+use prost::Message;
+
+/// One Patroni cluster at a time: each test runs three simulated hosts,
+/// and two at once on a small machine would each see the other's load.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn fault(what: &str, survived: &str) {
     println!("FAULT | {what} | {survived}");
 }
 
 fn start() -> (Cluster, tempfile::TempDir) {
+    start_with("")
+}
+
+/// A cluster of three hosts with the catalog written, `spilo` as the
+/// members' extra Patroni configuration.
+fn start_with(spilo: &str) -> (Cluster, tempfile::TempDir) {
     let mut opts = ClusterOptions::new(3).tiers(&["data"]).images(&[
         "infra-local/etcd:3",
         "infra-local/patroni:3",
@@ -32,7 +46,7 @@ fn start() -> (Cluster, tempfile::TempDir) {
     opts.compose_dir = dir.path().to_owned();
     let c = Cluster::start(opts);
     let ips: Vec<String> = c.hosts().iter().map(|h| c.host_ip(h)).collect();
-    patroni_catalog(dir.path(), &ips, "1");
+    patroni_catalog_with(dir.path(), &ips, "1", spilo);
     (c, dir)
 }
 
@@ -72,6 +86,7 @@ fn leader(c: &Cluster) -> Option<String> {
 #[test]
 fn a_patroni_cluster_over_three_hosts_comes_up_in_order_rolls_with_one_switchover_and_no_lost_write_and_stops_at_a_replica_that_does_not_come_back()
  {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let (c, dir) = start();
     let ips: Vec<String> = c.hosts().iter().map(|h| c.host_ip(h)).collect();
     let t0 = Instant::now();
@@ -280,5 +295,309 @@ fn a_patroni_cluster_over_three_hosts_comes_up_in_order_rolls_with_one_switchove
         w.acked.len(),
         lost.len(),
         w.failed.len()
+    );
+}
+
+/// Every event on the bus from now on, with the instant it arrived.
+fn record_events(urls: Vec<String>) -> Arc<Mutex<Vec<(Instant, Event)>>> {
+    let seen: Arc<Mutex<Vec<(Instant, Event)>>> = Arc::default();
+    let sink = seen.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let servers: Vec<async_nats::ServerAddr> = urls.iter().filter_map(|u| u.parse().ok()).collect();
+            let nats = async_nats::connect(servers).await.expect("connect to NATS");
+            let mut sub = nats.subscribe("infra.events.>").await.expect("subscribe");
+            nats.flush().await.ok();
+            ready_tx.send(()).ok();
+            while let Some(m) = sub.next().await {
+                if let Ok(ev) = Event::decode(m.payload) {
+                    sink.lock().unwrap().push((Instant::now(), ev));
+                }
+            }
+        });
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("event subscriber ready");
+    seen
+}
+
+/// Adds what a writer saw since the last `take` to `into`.
+fn add(into: &mut Writes, w: Writes) {
+    into.acked.extend(w.acked);
+    into.failed.extend(w.failed);
+    into.longest_gap = into.longest_gap.max(w.longest_gap);
+}
+
+/// The `member_leader_changed` events seen so far naming `leader`.
+fn leader_events(events: &Mutex<Vec<(Instant, Event)>>, leader: &str) -> Vec<(Instant, Event)> {
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, e)| e.kind() == EventKind::MemberLeaderChanged && e.service == leader)
+        .cloned()
+        .collect()
+}
+
+/// `/cluster` as the first surviving member answers it.
+fn members(c: &Cluster, hosts: &[String]) -> Vec<serde_json::Value> {
+    hosts
+        .iter()
+        .map(|h| rest(c, h, "/cluster"))
+        .find_map(|v| v["members"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// The running leader and its timeline, as the members on `hosts` see it.
+fn leader_on(c: &Cluster, hosts: &[String]) -> Option<(String, u64)> {
+    members(c, hosts)
+        .iter()
+        .find(|m| m["role"] == "leader" && m["state"] == "running")
+        .and_then(|m| Some((m["name"].as_str()?.to_owned(), m["timeline"].as_u64()?)))
+}
+
+/// `DescribeService`'s member rows of `service` (through grpcurl).
+fn described(c: &Cluster, service: &str) -> Vec<serde_json::Value> {
+    c.call("DescribeService", &format!(r#"{{"name":"{service}"}}"#))[0]["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_patroni_leader_lost_with_its_host_fails_over_to_a_new_leader_the_operator_reports_writes_resume_with_none_lost_and_the_old_leader_returns_as_a_replica()
+ {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Synchronous replication: a commit is acknowledged once a replica has
+    // it, and Patroni promotes only that replica, so losing the leader's
+    // host loses no acknowledged write (with asynchronous replication the
+    // last few milliseconds may be lost, as Patroni documents).
+    let (c, _dir) = start_with("{bootstrap: {dcs: {synchronous_mode: true}}}");
+    let ips: Vec<String> = c.hosts().iter().map(|h| c.host_ip(h)).collect();
+    let hosts = c.hosts();
+    let events = record_events(c.nats_urls());
+    let progress = c.call(
+        "Deploy",
+        r#"{"selection":{"services":["pg-router"]},"timeoutSeconds":300}"#,
+    );
+    assert_eq!(
+        progress.last().unwrap()["ready"],
+        7,
+        "etcd x3, pg x3, router: {progress:#?}\n{}",
+        c.all_logs()
+    );
+    psql(&ips[0], 15432, "create table acks(v bigint primary key)").unwrap();
+    wait_for("a leader and a synchronous standby", Duration::from_secs(60), || {
+        let ms = members(&c, &hosts);
+        ms.iter().any(|m| m["role"] == "leader") && ms.iter().any(|m| m["role"] == "sync_standby")
+    });
+
+    // HAProxy runs on host1: the leader must be elsewhere for its host's
+    // loss to leave HAProxy standing. A switchover to the synchronous
+    // standby (never on host1 when pg-0 leads) puts it there, and the
+    // operator on the new leader's host says so.
+    let (mut lead, _) = leader_on(&c, &hosts).expect("a leader");
+    if lead == "pg-0" {
+        let to = members(&c, &hosts)
+            .iter()
+            .find(|m| m["role"] == "sync_standby")
+            .and_then(|m| m["name"].as_str().map(str::to_owned))
+            .expect("a synchronous standby");
+        // The operators read the leader every 2 s: let them see pg-0 lead.
+        std::thread::sleep(Duration::from_secs(5));
+        let addr = format!("{}:8008", ips[0]);
+        let body = format!(r#"{{"leader":"pg-0","candidate":"{to}"}}"#);
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "-m",
+                "30",
+                "-XPOST",
+                "-d",
+                &body,
+                &format!("http://{addr}/switchover"),
+            ])
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "switchover: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_for(
+            &format!("{to} leads after the switchover"),
+            Duration::from_secs(60),
+            || leader_on(&c, &hosts).is_some_and(|(l, _)| l == to),
+        );
+        wait_for("the switchover on the bus", Duration::from_secs(30), || {
+            !leader_events(&events, &to).is_empty()
+        });
+        let (_, ev) = &leader_events(&events, &to)[0];
+        assert!(
+            ev.reason.contains(&format!("leader pg-0 -> {to} by switchover")),
+            "{ev:?}"
+        );
+        lead = to;
+    }
+    let lead_host = hosts[lead.trim_start_matches("pg-").parse::<usize>().unwrap()].clone();
+    assert_ne!(lead_host, "host1");
+    // Every operator has seen this leader (their next read, 2 s apart).
+    std::thread::sleep(Duration::from_secs(5));
+    let (_, timeline_before) = leader_on(&c, &hosts).expect("a leader");
+    let survivors: Vec<String> = hosts.iter().filter(|h| **h != lead_host).cloned().collect();
+
+    // Write the whole time; kill the leader's host in the middle.
+    let writer = Writer::start(ips[0].clone(), 15432, 1);
+    std::thread::sleep(Duration::from_secs(3));
+    let before_kill = writer.take();
+    let killed = Instant::now();
+    c.kill_host(&lead_host);
+    let mut new = None;
+    let elected = wait_for("Patroni elects a new leader", Duration::from_secs(120), || {
+        // Patroni shows the promoted member's new timeline on its next cycle.
+        new = leader_on(&c, &survivors).filter(|(l, t)| *l != lead && *t > timeline_before);
+        new.is_some()
+    });
+    let (new_lead, timeline) = new.unwrap();
+    let mut during = writer.take();
+    let acked_at_election = during.acked.last().copied().unwrap_or(0);
+    assert!(
+        timeline > timeline_before,
+        "a new timeline: {timeline} after {timeline_before}"
+    );
+    let new_host = hosts[new_lead.trim_start_matches("pg-").parse::<usize>().unwrap()].clone();
+    // The operator on the new leader's host reports it, once.
+    wait_for("the failover on the bus", Duration::from_secs(30), || {
+        !leader_events(&events, &new_lead).is_empty()
+    });
+    let (told_at, ev) = leader_events(&events, &new_lead).last().cloned().unwrap();
+    assert_eq!(ev.host, new_host, "{ev:?}");
+    assert!(
+        ev.reason.contains(&format!(
+            "leader {lead} -> {new_lead} by failover ({lead} is no longer a member), timeline {timeline}"
+        )),
+        "{ev:?}"
+    );
+    // Writes resume through HAProxy.
+    wait_for("writes through HAProxy again", Duration::from_secs(60), || {
+        add(&mut during, writer.take());
+        during.acked.last().is_some_and(|n| *n > acked_at_election)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    add(&mut during, writer.take());
+    drop(writer);
+    let told = leader_events(&events, &new_lead)
+        .iter()
+        .filter(|(at, _)| *at >= killed)
+        .count();
+    assert_eq!(
+        told,
+        1,
+        "one report of the new leader: {:#?}",
+        leader_events(&events, &new_lead)
+    );
+    let stored: std::collections::BTreeSet<u64> = psql(&ips[0], 15432, "select v from acks")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    let acked: Vec<u64> = before_kill.acked.iter().chain(&during.acked).copied().collect();
+    let lost: Vec<u64> = acked.iter().copied().filter(|v| !stored.contains(v)).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+    // DescribeService shows the new leader and the surviving replica.
+    let d = described(&c, &new_lead);
+    assert!(
+        d.iter().any(|m| m["host"] == new_host.as_str()
+            && m["role"] == "leader"
+            && m["timeline"] == timeline.to_string().as_str()),
+        "DescribeService {new_lead}: {d:#?}"
+    );
+    let other = (0..3)
+        .map(|i| format!("pg-{i}"))
+        .find(|n| *n != lead && *n != new_lead)
+        .unwrap();
+    wait_for(
+        &format!("{other} a replica in DescribeService"),
+        Duration::from_secs(60),
+        || {
+            described(&c, &other).iter().any(|m| {
+                m["role"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("replica") || r == "sync_standby")
+                    && m["timeline"] == timeline.to_string().as_str()
+                    && m["lagBytes"].is_string()
+            })
+        },
+    );
+    let gap = during.longest_gap.as_secs_f64();
+    fault(
+        &format!("kill {lead_host}, the host of leader {lead}, while a client writes through HAProxy's write port"),
+        &format!(
+            "{new_lead} on {new_host} elected {:.1}s after the kill (timeline {timeline_before} -> {timeline}), told on the bus {:.1}s after the kill as a failover by {new_host}'s operator, once; writes resumed, longest gap {gap:.2}s; {} writes acknowledged, 0 lost, {} failed attempts",
+            elected.as_secs_f64(),
+            told_at.duration_since(killed).as_secs_f64(),
+            acked.len(),
+            during.failed.len()
+        ),
+    );
+
+    // The host returns with an empty engine: its operator recreates the
+    // member, which Patroni makes a replica of the new leader (a fresh
+    // copy) streaming on the new timeline.
+    let back = Instant::now();
+    c.start_host(&lead_host);
+    let new_ip = c.host_ip(&new_host);
+    wait_for(
+        &format!("{lead} streaming from {new_lead} again"),
+        Duration::from_secs(240),
+        || {
+            let addr = format!("{new_ip}:8008");
+            let doc: serde_json::Value = infra_e2e::scenarios::get(&addr, "/patroni")
+                .ok()
+                .and_then(|b| serde_json::from_str(&b).ok())
+                .unwrap_or(serde_json::Value::Null);
+            doc["replication"].as_array().is_some_and(|r| {
+                r.iter()
+                    .any(|x| x["application_name"] == lead.as_str() && x["state"] == "streaming")
+            })
+        },
+    );
+    let rejoined = back.elapsed();
+    let m = members(&c, &hosts);
+    let old = m
+        .iter()
+        .find(|x| x["name"] == lead.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        old["role"] != "leader" && old["timeline"].as_u64() == Some(timeline),
+        "{lead} a replica on timeline {timeline}: {m:#?}"
+    );
+    assert_eq!(leader_on(&c, &hosts).map(|(l, _)| l), Some(new_lead.clone()), "{m:#?}");
+    wait_for(
+        &format!("{lead} a replica in DescribeService"),
+        Duration::from_secs(60),
+        || {
+            described(&c, &lead).iter().any(|m| {
+                m["host"] == lead_host.as_str()
+                    && m["role"] != "leader"
+                    && m["role"].is_string()
+                    && m["timeline"] == timeline.to_string().as_str()
+            })
+        },
+    );
+    println!("DESCRIBE | {lead} | {}", serde_json::Value::Array(described(&c, &lead)));
+    fault(
+        &format!("start {lead_host} again (empty engine)"),
+        &format!(
+            "{lead} recreated by its operator and streaming from {new_lead} on timeline {timeline} {:.1}s after the start",
+            rejoined.as_secs_f64()
+        ),
     );
 }

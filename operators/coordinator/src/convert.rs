@@ -499,6 +499,46 @@ pub fn unsupported_keys(svc: &Service) -> Vec<String> {
     keys
 }
 
+/// A cluster member's status from its operator's heartbeat fact
+/// (`member.<service>` = `patroni: replica streaming timeline 2 lag 0`,
+/// see `operator_core::members::STATE_FACT_PREFIX`), for
+/// `DescribeService`. A line that is not `<role> <state> ...` (the member
+/// could not be asked: `unreachable: ...`) keeps the role empty and says
+/// so in the state; the line itself is always in `text`.
+pub fn member_status(host: &str, fact: &str) -> infra_proto::coordinator::v1::MemberStatus {
+    let (kind, line) = fact.split_once(": ").unwrap_or(("", fact));
+    let mut out = infra_proto::coordinator::v1::MemberStatus {
+        host: host.to_owned(),
+        kind: kind.to_owned(),
+        text: line.to_owned(),
+        ..Default::default()
+    };
+    if line.starts_with("unreachable") {
+        out.state = "unreachable".into();
+        return out;
+    }
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let [role, state, rest @ ..] = words.as_slice() else {
+        out.state = line.to_owned();
+        return out;
+    };
+    if rest.chunks(2).any(|kv| !matches!(kv, ["timeline" | "lag", _])) {
+        // Not the operator's `<role> <state> [timeline t] [lag l]`.
+        out.state = line.to_owned();
+        return out;
+    }
+    out.role = (*role).to_owned();
+    out.state = (*state).to_owned();
+    for kv in rest.chunks(2) {
+        match kv {
+            ["timeline", t] => out.timeline = t.parse().unwrap_or(0),
+            ["lag", l] => out.lag_bytes = l.parse().ok(),
+            _ => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -638,5 +678,28 @@ secrets:
             msg.contains("04-data/db/docker-compose.yml:2") && msg.contains("\"x\"") && msg.contains("image"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_members_fact_reads_as_role_state_timeline_and_lag() {
+        let r = member_status("host2", "patroni: replica streaming timeline 2 lag 0");
+        assert_eq!(
+            (r.host.as_str(), r.kind.as_str(), r.role.as_str(), r.state.as_str()),
+            ("host2", "patroni", "replica", "streaming")
+        );
+        assert_eq!((r.timeline, r.lag_bytes), (2, Some(0)));
+        assert_eq!(r.text, "replica streaming timeline 2 lag 0");
+        let l = member_status("host1", "patroni: leader running timeline 3");
+        assert_eq!(
+            (l.role.as_str(), l.state.as_str(), l.timeline, l.lag_bytes),
+            ("leader", "running", 3, None)
+        );
+        let s = member_status("host3", "patroni: replica stopped lag unknown");
+        assert_eq!((s.role.as_str(), s.timeline, s.lag_bytes), ("replica", 0, None));
+        let u = member_status("host3", "patroni: unreachable: connection refused");
+        assert_eq!((u.role.as_str(), u.state.as_str()), ("", "unreachable"));
+        assert_eq!(u.text, "unreachable: connection refused");
+        let n = member_status("host3", "patroni: not a member of its cluster");
+        assert_eq!((n.role.as_str(), n.state.as_str()), ("", "not a member of its cluster"));
     }
 }

@@ -1714,6 +1714,8 @@ impl Coordinator {
             source_file: svc.file.display().to_string(),
             source_line: svc.line as u32,
             unsupported_keys: convert::unsupported_keys(svc),
+            // From the heartbeats: the gRPC layer fills them (service.rs).
+            members: Vec::new(),
             spec: Some(spec),
             observed: self
                 .cache

@@ -185,6 +185,26 @@ pub struct Api {
 }
 
 impl Api {
+    /// What the operators of `tier` report of `service` as a cluster member
+    /// (their heartbeat facts `member.<service>`), one per host, by host.
+    /// Empty for a service that is no cluster member, and while the
+    /// heartbeats cannot be read.
+    async fn members(&self, service: &str, tier: &str) -> Vec<api::MemberStatus> {
+        let key = format!("{}{service}", operator_core::members::STATE_FACT_PREFIX);
+        let mut out: Vec<api::MemberStatus> = self
+            .coordinator
+            .bus()
+            .list_heartbeats()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter(|b| b.tier == tier)
+            .filter_map(|b| b.labels.get(&key).map(|f| crate::convert::member_status(&b.host, f)))
+            .collect();
+        out.sort_by(|a, b| a.host.cmp(&b.host));
+        out
+    }
+
     /// Refuses a write without a credential (UNAUTHENTICATED), or unless
     /// this coordinator leads, naming who does.
     fn may_write<T>(&self, req: &Request<T>) -> Result<(), Status> {
@@ -279,10 +299,12 @@ impl CoordinatorService for Api {
         &self,
         req: Request<api::DescribeServiceRequest>,
     ) -> Result<Response<api::DescribeServiceResponse>, Status> {
-        self.coordinator
-            .describe(&req.into_inner().name)
-            .await
-            .map(Response::new)
+        let name = req.into_inner().name;
+        let mut resp = self.coordinator.describe(&name).await?;
+        resp.members = self
+            .members(&name, resp.spec.as_ref().map_or("", |s| s.tier.as_str()))
+            .await;
+        Ok(Response::new(resp))
     }
 
     async fn plan(&self, req: Request<api::PlanRequest>) -> Result<Response<api::PlanResponse>, Status> {
