@@ -9,4 +9,5 @@ pub mod gateway;
 pub mod http;
 pub mod observability;
 pub mod patroni;
+pub mod reach;
 pub mod valkey;

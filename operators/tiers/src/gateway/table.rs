@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use infra_proto::bus::v1::{DesiredService, Health, ObservedService};
+use infra_proto::bus::v1::{DesiredService, ObservedService};
+
+use crate::reach;
 
 use super::labels::{self, Backend, ForwardAuth, LabelError, Route};
 
@@ -88,12 +90,6 @@ pub struct Inputs<'a> {
     pub gateway_networks: &'a BTreeSet<String>,
 }
 
-/// Whether a container takes requests: running, and healthy or without a
-/// health check.
-fn serving(c: &infra_proto::bus::v1::ContainerStatus) -> bool {
-    c.state == "running" && matches!(c.health(), Health::Healthy | Health::Running)
-}
-
 /// The route table, and every problem met on the way (each skipped).
 ///
 /// Replicas on another host are reached at that host's private address and
@@ -147,53 +143,33 @@ pub fn build(inp: Inputs<'_>) -> (Table, Vec<Problem>) {
                 let Some(o) = observed.get(&(d.host.as_str(), service)) else {
                     continue;
                 };
-                let Some(spec) = d.spec.as_ref() else { continue };
-                for c in o.containers.iter().filter(|c| serving(c)) {
+                let from = reach::From {
+                    host: inp.host,
+                    networks: inp.gateway_networks,
+                    addrs: inp.addrs,
+                };
+                for c in o.containers.iter().filter(|c| reach::serving(c)) {
                     let note = format!("{} {} {}", d.host, c.name, short(&c.id));
-                    let shared = spec.networks.iter().any(|n| inp.gateway_networks.contains(&n.name));
-                    if d.host == inp.host && shared && !c.name.is_empty() {
-                        servers.push(Server {
-                            host: c.name.clone(),
-                            port: *port,
-                            note,
-                        });
-                        continue;
-                    }
-                    let Some(addr) = inp.addrs.get(&d.host).filter(|a| !a.is_empty()) else {
-                        problems.insert(Problem {
-                            service: service.to_owned(),
-                            key: key.clone(),
-                            problem: format!(
-                                "host {} has no addr label (its private address): its replica is not routed",
-                                d.host
-                            ),
-                        });
-                        continue;
-                    };
-                    let published = spec.ports.iter().find(|p| {
-                        p.target == u32::from(*port)
-                            && p.published != 0
-                            && (p.protocol.is_empty() || p.protocol == "tcp")
-                            && (matches!(p.host_ip.as_str(), "" | "0.0.0.0" | "@addr" | "::") || p.host_ip == *addr)
-                    });
-                    match published.and_then(|p| u16::try_from(p.published).ok()) {
-                        Some(pp) => servers.push(Server {
-                            host: addr.clone(),
-                            port: pp,
-                            note,
-                        }),
-                        None => {
-                            problems.insert(Problem {
-                                service: service.to_owned(),
-                                key: key.clone(),
-                                problem: format!(
-                                    "port {port} is not published on {}'s private address, so the gateway on {} \
-                                     cannot reach it (publish it: `ports: [\"{port}:{port}\"]`)",
-                                    d.host, inp.host
-                                ),
-                            });
+                    let problem = match reach::reach(from, d, c, *port) {
+                        Ok((host, port)) => {
+                            servers.push(Server { host, port, note });
+                            continue;
                         }
-                    }
+                        Err(reach::Unreachable::NoAddr) => format!(
+                            "host {} has no addr label (its private address): its replica is not routed",
+                            d.host
+                        ),
+                        Err(reach::Unreachable::NotPublished) => format!(
+                            "port {port} is not published on {}'s private address, so the gateway on {} \
+                             cannot reach it (publish it: `ports: [\"{port}:{port}\"]`)",
+                            d.host, inp.host
+                        ),
+                    };
+                    problems.insert(Problem {
+                        service: service.to_owned(),
+                        key: key.clone(),
+                        problem,
+                    });
                 }
             }
             servers.sort();
@@ -249,7 +225,7 @@ fn short(id: &str) -> &str {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use infra_proto::bus::v1::{ContainerStatus, NetworkSpec, PortSpec, ServiceSpec};
+    use infra_proto::bus::v1::{ContainerStatus, Health, NetworkSpec, PortSpec, ServiceSpec};
 
     use super::*;
 

@@ -3,7 +3,7 @@
 //! Prometheus's file_sd `targets.json`. Pure: the extension lists the bus
 //! and calls [`build`], then [`render`].
 //!
-//! Reach follows the gateway's rules (see `gateway::table`): a replica on
+//! Reach follows the gateway's rules ([`crate::reach`]): a replica on
 //! Prometheus's host on a network Prometheus is on is scraped by container
 //! name and container port (no published port needed); any other replica at
 //! its host's private address (`addr` heartbeat label) and the port it
@@ -11,7 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use infra_proto::bus::v1::{ContainerStatus, DesiredService, Health, Heartbeat, ObservedService};
+use infra_proto::bus::v1::{DesiredService, Heartbeat, ObservedService};
+
+use crate::reach;
 use serde::Serialize;
 
 /// `prometheus.io/scrape`: `true` makes a service a target.
@@ -60,11 +62,6 @@ pub struct Inputs<'a> {
     pub prometheus_networks: &'a BTreeSet<String>,
     /// Coordinators, as (id, `host:port` of their metrics).
     pub coordinators: &'a [(String, String)],
-}
-
-/// Whether a container answers: running, and healthy or without a check.
-fn serving(c: &ContainerStatus) -> bool {
-    c.state == "running" && matches!(c.health(), Health::Healthy | Health::Running)
 }
 
 fn labels(host: &str, tier: &str, service: &str, role: &str) -> BTreeMap<String, String> {
@@ -121,34 +118,28 @@ pub fn build(inp: Inputs<'_>) -> (Vec<Group>, Vec<Problem>) {
         let Some(o) = observed.get(&(d.host.as_str(), spec.name.as_str())) else {
             continue;
         };
-        let shared = spec.networks.iter().any(|n| inp.prometheus_networks.contains(&n.name));
-        for c in o.containers.iter().filter(|c| serving(c)) {
-            let address = if d.host == inp.host && shared && !c.name.is_empty() {
-                format!("{}:{port}", c.name)
-            } else {
-                let Some(addr) = inp.addrs.get(&d.host).filter(|a| !a.is_empty()) else {
+        let from = reach::From {
+            host: inp.host,
+            networks: inp.prometheus_networks,
+            addrs: inp.addrs,
+        };
+        for c in o.containers.iter().filter(|c| reach::serving(c)) {
+            let address = match reach::reach(from, d, c, port) {
+                Ok((host, port)) => format!("{host}:{port}"),
+                Err(reach::Unreachable::NoAddr) => {
                     problems.insert(problem(format!(
                         "host {} has no addr label (its private address): not scraped",
                         d.host
                     )));
                     continue;
-                };
-                let published = spec.ports.iter().find(|p| {
-                    p.target == u32::from(port)
-                        && p.published != 0
-                        && (p.protocol.is_empty() || p.protocol == "tcp")
-                        && (matches!(p.host_ip.as_str(), "" | "0.0.0.0" | "@addr" | "::") || p.host_ip == *addr)
-                });
-                match published.and_then(|p| u16::try_from(p.published).ok()) {
-                    Some(pp) => format!("{addr}:{pp}"),
-                    None => {
-                        problems.insert(problem(format!(
-                            "metrics port {port} is not published on {}'s private address, so Prometheus on {} \
-                             cannot reach it (publish it: `ports: [\"{port}:{port}\"]`)",
-                            d.host, inp.host
-                        )));
-                        continue;
-                    }
+                }
+                Err(reach::Unreachable::NotPublished) => {
+                    problems.insert(problem(format!(
+                        "metrics port {port} is not published on {}'s private address, so Prometheus on {} \
+                         cannot reach it (publish it: `ports: [\"{port}:{port}\"]`)",
+                        d.host, inp.host
+                    )));
+                    continue;
                 }
             };
             let mut l = labels(&d.host, &spec.tier, &spec.name, "service");
@@ -221,7 +212,7 @@ pub fn parse_coordinators(value: &str) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use infra_proto::bus::v1::{NetworkSpec, PortSpec, ServiceSpec};
+    use infra_proto::bus::v1::{ContainerStatus, Health, NetworkSpec, PortSpec, ServiceSpec};
 
     use super::*;
 
