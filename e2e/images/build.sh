@@ -247,7 +247,7 @@ main() {
   local t0=$SECONDS
   ensure_base
   # biggest first so the two build slots stay busy
-  local order=(rabbitmq postgres host prometheus)
+  local order=(mariadb rabbitmq postgres host prometheus)
   local -a sorted=()
   for n in "${order[@]}"; do [[ " ${names[*]} " == *" $n "* ]] && sorted+=("$n"); done
   for n in "${names[@]}"; do [[ " ${order[*]} " == *" $n "* ]] || sorted+=("$n"); done

@@ -363,14 +363,23 @@ async fn the_three_galera_nodes_form_one_synced_cluster_that_replicates_and_keep
     );
 
     // The passwords are nowhere the test can read: not in an event, an
-    // operator or coordinator log, the nodes' container logs, nor what
-    // Docker recorded for the containers (command, entrypoint, environment).
+    // operator or coordinator log, the nodes' container logs, what Docker
+    // recorded for the containers (command, entrypoint, environment), nor
+    // the command lines of the processes in them.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let events = events.lock().unwrap().clone();
     let mut seen = p.all_logs();
     for node in NODES {
         seen.push_str(&docker(&["logs", &container(node)]));
         seen.push_str(&docker(&["inspect", &container(node)]));
+        // every process's command line in the node (world-readable there)
+        seen.push_str(&docker(&[
+            "exec",
+            &container(node),
+            "sh",
+            "-c",
+            "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done",
+        ]));
     }
     for (name, value) in &secrets {
         for e in &events {
