@@ -513,3 +513,393 @@ impl Drop for Writer {
         }
     }
 }
+
+// ------------------------------------------------------------- Valkey ---
+
+/// The client port of Valkey cluster node `i` of [`valkey_catalog`] (its
+/// cluster bus port is this plus 10000).
+pub fn valkey_port(i: usize) -> u16 {
+    7000 + i as u16
+}
+
+/// The host (0-based) that carries node `i` of [`valkey_catalog`].
+pub fn valkey_host(i: usize) -> usize {
+    i % 3
+}
+
+/// The Valkey cluster of `compose/04-data/valkey-cluster` on three hosts,
+/// as a test fixture: six nodes (`valkey-node-0..5`), two per host
+/// (`node.hostname == hostN`), so the cluster's creation puts one primary
+/// and one replica (of another host's primary) on each. Two nodes share a
+/// host, so each listens on its own port ([`valkey_port`], bus +10000),
+/// publishes both on its host's private address (`expose`) and announces
+/// that address (`cluster-announce-ip`, the IPs the hosts will have). The
+/// members carry the `valkey` update-order labels; the password is the
+/// secret `valkey_cluster_password` (`password`, written under
+/// `dir/secrets/`). `image` is the nodes' image: change it to roll them.
+pub fn valkey_catalog(dir: &Path, ips: &[String], image: &str, password: &str) {
+    write(dir, "secrets/valkey_cluster_password", &format!("{password}\n"));
+    let mut y = String::from("services:\n");
+    for i in 0..6 {
+        let (port, host) = (valkey_port(i), valkey_host(i));
+        let ip = &ips[host];
+        y += &format!(
+            r#"  valkey-node-{i}:
+    image: {image}
+    user: "999:999"
+    read_only: true
+    tmpfs: ["/tmp"]
+    expose: ["{port}", "{bus}"]
+    labels:
+      infra.valkey-cluster: valkey-cluster
+      infra.valkey-cluster.replicas: "1"
+      infra.update-order: valkey
+      infra.update-order.cluster: valkey-cluster
+      infra.update-order.port: "{port}"
+    secrets: [valkey_cluster_password]
+    command:
+      - sh
+      - -c
+      - >-
+        exec valkey-server
+        --port {port}
+        --requirepass "$$(cat /run/secrets/valkey_cluster_password)"
+        --masterauth "$$(cat /run/secrets/valkey_cluster_password)"
+        --cluster-enabled yes
+        --cluster-config-file /data/nodes.conf
+        --cluster-node-timeout 5000
+        --cluster-announce-ip {ip}
+        --appendonly yes
+        --maxmemory 128mb
+        --maxmemory-policy noeviction
+    volumes: ["valkey-node-{i}-data:/data"]
+    healthcheck:
+      test: ["CMD-SHELL", "valkey-cli -p {port} -a \"$$(cat /run/secrets/valkey_cluster_password)\" --no-auth-warning ping | grep -q PONG"]
+      interval: 1s
+      timeout: 3s
+      retries: 5
+    deploy:
+      placement:
+        constraints: ["node.hostname == host{h}"]
+      update_config:
+        parallelism: 1
+        order: stop-first
+        failure_action: pause
+"#,
+            bus = port + 10000,
+            h = host + 1,
+        );
+    }
+    y += "volumes:\n";
+    for i in 0..6 {
+        y += &format!("  valkey-node-{i}-data: {{}}\n");
+    }
+    y += "secrets:\n  valkey_cluster_password:\n    file: ../../secrets/valkey_cluster_password\n";
+    write(dir, "04-data/valkey-cluster/docker-compose.yml", &y);
+}
+
+/// One RESP reply, as the e2e client reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resp {
+    /// `+...`
+    Simple(String),
+    /// `-...`
+    Error(String),
+    /// `:n`
+    Int(i64),
+    /// `$n` (`None`: `$-1`).
+    Bulk(Option<String>),
+}
+
+/// A blocking connection to one Valkey node (the e2e client: RESP2, no
+/// arrays in replies, which `SET`, `GET`, `WAIT`, `INFO` and `CLUSTER
+/// NODES` never send).
+pub struct ValkeyConn {
+    r: std::io::BufReader<std::net::TcpStream>,
+    w: std::net::TcpStream,
+}
+
+impl ValkeyConn {
+    /// Connects (2 s) and authenticates.
+    pub fn open(addr: &str, password: &str) -> Result<Self, String> {
+        let sa: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+        let s =
+            std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2)).map_err(|e| format!("{addr}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        s.set_nodelay(true).ok();
+        let mut c = Self {
+            r: std::io::BufReader::new(s.try_clone().map_err(|e| e.to_string())?),
+            w: s,
+        };
+        match c.call(&["AUTH", password])? {
+            Resp::Simple(_) => Ok(c),
+            other => Err(format!("{addr}: AUTH answered {other:?}")),
+        }
+    }
+
+    /// One command and its reply.
+    pub fn call(&mut self, args: &[&str]) -> Result<Resp, String> {
+        use std::io::BufRead;
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out += &format!("${}\r\n{a}\r\n", a.len());
+        }
+        self.w.write_all(out.as_bytes()).map_err(|e| format!("write: {e}"))?;
+        let mut line = String::new();
+        if self.r.read_line(&mut line).map_err(|e| format!("read: {e}"))? == 0 {
+            return Err("connection closed".into());
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        let (kind, rest) = line.split_at(line.len().min(1));
+        match kind {
+            "+" => Ok(Resp::Simple(rest.to_owned())),
+            "-" => Ok(Resp::Error(rest.to_owned())),
+            ":" => rest.parse().map(Resp::Int).map_err(|_| format!("bad integer {rest:?}")),
+            "$" => {
+                let n: i64 = rest.parse().map_err(|_| format!("bad length {rest:?}"))?;
+                if n < 0 {
+                    return Ok(Resp::Bulk(None));
+                }
+                let mut buf = vec![0u8; n as usize + 2];
+                self.r.read_exact(&mut buf).map_err(|e| format!("read: {e}"))?;
+                buf.truncate(n as usize);
+                Ok(Resp::Bulk(Some(String::from_utf8_lossy(&buf).into_owned())))
+            }
+            _ => Err(format!("unexpected reply {line:?}")),
+        }
+    }
+
+    /// A command whose reply is a bulk string (`INFO`, `CLUSTER NODES`).
+    pub fn text(&mut self, args: &[&str]) -> Result<String, String> {
+        match self.call(args)? {
+            Resp::Bulk(Some(s)) => Ok(s),
+            other => Err(format!("{args:?}: {other:?}")),
+        }
+    }
+}
+
+/// CRC16 (XMODEM) of a key's hash tag, mod 16384: the cluster slot.
+pub fn valkey_slot(key: &str) -> u16 {
+    let k = key.as_bytes();
+    let tag = match (
+        key.find('{'),
+        key.find('{').and_then(|s| key[s + 1..].find('}').map(|e| s + 1 + e)),
+    ) {
+        (Some(s), Some(e)) if e > s + 1 => &k[s + 1..e],
+        _ => k,
+    };
+    let mut crc: u16 = 0;
+    for &b in tag {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// Three hash tags whose slots fall in the three slot ranges `valkey-cli
+/// --cluster create` gives three primaries (0-5460, 5461-10922,
+/// 10923-16383): one key stream per primary.
+pub fn valkey_tags() -> [String; 3] {
+    let mut out: [Option<String>; 3] = Default::default();
+    for i in 0.. {
+        let t = format!("t{i}");
+        let r = match valkey_slot(&t) {
+            0..=5460 => 0,
+            5461..=10922 => 1,
+            _ => 2,
+        };
+        if out[r].is_none() {
+            out[r] = Some(t);
+        }
+        if out.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    out.map(Option::unwrap)
+}
+
+/// The key a [`ValkeyWriter`] writes for sequence number `n`.
+pub fn valkey_key(tags: &[String; 3], n: u64) -> String {
+    format!("{{{}}}:ack:{n}", tags[(n % 3) as usize])
+}
+
+/// A cluster-aware client: talks to the node that serves a key's slot,
+/// learnt from `MOVED` redirections (starting at any node it knows).
+pub struct ValkeyClient {
+    nodes: Vec<String>,
+    password: String,
+    by_tag: BTreeMap<u16, String>,
+    conns: BTreeMap<String, ValkeyConn>,
+}
+
+impl ValkeyClient {
+    /// A client that knows the nodes at `nodes` (`ip:port`).
+    pub fn new(nodes: Vec<String>, password: &str) -> Self {
+        Self {
+            nodes,
+            password: password.to_owned(),
+            by_tag: BTreeMap::new(),
+            conns: BTreeMap::new(),
+        }
+    }
+
+    /// `args` for `key`, following up to 5 redirections; then `then` on the
+    /// same connection (`WAIT` after `SET`). A connection that fails is
+    /// dropped (the next call opens a new one).
+    pub fn call_then(
+        &mut self,
+        key: &str,
+        args: &[&str],
+        then: Option<&[&str]>,
+    ) -> Result<(Resp, Option<Resp>), String> {
+        let slot = valkey_slot(key);
+        let mut tried_others = 0;
+        for _ in 0..6 {
+            let addr = self
+                .by_tag
+                .get(&slot)
+                .cloned()
+                .unwrap_or_else(|| self.nodes[tried_others % self.nodes.len()].clone());
+            if !self.conns.contains_key(&addr) {
+                match ValkeyConn::open(&addr, &self.password) {
+                    Ok(c) => {
+                        self.conns.insert(addr.clone(), c);
+                    }
+                    Err(e) => {
+                        self.by_tag.remove(&slot);
+                        tried_others += 1;
+                        if tried_others >= self.nodes.len() {
+                            return Err(e);
+                        }
+                        continue;
+                    }
+                }
+            }
+            let c = self.conns.get_mut(&addr).expect("just opened");
+            let r = match c.call(args) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.conns.remove(&addr);
+                    self.by_tag.remove(&slot);
+                    return Err(format!("{addr}: {e}"));
+                }
+            };
+            match &r {
+                Resp::Error(e) if e.starts_with("MOVED ") => {
+                    let to = e.split_whitespace().nth(2).unwrap_or("").to_owned();
+                    self.by_tag.insert(slot, to);
+                    continue;
+                }
+                Resp::Error(_) => return Ok((r, None)),
+                _ => {}
+            }
+            self.by_tag.insert(slot, addr.clone());
+            let after = match then {
+                Some(t) => match c.call(t) {
+                    Ok(x) => Some(x),
+                    Err(e) => {
+                        self.conns.remove(&addr);
+                        return Err(format!("{addr}: {e}"));
+                    }
+                },
+                None => None,
+            };
+            return Ok((r, after));
+        }
+        Err(format!("{key}: too many redirections"))
+    }
+
+    /// `GET key`.
+    pub fn get(&mut self, key: &str) -> Result<Option<String>, String> {
+        match self.call_then(key, &["GET", key], None)?.0 {
+            Resp::Bulk(v) => Ok(v),
+            other => Err(format!("GET {key}: {other:?}")),
+        }
+    }
+}
+
+/// A client that writes `SET <key n> n` then `WAIT 1 <wait_ms>` over the
+/// three primaries in turn the whole time, and records as acknowledged
+/// only the writes `WAIT` says reached a replica. [`Writes::longest_gap`]
+/// is the longest time between two acknowledged writes, any primary;
+/// [`ValkeyWriter::gaps`] has it per key stream (per primary's slots).
+pub struct ValkeyWriter {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<(Writes, [Duration; 3])>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ValkeyWriter {
+    /// Starts at sequence number `first`.
+    pub fn start(nodes: Vec<String>, password: &str, first: u64, wait_ms: u64) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen: Arc<Mutex<(Writes, [Duration; 3])>> = Arc::default();
+        let (s, out) = (stop.clone(), seen.clone());
+        let password = password.to_owned();
+        let handle = std::thread::spawn(move || {
+            let tags = valkey_tags();
+            let mut client = ValkeyClient::new(nodes, &password);
+            let deadline = Instant::now() + Duration::from_secs(900);
+            let mut last_ok = Instant::now();
+            let mut last_tag = [Instant::now(); 3];
+            let mut n = first.saturating_sub(1);
+            let wait = wait_ms.to_string();
+            while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
+                n += 1;
+                let key = valkey_key(&tags, n);
+                let val = n.to_string();
+                let r = client.call_then(&key, &["SET", &key, &val], Some(&["WAIT", "1", &wait]));
+                let mut g = out.lock().unwrap();
+                match r {
+                    Ok((Resp::Simple(ok), Some(Resp::Int(k)))) if ok == "OK" && k >= 1 => {
+                        let t = (n % 3) as usize;
+                        g.0.longest_gap = g.0.longest_gap.max(last_ok.elapsed());
+                        g.1[t] = g.1[t].max(last_tag[t].elapsed());
+                        last_ok = Instant::now();
+                        last_tag[t] = Instant::now();
+                        g.0.acked.push(n);
+                    }
+                    Ok((Resp::Simple(_), Some(Resp::Int(0)))) => {
+                        g.0.failed
+                            .push(format!("write {n}: WAIT 1: no replica within {wait}ms"));
+                    }
+                    Ok(other) => g.0.failed.push(format!("write {n}: {other:?}")),
+                    Err(e) => g.0.failed.push(format!("write {n}: {e}")),
+                }
+                drop(g);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Self {
+            stop,
+            seen,
+            handle: Some(handle),
+        }
+    }
+
+    /// What it saw so far, and reset.
+    pub fn take(&self) -> Writes {
+        std::mem::take(&mut self.seen.lock().unwrap().0)
+    }
+
+    /// The longest gap per key stream so far (the primaries' slot ranges
+    /// in order).
+    pub fn gaps(&self) -> [Duration; 3] {
+        self.seen.lock().unwrap().1
+    }
+}
+
+impl Drop for ValkeyWriter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,17 +1,24 @@
-//! The Valkey cluster, end to end on one host: the real coordinator, data
-//! operator, NATS, Docker engine and grpcurl deploy the six nodes of
+//! The Valkey cluster, end to end: the real coordinator, data operator,
+//! NATS, Docker engine and grpcurl deploy the six nodes of
 //! `compose/04-data/valkey-cluster` (Redis 7.0 stand-ins,
 //! `infra-local/redis:7`), and the data operator forms them into a cluster
-//! of three primaries and three replicas, once.
+//! of three primaries and three replicas, once: on one host, and across
+//! three simulated hosts, where the cluster then rolls to a new image
+//! under a client that records every write `WAIT` acknowledged (`BENCH |
+//! valkey roll ...`, the figures in e2e/BENCH.md).
 //!
-//! Needs: `cargo build --workspace --bins`, `e2e/images/build.sh redis`,
-//! `e2e/images/make-dev-secrets.sh`.
+//! Needs: `cargo build --workspace --bins`, `e2e/images/build.sh redis`
+//! (and `host` for the hosts), `e2e/images/make-dev-secrets.sh`.
 
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
+use infra_e2e::hosts::{Cluster, ClusterOptions};
+use infra_e2e::scenarios::{
+    ValkeyClient, ValkeyConn, ValkeyWriter, valkey_catalog, valkey_host, valkey_key, valkey_port, valkey_tags, wait_for,
+};
 use infra_e2e::{Options, Platform};
 use infra_proto::bus::v1::{Event, EventKind};
 use prost::Message;
@@ -291,4 +298,244 @@ async fn the_data_operator_forms_the_six_valkey_nodes_into_one_cluster_once() {
         logs.contains("cluster valkey-cluster created: 3 primaries, 3 replicas"),
         "{logs}"
     );
+}
+
+/// `docker inspect` of the one container of `service` on `host`: (image,
+/// started at, RFC 3339 with nanoseconds: sortable as text).
+fn inspect(c: &Cluster, host: &str, service: &str) -> (String, String) {
+    let o = c.docker(
+        host,
+        &["ps", "-q", "--filter", &format!("label=io.infra.service={service}")],
+    );
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    assert!(!id.is_empty() && !id.contains('\n'), "one {service} on {host}: {id:?}");
+    let o = c.docker(host, &["inspect", "-f", "{{.Config.Image}}|{{.State.StartedAt}}", &id]);
+    let out = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let (image, started) = out.split_once('|').unwrap_or((&out, ""));
+    (image.to_owned(), started.to_owned())
+}
+
+/// `INFO replication` / `CLUSTER INFO` fields of node `addr`.
+fn info(addr: &str, password: &str, section: &[&str]) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let text = ValkeyConn::open(addr, password)?.text(section)?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.trim().split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect())
+}
+
+fn role(addr: &str, password: &str) -> String {
+    info(addr, password, &["INFO", "replication"])
+        .ok()
+        .and_then(|f| f.get("role").cloned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_primary_failed_over_before_it_restarts_and_no_wait_acknowledged_write_is_lost()
+ {
+    // The new image: the same Redis 7, retagged (a changed image is what a
+    // roll is about; what it holds does not matter here).
+    let tag = Command::new("docker")
+        .args(["tag", "infra-local/redis:7", "infra-local/redis:7-roll"])
+        .status()
+        .expect("docker");
+    assert!(
+        tag.success(),
+        "docker tag infra-local/redis:7 (run e2e/images/build.sh redis)"
+    );
+    let mut opts = ClusterOptions::new(3)
+        .tiers(&["data"])
+        .images(&["infra-local/redis:7", "infra-local/redis:7-roll"]);
+    opts.project = "vkha".into();
+    opts.overrides.clear();
+    opts.env.push(("INFRA_HEARTBEAT_TTL_SECS".into(), "5".into()));
+    let dir = tempfile::tempdir().unwrap();
+    opts.compose_dir = dir.path().to_owned();
+    let c = Cluster::start(opts);
+    let hosts = c.hosts();
+    let ips: Vec<String> = hosts.iter().map(|h| c.host_ip(h)).collect();
+    let password = format!("e2e-valkey-{:x}", now_nanos());
+    valkey_catalog(dir.path(), &ips, "infra-local/redis:7", &password);
+    let addr = |i: usize| format!("{}:{}", ips[valkey_host(i)], valkey_port(i));
+    let addrs: Vec<String> = (0..6).map(addr).collect();
+    let selection = r#"{"selection":{"services":["valkey-node-0","valkey-node-1","valkey-node-2","valkey-node-3","valkey-node-4","valkey-node-5"]},"timeoutSeconds":300}"#;
+
+    let t0 = Instant::now();
+    let progress = c.call("Deploy", selection);
+    let done = progress.last().unwrap();
+    assert_eq!(done["ready"], 6, "six nodes: {progress:#?}\n{}", c.all_logs());
+    // The data operator of host1 (valkey-node-0's) forms the cluster from
+    // nodes on three hosts: every node sees it ok, 3 primaries 3 replicas.
+    let mut nodes;
+    let by = Instant::now() + Duration::from_secs(90);
+    loop {
+        let infos: Vec<_> = addrs.iter().map(|a| info(a, &password, &["CLUSTER", "INFO"])).collect();
+        let ok = infos.iter().all(|f| {
+            f.as_ref().is_ok_and(|f| {
+                f.get("cluster_state").map(String::as_str) == Some("ok")
+                    && f.get("cluster_known_nodes").map(String::as_str) == Some("6")
+            })
+        });
+        nodes = ValkeyConn::open(&addrs[0], &password)
+            .and_then(|mut c| c.text(&["CLUSTER", "NODES"]))
+            .unwrap_or_default();
+        let count = |r: &str| {
+            nodes
+                .lines()
+                .filter(|l| {
+                    l.split_whitespace()
+                        .nth(2)
+                        .is_some_and(|f| f.split(',').any(|x| x == r) && !f.split(',').any(|x| x.starts_with("fail")))
+                })
+                .count()
+        };
+        if ok && count("master") == 3 && count("slave") == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < by,
+            "no cluster across three hosts within 90 s: {infos:#?}\n{nodes}\n{}\n{}",
+            c.log("host1", "data"),
+            c.coordinator_log(0)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let formed = t0.elapsed();
+    // Every node announces its host's private address and its own port.
+    for a in &addrs {
+        assert!(nodes.contains(&format!(" {a}@")), "{a} announced: {nodes}");
+    }
+    let primaries: Vec<usize> = (0..6).filter(|&i| role(&addr(i), &password) == "master").collect();
+    let replicas: Vec<usize> = (0..6).filter(|i| !primaries.contains(i)).collect();
+    assert_eq!(primaries.len(), 3, "{nodes}");
+    // A primary and its replica are never on one host.
+    for &r in &replicas {
+        let f = info(&addr(r), &password, &["INFO", "replication"]).unwrap();
+        let p = format!("{}:{}", f["master_host"], f["master_port"]);
+        let pi = addrs.iter().position(|a| *a == p).expect("its primary is a member");
+        assert_ne!(
+            valkey_host(pi),
+            valkey_host(r),
+            "node {r} replicates node {pi} on its own host"
+        );
+    }
+    fault(
+        "deploy valkey-node-0..5 (two per host, ports published on the hosts' private addresses)",
+        &format!(
+            "the data operator formed one cluster of 3 primaries (nodes {primaries:?}) and 3 replicas, each replica on another host than its primary; {:.1}s",
+            formed.as_secs_f64()
+        ),
+    );
+
+    // Roll every node to the new image while a client writes with WAIT 1.
+    let writer = ValkeyWriter::start(addrs.clone(), &password, 1, 500);
+    std::thread::sleep(Duration::from_secs(3));
+    valkey_catalog(dir.path(), &ips, "infra-local/redis:7-roll", &password);
+    let t1 = Instant::now();
+    let progress = c.call("Deploy", selection);
+    let took = t1.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    let gaps = writer.gaps();
+    let w = writer.take();
+    drop(writer);
+    let done = progress.last().unwrap();
+    assert_eq!(done["ready"], 6, "{progress:#?}\n{}", c.all_logs());
+    assert_eq!(done["failed"].as_u64().unwrap_or(0), 0, "{done}");
+    let rolled = progress
+        .iter()
+        .filter(|m| m["message"].as_str().is_some_and(|t| t.contains("caught up")))
+        .count();
+    assert_eq!(rolled, 6, "six members rolled: {progress:#?}");
+
+    // Every node runs the new image; the replicas restarted before any
+    // primary did.
+    let runs: Vec<(String, String)> = (0..6)
+        .map(|i| inspect(&c, &hosts[valkey_host(i)], &format!("valkey-node-{i}")))
+        .collect();
+    for (i, (image, _)) in runs.iter().enumerate() {
+        assert_eq!(image, "infra-local/redis:7-roll", "valkey-node-{i}");
+    }
+    let last_replica = replicas.iter().map(|&i| &runs[i].1).max().unwrap();
+    let first_primary = primaries.iter().map(|&i| &runs[i].1).min().unwrap();
+    assert!(
+        last_replica < first_primary,
+        "replicas {replicas:?} restarted before primaries {primaries:?}: {runs:#?}"
+    );
+    // Each primary's role moved by a manual failover before its node
+    // restarted: every old primary is now a replica, every old replica a
+    // primary that (since its own restart, which came first) started a
+    // manual failover (CLUSTER FAILOVER sends MFSTART).
+    wait_for("every node ok after the roll", Duration::from_secs(30), || {
+        addrs.iter().all(|a| {
+            info(a, &password, &["CLUSTER", "INFO"])
+                .is_ok_and(|f| f.get("cluster_state").map(String::as_str) == Some("ok"))
+        })
+    });
+    for &p in &primaries {
+        assert_eq!(
+            role(&addr(p), &password),
+            "slave",
+            "old primary valkey-node-{p} now a replica"
+        );
+    }
+    for &r in &replicas {
+        assert_eq!(
+            role(&addr(r), &password),
+            "master",
+            "old replica valkey-node-{r} now a primary"
+        );
+        let ci = info(&addr(r), &password, &["CLUSTER", "INFO"]).unwrap();
+        assert_eq!(
+            ci.get("cluster_stats_messages_mfstart_sent").map(String::as_str),
+            Some("1"),
+            "valkey-node-{r} started one manual failover: {ci:?}"
+        );
+    }
+    let coord = c.coordinator_log(0);
+    assert_eq!(coord.matches("valkey: failover done").count(), 3, "three failovers");
+
+    // Every acknowledged write is there.
+    assert!(w.acked.len() > 50, "the client wrote during the roll: {w:?}");
+    let tags = valkey_tags();
+    let mut client = ValkeyClient::new(addrs.clone(), &password);
+    let lost: Vec<u64> = w
+        .acked
+        .iter()
+        .copied()
+        .filter(|&n| client.get(&valkey_key(&tags, n)).ok().flatten() != Some(n.to_string()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost: {} of {}: {lost:?}",
+        lost.len(),
+        w.acked.len()
+    );
+    assert!(!c.all_logs().contains(&password), "the password in a log");
+    let gap = w.longest_gap.as_secs_f64();
+    fault(
+        "roll valkey-node-0..5 to a new image (Deploy) while a client writes SET + WAIT 1 500 over the three primaries",
+        &format!(
+            "{} writes acknowledged by a replica, 0 lost, {} attempts not acknowledged; replicas first, then each primary after CLUSTER FAILOVER to its replica (roles swapped); longest gap between acknowledged writes {gap:.2}s (per primary's slots {:.2}s, {:.2}s, {:.2}s); {:.1}s",
+            w.acked.len(),
+            w.failed.len(),
+            gaps[0].as_secs_f64(),
+            gaps[1].as_secs_f64(),
+            gaps[2].as_secs_f64(),
+            took.as_secs_f64()
+        ),
+    );
+    println!(
+        "BENCH | valkey roll | total {:.1}s | write gap {gap:.2}s | per-primary gap max {:.2}s | acked {} | lost {} | not acknowledged {}",
+        took.as_secs_f64(),
+        gaps.iter().max().unwrap().as_secs_f64(),
+        w.acked.len(),
+        lost.len(),
+        w.failed.len()
+    );
+}
+
+fn fault(what: &str, survived: &str) {
+    println!("FAULT | {what} | {survived}");
 }

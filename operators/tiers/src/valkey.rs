@@ -134,6 +134,14 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The client port of member `service` ([`PORT`] for one not listed).
+    pub fn port_of(&self, service: &str) -> u16 {
+        self.members
+            .iter()
+            .find(|m| m.service == service)
+            .map_or(PORT, |m| m.port)
+    }
+
     /// Primaries and replicas the cluster will have, or why it cannot be
     /// created (`valkey-cli` wants at least three primaries, and the members
     /// must split evenly into primaries with `replicas` each).
@@ -548,10 +556,18 @@ async fn pass(ctx: &TierContext, st: &mut State) {
 /// Reads, decides and creates if needed. True when the cluster is formed.
 async fn converge(ctx: &TierContext, st: &mut State, cluster: &Cluster, local: &[(String, String)]) -> bool {
     let name = &cluster.name;
-    let info_cmd = cli(&cluster.password_file, &["cluster".into(), "info".into()]);
     let mut infos = Vec::new();
     for (service, id) in local {
-        match exec_output(ctx, id, "valkey-cli cluster info", info_cmd.clone(), EXEC_TIMEOUT).await {
+        let info_cmd = cli(
+            &cluster.password_file,
+            &[
+                "-p".into(),
+                cluster.port_of(service).to_string(),
+                "cluster".into(),
+                "info".into(),
+            ],
+        );
+        match exec_output(ctx, id, "valkey-cli cluster info", info_cmd, EXEC_TIMEOUT).await {
             Ok(out) => match parse_cluster_info(&out) {
                 Some(i) => infos.push((service.clone(), i)),
                 None => {
@@ -684,7 +700,15 @@ async fn create(ctx: &TierContext, st: &mut State, cluster: &Cluster, at: &(Stri
     // node may still list a new replica as a primary. Read until the counts
     // match the layout (bounded), then publish what the node says.
     let expected = cluster.layout().unwrap_or_default();
-    let nodes_cmd = cli(&cluster.password_file, &["cluster".into(), "nodes".into()]);
+    let nodes_cmd = cli(
+        &cluster.password_file,
+        &[
+            "-p".into(),
+            cluster.port_of(service).to_string(),
+            "cluster".into(),
+            "nodes".into(),
+        ],
+    );
     let deadline = tokio::time::Instant::now() + ROLES_WAIT;
     let (primaries, replicas) = loop {
         let seen = match exec_output(ctx, id, "valkey-cli cluster nodes", nodes_cmd.clone(), EXEC_TIMEOUT).await {
