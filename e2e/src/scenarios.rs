@@ -824,63 +824,64 @@ impl ValkeyClient {
     }
 }
 
-/// A client that writes `SET <key n> n` then `WAIT 1 <wait_ms>` over the
-/// three primaries in turn the whole time, and records as acknowledged
-/// only the writes `WAIT` says reached a replica. [`Writes::longest_gap`]
-/// is the longest time between two acknowledged writes, any primary;
-/// [`ValkeyWriter::gaps`] has it per key stream (per primary's slots).
+/// A client that writes `SET <key n> n` then `WAIT 1 <wait_ms>` the whole
+/// time, one writer thread per primary's slot range (key stream `n % 3`),
+/// so a primary that stalls does not stall the others, and records as
+/// acknowledged only the writes `WAIT` says reached a replica.
+/// [`Writes::longest_gap`] is the longest time without an acknowledged
+/// write on any primary; [`ValkeyWriter::gaps`] has it per key stream.
 pub struct ValkeyWriter {
     stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<(Writes, [Duration; 3])>>,
-    handle: Option<std::thread::JoinHandle<()>>,
+    seen: Arc<Mutex<(Writes, [Duration; 3], Instant)>>,
+    handles: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl ValkeyWriter {
-    /// Starts at sequence number `first`.
+    /// Starts at sequence number `first` (then `first + 1`, ... over the
+    /// three streams).
     pub fn start(nodes: Vec<String>, password: &str, first: u64, wait_ms: u64) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let seen: Arc<Mutex<(Writes, [Duration; 3])>> = Arc::default();
-        let (s, out) = (stop.clone(), seen.clone());
-        let password = password.to_owned();
-        let handle = std::thread::spawn(move || {
-            let tags = valkey_tags();
-            let mut client = ValkeyClient::new(nodes, &password);
-            let deadline = Instant::now() + Duration::from_secs(900);
-            let mut last_ok = Instant::now();
-            let mut last_tag = [Instant::now(); 3];
-            let mut n = first.saturating_sub(1);
-            let wait = wait_ms.to_string();
-            while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
-                n += 1;
-                let key = valkey_key(&tags, n);
-                let val = n.to_string();
-                let r = client.call_then(&key, &["SET", &key, &val], Some(&["WAIT", "1", &wait]));
-                let mut g = out.lock().unwrap();
-                match r {
-                    Ok((Resp::Simple(ok), Some(Resp::Int(k)))) if ok == "OK" && k >= 1 => {
-                        let t = (n % 3) as usize;
-                        g.0.longest_gap = g.0.longest_gap.max(last_ok.elapsed());
-                        g.1[t] = g.1[t].max(last_tag[t].elapsed());
-                        last_ok = Instant::now();
-                        last_tag[t] = Instant::now();
-                        g.0.acked.push(n);
+        let seen: Arc<Mutex<(Writes, [Duration; 3], Instant)>> =
+            Arc::new(Mutex::new((Writes::default(), [Duration::ZERO; 3], Instant::now())));
+        let mut handles = Vec::new();
+        for t in 0..3u64 {
+            let (s, out, nodes, password) = (stop.clone(), seen.clone(), nodes.clone(), password.to_owned());
+            handles.push(std::thread::spawn(move || {
+                let tags = valkey_tags();
+                let mut client = ValkeyClient::new(nodes, &password);
+                let deadline = Instant::now() + Duration::from_secs(900);
+                let mut last_mine = Instant::now();
+                // The first number of this stream at or after `first`.
+                let mut n = first + (t + 3 - first % 3) % 3;
+                let wait = wait_ms.to_string();
+                while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    let key = valkey_key(&tags, n);
+                    let val = n.to_string();
+                    let r = client.call_then(&key, &["SET", &key, &val], Some(&["WAIT", "1", &wait]));
+                    let mut g = out.lock().unwrap();
+                    match r {
+                        Ok((Resp::Simple(ok), Some(Resp::Int(k)))) if ok == "OK" && k >= 1 => {
+                            let i = t as usize;
+                            g.0.longest_gap = g.0.longest_gap.max(g.2.elapsed());
+                            g.1[i] = g.1[i].max(last_mine.elapsed());
+                            g.2 = Instant::now();
+                            last_mine = Instant::now();
+                            g.0.acked.push(n);
+                        }
+                        Ok((Resp::Simple(_), Some(Resp::Int(0)))) => {
+                            g.0.failed
+                                .push(format!("write {n}: WAIT 1: no replica within {wait}ms"));
+                        }
+                        Ok(other) => g.0.failed.push(format!("write {n}: {other:?}")),
+                        Err(e) => g.0.failed.push(format!("write {n}: {e}")),
                     }
-                    Ok((Resp::Simple(_), Some(Resp::Int(0)))) => {
-                        g.0.failed
-                            .push(format!("write {n}: WAIT 1: no replica within {wait}ms"));
-                    }
-                    Ok(other) => g.0.failed.push(format!("write {n}: {other:?}")),
-                    Err(e) => g.0.failed.push(format!("write {n}: {e}")),
+                    drop(g);
+                    n += 3;
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-                drop(g);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        });
-        Self {
-            stop,
-            seen,
-            handle: Some(handle),
+            }));
         }
+        Self { stop, seen, handles }
     }
 
     /// What it saw so far, and reset.
@@ -898,7 +899,7 @@ impl ValkeyWriter {
 impl Drop for ValkeyWriter {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
+        for h in self.handles.drain(..) {
             let _ = h.join();
         }
     }

@@ -494,7 +494,17 @@ fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_pr
         );
     }
     let coord = c.coordinator_log(0);
-    assert_eq!(coord.matches("valkey: failover done").count(), 3, "three failovers");
+    let failovers: Vec<u64> = coord
+        .lines()
+        .filter(|l| l.contains("valkey: failover done"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["took_ms"].as_u64().or_else(|| v["fields"]["took_ms"].as_u64()))
+        .collect();
+    assert_eq!(
+        coord.matches("valkey: failover done").count(),
+        3,
+        "three failovers: {failovers:?}"
+    );
 
     // Every acknowledged write is there.
     assert!(w.acked.len() > 50, "the client wrote during the roll: {w:?}");
@@ -527,7 +537,7 @@ fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_pr
         ),
     );
     println!(
-        "BENCH | valkey roll | total {:.1}s | write gap {gap:.2}s | per-primary gap max {:.2}s | acked {} | lost {} | not acknowledged {}",
+        "BENCH | valkey roll | total {:.1}s | write gap {gap:.2}s | per-primary gap max {:.2}s | failovers {failovers:?} ms | acked {} | lost {} | not acknowledged {}",
         took.as_secs_f64(),
         gaps.iter().max().unwrap().as_secs_f64(),
         w.acked.len(),
