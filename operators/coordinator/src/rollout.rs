@@ -802,8 +802,9 @@ struct ClusterLock {
     waiting: std::sync::Mutex<Vec<Member>>,
 }
 
-/// How long a member the hook does not put first waits for the others of
-/// the same deploy to queue, and at most how often it lets them go first.
+/// How long the member the hook puts last waits for the others of the same
+/// deploy to queue (the others: a share by their place in the order), and
+/// at most how often it lets them go first.
 const LAST_GRACE: Duration = Duration::from_secs(2);
 const LAST_DEFERRALS: u32 = 1800;
 
@@ -816,33 +817,26 @@ impl ClusterLock {
     /// each leading role over once.
     async fn turn(&self, hook: &dyn UpdateOrder, member: &Member, all: &[Member]) -> tokio::sync::MutexGuard<'_, ()> {
         let rank = |idx: &[usize], m: &Member| idx.iter().position(|&i| all.get(i) == Some(m));
+        // The later in the order, the longer it waits for the others of the
+        // same deploy to queue (the last: LAST_GRACE), so they queue in order.
         let idx = hook.order(all).await;
-        if all.len() > 1 && rank(&idx, member).is_some_and(|r| r > 0) {
-            tokio::time::sleep(LAST_GRACE).await;
+        if let Some(r) = rank(&idx, member).filter(|&r| r > 0 && all.len() > 1) {
+            let steps = u32::try_from(all.len() - 1).unwrap_or(u32::MAX);
+            tokio::time::sleep(LAST_GRACE * u32::try_from(r).unwrap_or(u32::MAX) / steps).await;
         }
-        let queue = |add: bool| {
-            let mut w = self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if add {
-                w.push(member.clone());
-            } else if let Some(i) = w.iter().position(|m| m == member) {
-                w.remove(i);
-            }
-        };
+        let queued = || self.waiting.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Queued from here until it returns, deferring included, so a
+        // member that lets others go first is never passed over itself.
+        queued().push(member.clone());
         let mut deferred = 0;
-        loop {
-            queue(true);
+        let guard = loop {
             let guard = self.turn.lock().await;
-            queue(false);
             if deferred < LAST_DEFERRALS {
-                let queued = self
-                    .waiting
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .clone();
-                if !queued.is_empty() {
+                let others: Vec<Member> = queued().iter().filter(|m| *m != member).cloned().collect();
+                if !others.is_empty() {
                     let idx = hook.order(all).await;
                     let mine = rank(&idx, member);
-                    if queued
+                    if others
                         .iter()
                         .any(|q| rank(&idx, q).zip(mine).is_some_and(|(a, b)| a < b))
                     {
@@ -853,8 +847,14 @@ impl ClusterLock {
                     }
                 }
             }
-            return guard;
+            break guard;
+        };
+        let mut q = queued();
+        if let Some(i) = q.iter().position(|m| m == member) {
+            q.remove(i);
         }
+        drop(q);
+        guard
     }
 }
 
@@ -897,6 +897,69 @@ mod tests {
         for k in 0..=order.len() {
             assert_eq!(done_from(&order, &updated_after(&order, k)), k, "resume at {k}");
         }
+    }
+
+    /// A hook with a fixed order and nothing to do around restarts.
+    struct Fixed(Vec<usize>);
+
+    impl UpdateOrder for Fixed {
+        fn kind(&self) -> &'static str {
+            "fixed"
+        }
+        fn order<'a>(&'a self, _: &'a [Member]) -> members::HookFuture<'a, Vec<usize>> {
+            Box::pin(async move { self.0.clone() })
+        }
+        fn before_restart<'a>(
+            &'a self,
+            _: &'a Member,
+            _: &'a [Member],
+        ) -> members::HookFuture<'a, Result<(), members::HookError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn ready_for_next<'a>(
+            &'a self,
+            _: &'a Member,
+            _: &'a [Member],
+            _: Duration,
+        ) -> members::HookFuture<'a, Result<(), members::HookError>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cluster_members_take_their_turns_in_the_hooks_order_whatever_order_they_queue_in() {
+        use std::sync::{Arc, Mutex};
+        let all: Vec<Member> = (0..5)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                host: "h".into(),
+                replica: 1,
+                addr: String::new(),
+                port: 0,
+            })
+            .collect();
+        // Valkey-like: the replicas m3, m1, m4 first, the primaries m0, m2 last.
+        let hook = Arc::new(Fixed(vec![3, 1, 4, 0, 2]));
+        let lock = Arc::new(ClusterLock {
+            turn: tokio::sync::Mutex::new(()),
+            waiting: std::sync::Mutex::new(Vec::new()),
+        });
+        let went: Arc<Mutex<Vec<String>>> = Arc::default();
+        let mut tasks = Vec::new();
+        // They arrive primaries first, the first in the order last.
+        for i in [2, 0, 4, 1, 3] {
+            let (hook, lock, went, all) = (hook.clone(), lock.clone(), went.clone(), all.clone());
+            tasks.push(tokio::spawn(async move {
+                let _turn = lock.turn(hook.as_ref(), &all[i], &all).await;
+                went.lock().unwrap().push(all[i].name.clone());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(30), t).await.unwrap().unwrap();
+        }
+        assert_eq!(*went.lock().unwrap(), ["m3", "m1", "m4", "m0", "m2"]);
     }
 
     #[test]
