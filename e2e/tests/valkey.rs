@@ -212,8 +212,10 @@ async fn the_data_operator_forms_the_six_valkey_nodes_into_one_cluster_once() {
     println!(
         "valkey cluster: last node healthy -> creation event {created_after:?}, -> cluster_state:ok on every node {took:?}"
     );
+    // A bound, not a speed check (the figure is printed above): on a loaded
+    // machine each of the poll's six `docker exec`s takes seconds.
     assert!(
-        took < Duration::from_secs(30),
+        took < Duration::from_secs(90),
         "cluster formed {took:?} after the last node was healthy"
     );
 
