@@ -39,9 +39,13 @@
 //! The label [`REST_PROXY_LABEL`] lists REST Proxy addresses the
 //! coordinator can reach (`10.0.0.5:8082`, several comma separated, tried in
 //! turn). Without it, the hook asks a REST Proxy at each member host's
-//! private address on the member's port (`infra.update-order.port`, 8082),
-//! for a deployment that runs one REST Proxy per broker host publishing
-//! there.
+//! private address on the port `infra.update-order.port` names (set it to
+//! `"8082"`: without it a rollout assumes 8008), for a deployment that runs
+//! one REST Proxy per broker host publishing there.
+//!
+//! The catalog's `05-messaging/kafka` does not carry these labels: its REST
+//! Proxy publishes no port, so a coordinator could not reach it. Label the
+//! brokers `infra.update-order: kafka` once one is reachable.
 //!
 //! # Assumptions
 //!
@@ -63,7 +67,7 @@ use serde::de::DeserializeOwned;
 
 use super::{HookError, HookFuture, Member, UpdateOrder, http};
 
-/// The REST Proxy's port, where no `infra.update-order.port` says another.
+/// The REST Proxy's port (what `infra.update-order.port` should say).
 pub const DEFAULT_PORT: u16 = 8082;
 /// Label: `name=id` pairs mapping broker services to broker ids.
 pub const BROKERS_LABEL: &str = "infra.update-order.kafka-brokers";

@@ -5,7 +5,8 @@
 //!
 //! Everything goes through the management plugin's HTTP API, at each
 //! member host's private address and the port it publishes for
-//! `infra.update-order.port` (15672):
+//! `infra.update-order.port` (set it to `"15672"`; a rollout assumes 8008
+//! without it):
 //!
 //! - before a node restarts: `GET /api/nodes` (every node running, no
 //!   network partition), then, on that node itself,
@@ -48,8 +49,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::kafka::parse_body;
 use super::{HookError, HookFuture, Member, UpdateOrder};
 
-/// The management API's port, where no `infra.update-order.port` says
-/// another.
+/// The management API's port (what `infra.update-order.port` should say).
 pub const DEFAULT_PORT: u16 = 15672;
 /// Label: the management API user (default `guest`).
 pub const USER_LABEL: &str = "infra.update-order.rabbitmq-user";
