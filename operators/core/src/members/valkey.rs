@@ -443,6 +443,18 @@ pub fn parse_nodes(text: &str) -> Vec<Node> {
     out
 }
 
+/// Whether a primary's replica list (`INFO replication`) has the replica
+/// announced at `ip:port` online. The primary sees a replica at the address
+/// its connection comes from: across hosts that is the announced host
+/// address, but a replica on the primary's own host connects from its
+/// container's address; so when no entry has `ip`, the port decides.
+pub fn lists_online(replicas: &[(String, u16, String, u64)], ip: &str, port: u16) -> bool {
+    let by_ip = replicas.iter().any(|(i, ..)| i == ip);
+    replicas
+        .iter()
+        .any(|(i, p, state, _)| *p == port && state == "online" && (!by_ip || i == ip))
+}
+
 /// The order for members whose roles are known (`Some(true)`: a primary):
 /// replicas first, then members that could not be asked, primaries last;
 /// stable otherwise.
@@ -633,12 +645,7 @@ impl Valkey {
             ));
         }
         // The primary sees it online, and not as failing.
-        let online = pv
-            .repl
-            .replicas
-            .iter()
-            .any(|(ip, port, state, _)| *ip == myself.ip && *port == myself.port && state == "online");
-        if !online {
+        if !lists_online(&pv.repl.replicas, &myself.ip, myself.port) {
             return Err(format!(
                 "primary {}:{} does not list {} online",
                 p.ip, p.port, member.name
@@ -819,6 +826,18 @@ master_repl_offset:5000\r\n";
         assert!(n[3].is_replica() && n[3].primary.as_deref() == Some("3c4d"));
         assert!(n[4].failing() && n[4].link == "disconnected");
         assert!(!n[5].failing());
+    }
+
+    #[test]
+    fn a_primary_lists_a_replica_online_by_its_address_or_only_its_port_when_it_sees_another_address() {
+        let r = parse_replication(INFO_PRIMARY).unwrap().replicas;
+        assert!(lists_online(&r, "10.0.0.103", 7005));
+        assert!(!lists_online(&r, "10.0.0.102", 7004), "wait_bgsave is not online");
+        assert!(!lists_online(&r, "10.0.0.103", 7004));
+        // Seen from its container's address (same host): the port decides.
+        assert!(lists_online(&r, "10.0.0.101", 7005));
+        assert!(!lists_online(&r, "10.0.0.101", 7009));
+        assert!(!lists_online(&[], "10.0.0.101", 7005));
     }
 
     #[test]
