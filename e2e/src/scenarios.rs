@@ -390,9 +390,9 @@ pub fn patroni_catalog_with(dir: &Path, ips: &[String], roll: &str, spilo: &str)
          frontend stats\n    mode http\n    bind :8404\n    monitor-uri /healthz\n    \
          monitor fail if {{ nbsrv(primary) lt 1 }}\n\
          listen primary\n    bind :5432\n    option httpchk GET /primary\n    http-check expect status 200\n    \
-         default-server inter 500ms fastinter 100ms downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions\n{}\
+         default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions\n{}\
          listen replicas\n    bind :5433\n    balance roundrobin\n    option httpchk GET /replica\n    \
-         http-check expect status 200\n    default-server inter 500ms fastinter 100ms downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions\n{}",
+         http-check expect status 200\n    default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions\n{}",
         servers("primary"),
         servers("replicas")
     );
