@@ -323,7 +323,7 @@ impl Coordinator {
         let base = slots(counts);
         let mut order: Vec<Slot> = base[..from_k.min(to_k)].to_vec();
         let range: Vec<Slot> = base[from_k.min(to_k)..from_k.max(to_k)].to_vec();
-        let all = self.cluster_members(&cluster).await;
+        let all = self.cluster_members(&cluster, hook.default_port()).await;
         let mine: Vec<Member> = range
             .iter()
             .map(|s| {
@@ -366,7 +366,7 @@ impl Coordinator {
                 (hi - i, hi - i - 1)
             };
             let _turn = lock.turn(hook, &member, &all).await;
-            let all = self.cluster_members(&cluster).await;
+            let all = self.cluster_members(&cluster, hook.default_port()).await;
             let which = format!("{} replica {} ({})", slot.host, slot.replica, member.name);
             let stop = |why: String, at: usize| RollEnd::Failed {
                 at,
@@ -413,7 +413,7 @@ impl Coordinator {
     /// The members of `cluster`: every replica of every service whose
     /// desired spec names it, at its host's private address and the port
     /// the hook talks to as published there.
-    async fn cluster_members(&self, cluster: &str) -> Vec<Member> {
+    async fn cluster_members(&self, cluster: &str, default_port: u16) -> Vec<Member> {
         let desired = self.bus().list_desired(None).await.unwrap_or_default();
         let beats = self.bus().list_heartbeats().await.unwrap_or_default();
         let mut out = Vec::new();
@@ -422,7 +422,7 @@ impl Coordinator {
             if members::cluster_from(&s.labels).as_deref() != Some(cluster) {
                 continue;
             }
-            let target = members::port_from(&s.labels, 8008);
+            let target = members::port_from(&s.labels, default_port);
             let port = s
                 .ports
                 .iter()
@@ -905,6 +905,9 @@ mod tests {
     impl UpdateOrder for Fixed {
         fn kind(&self) -> &'static str {
             "fixed"
+        }
+        fn default_port(&self) -> u16 {
+            1
         }
         fn order<'a>(&'a self, _: &'a [Member]) -> members::HookFuture<'a, Vec<usize>> {
             Box::pin(async move { self.0.clone() })

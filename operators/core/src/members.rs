@@ -88,6 +88,11 @@ pub trait UpdateOrder: Send + Sync {
     /// The hook's name (the label value), for messages.
     fn kind(&self) -> &'static str;
 
+    /// The member port the hook talks to when [`PORT_LABEL`] does not name
+    /// one (Patroni's REST API 8008, Valkey 6379, the Kafka REST Proxy
+    /// 8082, RabbitMQ's management API 15672).
+    fn default_port(&self) -> u16;
+
     /// The order in which `members` restart, as indices into `members`.
     /// Members that cannot be asked go where they were.
     fn order<'a>(&'a self, members: &'a [Member]) -> HookFuture<'a, Vec<usize>>;

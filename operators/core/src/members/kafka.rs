@@ -40,7 +40,7 @@
 //! coordinator can reach (`10.0.0.5:8082`, several comma separated, tried in
 //! turn). Without it, the hook asks a REST Proxy at each member host's
 //! private address on the port `infra.update-order.port` names (set it to
-//! `"8082"`: without it a rollout assumes 8008), for a deployment that runs
+//! `"8082"`, the default), for a deployment that runs
 //! one REST Proxy per broker host publishing there.
 //!
 //! The catalog's `05-messaging/kafka` does not carry these labels: its REST
@@ -359,6 +359,10 @@ impl Kafka {
 impl UpdateOrder for Kafka {
     fn kind(&self) -> &'static str {
         "kafka"
+    }
+
+    fn default_port(&self) -> u16 {
+        8082
     }
 
     fn order<'a>(&'a self, members: &'a [Member]) -> HookFuture<'a, Vec<usize>> {

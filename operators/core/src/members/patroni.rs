@@ -213,6 +213,10 @@ impl UpdateOrder for Patroni {
         "patroni"
     }
 
+    fn default_port(&self) -> u16 {
+        8008
+    }
+
     fn order<'a>(&'a self, members: &'a [Member]) -> HookFuture<'a, Vec<usize>> {
         Box::pin(async move {
             let view = cluster(members).await.unwrap_or_default();

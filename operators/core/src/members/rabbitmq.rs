@@ -5,8 +5,7 @@
 //!
 //! Everything goes through the management plugin's HTTP API, at each
 //! member host's private address and the port it publishes for
-//! `infra.update-order.port` (set it to `"15672"`; a rollout assumes 8008
-//! without it):
+//! `infra.update-order.port` (default `"15672"`):
 //!
 //! - before a node restarts: `GET /api/nodes` (every node running, no
 //!   network partition), then, on that node itself,
@@ -318,6 +317,10 @@ impl RabbitMq {
 impl UpdateOrder for RabbitMq {
     fn kind(&self) -> &'static str {
         "rabbitmq"
+    }
+
+    fn default_port(&self) -> u16 {
+        15672
     }
 
     fn order<'a>(&'a self, members: &'a [Member]) -> HookFuture<'a, Vec<usize>> {

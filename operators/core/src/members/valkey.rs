@@ -663,6 +663,10 @@ impl UpdateOrder for Valkey {
         "valkey"
     }
 
+    fn default_port(&self) -> u16 {
+        6379
+    }
+
     fn order<'a>(&'a self, members: &'a [Member]) -> HookFuture<'a, Vec<usize>> {
         Box::pin(async move {
             let pw = self.password().await.ok().flatten();
