@@ -274,8 +274,12 @@ fn a_patroni_cluster_over_three_hosts_comes_up_in_order_rolls_with_one_switchove
         .collect();
     let lost4: Vec<u64> = w4.acked.iter().copied().filter(|v| !stored.contains(v)).collect();
     assert!(lost4.is_empty(), "acknowledged writes lost: {lost4:?}");
+    // "Writes never stopped": the leader kept taking them. The bound is far
+    // above what a loaded machine adds to one psql (seconds) and far below
+    // what losing the leader costs (Patroni's 30 s leader timeout); the
+    // figure itself is printed for e2e/BENCH.md.
     assert!(
-        w4.longest_gap < Duration::from_secs(2),
+        w4.longest_gap < Duration::from_secs(10),
         "writes went on while {replica} was down: longest gap {:?}; {} failed attempts: {:?}",
         w4.longest_gap,
         w4.failed.len(),
