@@ -165,14 +165,31 @@ pub async fn http(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String), HookError> {
+    http_with(addr, port, method, path, body, &[], timeout).await
+}
+
+/// [`http`] with extra request headers (`Authorization`: an error names the
+/// method, address and path, never a header). A body sent with
+/// `Transfer-Encoding: chunked` (RabbitMQ's cowboy, the Kafka REST Proxy's
+/// Jetty) is returned decoded.
+pub async fn http_with(
+    addr: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(u16, String), HookError> {
     let target = format!("{addr}:{port}");
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(&target)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let body = body.unwrap_or("");
+        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\nAccept: application/json\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
             body.len()
         );
         s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
@@ -185,7 +202,17 @@ pub async fn http(
             .nth(1)
             .and_then(|c| c.parse::<u16>().ok())
             .ok_or_else(|| format!("not an HTTP response: {:?}", head.lines().next().unwrap_or("")))?;
-        Ok::<_, String>((status, rest.to_owned()))
+        let chunked = head.lines().any(|l| {
+            l.split_once(':').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
+            })
+        });
+        let body = if chunked {
+            dechunk(rest).ok_or("a chunked body that does not decode")?
+        } else {
+            rest.to_owned()
+        };
+        Ok::<_, String>((status, body))
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(r)) => Ok(r),
@@ -194,6 +221,21 @@ pub async fn http(
             "{method} http://{target}{path}: no answer within {}s",
             timeout.as_secs()
         ))),
+    }
+}
+
+/// The payload of a chunked body, or `None` when it is not one.
+pub(crate) fn dechunk(body: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(after.get(..size)?);
+        rest = after.get(size..)?.strip_prefix("\r\n")?;
     }
 }
 

@@ -424,31 +424,9 @@ impl UpdateOrder for Kafka {
     }
 }
 
-/// A response body as JSON, de-chunked first when the server sent it with
-/// `Transfer-Encoding: chunked` (the shared client reads bodies raw).
+/// A response body as JSON ([`http`] has already decoded a chunked one).
 pub(crate) fn parse_body<T: DeserializeOwned>(body: &str) -> Result<T, serde_json::Error> {
-    match serde_json::from_str(body) {
-        Ok(v) => Ok(v),
-        Err(e) => match dechunk(body) {
-            Some(b) => serde_json::from_str(&b),
-            None => Err(e),
-        },
-    }
-}
-
-/// The payload of a chunked body, or `None` when it is not one.
-pub(crate) fn dechunk(body: &str) -> Option<String> {
-    let mut out = String::new();
-    let mut rest = body;
-    loop {
-        let (size, after) = rest.split_once("\r\n")?;
-        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
-        if size == 0 {
-            return Some(out);
-        }
-        out.push_str(after.get(..size)?);
-        rest = after.get(size..)?.strip_prefix("\r\n")?;
-    }
+    serde_json::from_str(body)
 }
 
 fn ids(v: &[i32]) -> String {

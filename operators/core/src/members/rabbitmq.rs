@@ -43,7 +43,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::kafka::parse_body;
 use super::{HookError, HookFuture, Member, UpdateOrder};
@@ -468,39 +467,11 @@ fn is_node_of(node: &str, service: &str) -> bool {
         .is_some_and(|(_, host)| host == service || host.strip_prefix(service).is_some_and(|r| r.starts_with('.')))
 }
 
-/// One HTTP/1.0 GET with basic auth (the management API is cowboy: with
-/// 1.0 it answers with a plain body and closes). Errors never carry the
-/// credentials.
+/// One GET with basic auth through the shared client ([`super::http_with`]:
+/// cowboy's chunked bodies decoded). Errors never carry the credentials.
 async fn request(addr: &str, port: u16, path: &str, user: &str, pw: &Password) -> Result<(u16, String), HookError> {
-    let target = format!("{addr}:{port}");
-    let auth = base64(format!("{user}:{}", pw.0).as_bytes());
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(&target)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let req = format!(
-            "GET {path} HTTP/1.0\r\nHost: {target}\r\nAuthorization: Basic {auth}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.map_err(|e| format!("read: {e}"))?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| format!("not an HTTP response: {:?}", head.lines().next().unwrap_or("")))?;
-        Ok::<_, String>((status, rest.to_owned()))
-    };
-    match tokio::time::timeout(CALL, fut).await {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(HookError(format!("GET http://{target}{path}: {e}"))),
-        Err(_) => Err(HookError(format!(
-            "GET http://{target}{path}: no answer within {}s",
-            CALL.as_secs()
-        ))),
-    }
+    let auth = format!("Basic {}", base64(format!("{user}:{}", pw.0).as_bytes()));
+    super::http_with(addr, port, "GET", path, None, &[("Authorization", auth.as_str())], CALL).await
 }
 
 /// Standard base64 with padding (RFC 4648), for the basic-auth header.

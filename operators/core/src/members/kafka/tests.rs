@@ -426,6 +426,9 @@ fn bad_labels_are_errors_naming_the_label_and_entry() {
 
 #[test]
 fn chunked_bodies_are_read_whole() {
-    assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").as_deref(), Some("abcde"));
-    assert_eq!(dechunk("{\"a\":1}"), None);
+    assert_eq!(
+        crate::members::dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").as_deref(),
+        Some("abcde")
+    );
+    assert_eq!(crate::members::dechunk("{\"a\":1}"), None);
 }
