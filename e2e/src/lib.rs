@@ -155,31 +155,34 @@ impl Platform {
             me.spawn_with(&name, &bins.join("coordinator"), &coord, &env);
         }
         for tier in &opts.tiers {
-            let port = free_port().to_string();
-            let state = me.dir.path().join("state").display().to_string();
-            let args = [
-                "--host",
-                &opts.host,
-                "--state-dir",
-                &state,
-                "--grpc-listen",
-                &format!("127.0.0.1:{port}"),
-            ];
-            let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-            let mut env = vec![
-                ("INFRA_HEARTBEAT_SECS".to_string(), "1".to_string()),
-                ("INFRA_HEARTBEAT_TTL_SECS".into(), "5".into()),
-            ];
-            env.extend(opts.operator_env.iter().cloned());
-            me.spawn_with(
-                &format!("{tier}-operator"),
-                &bins.join(format!("{tier}-operator")),
-                &args,
-                &env,
-            );
+            me.spawn_operator(tier);
         }
         me.wait_for_operators(opts.tiers.len(), Duration::from_secs(60));
         me
+    }
+
+    /// Starts (or starts again) the operator of `tier` on a free gRPC port.
+    fn spawn_operator(&mut self, tier: &str) {
+        let name = format!("{tier}-operator");
+        self.procs.retain(|(n, _)| *n != name);
+        let port = free_port().to_string();
+        let state = self.dir.path().join("state").display().to_string();
+        let args = [
+            "--host",
+            &self.opts.host,
+            "--state-dir",
+            &state,
+            "--grpc-listen",
+            &format!("127.0.0.1:{port}"),
+        ];
+        let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+        let mut env = vec![
+            ("INFRA_HEARTBEAT_SECS".to_string(), "1".to_string()),
+            ("INFRA_HEARTBEAT_TTL_SECS".into(), "5".into()),
+        ];
+        env.extend(self.opts.operator_env.iter().cloned());
+        let bin = bin_dir(&self.opts.profile).join(&name);
+        self.spawn_with(&name, &bin, &args, &env);
     }
 
     fn spawn_with(&mut self, name: &str, bin: &Path, args: &[String], env: &[(String, String)]) {
@@ -253,9 +256,27 @@ impl Platform {
         self.procs.iter().map(|(n, c)| (n.clone(), c.id())).collect()
     }
 
-    fn wait_for_operators(&self, n: usize, limit: Duration) {
+    fn wait_for_operators(&mut self, n: usize, limit: Duration) {
         let deadline = Instant::now() + limit;
+        let mut restarts = 0;
         loop {
+            // A free port is free when asked, not always when bound: tests
+            // start platforms side by side, and another process (a metrics
+            // listener on port 0) may take it first. Such an operator exits
+            // at once; start it again on another port.
+            let exited: Vec<String> = self
+                .procs
+                .iter_mut()
+                .filter_map(|(n, c)| {
+                    (n.ends_with("-operator") && matches!(c.try_wait(), Ok(Some(_)))).then(|| n.clone())
+                })
+                .collect();
+            for name in exited {
+                if restarts < 3 && self.log(&name).contains("Address already in use") {
+                    restarts += 1;
+                    self.spawn_operator(name.trim_end_matches("-operator"));
+                }
+            }
             let out = self.grpcurl(&["infra.coordinator.v1.CoordinatorService/ListHosts"], None);
             if out.status.success() {
                 let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
