@@ -14,10 +14,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use infra_e2e::hosts::{Cluster, ClusterOptions};
 use infra_proto::bus::v1::{Event, EventKind};
-use prost::Message;
 
 const DOMAIN: &str = "e2e.test";
 
@@ -141,34 +139,6 @@ fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) ->
     }
 }
 
-/// Every event on the bus from now on, with the instant it arrived.
-fn record_events(url: String) -> Arc<Mutex<Vec<(Instant, Event)>>> {
-    let seen: Arc<Mutex<Vec<(Instant, Event)>>> = Arc::default();
-    let sink = seen.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let nats = async_nats::connect(url).await.expect("connect to NATS");
-            let mut sub = nats.subscribe("infra.events.>").await.expect("subscribe");
-            nats.flush().await.ok();
-            ready_tx.send(()).ok();
-            while let Some(m) = sub.next().await {
-                if let Ok(ev) = Event::decode(m.payload) {
-                    sink.lock().unwrap().push((Instant::now(), ev));
-                }
-            }
-        });
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("event subscriber ready");
-    seen
-}
-
 fn first(events: &Mutex<Vec<(Instant, Event)>>, kind: EventKind, service: &str) -> Option<(Instant, Event)> {
     events
         .lock()
@@ -191,7 +161,7 @@ fn the_gateways_nginx_routes_by_label_to_another_host_and_drops_a_removed_servic
     let gw = format!("{}:8080", c.host_ip("host1"));
     let grafana = format!("grafana.{DOMAIN}");
     let status = format!("status.{DOMAIN}");
-    let events = record_events(c.nats_urls().remove(0));
+    let events = infra_e2e::record_events(&c.nats_urls());
 
     // The gateway first: nothing routed yet, every host name gets 404.
     let progress = c.call("Deploy", r#"{"selection":{"services":["nginx"]},"timeoutSeconds":90}"#);

@@ -12,13 +12,10 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use infra_e2e::hosts::{Cluster, ClusterOptions};
-use infra_proto::bus::v1::{Event, EventKind};
-use prost::Message;
+use infra_proto::bus::v1::EventKind;
 
 /// The scrape interval the test runs Prometheus with (the stack's is 15s).
 const SCRAPE_INTERVAL: Duration = Duration::from_secs(2);
@@ -207,34 +204,6 @@ fn wait_for<T>(what: &str, limit: Duration, c: &Cluster, mut f: impl FnMut() -> 
     }
 }
 
-/// Every event on the bus from now on, with the instant it arrived.
-fn record_events(url: String) -> Arc<Mutex<Vec<(Instant, Event)>>> {
-    let seen: Arc<Mutex<Vec<(Instant, Event)>>> = Arc::default();
-    let sink = seen.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let nats = async_nats::connect(url).await.expect("connect to NATS");
-            let mut sub = nats.subscribe("infra.events.>").await.expect("subscribe");
-            nats.flush().await.ok();
-            ready_tx.send(()).ok();
-            while let Some(m) = sub.next().await {
-                if let Ok(ev) = Event::decode(m.payload) {
-                    sink.lock().unwrap().push((Instant::now(), ev));
-                }
-            }
-        });
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("event subscriber ready");
-    seen
-}
-
 #[test]
 fn prometheus_scrapes_every_operator_the_coordinator_and_a_labelled_service_on_another_host_and_a_new_service_within_a_refresh()
  {
@@ -277,7 +246,7 @@ fn prometheus_scrapes_every_operator_the_coordinator_and_a_labelled_service_on_a
     ));
     c.stop_operator("host1", "observability");
     c.start_operator("host1", "observability");
-    let events = record_events(c.nats_urls().remove(0));
+    let events = infra_e2e::record_events(&c.nats_urls());
     let prometheus = format!("{host1}:9090");
 
     let progress = c.call(

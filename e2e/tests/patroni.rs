@@ -10,14 +10,12 @@
 //! images `host`, `nats`, `etcd`, `patroni`, `haproxy` from
 //! `e2e/images/build.sh`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use infra_e2e::hosts::{Cluster, ClusterOptions};
 use infra_e2e::scenarios::{Writer, Writes, patroni_catalog, patroni_catalog_with, psql, wait_for};
 use infra_proto::bus::v1::{Event, EventKind};
-use prost::Message;
 
 /// One Patroni cluster at a time: each test runs three simulated hosts,
 /// and two at once on a small machine would each see the other's load.
@@ -302,35 +300,6 @@ fn a_patroni_cluster_over_three_hosts_comes_up_in_order_rolls_with_one_switchove
     );
 }
 
-/// Every event on the bus from now on, with the instant it arrived.
-fn record_events(urls: Vec<String>) -> Arc<Mutex<Vec<(Instant, Event)>>> {
-    let seen: Arc<Mutex<Vec<(Instant, Event)>>> = Arc::default();
-    let sink = seen.clone();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let servers: Vec<async_nats::ServerAddr> = urls.iter().filter_map(|u| u.parse().ok()).collect();
-            let nats = async_nats::connect(servers).await.expect("connect to NATS");
-            let mut sub = nats.subscribe("infra.events.>").await.expect("subscribe");
-            nats.flush().await.ok();
-            ready_tx.send(()).ok();
-            while let Some(m) = sub.next().await {
-                if let Ok(ev) = Event::decode(m.payload) {
-                    sink.lock().unwrap().push((Instant::now(), ev));
-                }
-            }
-        });
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("event subscriber ready");
-    seen
-}
-
 /// Adds what a writer saw since the last `take` to `into`.
 fn add(into: &mut Writes, w: Writes) {
     into.acked.extend(w.acked);
@@ -385,7 +354,7 @@ fn a_patroni_leader_lost_with_its_host_fails_over_to_a_new_leader_the_operator_r
     let (c, _dir) = start_with("{bootstrap: {dcs: {synchronous_mode: true}}}");
     let ips: Vec<String> = c.hosts().iter().map(|h| c.host_ip(h)).collect();
     let hosts = c.hosts();
-    let events = record_events(c.nats_urls());
+    let events = infra_e2e::record_events(&c.nats_urls());
     let progress = c.call(
         "Deploy",
         r#"{"selection":{"services":["pg-router"]},"timeoutSeconds":300}"#,
