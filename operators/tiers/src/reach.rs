@@ -67,3 +67,55 @@ pub fn reach(from: From<'_>, d: &DesiredService, c: &ContainerStatus, port: u16)
         .map(|pp| (addr.clone(), pp))
         .ok_or(Unreachable::NotPublished)
 }
+
+/// Specs and observed states for the tests of the gateway's table and the
+/// scrape targets (both decide reach with [`reach`]).
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use infra_proto::bus::v1::{
+        ContainerStatus, DesiredService, Health, NetworkSpec, ObservedService, PortSpec, ServiceSpec,
+    };
+
+    pub fn desired(host: &str, name: &str, labels: &[(&str, &str)], ports: &[(u32, u32)]) -> DesiredService {
+        DesiredService {
+            host: host.into(),
+            spec: Some(ServiceSpec {
+                name: name.into(),
+                tier: "observability".into(),
+                labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+                ports: ports
+                    .iter()
+                    .map(|(p, t)| PortSpec {
+                        host_ip: String::new(),
+                        published: *p,
+                        target: *t,
+                        protocol: "tcp".into(),
+                    })
+                    .collect(),
+                networks: vec![NetworkSpec {
+                    name: "infra_infra_net".into(),
+                    aliases: vec![],
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub fn observed(host: &str, name: &str, health: Health) -> ObservedService {
+        ObservedService {
+            host: host.into(),
+            tier: "observability".into(),
+            service: name.into(),
+            containers: vec![ContainerStatus {
+                id: format!("{name}0123456789abcdef"),
+                name: format!("infra-{name}-1"),
+                replica: 1,
+                state: "running".into(),
+                health: health as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+}

@@ -212,54 +212,12 @@ pub fn parse_coordinators(value: &str) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use infra_proto::bus::v1::{ContainerStatus, Health, NetworkSpec, PortSpec, ServiceSpec};
+    use infra_proto::bus::v1::Health;
 
     use super::*;
+    use crate::reach::fixtures::{desired, observed};
 
     const SCRAPED: &[(&str, &str)] = &[(SCRAPE_LABEL, "true"), (PORT_LABEL, "9113")];
-
-    fn desired(host: &str, name: &str, labels: &[(&str, &str)], ports: &[(u32, u32)]) -> DesiredService {
-        DesiredService {
-            host: host.into(),
-            spec: Some(ServiceSpec {
-                name: name.into(),
-                tier: "data".into(),
-                labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
-                ports: ports
-                    .iter()
-                    .map(|(p, t)| PortSpec {
-                        host_ip: String::new(),
-                        published: *p,
-                        target: *t,
-                        protocol: "tcp".into(),
-                    })
-                    .collect(),
-                networks: vec![NetworkSpec {
-                    name: "infra_infra_net".into(),
-                    aliases: vec![],
-                }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    fn observed(host: &str, name: &str, health: Health) -> ObservedService {
-        ObservedService {
-            host: host.into(),
-            tier: "data".into(),
-            service: name.into(),
-            containers: vec![ContainerStatus {
-                id: format!("{name}0123456789abcdef"),
-                name: format!("infra-{name}-1"),
-                replica: 1,
-                state: "running".into(),
-                health: health as i32,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }
-    }
 
     fn heartbeat(host: &str, tier: &str, metrics: Option<&str>) -> Heartbeat {
         Heartbeat {
@@ -312,7 +270,7 @@ mod tests {
         assert_eq!(svc.len(), 1);
         assert_eq!(svc[0].targets, vec!["10.0.0.2:19113"]);
         assert_eq!(svc[0].labels["host"], "host2");
-        assert_eq!(svc[0].labels["tier"], "data");
+        assert_eq!(svc[0].labels["tier"], "observability");
         assert_eq!(svc[0].labels["service"], "pg-exporter");
     }
 
