@@ -68,6 +68,73 @@ pub fn reach(from: From<'_>, d: &DesiredService, c: &ContainerStatus, port: u16)
         .ok_or(Unreachable::NotPublished)
 }
 
+/// What the gateway and the scrape targets read from the bus on each pass:
+/// every host's desired and observed state, the heartbeats, and each
+/// host's private address (this host's own from its configured labels, so
+/// it is known before its first heartbeat).
+pub struct Snapshot {
+    /// Desired state of every service on every host.
+    pub desired: Vec<DesiredService>,
+    /// Observed state of every service on every host.
+    pub observed: Vec<infra_proto::bus::v1::ObservedService>,
+    /// Every operator's heartbeat.
+    pub heartbeats: Vec<infra_proto::bus::v1::Heartbeat>,
+    /// Host -> its private address (`addr` label).
+    pub addrs: BTreeMap<String, String>,
+}
+
+impl Snapshot {
+    /// Reads it, bounded by `timeout`. The error says what failed.
+    pub async fn read(ctx: &operator_core::TierContext, timeout: std::time::Duration) -> Result<Self, String> {
+        let listed = tokio::time::timeout(timeout, async {
+            Ok::<_, infra_bus::BusError>((
+                ctx.bus.list_desired(None).await?,
+                ctx.bus.list_observed(None).await?,
+                ctx.bus.list_heartbeats().await?,
+            ))
+        })
+        .await;
+        let (desired, observed, heartbeats) = match listed {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(format!("cannot read the bus: {e}")),
+            Err(_) => return Err("reading the bus timed out".into()),
+        };
+        let mut addrs = BTreeMap::new();
+        for hb in &heartbeats {
+            if let Some(a) = hb.labels.get("addr").filter(|a| valid_addr(a)) {
+                addrs.insert(hb.host.clone(), a.clone());
+            }
+        }
+        if let Some(a) = ctx.labels.get("addr").filter(|a| valid_addr(a)) {
+            addrs.insert(ctx.host.clone(), a.clone());
+        }
+        Ok(Self {
+            desired,
+            observed,
+            heartbeats,
+            addrs,
+        })
+    }
+
+    /// The Docker networks of `service` of this operator's tier on its
+    /// host (the caller's own container: the proxy, Prometheus).
+    pub fn networks_of(&self, ctx: &operator_core::TierContext, service: &str) -> BTreeSet<String> {
+        self.desired
+            .iter()
+            .filter(|d| d.host == ctx.host)
+            .filter_map(|d| d.spec.as_ref())
+            .filter(|s| s.name == service && s.tier == ctx.tier)
+            .flat_map(|s| s.networks.iter().map(|n| n.name.clone()))
+            .collect()
+    }
+}
+
+/// An address fit to be written into a configuration (a host name or an
+/// IP, with an optional port).
+fn valid_addr(a: &str) -> bool {
+    !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || ".:-".contains(c))
+}
+
 /// Specs and observed states for the tests of the gateway's table and the
 /// scrape targets (both decide reach with [`reach`]).
 #[cfg(test)]

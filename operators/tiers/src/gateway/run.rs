@@ -2,7 +2,7 @@
 //! Traefik and Nginx, and loads the Nginx one into the running gateway
 //! container after `nginx -t` accepts it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -58,42 +58,20 @@ pub async fn run(ctx: TierContext) {
 
 async fn render_once(ctx: &TierContext, nginx_service: &str, st: &mut State) {
     let t0 = Instant::now();
-    let listed = tokio::time::timeout(BUS_TIMEOUT, async {
-        Ok::<_, infra_bus::BusError>((
-            ctx.bus.list_desired(None).await?,
-            ctx.bus.list_observed(None).await?,
-            ctx.bus.list_heartbeats().await?,
-        ))
-    })
-    .await;
-    let (desired, observed, heartbeats) = match listed {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "gateway: cannot read the bus; the routes stay as they are");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!("gateway: reading the bus timed out; the routes stay as they are");
+    let snap = match crate::reach::Snapshot::read(ctx, BUS_TIMEOUT).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("gateway: {e}; the routes stay as they are");
             return;
         }
     };
-    let mut addrs: BTreeMap<String, String> = BTreeMap::new();
-    for hb in &heartbeats {
-        if let Some(a) = hb.labels.get("addr").filter(|a| valid_addr(a)) {
-            addrs.insert(hb.host.clone(), a.clone());
-        }
-    }
-    // This host's own address is known even before its heartbeat is.
-    if let Some(a) = ctx.labels.get("addr").filter(|a| valid_addr(a)) {
-        addrs.insert(ctx.host.clone(), a.clone());
-    }
-    let gateway_networks: BTreeSet<String> = desired
-        .iter()
-        .filter(|d| d.host == ctx.host)
-        .filter_map(|d| d.spec.as_ref())
-        .filter(|s| s.name == nginx_service && s.tier == ctx.tier)
-        .flat_map(|s| s.networks.iter().map(|n| n.name.clone()))
-        .collect();
+    let gateway_networks = snap.networks_of(ctx, nginx_service);
+    let crate::reach::Snapshot {
+        desired,
+        observed,
+        addrs,
+        ..
+    } = snap;
     let (tbl, mut problems) = table::build(table::Inputs {
         host: &ctx.host,
         desired: &desired,
@@ -186,10 +164,6 @@ fn nginx_container(observed: &[ObservedService], host: &str, tier: &str, service
         .filter(|c| c.state == "running")
         .min_by_key(|c| c.replica)
         .map(|c| c.id.clone())
-}
-
-fn valid_addr(a: &str) -> bool {
-    !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || ".:-".contains(c))
 }
 
 async fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {

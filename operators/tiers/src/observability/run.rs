@@ -10,7 +10,7 @@
 //! container, never into its root filesystem). Prometheus's file_sd picks
 //! the new file up by itself: no reload.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use bollard::query_parameters::UploadToContainerOptionsBuilder;
@@ -65,44 +65,23 @@ pub async fn run(ctx: TierContext) {
 
 async fn write_once(ctx: &TierContext, service: &str, coordinators: &[(String, String)], st: &mut State) {
     let t0 = Instant::now();
-    let listed = tokio::time::timeout(TIMEOUT, async {
-        Ok::<_, infra_bus::BusError>((
-            ctx.bus.list_desired(None).await?,
-            ctx.bus.list_observed(None).await?,
-            ctx.bus.list_heartbeats().await?,
-        ))
-    })
-    .await;
-    let (desired, observed, heartbeats) = match listed {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "scrape targets: cannot read the bus; the targets stay as they are");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!("scrape targets: reading the bus timed out; the targets stay as they are");
+    let snap = match crate::reach::Snapshot::read(ctx, TIMEOUT).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("scrape targets: {e}; the targets stay as they are");
             return;
         }
     };
-    let Some(container) = running(&observed, &ctx.host, ctx.tier, service) else {
+    let Some(container) = running(&snap.observed, &ctx.host, ctx.tier, service) else {
         return; // no Prometheus on this host: another host's operator writes
     };
-    let mut addrs: BTreeMap<String, String> = BTreeMap::new();
-    for hb in &heartbeats {
-        if let Some(a) = hb.labels.get("addr").filter(|a| !a.is_empty()) {
-            addrs.insert(hb.host.clone(), a.clone());
-        }
-    }
-    if let Some(a) = ctx.labels.get("addr").filter(|a| !a.is_empty()) {
-        addrs.insert(ctx.host.clone(), a.clone());
-    }
-    let networks: BTreeSet<String> = desired
-        .iter()
-        .filter(|d| d.host == ctx.host)
-        .filter_map(|d| d.spec.as_ref())
-        .filter(|s| s.name == service && s.tier == ctx.tier)
-        .flat_map(|s| s.networks.iter().map(|n| n.name.clone()))
-        .collect();
+    let networks = snap.networks_of(ctx, service);
+    let crate::reach::Snapshot {
+        desired,
+        observed,
+        heartbeats,
+        addrs,
+    } = snap;
     let (groups, problems) = targets::build(targets::Inputs {
         host: &ctx.host,
         desired: &desired,
