@@ -476,8 +476,17 @@ impl Writer {
             let mut n = first.saturating_sub(1);
             while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
                 n += 1;
+                let t = Instant::now();
                 let r = psql(&addr, port, &format!("insert into acks(v) values ({n}) returning v"));
                 let mut g = out.lock().unwrap();
+                // A failed attempt says when it came (after the last
+                // acknowledged write) and how long it took: what a gap is
+                // made of.
+                let when = format!(
+                    "+{}ms, took {}ms",
+                    t.duration_since(last_ok).as_millis(),
+                    t.elapsed().as_millis()
+                );
                 match r {
                     Ok(v) if v.lines().next() == Some(n.to_string().as_str()) => {
                         let gap = last_ok.elapsed();
@@ -485,8 +494,8 @@ impl Writer {
                         last_ok = Instant::now();
                         g.acked.push(n);
                     }
-                    Ok(v) => g.failed.push(format!("write {n}: unexpected answer {v:?}")),
-                    Err(e) => g.failed.push(format!("write {n}: {e}")),
+                    Ok(v) => g.failed.push(format!("write {n} ({when}): unexpected answer {v:?}")),
+                    Err(e) => g.failed.push(format!("write {n} ({when}): {e}")),
                 }
                 drop(g);
                 std::thread::sleep(Duration::from_millis(20));
@@ -596,6 +605,132 @@ pub fn valkey_catalog(dir: &Path, ips: &[String], image: &str, password: &str) {
     }
     y += "secrets:\n  valkey_cluster_password:\n    file: ../../secrets/valkey_cluster_password\n";
     write(dir, "04-data/valkey-cluster/docker-compose.yml", &y);
+}
+
+/// The client port of node `i` of [`valkey_replication_catalog`]
+/// (`valkey-rep-i`, on host `i + 1`).
+pub fn valkey_rep_port(i: usize) -> u16 {
+    7100 + i as u16
+}
+
+/// The port of [`valkey_replication_catalog`]'s proxy on host1's private
+/// address: the primary, whichever node it is.
+pub const VALKEY_REP_PROXY_PORT: u16 = 16379;
+
+/// The primary with replicas of `compose/04-data/valkey-replication` on
+/// three hosts, as a test fixture: `valkey-rep-0..2`, one per host
+/// (`node.hostname == hostN`), each on its own port ([`valkey_rep_port`],
+/// published on its host's private address, announced with its name, which
+/// every other member resolves to that address), started from a config
+/// file in its volume whose first version makes `valkey-rep-0` the
+/// primary; the `valkey` update-order labels; and `valkey-rep-proxy`
+/// (HAProxy, host1, [`VALKEY_REP_PROXY_PORT`]) routing to the node that
+/// answers `role:master`. The password is the secret
+/// `valkey_replication_password` (`password`, written under
+/// `dir/secrets/`). `image` is the nodes' image: change it to roll them.
+pub fn valkey_replication_catalog(dir: &Path, ips: &[String], image: &str, password: &str) {
+    write(dir, "secrets/valkey_replication_password", &format!("{password}\n"));
+    let mut y = String::from("services:\n");
+    for i in 0..3 {
+        let port = valkey_rep_port(i);
+        let first = if i == 0 {
+            String::new()
+        } else {
+            format!("replicaof valkey-rep-0 {}", valkey_rep_port(0))
+        };
+        y += &format!(
+            r#"  valkey-rep-{i}:
+    image: {image}
+    user: "999:999"
+    read_only: true
+    tmpfs: ["/tmp"]
+    expose: ["{port}"]
+    labels:
+      infra.update-order: valkey
+      infra.update-order.cluster: valkey-replication
+      infra.update-order.port: "{port}"
+      infra.update-order.password-secret: valkey_replication_password
+    secrets: [valkey_replication_password]
+    environment:
+      VALKEY_FIRST_ROLE: "{first}"
+    command:
+      - sh
+      - -c
+      - >-
+        umask 077;
+        [ -f /data/valkey.conf ] || printf '%s\n' "$$VALKEY_FIRST_ROLE" > /data/valkey.conf;
+        exec valkey-server /data/valkey.conf
+        --port {port}
+        --replica-announce-ip valkey-rep-{i}
+        --requirepass "$$(cat /run/secrets/valkey_replication_password)"
+        --masterauth "$$(cat /run/secrets/valkey_replication_password)"
+        --appendonly yes
+        --maxmemory 128mb
+        --maxmemory-policy noeviction
+    volumes: ["valkey-rep-{i}-data:/data"]
+    healthcheck:
+      test: ["CMD-SHELL", "valkey-cli -p {port} -a \"$$(cat /run/secrets/valkey_replication_password)\" --no-auth-warning ping | grep -q PONG"]
+      interval: 1s
+      timeout: 3s
+      retries: 5
+    deploy:
+      placement:
+        constraints: ["node.hostname == host{h}"]
+      update_config:
+        parallelism: 1
+        order: stop-first
+        failure_action: pause
+"#,
+            h = i + 1,
+        );
+    }
+    let servers: String = (0..3)
+        .map(|i| format!("    server valkey-rep-{i} {}:{} check\n", ips[i], valkey_rep_port(i)))
+        .collect();
+    let cfg = format!(
+        "global\n    log stdout format raw local0 info\ndefaults\n    mode tcp\n    log global\n    \
+         timeout connect 2s\n    timeout client 30m\n    timeout server 30m\n    timeout check 2s\n\
+         frontend stats\n    mode http\n    bind :8404\n    monitor-uri /healthz\n    \
+         monitor fail if {{ nbsrv(primary) lt 1 }}\n\
+         listen primary\n    bind :6379\n    option tcp-check\n    tcp-check connect\n    \
+         tcp-check send \"AUTH ${{VALKEY_PASSWORD}}\\r\\n\"\n    tcp-check expect string +OK\n    \
+         tcp-check send \"INFO replication\\r\\nQUIT\\r\\n\"\n    tcp-check expect string role:master\n    \
+         default-server inter 250ms fall 1 rise 1 on-marked-down shutdown-sessions\n{servers}"
+    );
+    // YAML double quotes, and `$$` for Compose's interpolation.
+    let cfg_yaml = cfg
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .replace('$', "$$");
+    y += &format!(
+        r#"  valkey-rep-proxy:
+    image: infra-local/haproxy:2
+    ports: ["{VALKEY_REP_PROXY_PORT}:6379"]
+    secrets: [valkey_replication_password]
+    environment:
+      CFG: "{cfg_yaml}"
+    command: ["sh", "-c", "export VALKEY_PASSWORD=\"$$(cat /run/secrets/valkey_replication_password)\"; printf '%s' \"$$CFG\" > /tmp/haproxy.cfg && exec haproxy -W -db -f /tmp/haproxy.cfg"]
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8404/healthz"]
+      interval: 1s
+      timeout: 2s
+      retries: 3
+    depends_on:
+      valkey-rep-0: {{ condition: service_healthy }}
+      valkey-rep-1: {{ condition: service_healthy }}
+      valkey-rep-2: {{ condition: service_healthy }}
+    deploy:
+      placement:
+        constraints: ["node.hostname == host1"]
+volumes:
+"#
+    );
+    for i in 0..3 {
+        y += &format!("  valkey-rep-{i}-data: {{}}\n");
+    }
+    y += "secrets:\n  valkey_replication_password:\n    file: ../../secrets/valkey_replication_password\n";
+    write(dir, "04-data/valkey-replication/docker-compose.yml", &y);
 }
 
 /// One RESP reply, as the e2e client reads it.

@@ -230,9 +230,10 @@ fn a_patroni_cluster_over_three_hosts_comes_up_in_order_rolls_with_one_switchove
     fault(
         "roll pg-0..2 to a changed spec (Deploy) while a client writes through HAProxy's write port",
         &format!(
-            "{} writes acknowledged, 0 lost, {} failed attempts; leader {leader_before} -> {leader_after} by one switchover (timeline +1); longest write gap {gap:.2}s; {:.1}s",
+            "{} writes acknowledged, 0 lost, {} failed attempts ({:?}); leader {leader_before} -> {leader_after} by one switchover (timeline +1); longest write gap {gap:.2}s; {:.1}s",
             w.acked.len(),
             w.failed.len(),
+            w.failed.iter().take(5).collect::<Vec<_>>(),
             took.as_secs_f64()
         ),
     );

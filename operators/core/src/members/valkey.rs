@@ -1,10 +1,22 @@
-//! Valkey's (and Redis 7's) update order for a cluster (what the Valkey
-//! operator for Kubernetes does): replicas first, one at a time, each back
-//! in the cluster and synced with its primary before the next; then each
-//! primary, after its role moved by a graceful `CLUSTER FAILOVER` run on
-//! its most caught-up replica (the primary pauses its clients until that
-//! replica has every write, so nothing acknowledged is lost), so that a
-//! primary never restarts while it serves slots.
+//! Valkey's (and Redis 7's) update order, for a cluster (what the Valkey
+//! operator for Kubernetes does) and for a primary with replicas outside
+//! cluster mode: replicas first, one at a time, each back and synced with
+//! its primary before the next; then each primary, after its role moved
+//! to its most caught-up replica, so that a primary never restarts while
+//! it serves writes.
+//!
+//! - **Cluster mode**: a graceful `CLUSTER FAILOVER` run on that replica
+//!   (the primary pauses its clients until the replica has every write, so
+//!   nothing acknowledged is lost). The slot map lives in `nodes.conf`.
+//! - **Primary and replicas** (`cluster_enabled:0`): `FAILOVER TO` that
+//!   replica on the primary (the same pause and catch-up, then the primary
+//!   follows it), `REPLICAOF` the new primary on the other replicas, and
+//!   `CONFIG REWRITE` on every member, so that each role survives the
+//!   member's restart. So the members must run from a writable config file
+//!   (in their volume) and carry no `--replicaof` on their command line;
+//!   the hook checks the first (`INFO` `config_file`) before it moves
+//!   anything. Clients find the primary through a proxy that checks
+//!   `role:master` (compose/04-data/valkey-replication).
 //!
 //! Everything goes through the members' client port, with a tiny RESP
 //! client ([`Conn`]): `INFO replication`, `CLUSTER INFO`, `CLUSTER NODES`,
@@ -455,6 +467,25 @@ pub fn lists_online(replicas: &[(String, u16, String, u64)], ip: &str, port: u16
         .any(|(i, p, state, _)| *p == port && state == "online" && (!by_ip || i == ip))
 }
 
+/// The entry of a primary's replica list (`INFO replication`) for member
+/// `m` outside cluster mode: online, announced by its name or its host's
+/// address (`replica-announce-ip`) and its port. A replica listed by its
+/// container's address is not found: it could not be told apart from
+/// another on the same port, and a restart changes that address.
+pub fn listed_as<'a>(replicas: &'a [(String, u16, String, u64)], m: &Member) -> Option<&'a (String, u16, String, u64)> {
+    replicas
+        .iter()
+        .find(|(i, p, state, _)| (*i == m.name || *i == m.addr) && *p == m.port && state == "online")
+}
+
+/// The member a replica's `master_host:master_port` names (by its name or
+/// its host's address, and its port).
+pub fn member_at<'a>(members: &'a [Member], host: &str, port: u16) -> Option<&'a Member> {
+    members
+        .iter()
+        .find(|m| (m.name == host || m.addr == host) && m.port == port)
+}
+
 /// The order for members whose roles are known (`Some(true)`: a primary):
 /// replicas first, then members that could not be asked, primaries last;
 /// stable otherwise.
@@ -468,35 +499,46 @@ pub fn rank(primary: &[Option<bool>]) -> Vec<usize> {
     idx
 }
 
-/// The replica to fail `primary` over to, from `(node, its replication)`
-/// of its replicas: connected, link up, not failing, within `max_lag` of
-/// `primary_offset`, the highest offset (ties: the first).
-pub fn candidate<'a>(
-    primary: &str,
-    primary_offset: u64,
-    replicas: &'a [(Node, Option<Replication>)],
-    max_lag: u64,
-) -> Result<&'a Node, HookError> {
-    let mut best: Option<(&Node, u64)> = None;
+/// A replica a primary could hand its role to: where it is (`ip:port`),
+/// whether it is ruled out whatever its offset (flagged failing in the
+/// cluster, or not listed online by the primary), and what it said of its
+/// replication (`None`: it did not answer).
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// `ip:port`, for messages.
+    pub at: String,
+    /// Why it is ruled out whatever its offset (`flagged failing`, `not
+    /// listed online by the primary`).
+    pub ruled_out: Option<&'static str>,
+    /// Its `INFO replication`.
+    pub repl: Option<Replication>,
+}
+
+/// The replica to hand `primary`'s role to, as an index into `replicas`:
+/// link up, not ruled out, within `max_lag` of `primary_offset`, the
+/// highest offset (ties: the first). The error names the primary and what
+/// each replica is.
+pub fn candidate(primary: &str, primary_offset: u64, replicas: &[Candidate], max_lag: u64) -> Result<usize, HookError> {
+    let mut best: Option<(usize, u64)> = None;
     let mut why = Vec::new();
-    for (n, r) in replicas {
-        let name = format!("{}:{}", n.ip, n.port);
-        match r {
-            Some(r) if !n.failing() && r.link_up && primary_offset.saturating_sub(r.offset) <= max_lag => {
+    for (i, c) in replicas.iter().enumerate() {
+        match &c.repl {
+            Some(r) if c.ruled_out.is_none() && r.link_up && primary_offset.saturating_sub(r.offset) <= max_lag => {
                 if best.is_none_or(|(_, b)| r.offset > b) {
-                    best = Some((n, r.offset));
+                    best = Some((i, r.offset));
                 }
             }
             Some(r) => why.push(format!(
-                "{name} link {} offset {} of {primary_offset}{}",
+                "{} link {} offset {} of {primary_offset}{}",
+                c.at,
                 if r.link_up { "up" } else { "down" },
                 r.offset,
-                if n.failing() { " (flagged failing)" } else { "" }
+                c.ruled_out.map(|w| format!(" ({w})")).unwrap_or_default()
             )),
-            None => why.push(format!("{name} did not answer")),
+            None => why.push(format!("{} did not answer", c.at)),
         }
     }
-    best.map(|(n, _)| n).ok_or_else(|| {
+    best.map(|(i, _)| i).ok_or_else(|| {
         HookError(format!(
             "no caught-up replica to fail primary {primary} over to (at most {max_lag} bytes behind): {}",
             if why.is_empty() {
@@ -548,15 +590,21 @@ impl Valkey {
         let Some(myself) = me.myself() else {
             return Err(HookError(format!("{}: CLUSTER NODES has no myself line", member.name)));
         };
+        let mut nodes = Vec::new();
         let mut reps = Vec::new();
         for n in me
             .nodes
             .iter()
             .filter(|n| n.primary.as_deref() == Some(myself.id.as_str()))
         {
-            reps.push((n.clone(), replication(&n.ip, n.port, pw).await.ok()));
+            reps.push(Candidate {
+                at: format!("{}:{}", n.ip, n.port),
+                ruled_out: n.failing().then_some("flagged failing"),
+                repl: replication(&n.ip, n.port, pw).await.ok(),
+            });
+            nodes.push(n.clone());
         }
-        let cand = candidate(&member.name, me.repl.offset, &reps, self.max_lag)?.clone();
+        let cand = nodes[candidate(&member.name, me.repl.offset, &reps, self.max_lag)?].clone();
         let at = format!("{}:{}", cand.ip, cand.port);
         tracing::info!(member = %member.name, to = %at, "valkey: failing the primary over before it restarts");
         let mut c = Conn::open(&cand.ip, cand.port, pw).await?;
@@ -658,6 +706,251 @@ impl Valkey {
     }
 }
 
+// ------------------------------------------ primary and replicas (no cluster) ---
+
+/// What `INFO` (its default sections) says of a member: its replication,
+/// whether cluster mode is on, the config file it runs from (empty: none)
+/// and the state of a `FAILOVER` it runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    /// `INFO replication`.
+    pub repl: Replication,
+    /// `cluster_enabled:1`.
+    pub cluster: bool,
+    /// `config_file` (empty: started without one).
+    pub config_file: String,
+    /// `master_failover_state` (`no-failover`, `waiting-for-sync`,
+    /// `failover-in-progress`).
+    pub failover: String,
+}
+
+/// Parses `INFO`. `None` without a `role` (an error reply).
+pub fn parse_status(text: &str) -> Option<Status> {
+    let repl = parse_replication(text)?;
+    let f = fields(text);
+    Some(Status {
+        repl,
+        cluster: f.get("cluster_enabled").is_some_and(|v| v == "1"),
+        config_file: f.get("config_file").cloned().unwrap_or_default(),
+        failover: f
+            .get("master_failover_state")
+            .cloned()
+            .unwrap_or_else(|| "no-failover".into()),
+    })
+}
+
+async fn status(addr: &str, port: u16, pw: Option<&Secret>) -> Result<Status, HookError> {
+    let mut c = Conn::open(addr, port, pw).await?;
+    let info = c.text(&["INFO"]).await?;
+    parse_status(&info).ok_or_else(|| HookError(format!("valkey {addr}:{port}: INFO has no role")))
+}
+
+/// A command that must answer `+OK`; otherwise an error naming the member
+/// and what it answered.
+async fn ok(m: &Member, pw: Option<&Secret>, args: &[&str]) -> Result<(), HookError> {
+    let mut c = Conn::open(&m.addr, m.port, pw).await?;
+    match c.call(args).await? {
+        Reply::Simple(_) => Ok(()),
+        Reply::Error(e) => Err(HookError(format!("{} on {}: {e}", args.join(" "), m.name))),
+        other => Err(HookError(format!(
+            "{} on {}: answered {other:?}",
+            args.join(" "),
+            m.name
+        ))),
+    }
+}
+
+/// How long a `FAILOVER` may wait for its target to catch up before the
+/// primary gives up and keeps its role (its clients are paused meanwhile).
+const FAILOVER_TIMEOUT_MS: u64 = 10_000;
+
+/// Why a member's role would not survive its restart, or `None`.
+fn no_config(name: &str, s: &Status) -> Option<HookError> {
+    s.config_file.is_empty().then(|| {
+        HookError(format!(
+            "{name} runs without a config file (INFO config_file is empty): a role handed over by FAILOVER \
+             or REPLICAOF would not survive its restart, so no primary is handed over; start the members \
+             from a config file in their volume, with no --replicaof on the command line \
+             (compose/04-data/valkey-replication)"
+        ))
+    })
+}
+
+impl Valkey {
+    /// A primary outside cluster mode hands its role to its most caught-up
+    /// replica before it restarts: `FAILOVER TO` that replica (the primary
+    /// pauses writes until the replica has them all, then follows it: no
+    /// acknowledged write is lost), the other replicas are pointed at the
+    /// new primary (`REPLICAOF`), and every member's role is written to
+    /// its config file (`CONFIG REWRITE`), so that the old primary comes
+    /// back as a replica. Refused, before anything changes, when a member
+    /// has no config file, does not answer, or is a second primary.
+    async fn hand_over(
+        &self,
+        member: &Member,
+        me: &Status,
+        members: &[Member],
+        pw: Option<&Secret>,
+    ) -> Result<(), HookError> {
+        if let Some(e) = no_config(&member.name, me) {
+            return Err(e);
+        }
+        let others: Vec<&Member> = members.iter().filter(|m| m.name != member.name).collect();
+        let mut seen = Vec::new();
+        for m in &others {
+            let s = status(&m.addr, m.port, pw).await.map_err(|e| {
+                HookError(format!(
+                    "{} did not answer before the failover of primary {}: {}",
+                    m.name, member.name, e.0
+                ))
+            })?;
+            if let Some(e) = no_config(&m.name, &s) {
+                return Err(e);
+            }
+            if s.repl.is_primary() {
+                return Err(HookError(format!(
+                    "{} and {} are both primaries: no failover while the roles are in doubt",
+                    member.name, m.name
+                )));
+            }
+            seen.push(s);
+        }
+        let cands: Vec<Candidate> = others
+            .iter()
+            .zip(&seen)
+            .map(|(m, s)| Candidate {
+                at: format!("{} ({}:{})", m.name, m.addr, m.port),
+                ruled_out: listed_as(&me.repl.replicas, m)
+                    .is_none()
+                    .then_some("not listed online by the primary as its name or host address and port"),
+                repl: Some(s.repl.clone()),
+            })
+            .collect();
+        let k = candidate(&member.name, me.repl.offset, &cands, self.max_lag)?;
+        let target = others[k];
+        let (ip, port, ..) = listed_as(&me.repl.replicas, target)
+            .cloned()
+            .expect("a candidate is listed online");
+        let to = format!("{ip}:{port}");
+        tracing::info!(member = %member.name, to = %target.name, at = %to, "valkey: handing the primary role over before it restarts");
+        let start = Instant::now();
+        ok(
+            member,
+            pw,
+            &[
+                "FAILOVER",
+                "TO",
+                &ip,
+                &port.to_string(),
+                "TIMEOUT",
+                &FAILOVER_TIMEOUT_MS.to_string(),
+            ],
+        )
+        .await?;
+        // The roles really moved: the old primary follows the target, its
+        // failover is over, and the target is a primary.
+        loop {
+            let old = status(&member.addr, member.port, pw).await;
+            let new = status(&target.addr, target.port, pw).await;
+            let why = match (&old, &new) {
+                (Ok(o), Ok(n)) => {
+                    let follows = !o.repl.is_primary() && o.repl.primary.as_ref() == Some(&(ip.clone(), port));
+                    if follows && o.failover == "no-failover" && n.repl.is_primary() {
+                        break;
+                    }
+                    if o.repl.is_primary() && o.failover == "no-failover" {
+                        return Err(HookError(format!(
+                            "the failover of primary {} to {} was aborted: the replica did not catch up within \
+                             {}s (FAILOVER TIMEOUT); {} is still the primary and was not restarted",
+                            member.name,
+                            target.name,
+                            FAILOVER_TIMEOUT_MS / 1000,
+                            member.name
+                        )));
+                    }
+                    format!(
+                        "{} is {} ({}), {} is {}",
+                        member.name, o.repl.role, o.failover, target.name, n.repl.role
+                    )
+                }
+                (Err(e), _) | (_, Err(e)) => e.0.clone(),
+            };
+            if start.elapsed() >= FAILOVER {
+                return Err(HookError(format!(
+                    "failover of {} to {}: roles did not move within {}s: {why}",
+                    member.name,
+                    target.name,
+                    FAILOVER.as_secs()
+                )));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        let took_ms = start.elapsed().as_millis() as u64;
+        // The other replicas follow the new primary (they followed the old
+        // one, which now replicates from it).
+        for (m, s) in others.iter().zip(&seen) {
+            if m.name == target.name || s.repl.primary.as_ref() == Some(&(ip.clone(), port)) {
+                continue;
+            }
+            ok(m, pw, &["REPLICAOF", &ip, &port.to_string()]).await?;
+        }
+        // Every role into its config file, the old primary's first: it is
+        // the one about to restart.
+        for m in std::iter::once(member).chain(others.iter().copied()) {
+            ok(m, pw, &["CONFIG", "REWRITE"]).await.map_err(|e| {
+                HookError(format!(
+                    "{}: its role would not survive a restart; {} is not restarted",
+                    e.0, member.name
+                ))
+            })?;
+        }
+        tracing::info!(member = %member.name, to = %target.name, took_ms, "valkey: failover done");
+        Ok(())
+    }
+
+    /// Whether `member` (no cluster) is back and synced: a replica with its
+    /// link up, within `max_lag` of its primary, which lists it online; or
+    /// the one primary. Two primaries are never ready.
+    async fn synced_replica(&self, member: &Member, members: &[Member], pw: Option<&Secret>) -> Result<(), String> {
+        let me = status(&member.addr, member.port, pw).await.map_err(|e| e.0)?;
+        if me.repl.is_primary() {
+            for m in members.iter().filter(|m| m.name != member.name) {
+                if status(&m.addr, m.port, pw).await.is_ok_and(|s| s.repl.is_primary()) {
+                    return Err(format!("{} and {} are both primaries", member.name, m.name));
+                }
+            }
+            return Ok(());
+        }
+        if !me.repl.link_up {
+            return Err(format!("{} has master_link_status down", member.name));
+        }
+        let Some((h, p)) = me.repl.primary.clone() else {
+            return Err(format!("{} is a replica of no node", member.name));
+        };
+        let Some(pm) = member_at(members, &h, p) else {
+            return Err(format!(
+                "{} replicates from {h}:{p}, which is no member of the cluster",
+                member.name
+            ));
+        };
+        let pv = status(&pm.addr, pm.port, pw).await.map_err(|e| e.0)?;
+        if !pv.repl.is_primary() {
+            return Err(format!("{}'s primary {} is a {}", member.name, pm.name, pv.repl.role));
+        }
+        let behind = pv.repl.offset.saturating_sub(me.repl.offset);
+        if behind > self.max_lag {
+            return Err(format!(
+                "{} is {behind} bytes behind its primary {}",
+                member.name, pm.name
+            ));
+        }
+        if listed_as(&pv.repl.replicas, member).is_none() {
+            return Err(format!("primary {} does not list {} online", pm.name, member.name));
+        }
+        Ok(())
+    }
+}
+
 impl UpdateOrder for Valkey {
     fn kind(&self) -> &'static str {
         "valkey"
@@ -686,16 +979,22 @@ impl UpdateOrder for Valkey {
     fn before_restart<'a>(
         &'a self,
         member: &'a Member,
-        _members: &'a [Member],
+        members: &'a [Member],
     ) -> HookFuture<'a, Result<(), HookError>> {
         Box::pin(async move {
             let pw = self.password().await?;
+            let st = status(&member.addr, member.port, pw.as_ref())
+                .await
+                .map_err(|e| HookError(format!("{}: {}", member.name, e.0)))?;
+            if !st.repl.is_primary() {
+                return Ok(());
+            }
+            if !st.cluster {
+                return self.hand_over(member, &st, members, pw.as_ref()).await;
+            }
             let me = view(&member.addr, member.port, pw.as_ref())
                 .await
                 .map_err(|e| HookError(format!("{}: {}", member.name, e.0)))?;
-            if !me.repl.is_primary() {
-                return Ok(());
-            }
             self.fail_over(member, &me, pw.as_ref()).await
         })
     }
@@ -703,14 +1002,19 @@ impl UpdateOrder for Valkey {
     fn ready_for_next<'a>(
         &'a self,
         member: &'a Member,
-        _members: &'a [Member],
+        members: &'a [Member],
         deadline: Duration,
     ) -> HookFuture<'a, Result<(), HookError>> {
         Box::pin(async move {
             let pw = self.password().await?;
             let start = Instant::now();
             loop {
-                let why = match self.synced(member, pw.as_ref()).await {
+                let synced = match status(&member.addr, member.port, pw.as_ref()).await {
+                    Ok(s) if s.cluster => self.synced(member, pw.as_ref()).await,
+                    Ok(_) => self.synced_replica(member, members, pw.as_ref()).await,
+                    Err(e) => Err(e.0),
+                };
+                let why = match synced {
                     Ok(()) => return Ok(()),
                     Err(w) => w,
                 };
@@ -851,16 +1155,17 @@ master_repl_offset:5000\r\n";
         assert_eq!(rank(&[]), Vec::<usize>::new());
     }
 
-    fn replica(node: &Node, link_up: bool, offset: u64) -> (Node, Option<Replication>) {
-        (
-            node.clone(),
-            Some(Replication {
+    fn replica(node: &Node, link_up: bool, offset: u64) -> Candidate {
+        Candidate {
+            at: format!("{}:{}", node.ip, node.port),
+            ruled_out: node.failing().then_some("flagged failing"),
+            repl: Some(Replication {
                 role: "slave".into(),
                 link_up,
                 offset,
                 ..Default::default()
             }),
-        )
+        }
     }
 
     #[test]
@@ -875,19 +1180,22 @@ master_repl_offset:5000\r\n";
             replica(&healthy, true, 5000),
             replica(&n[4], true, 5042),
         ];
-        assert_eq!(candidate("valkey-node-0", 5042, &reps, 1 << 20).unwrap().port, 7005);
+        assert_eq!(candidate("valkey-node-0", 5042, &reps, 1 << 20).unwrap(), 1);
         let reps = vec![replica(&other, false, 5042), replica(&healthy, true, 4900)];
-        assert_eq!(candidate("p", 5042, &reps, 1 << 20).unwrap().port, 7005);
+        assert_eq!(candidate("p", 5042, &reps, 1 << 20).unwrap(), 1);
+        // Ruled out (a primary that does not list it online): never chosen.
+        let mut unlisted = replica(&healthy, true, 5042);
+        unlisted.ruled_out = Some("not listed online by the primary");
+        let reps = vec![unlisted, replica(&other, true, 5000)];
+        assert_eq!(candidate("p", 5042, &reps, 1 << 20).unwrap(), 1);
     }
 
     #[test]
     fn no_caught_up_replica_stops_the_roll_naming_the_primary_and_what_each_replica_is() {
         let n = parse_nodes(NODES);
-        let reps = vec![
-            replica(&n[5], true, 100),
-            (n[3].clone(), None),
-            replica(&n[4], false, 5042),
-        ];
+        let mut silent = replica(&n[3], true, 0);
+        silent.repl = None;
+        let reps = vec![replica(&n[5], true, 100), silent, replica(&n[4], false, 5042)];
         let e = candidate("valkey-node-0", 5042, &reps, 1000).unwrap_err().0;
         assert!(e.contains("valkey-node-0"), "{e}");
         assert!(e.contains("10.0.0.103:7005 link up offset 100 of 5042"), "{e}");
@@ -895,6 +1203,77 @@ master_repl_offset:5000\r\n";
         assert!(e.contains("(flagged failing)"), "{e}");
         let e = candidate("p", 1, &[], 1000).unwrap_err().0;
         assert!(e.contains("it has no replica"), "{e}");
+    }
+
+    const INFO_STANDALONE: &str = "# Server\r\nredis_version:7.0.15\r\nconfig_file:/data/valkey.conf\r\n\
+# Replication\r\nrole:master\r\nconnected_slaves:2\r\n\
+slave0:ip=valkey-rep-1,port=7101,state=online,offset=900,lag=0\r\n\
+slave1:ip=10.0.0.103,port=7102,state=online,offset=880,lag=1\r\n\
+master_failover_state:waiting-for-sync\r\nmaster_repl_offset:900\r\n\
+# Cluster\r\ncluster_enabled:0\r\n";
+
+    fn member(name: &str, addr: &str, port: u16) -> Member {
+        Member {
+            name: name.into(),
+            host: "h".into(),
+            replica: 0,
+            addr: addr.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn info_of_a_standalone_primary_gives_mode_config_file_and_failover_state() {
+        let s = parse_status(INFO_STANDALONE).unwrap();
+        assert!(!s.cluster && s.repl.is_primary());
+        assert_eq!(s.config_file, "/data/valkey.conf");
+        assert_eq!(s.failover, "waiting-for-sync");
+        assert_eq!(s.repl.offset, 900);
+        assert!(no_config("valkey-rep-0", &s).is_none());
+        let bare = parse_status(
+            &INFO_STANDALONE
+                .replace("config_file:/data/valkey.conf", "config_file:")
+                .replace("cluster_enabled:0", "cluster_enabled:1")
+                .replace("master_failover_state:waiting-for-sync\r\n", ""),
+        )
+        .unwrap();
+        assert!(bare.cluster);
+        assert_eq!(bare.failover, "no-failover", "Redis before 6.2 has no failover state");
+        let e = no_config("valkey-rep-0", &bare).unwrap().0;
+        assert!(
+            e.contains("valkey-rep-0") && e.contains("config_file") && e.contains("--replicaof"),
+            "{e}"
+        );
+        assert_eq!(parse_status("-NOAUTH Authentication required."), None);
+    }
+
+    #[test]
+    fn a_replica_is_found_in_its_primarys_list_by_its_name_or_host_address_and_its_port() {
+        let r = parse_status(INFO_STANDALONE).unwrap().repl.replicas;
+        let by_name = member("valkey-rep-1", "10.0.0.102", 7101);
+        assert_eq!(listed_as(&r, &by_name).unwrap().0, "valkey-rep-1");
+        let by_addr = member("valkey-rep-2", "10.0.0.103", 7102);
+        assert_eq!(listed_as(&r, &by_addr).unwrap().0, "10.0.0.103");
+        // The port alone is not enough: another member on that port.
+        assert!(listed_as(&r, &member("valkey-rep-3", "10.0.0.104", 7101)).is_none());
+        assert!(listed_as(&r, &member("valkey-rep-1", "10.0.0.102", 7109)).is_none());
+        let waiting = r
+            .iter()
+            .map(|(i, p, _, o)| (i.clone(), *p, "wait_bgsave".to_string(), *o))
+            .collect::<Vec<_>>();
+        assert!(listed_as(&waiting, &by_name).is_none(), "not online yet");
+    }
+
+    #[test]
+    fn a_replicas_primary_is_the_member_its_master_host_names() {
+        let ms = [
+            member("valkey-rep-0", "10.0.0.101", 7100),
+            member("valkey-rep-1", "10.0.0.102", 7101),
+        ];
+        assert_eq!(member_at(&ms, "valkey-rep-1", 7101).unwrap().name, "valkey-rep-1");
+        assert_eq!(member_at(&ms, "10.0.0.101", 7100).unwrap().name, "valkey-rep-0");
+        assert!(member_at(&ms, "valkey-rep-1", 6379).is_none());
+        assert!(member_at(&ms, "172.18.0.5", 7101).is_none());
     }
 
     #[test]

@@ -1,0 +1,297 @@
+//! A Valkey primary with two replicas (no cluster mode), end to end across
+//! three simulated hosts: the real coordinator, data operators, NATS,
+//! Docker engines and grpcurl deploy `valkey-rep-0..2` (Redis 7.0
+//! stand-ins, `infra-local/redis:7`) and HAProxy routing to the primary,
+//! then roll the nodes to a new image while a client writes through the
+//! proxy and records every write `WAIT 1` acknowledged: the replicas
+//! restart first, the primary's role moves to a replica by `FAILOVER`
+//! before the old primary restarts, and the old primary comes back as a
+//! replica, from its config file (`BENCH | valkey replication roll ...`,
+//! the figures in e2e/BENCH.md).
+//!
+//! Needs: `cargo build --workspace --bins`, `e2e/images/build.sh host nats
+//! redis haproxy`.
+
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use infra_e2e::hosts::{Cluster, ClusterOptions};
+use infra_e2e::scenarios::{
+    VALKEY_REP_PROXY_PORT, ValkeyClient, ValkeyConn, ValkeyWriter, valkey_key, valkey_rep_port,
+    valkey_replication_catalog, valkey_tags, wait_for,
+};
+
+fn fault(what: &str, survived: &str) {
+    println!("FAULT | {what} | {survived}");
+}
+
+/// `INFO <section>` fields of the node at `addr`.
+fn info(addr: &str, password: &str, section: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let text = ValkeyConn::open(addr, password)?.text(&["INFO", section])?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.trim().split_once(':'))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect())
+}
+
+/// `docker inspect` of the one container of `service` on `host`: (id,
+/// image, started at, RFC 3339 with nanoseconds: sortable as text).
+fn inspect(c: &Cluster, host: &str, service: &str) -> (String, String, String) {
+    let o = c.docker(
+        host,
+        &["ps", "-q", "--filter", &format!("label=io.infra.service={service}")],
+    );
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    assert!(!id.is_empty() && !id.contains('\n'), "one {service} on {host}: {id:?}");
+    let o = c.docker(host, &["inspect", "-f", "{{.Config.Image}}|{{.State.StartedAt}}", &id]);
+    let out = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let (image, started) = out.split_once('|').unwrap_or((&out, ""));
+    (id, image.to_owned(), started.to_owned())
+}
+
+#[test]
+fn a_valkey_primary_with_two_replicas_over_three_hosts_rolls_replicas_first_hands_the_primary_role_over_by_failover_and_loses_no_wait_acknowledged_write()
+ {
+    let tag = Command::new("docker")
+        .args(["tag", "infra-local/redis:7", "infra-local/redis:7-roll"])
+        .status()
+        .expect("docker");
+    assert!(
+        tag.success(),
+        "docker tag infra-local/redis:7 (run e2e/images/build.sh redis)"
+    );
+    let mut opts = ClusterOptions::new(3).tiers(&["data"]).images(&[
+        "infra-local/redis:7",
+        "infra-local/redis:7-roll",
+        "infra-local/haproxy:2",
+    ]);
+    opts.project = "vkrep".into();
+    opts.overrides.clear();
+    opts.env.push(("INFRA_HEARTBEAT_TTL_SECS".into(), "5".into()));
+    let dir = tempfile::tempdir().unwrap();
+    opts.compose_dir = dir.path().to_owned();
+    let c = Cluster::start(opts);
+    let hosts = c.hosts();
+    let ips: Vec<String> = hosts.iter().map(|h| c.host_ip(h)).collect();
+    let password = format!(
+        "e2e-valkey-rep-{:x}",
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    valkey_replication_catalog(dir.path(), &ips, "infra-local/redis:7", &password);
+    let addr = |i: usize| format!("{}:{}", ips[i], valkey_rep_port(i));
+    let proxy = format!("{}:{VALKEY_REP_PROXY_PORT}", ips[0]);
+    let selection = r#"{"selection":{"services":["valkey-rep-0","valkey-rep-1","valkey-rep-2","valkey-rep-proxy"]},"timeoutSeconds":300}"#;
+
+    // Bring-up: the nodes healthy before the proxy; valkey-rep-0 the
+    // primary with both replicas online; the proxy reaches it.
+    let t0 = Instant::now();
+    let progress = c.call("Deploy", selection);
+    let done = progress.last().unwrap();
+    assert_eq!(
+        done["ready"],
+        4,
+        "three nodes and the proxy: {progress:#?}\n{}",
+        c.all_logs()
+    );
+    wait_for(
+        "valkey-rep-0 primary with two replicas online",
+        Duration::from_secs(60),
+        || {
+            info(&addr(0), &password, "replication").is_ok_and(|f| {
+                f.get("role").map(String::as_str) == Some("master")
+                    && f.values().filter(|v| v.contains("state=online")).count() == 2
+            })
+        },
+    );
+    let run_id = |a: &str| info(a, &password, "server").ok().and_then(|f| f.get("run_id").cloned());
+    wait_for("the proxy on the primary", Duration::from_secs(30), || {
+        run_id(&proxy).is_some() && run_id(&proxy) == run_id(&addr(0))
+    });
+    let f = info(&addr(0), &password, "replication").unwrap();
+    for i in 1..3 {
+        assert!(
+            f.values()
+                .any(|v| v.starts_with(&format!("ip=valkey-rep-{i},port={},", valkey_rep_port(i)))),
+            "the primary lists valkey-rep-{i} by its name: {f:?}"
+        );
+    }
+    fault(
+        "deploy valkey-rep-0..2 (one per host) and valkey-rep-proxy (HAProxy, host1)",
+        &format!(
+            "valkey-rep-0 primary, valkey-rep-1 and -2 its replicas (listed by name), the proxy on the primary; {:.1}s",
+            t0.elapsed().as_secs_f64()
+        ),
+    );
+
+    // Roll the nodes to a new image while a client writes SET + WAIT 1
+    // through the proxy.
+    let writer = ValkeyWriter::start(vec![proxy.clone()], &password, 1, 500);
+    std::thread::sleep(Duration::from_secs(3));
+    let before: Vec<String> = (0..3)
+        .map(|i| inspect(&c, &hosts[i], &format!("valkey-rep-{i}")).0)
+        .collect();
+    valkey_replication_catalog(dir.path(), &ips, "infra-local/redis:7-roll", &password);
+    let t1 = Instant::now();
+    let progress = c.call("Deploy", selection);
+    let took = t1.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    let w = writer.take();
+    drop(writer);
+    let done = progress.last().unwrap();
+    assert_eq!(done["ready"], 4, "{progress:#?}\n{}", c.all_logs());
+    assert_eq!(done["failed"].as_u64().unwrap_or(0), 0, "{done}");
+
+    // Every node restarted on the new image (a new container), the two
+    // replicas before the old primary.
+    let runs: Vec<(String, String, String)> = (0..3)
+        .map(|i| inspect(&c, &hosts[i], &format!("valkey-rep-{i}")))
+        .collect();
+    for (i, (id, image, _)) in runs.iter().enumerate() {
+        assert_eq!(image, "infra-local/redis:7-roll", "valkey-rep-{i}");
+        assert_ne!(*id, before[i], "valkey-rep-{i} restarted");
+    }
+    assert!(
+        runs[1].2 < runs[0].2 && runs[2].2 < runs[0].2,
+        "the replicas restarted before the primary: {runs:#?}"
+    );
+
+    // One failover, to a replica; the old primary, restarted after it,
+    // came back as that replica's replica, from its config file; one
+    // primary, two replicas online, and the proxy on the new primary.
+    let coord = c.coordinator_log(0);
+    assert_eq!(
+        coord.matches("valkey: failover done").count(),
+        1,
+        "one failover: {}",
+        coord
+            .lines()
+            .filter(|l| l.contains("valkey"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let mut primary = None;
+    wait_for("one primary with two replicas online", Duration::from_secs(30), || {
+        let roles: Vec<String> = (0..3)
+            .map(|i| {
+                info(&addr(i), &password, "replication")
+                    .ok()
+                    .and_then(|f| f.get("role").cloned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        primary = roles.iter().position(|r| r == "master");
+        roles.iter().filter(|r| *r == "master").count() == 1
+            && info(&addr(primary.unwrap()), &password, "replication")
+                .is_ok_and(|f| f.values().filter(|v| v.contains("state=online")).count() == 2)
+    });
+    let p = primary.unwrap();
+    assert_ne!(p, 0, "the primary's role moved off valkey-rep-0");
+    let old = info(&addr(0), &password, "replication").unwrap();
+    assert_eq!(old["role"], "slave", "{old:?}");
+    assert_eq!(
+        (
+            old["master_host"].as_str(),
+            old["master_port"].as_str(),
+            old["master_link_status"].as_str()
+        ),
+        (
+            format!("valkey-rep-{p}").as_str(),
+            valkey_rep_port(p).to_string().as_str(),
+            "up"
+        ),
+        "the old primary follows the new one by name: {old:?}"
+    );
+    wait_for("the proxy on the new primary", Duration::from_secs(30), || {
+        run_id(&proxy).is_some() && run_id(&proxy) == run_id(&addr(p))
+    });
+    // The roles are in the config files (what kept them over the restart),
+    // made with mode 0600.
+    for i in 0..3 {
+        let id = &runs[i].0;
+        let o = c.docker(
+            &hosts[i],
+            &[
+                "exec",
+                id.as_str(),
+                "sh",
+                "-c",
+                "stat -c %a /data/valkey.conf; grep '^replicaof' /data/valkey.conf || true",
+            ],
+        );
+        let out = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+        let mut lines = out.lines();
+        assert_eq!(
+            lines.next(),
+            Some("600"),
+            "valkey-rep-{i}: /data/valkey.conf mode: {out}"
+        );
+        let role = lines.next().unwrap_or("");
+        if i == p {
+            assert_eq!(role, "", "valkey-rep-{i} (primary) has no replicaof line: {out}");
+        } else {
+            assert_eq!(
+                role,
+                format!("replicaof valkey-rep-{p} {}", valkey_rep_port(p)),
+                "valkey-rep-{i}'s role in its config file"
+            );
+        }
+    }
+
+    // Every acknowledged write is on the new primary and on both replicas.
+    assert!(w.acked.len() > 50, "the client wrote during the roll: {w:?}");
+    let tags = valkey_tags();
+    wait_for("the replicas caught up", Duration::from_secs(20), || {
+        let last = valkey_key(&tags, *w.acked.iter().max().unwrap());
+        (0..3).all(|i| {
+            ValkeyClient::new(vec![addr(i)], &password)
+                .get(&last)
+                .ok()
+                .flatten()
+                .is_some()
+        })
+    });
+    for i in 0..3 {
+        let mut client = ValkeyClient::new(vec![addr(i)], &password);
+        let lost: Vec<u64> = w
+            .acked
+            .iter()
+            .copied()
+            .filter(|&n| client.get(&valkey_key(&tags, n)).ok().flatten() != Some(n.to_string()))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "acknowledged writes missing on valkey-rep-{i}: {} of {}: {lost:?}",
+            lost.len(),
+            w.acked.len()
+        );
+    }
+    let logs = c.all_logs();
+    assert!(!logs.contains(&password), "the password in a log");
+    let gap = w.longest_gap.as_secs_f64();
+    let failover_ms: Vec<u64> = coord
+        .lines()
+        .filter(|l| l.contains("valkey: failover done"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["took_ms"].as_u64().or_else(|| v["fields"]["took_ms"].as_u64()))
+        .collect();
+    let failed: Vec<&String> = w.failed.iter().take(5).collect();
+    fault(
+        "roll valkey-rep-0..2 to a new image (Deploy) while a client writes SET + WAIT 1 500 through the proxy",
+        &format!(
+            "{} writes acknowledged by a replica, 0 lost (checked on every node), {} attempts not acknowledged; replicas first, then FAILOVER to valkey-rep-{p}; the old primary came back as its replica from its config file; longest gap between acknowledged writes {gap:.2}s; {:.1}s",
+            w.acked.len(),
+            w.failed.len(),
+            took.as_secs_f64()
+        ),
+    );
+    println!(
+        "BENCH | valkey replication roll | total {:.1}s | write gap {gap:.2}s | failover {failover_ms:?} ms | acked {} | lost 0 | not acknowledged {} (first: {failed:?})",
+        took.as_secs_f64(),
+        w.acked.len(),
+        w.failed.len()
+    );
+}
