@@ -385,12 +385,12 @@ pub fn patroni_catalog_with(dir: &Path, ips: &[String], roll: &str, spilo: &str)
             .collect::<String>()
     };
     let cfg = format!(
-        "global\n    log stdout format raw local0 info\ndefaults\n    mode tcp\n    log global\n    retries 3\n    \
+        "global\n    log stdout format raw local0 info\ndefaults\n    mode tcp\n    log global\n    retries 0\n    \
          timeout connect 2s\n    timeout client 30m\n    timeout server 30m\n    timeout check 2s\n\
          frontend stats\n    mode http\n    bind :8404\n    monitor-uri /healthz\n    \
          monitor fail if {{ nbsrv(primary) lt 1 }}\n\
          listen primary\n    bind :5432\n    option httpchk GET /primary\n    http-check expect status 200\n    \
-         default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions\n{}\
+         default-server inter 500ms downinter 200ms fall 2 rise 1 on-marked-down shutdown-sessions\n{}\
          listen replicas\n    bind :5433\n    balance roundrobin\n    option httpchk GET /replica\n    \
          http-check expect status 200\n    default-server inter 500ms fall 2 rise 1 on-marked-down shutdown-sessions\n{}",
         servers("primary"),

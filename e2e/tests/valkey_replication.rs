@@ -50,6 +50,67 @@ fn inspect(c: &Cluster, host: &str, service: &str) -> (String, String, String) {
     (id, image.to_owned(), started.to_owned())
 }
 
+/// The one primary of `addrs`, once there is exactly one and it lists two
+/// replicas online.
+fn one_primary(addrs: &[String], password: &str) -> usize {
+    let mut primary = None;
+    wait_for("one primary with two replicas online", Duration::from_secs(30), || {
+        let roles: Vec<String> = addrs
+            .iter()
+            .map(|a| {
+                info(a, password, "replication")
+                    .ok()
+                    .and_then(|f| f.get("role").cloned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        primary = roles.iter().position(|r| r == "master");
+        roles.iter().filter(|r| *r == "master").count() == 1
+            && info(&addrs[primary.unwrap()], password, "replication")
+                .is_ok_and(|f| f.values().filter(|v| v.contains("state=online")).count() == 2)
+    });
+    primary.unwrap()
+}
+
+/// The acknowledged writes of `w` missing on any node of `addrs` (after
+/// the replicas had time to catch up): `(node, missing)`.
+fn missing(addrs: &[String], password: &str, w: &infra_e2e::scenarios::Writes) -> Vec<(usize, Vec<u64>)> {
+    let tags = valkey_tags();
+    let last = valkey_key(&tags, *w.acked.iter().max().expect("writes acknowledged"));
+    wait_for("the replicas caught up", Duration::from_secs(20), || {
+        addrs.iter().all(|a| {
+            ValkeyClient::new(vec![a.clone()], password)
+                .get(&last)
+                .ok()
+                .flatten()
+                .is_some()
+        })
+    });
+    let mut out = Vec::new();
+    for (i, a) in addrs.iter().enumerate() {
+        let mut client = ValkeyClient::new(vec![a.clone()], password);
+        let lost: Vec<u64> = w
+            .acked
+            .iter()
+            .copied()
+            .filter(|&n| client.get(&valkey_key(&tags, n)).ok().flatten() != Some(n.to_string()))
+            .collect();
+        if !lost.is_empty() {
+            out.push((i, lost));
+        }
+    }
+    out
+}
+
+fn failovers_ms(coord: &str) -> Vec<u64> {
+    coord
+        .lines()
+        .filter(|l| l.contains("valkey: failover done"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["took_ms"].as_u64().or_else(|| v["fields"]["took_ms"].as_u64()))
+        .collect()
+}
+
 #[test]
 fn a_valkey_primary_with_two_replicas_over_three_hosts_rolls_replicas_first_hands_the_primary_role_over_by_failover_and_loses_no_wait_acknowledged_write()
  {
@@ -173,22 +234,8 @@ fn a_valkey_primary_with_two_replicas_over_three_hosts_rolls_replicas_first_hand
             .collect::<Vec<_>>()
             .join("\n")
     );
-    let mut primary = None;
-    wait_for("one primary with two replicas online", Duration::from_secs(30), || {
-        let roles: Vec<String> = (0..3)
-            .map(|i| {
-                info(&addr(i), &password, "replication")
-                    .ok()
-                    .and_then(|f| f.get("role").cloned())
-                    .unwrap_or_default()
-            })
-            .collect();
-        primary = roles.iter().position(|r| r == "master");
-        roles.iter().filter(|r| *r == "master").count() == 1
-            && info(&addr(primary.unwrap()), &password, "replication")
-                .is_ok_and(|f| f.values().filter(|v| v.contains("state=online")).count() == 2)
-    });
-    let p = primary.unwrap();
+    let addrs: Vec<String> = (0..3).map(addr).collect();
+    let p = one_primary(&addrs, &password);
     assert_ne!(p, 0, "the primary's role moved off valkey-rep-0");
     let old = info(&addr(0), &password, "replication").unwrap();
     assert_eq!(old["role"], "slave", "{old:?}");
@@ -243,41 +290,12 @@ fn a_valkey_primary_with_two_replicas_over_three_hosts_rolls_replicas_first_hand
 
     // Every acknowledged write is on the new primary and on both replicas.
     assert!(w.acked.len() > 50, "the client wrote during the roll: {w:?}");
-    let tags = valkey_tags();
-    wait_for("the replicas caught up", Duration::from_secs(20), || {
-        let last = valkey_key(&tags, *w.acked.iter().max().unwrap());
-        (0..3).all(|i| {
-            ValkeyClient::new(vec![addr(i)], &password)
-                .get(&last)
-                .ok()
-                .flatten()
-                .is_some()
-        })
-    });
-    for i in 0..3 {
-        let mut client = ValkeyClient::new(vec![addr(i)], &password);
-        let lost: Vec<u64> = w
-            .acked
-            .iter()
-            .copied()
-            .filter(|&n| client.get(&valkey_key(&tags, n)).ok().flatten() != Some(n.to_string()))
-            .collect();
-        assert!(
-            lost.is_empty(),
-            "acknowledged writes missing on valkey-rep-{i}: {} of {}: {lost:?}",
-            lost.len(),
-            w.acked.len()
-        );
-    }
+    let lost = missing(&addrs, &password, &w);
+    assert!(lost.is_empty(), "acknowledged writes missing (node, writes): {lost:?}");
     let logs = c.all_logs();
     assert!(!logs.contains(&password), "the password in a log");
     let gap = w.longest_gap.as_secs_f64();
-    let failover_ms: Vec<u64> = coord
-        .lines()
-        .filter(|l| l.contains("valkey: failover done"))
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["took_ms"].as_u64().or_else(|| v["fields"]["took_ms"].as_u64()))
-        .collect();
+    let failover_ms = failovers_ms(&coord);
     let failed: Vec<&String> = w.failed.iter().take(5).collect();
     fault(
         "roll valkey-rep-0..2 to a new image (Deploy) while a client writes SET + WAIT 1 500 through the proxy",
@@ -293,5 +311,57 @@ fn a_valkey_primary_with_two_replicas_over_three_hosts_rolls_replicas_first_hand
         took.as_secs_f64(),
         w.acked.len(),
         w.failed.len()
+    );
+
+    // A second roll (back to the first image) starts from the roles the
+    // first one left: the new primary hands its role over in its turn.
+    let writer = ValkeyWriter::start(vec![proxy.clone()], &password, 1_000_000, 500);
+    std::thread::sleep(Duration::from_secs(2));
+    valkey_replication_catalog(dir.path(), &ips, "infra-local/redis:7", &password);
+    let t2 = Instant::now();
+    let progress = c.call("Deploy", selection);
+    let took2 = t2.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let w2 = writer.take();
+    drop(writer);
+    let done = progress.last().unwrap();
+    assert_eq!(done["ready"], 4, "{progress:#?}\n{}", c.all_logs());
+    assert_eq!(done["failed"].as_u64().unwrap_or(0), 0, "{done}");
+    let coord = c.coordinator_log(0);
+    assert_eq!(coord.matches("valkey: failover done").count(), 2, "one more failover");
+    let p2 = one_primary(&addrs, &password);
+    assert_ne!(p2, p, "valkey-rep-{p} handed its role over");
+    let prev = info(&addr(p), &password, "replication").unwrap();
+    assert_eq!(
+        (prev["role"].as_str(), prev["master_host"].as_str()),
+        ("slave", format!("valkey-rep-{p2}").as_str()),
+        "{prev:?}"
+    );
+    wait_for("the proxy on the newest primary", Duration::from_secs(30), || {
+        run_id(&proxy).is_some() && run_id(&proxy) == run_id(&addr(p2))
+    });
+    assert!(w2.acked.len() > 50, "the client wrote during the second roll: {w2:?}");
+    let lost = missing(&addrs, &password, &w2);
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes missing after the second roll: {lost:?}"
+    );
+    assert!(!c.all_logs().contains(&password), "the password in a log");
+    let gap2 = w2.longest_gap.as_secs_f64();
+    fault(
+        "roll valkey-rep-0..2 back to the first image (Deploy), the client writing through the proxy",
+        &format!(
+            "{} writes acknowledged, 0 lost, {} not acknowledged; FAILOVER from valkey-rep-{p} to valkey-rep-{p2}; longest gap {gap2:.2}s; {:.1}s",
+            w2.acked.len(),
+            w2.failed.len(),
+            took2.as_secs_f64()
+        ),
+    );
+    println!(
+        "BENCH | valkey replication roll (second) | total {:.1}s | write gap {gap2:.2}s | failover {:?} ms | acked {} | lost 0 | not acknowledged {}",
+        took2.as_secs_f64(),
+        failovers_ms(&coord),
+        w2.acked.len(),
+        w2.failed.len()
     );
 }
