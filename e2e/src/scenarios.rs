@@ -271,6 +271,30 @@ pub fn containers(c: &Cluster, host: &str, service: &str) -> Vec<Row> {
     out
 }
 
+/// The one container of `service` on `host`: (id, image, started at in
+/// RFC 3339 with nanoseconds, sortable as text across the hosts, which
+/// share one clock).
+pub fn the_container(c: &Cluster, host: &str, service: &str) -> (String, String, String) {
+    let o = c.docker(
+        host,
+        &["ps", "-q", "--filter", &format!("label=io.infra.service={service}")],
+    );
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    assert!(!id.is_empty() && !id.contains('\n'), "one {service} on {host}: {id:?}");
+    let o = c.docker(host, &["inspect", "-f", "{{.Config.Image}}|{{.State.StartedAt}}", &id]);
+    let out = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let (image, started) = out.split_once('|').unwrap_or((&out, ""));
+    (id, image.to_owned(), started.to_owned())
+}
+
+/// `DescribeService`'s member rows of `service` (through grpcurl).
+pub fn described(c: &Cluster, service: &str) -> Vec<serde_json::Value> {
+    c.call("DescribeService", &format!(r#"{{"name":"{service}"}}"#))[0]["members"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// Host -> containers of `service` on every host.
 pub fn everywhere(c: &Cluster, service: &str) -> BTreeMap<String, Vec<Row>> {
     c.hosts()
@@ -731,6 +755,31 @@ volumes:
     }
     y += "secrets:\n  valkey_replication_password:\n    file: ../../secrets/valkey_replication_password\n";
     write(dir, "04-data/valkey-replication/docker-compose.yml", &y);
+}
+
+/// The image a Valkey roll goes to: `infra-local/redis:7` retagged (a
+/// changed image is what a roll is about; what it holds does not matter).
+pub fn valkey_roll_image() -> &'static str {
+    let tag = std::process::Command::new("docker")
+        .args(["tag", "infra-local/redis:7", "infra-local/redis:7-roll"])
+        .status()
+        .expect("docker");
+    assert!(
+        tag.success(),
+        "docker tag infra-local/redis:7 (run e2e/images/build.sh redis)"
+    );
+    "infra-local/redis:7-roll"
+}
+
+/// How long each Valkey failover took (`took_ms` of the coordinator's
+/// `valkey: failover done` lines, JSON logs), in order.
+pub fn valkey_failovers_ms(coordinator_log: &str) -> Vec<u64> {
+    coordinator_log
+        .lines()
+        .filter(|l| l.contains("valkey: failover done"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["took_ms"].as_u64().or_else(|| v["fields"]["took_ms"].as_u64()))
+        .collect()
 }
 
 /// One RESP reply, as the e2e client reads it.

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use infra_e2e::hosts::{Cluster, ClusterOptions};
-use infra_e2e::scenarios::{Writer, Writes, patroni_catalog, patroni_catalog_with, psql, wait_for};
+use infra_e2e::scenarios::{Writer, Writes, described, patroni_catalog, patroni_catalog_with, psql, wait_for};
 use infra_proto::bus::v1::{Event, EventKind};
 
 /// One Patroni cluster at a time: each test runs three simulated hosts,
@@ -336,14 +336,6 @@ fn leader_on(c: &Cluster, hosts: &[String]) -> Option<(String, u64)> {
         .and_then(|m| Some((m["name"].as_str()?.to_owned(), m["timeline"].as_u64()?)))
 }
 
-/// `DescribeService`'s member rows of `service` (through grpcurl).
-fn described(c: &Cluster, service: &str) -> Vec<serde_json::Value> {
-    c.call("DescribeService", &format!(r#"{{"name":"{service}"}}"#))[0]["members"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_patroni_leader_lost_with_its_host_fails_over_to_a_new_leader_the_operator_reports_writes_resume_with_none_lost_and_the_old_leader_returns_as_a_replica()
  {
@@ -425,6 +417,17 @@ fn a_patroni_leader_lost_with_its_host_fails_over_to_a_new_leader_the_operator_r
     std::thread::sleep(Duration::from_secs(5));
     let (_, timeline_before) = leader_on(&c, &hosts).expect("a leader");
     let survivors: Vec<String> = hosts.iter().filter(|h| **h != lead_host).cloned().collect();
+    // With synchronous_mode Patroni promotes only the synchronous standby:
+    // kill the leader once there is one (after a switchover the leader names
+    // it on its next cycle, up to loop_wait later; killed before that, no
+    // member may take over and none does).
+    wait_for("a synchronous standby", Duration::from_secs(60), || {
+        members(&c, &hosts).iter().any(|m| {
+            m["role"] == "sync_standby"
+                && (m["state"] == "running" || m["state"] == "streaming")
+                && m["name"] != lead.as_str()
+        })
+    });
 
     // Write the whole time; kill the leader's host in the middle.
     let writer = Writer::start(ips[0].clone(), 15432, 1);

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::StreamExt;
 use infra_e2e::hosts::{Cluster, ClusterOptions};
 use infra_e2e::scenarios::{
-    ValkeyClient, ValkeyConn, ValkeyWriter, valkey_catalog, valkey_host, valkey_key, valkey_port, valkey_tags, wait_for,
+    ValkeyClient, ValkeyConn, ValkeyWriter, the_container, valkey_catalog, valkey_failovers_ms, valkey_host,
+    valkey_key, valkey_port, valkey_roll_image, valkey_tags, wait_for,
 };
 use infra_e2e::{Options, Platform};
 use infra_proto::bus::v1::{Event, EventKind};
@@ -302,21 +303,6 @@ async fn the_data_operator_forms_the_six_valkey_nodes_into_one_cluster_once() {
     );
 }
 
-/// `docker inspect` of the one container of `service` on `host`: (image,
-/// started at, RFC 3339 with nanoseconds: sortable as text).
-fn inspect(c: &Cluster, host: &str, service: &str) -> (String, String) {
-    let o = c.docker(
-        host,
-        &["ps", "-q", "--filter", &format!("label=io.infra.service={service}")],
-    );
-    let id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-    assert!(!id.is_empty() && !id.contains('\n'), "one {service} on {host}: {id:?}");
-    let o = c.docker(host, &["inspect", "-f", "{{.Config.Image}}|{{.State.StartedAt}}", &id]);
-    let out = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-    let (image, started) = out.split_once('|').unwrap_or((&out, ""));
-    (image.to_owned(), started.to_owned())
-}
-
 /// `INFO replication` / `CLUSTER INFO` fields of node `addr`.
 fn info(addr: &str, password: &str, section: &[&str]) -> Result<std::collections::BTreeMap<String, String>, String> {
     let text = ValkeyConn::open(addr, password)?.text(section)?;
@@ -337,19 +323,10 @@ fn role(addr: &str, password: &str) -> String {
 #[test]
 fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_primary_failed_over_before_it_restarts_and_no_wait_acknowledged_write_is_lost()
  {
-    // The new image: the same Redis 7, retagged (a changed image is what a
-    // roll is about; what it holds does not matter here).
-    let tag = Command::new("docker")
-        .args(["tag", "infra-local/redis:7", "infra-local/redis:7-roll"])
-        .status()
-        .expect("docker");
-    assert!(
-        tag.success(),
-        "docker tag infra-local/redis:7 (run e2e/images/build.sh redis)"
-    );
+    let roll_image = valkey_roll_image();
     let mut opts = ClusterOptions::new(3)
         .tiers(&["data"])
-        .images(&["infra-local/redis:7", "infra-local/redis:7-roll"]);
+        .images(&["infra-local/redis:7", roll_image]);
     opts.project = "vkha".into();
     opts.overrides.clear();
     opts.env.push(("INFRA_HEARTBEAT_TTL_SECS".into(), "5".into()));
@@ -434,7 +411,7 @@ fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_pr
     // Roll every node to the new image while a client writes with WAIT 1.
     let writer = ValkeyWriter::start(addrs.clone(), &password, 1, 500);
     std::thread::sleep(Duration::from_secs(3));
-    valkey_catalog(dir.path(), &ips, "infra-local/redis:7-roll", &password);
+    valkey_catalog(dir.path(), &ips, roll_image, &password);
     let t1 = Instant::now();
     let progress = c.call("Deploy", selection);
     let took = t1.elapsed();
@@ -453,14 +430,14 @@ fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_pr
 
     // Every node runs the new image; the replicas restarted before any
     // primary did.
-    let runs: Vec<(String, String)> = (0..6)
-        .map(|i| inspect(&c, &hosts[valkey_host(i)], &format!("valkey-node-{i}")))
+    let runs: Vec<(String, String, String)> = (0..6)
+        .map(|i| the_container(&c, &hosts[valkey_host(i)], &format!("valkey-node-{i}")))
         .collect();
-    for (i, (image, _)) in runs.iter().enumerate() {
-        assert_eq!(image, "infra-local/redis:7-roll", "valkey-node-{i}");
+    for (i, (_, image, _)) in runs.iter().enumerate() {
+        assert_eq!(image, roll_image, "valkey-node-{i}");
     }
-    let last_replica = replicas.iter().map(|&i| &runs[i].1).max().unwrap();
-    let first_primary = primaries.iter().map(|&i| &runs[i].1).min().unwrap();
+    let last_replica = replicas.iter().map(|&i| &runs[i].2).max().unwrap();
+    let first_primary = primaries.iter().map(|&i| &runs[i].2).min().unwrap();
     assert!(
         last_replica < first_primary,
         "replicas {replicas:?} restarted before primaries {primaries:?}: {runs:#?}"
@@ -496,12 +473,7 @@ fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_pr
         );
     }
     let coord = c.coordinator_log(0);
-    let failovers: Vec<u64> = coord
-        .lines()
-        .filter(|l| l.contains("valkey: failover done"))
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["took_ms"].as_u64().or_else(|| v["fields"]["took_ms"].as_u64()))
-        .collect();
+    let failovers = valkey_failovers_ms(&coord);
     assert_eq!(
         coord.matches("valkey: failover done").count(),
         3,

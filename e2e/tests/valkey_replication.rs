@@ -12,13 +12,12 @@
 //! Needs: `cargo build --workspace --bins`, `e2e/images/build.sh host nats
 //! redis haproxy`.
 
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use infra_e2e::hosts::{Cluster, ClusterOptions};
 use infra_e2e::scenarios::{
-    VALKEY_REP_PROXY_PORT, ValkeyClient, ValkeyConn, ValkeyWriter, valkey_key, valkey_rep_port,
-    valkey_replication_catalog, valkey_tags, wait_for,
+    VALKEY_REP_PROXY_PORT, ValkeyClient, ValkeyConn, ValkeyWriter, described, the_container, valkey_failovers_ms,
+    valkey_key, valkey_rep_port, valkey_replication_catalog, valkey_roll_image, valkey_tags, wait_for,
 };
 
 fn fault(what: &str, survived: &str) {
@@ -33,21 +32,6 @@ fn info(addr: &str, password: &str, section: &str) -> Result<std::collections::B
         .filter_map(|l| l.trim().split_once(':'))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect())
-}
-
-/// `docker inspect` of the one container of `service` on `host`: (id,
-/// image, started at, RFC 3339 with nanoseconds: sortable as text).
-fn inspect(c: &Cluster, host: &str, service: &str) -> (String, String, String) {
-    let o = c.docker(
-        host,
-        &["ps", "-q", "--filter", &format!("label=io.infra.service={service}")],
-    );
-    let id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-    assert!(!id.is_empty() && !id.contains('\n'), "one {service} on {host}: {id:?}");
-    let o = c.docker(host, &["inspect", "-f", "{{.Config.Image}}|{{.State.StartedAt}}", &id]);
-    let out = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-    let (image, started) = out.split_once('|').unwrap_or((&out, ""));
-    (id, image.to_owned(), started.to_owned())
 }
 
 /// The one primary of `addrs`, once there is exactly one and it lists two
@@ -102,31 +86,14 @@ fn missing(addrs: &[String], password: &str, w: &infra_e2e::scenarios::Writes) -
     out
 }
 
-fn failovers_ms(coord: &str) -> Vec<u64> {
-    coord
-        .lines()
-        .filter(|l| l.contains("valkey: failover done"))
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["took_ms"].as_u64().or_else(|| v["fields"]["took_ms"].as_u64()))
-        .collect()
-}
-
 #[test]
 fn a_valkey_primary_with_two_replicas_over_three_hosts_rolls_replicas_first_hands_the_primary_role_over_by_failover_and_loses_no_wait_acknowledged_write()
  {
-    let tag = Command::new("docker")
-        .args(["tag", "infra-local/redis:7", "infra-local/redis:7-roll"])
-        .status()
-        .expect("docker");
-    assert!(
-        tag.success(),
-        "docker tag infra-local/redis:7 (run e2e/images/build.sh redis)"
-    );
-    let mut opts = ClusterOptions::new(3).tiers(&["data"]).images(&[
-        "infra-local/redis:7",
-        "infra-local/redis:7-roll",
-        "infra-local/haproxy:2",
-    ]);
+    let roll_image = valkey_roll_image();
+    let mut opts =
+        ClusterOptions::new(3)
+            .tiers(&["data"])
+            .images(&["infra-local/redis:7", roll_image, "infra-local/haproxy:2"]);
     opts.project = "vkrep".into();
     opts.overrides.clear();
     opts.env.push(("INFRA_HEARTBEAT_TTL_SECS".into(), "5".into()));
@@ -193,9 +160,9 @@ fn a_valkey_primary_with_two_replicas_over_three_hosts_rolls_replicas_first_hand
     let writer = ValkeyWriter::start(vec![proxy.clone()], &password, 1, 500);
     std::thread::sleep(Duration::from_secs(3));
     let before: Vec<String> = (0..3)
-        .map(|i| inspect(&c, &hosts[i], &format!("valkey-rep-{i}")).0)
+        .map(|i| the_container(&c, &hosts[i], &format!("valkey-rep-{i}")).0)
         .collect();
-    valkey_replication_catalog(dir.path(), &ips, "infra-local/redis:7-roll", &password);
+    valkey_replication_catalog(dir.path(), &ips, roll_image, &password);
     let t1 = Instant::now();
     let progress = c.call("Deploy", selection);
     let took = t1.elapsed();
@@ -209,10 +176,10 @@ fn a_valkey_primary_with_two_replicas_over_three_hosts_rolls_replicas_first_hand
     // Every node restarted on the new image (a new container), the two
     // replicas before the old primary.
     let runs: Vec<(String, String, String)> = (0..3)
-        .map(|i| inspect(&c, &hosts[i], &format!("valkey-rep-{i}")))
+        .map(|i| the_container(&c, &hosts[i], &format!("valkey-rep-{i}")))
         .collect();
     for (i, (id, image, _)) in runs.iter().enumerate() {
-        assert_eq!(image, "infra-local/redis:7-roll", "valkey-rep-{i}");
+        assert_eq!(image, roll_image, "valkey-rep-{i}");
         assert_ne!(*id, before[i], "valkey-rep-{i} restarted");
     }
     assert!(
@@ -255,6 +222,20 @@ fn a_valkey_primary_with_two_replicas_over_three_hosts_rolls_replicas_first_hand
     wait_for("the proxy on the new primary", Duration::from_secs(30), || {
         run_id(&proxy).is_some() && run_id(&proxy) == run_id(&addr(p))
     });
+    // DescribeService shows each member's role and link, from the data
+    // operator of its host.
+    wait_for("the roles in DescribeService", Duration::from_secs(30), || {
+        (0..3).all(|i| {
+            let want = if i == p {
+                ("primary", "running")
+            } else {
+                ("replica", "streaming")
+            };
+            described(&c, &format!("valkey-rep-{i}")).iter().any(|m| {
+                m["host"] == hosts[i].as_str() && m["kind"] == "valkey" && m["role"] == want.0 && m["state"] == want.1
+            })
+        })
+    });
     // The roles are in the config files (what kept them over the restart),
     // made with mode 0600.
     for i in 0..3 {
@@ -295,7 +276,7 @@ fn a_valkey_primary_with_two_replicas_over_three_hosts_rolls_replicas_first_hand
     let logs = c.all_logs();
     assert!(!logs.contains(&password), "the password in a log");
     let gap = w.longest_gap.as_secs_f64();
-    let failover_ms = failovers_ms(&coord);
+    let failover_ms = valkey_failovers_ms(&coord);
     let failed: Vec<&String> = w.failed.iter().take(5).collect();
     fault(
         "roll valkey-rep-0..2 to a new image (Deploy) while a client writes SET + WAIT 1 500 through the proxy",
@@ -360,7 +341,7 @@ fn a_valkey_primary_with_two_replicas_over_three_hosts_rolls_replicas_first_hand
     println!(
         "BENCH | valkey replication roll (second) | total {:.1}s | write gap {gap2:.2}s | failover {:?} ms | acked {} | lost 0 | not acknowledged {}",
         took2.as_secs_f64(),
-        failovers_ms(&coord),
+        valkey_failovers_ms(&coord),
         w2.acked.len(),
         w2.failed.len()
     );

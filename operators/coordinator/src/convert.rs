@@ -701,5 +701,10 @@ secrets:
         assert_eq!(u.text, "unreachable: connection refused");
         let n = member_status("host3", "patroni: not a member of its cluster");
         assert_eq!((n.role.as_str(), n.state.as_str()), ("", "not a member of its cluster"));
+        let v = member_status("host2", "valkey: replica streaming");
+        assert_eq!(
+            (v.kind.as_str(), v.role.as_str(), v.state.as_str(), v.lag_bytes),
+            ("valkey", "replica", "streaming", None)
+        );
     }
 }

@@ -160,13 +160,12 @@ impl Coordinator {
         } else {
             &old.labels
         };
-        match members::for_labels(labels) {
+        // Hooks that authenticate to the members (Valkey, RabbitMQ) read the
+        // password from the secrets bucket, as the operators do.
+        let secrets = members::Secrets::from(std::sync::Arc::new(self.bus().clone()));
+        match members::for_labels(labels, &secrets) {
             Ok(None) => {}
             Ok(Some(hook)) => {
-                // Hooks that authenticate to the members (Valkey, RabbitMQ) read the
-                // password from the secrets bucket, as the operators do.
-                members::valkey::use_secrets(self.bus());
-                members::rabbitmq::use_secrets(self.bus());
                 return self
                     .roll_members(r, hook.as_ref(), new, old, counts, from_k, to_k, policy, deadline)
                     .await;

@@ -25,6 +25,10 @@
 //! under `min.insync.replicas`; Valkey: `before_restart` runs `CLUSTER
 //! FAILOVER` on a replica of a primary; etcd: `order` puts the leader last,
 //! `ready_for_next` waits for `/health` and the member's raft index.
+//! A hook that logs in to the members reads its password through the
+//! [`Secrets`] that [`for_labels`] hands it (the coordinator's secrets
+//! bucket), when it needs it; a wait until the next member may go is a
+//! [`poll_until`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -112,9 +116,110 @@ pub trait UpdateOrder: Send + Sync {
     ) -> HookFuture<'a, Result<(), HookError>>;
 }
 
+/// Where hooks read the secrets they log in with (the coordinator: its
+/// bus's secrets bucket, which a deploy fills for the operators).
+pub trait SecretReader: Send + Sync {
+    /// The content of secret `name`, `None` when there is none.
+    fn read<'a>(&'a self, name: &'a str) -> HookFuture<'a, Result<Option<Vec<u8>>, String>>;
+}
+
+impl SecretReader for infra_bus::Bus {
+    fn read<'a>(&'a self, name: &'a str) -> HookFuture<'a, Result<Option<Vec<u8>>, String>> {
+        Box::pin(async move {
+            self.get_secret(name)
+                .await
+                .map(|o| o.map(|b| b.to_vec()))
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The secret store a hook is given ([`for_labels`]); `Secrets::default()`
+/// has none (a hook that needs a secret then says so).
+#[derive(Clone, Default)]
+pub struct Secrets(Option<std::sync::Arc<dyn SecretReader>>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Secrets(..)"
+        } else {
+            "Secrets(none)"
+        })
+    }
+}
+
+/// A secret's content (a password); its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secrets {
+    /// Hooks read from `reader`.
+    pub fn from(reader: std::sync::Arc<dyn SecretReader>) -> Self {
+        Self(Some(reader))
+    }
+
+    /// Secret `name` now (so a rotated secret is picked up), without the
+    /// trailing newline of a secret file, for hook `kind`, whose label
+    /// `label` named it. Errors name the secret and the label, never what
+    /// it holds; a read takes at most 3 s.
+    pub async fn read(&self, kind: &str, name: &str, label: &str) -> Result<Secret, HookError> {
+        let Some(reader) = &self.0 else {
+            return Err(HookError(format!(
+                "{kind}: secret {name:?} (named by {label}) cannot be read: this process has no secret store"
+            )));
+        };
+        match tokio::time::timeout(Duration::from_secs(3), reader.read(name)).await {
+            Ok(Ok(Some(b))) => {
+                let s = String::from_utf8(b)
+                    .map_err(|_| HookError(format!("{kind}: secret {name:?} is not UTF-8 text")))?;
+                // A secret file's trailing newline is not part of the
+                // password (the images' entrypoints strip it too).
+                Ok(Secret(s.trim_end_matches(['\n', '\r']).to_owned()))
+            }
+            Ok(Ok(None)) => Err(HookError(format!(
+                "{kind}: secret {name:?} is not in the secrets bucket (named by {label}; deploy the service that uses it \
+                 first)"
+            ))),
+            Ok(Err(e)) => Err(HookError(format!("{kind}: secret {name:?} cannot be read: {e}"))),
+            Err(_) => Err(HookError(format!("{kind}: reading secret {name:?} took over 3s"))),
+        }
+    }
+}
+
+/// Asks `check` every `every` until it answers `Ok`, at most `deadline`;
+/// then the error is `"{what} within {N}s: {why}"`, `why` being the last
+/// answer (what a hook's "ready for the next member" waits are made of).
+pub async fn poll_until<F, Fut>(what: &str, deadline: Duration, every: Duration, mut check: F) -> Result<(), HookError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        let why = match check().await {
+            Ok(()) => return Ok(()),
+            Err(w) => w,
+        };
+        if start.elapsed() >= deadline {
+            return Err(HookError(format!("{what} within {}s: {why}", deadline.as_secs())));
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// The hook the labels choose, or `None` for a plain rollout. An unknown
 /// kind is an error naming the known ones.
-pub fn for_labels(labels: &BTreeMap<String, String>) -> Result<Option<Box<dyn UpdateOrder>>, HookError> {
+pub fn for_labels(
+    labels: &BTreeMap<String, String>,
+    secrets: &Secrets,
+) -> Result<Option<Box<dyn UpdateOrder>>, HookError> {
     let Some(kind) = labels.get(ORDER_LABEL).filter(|k| !k.is_empty()) else {
         return Ok(None);
     };
@@ -129,8 +234,8 @@ pub fn for_labels(labels: &BTreeMap<String, String>) -> Result<Option<Box<dyn Up
             Ok(Some(Box::new(patroni::Patroni { max_lag })))
         }
         "kafka" => Ok(Some(Box::new(kafka::Kafka::from_labels(labels)?))),
-        "rabbitmq" => Ok(Some(Box::new(rabbitmq::RabbitMq::from_labels(labels)?))),
-        "valkey" => Ok(Some(Box::new(valkey::Valkey::from_labels(labels)?))),
+        "rabbitmq" => Ok(Some(Box::new(rabbitmq::RabbitMq::from_labels(labels, secrets)?))),
+        "valkey" => Ok(Some(Box::new(valkey::Valkey::from_labels(labels, secrets)?))),
         other => Err(HookError(format!(
             "label {ORDER_LABEL}: unknown update order {other:?} (known: patroni, kafka, rabbitmq, valkey)"
         ))),
@@ -243,3 +348,64 @@ pub mod kafka;
 pub mod patroni;
 pub mod rabbitmq;
 pub mod valkey;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct One(&'static str, &'static [u8]);
+
+    impl SecretReader for One {
+        fn read<'a>(&'a self, name: &'a str) -> HookFuture<'a, Result<Option<Vec<u8>>, String>> {
+            Box::pin(async move { Ok((name == self.0).then(|| self.1.to_vec())) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_secret_is_read_without_its_trailing_newline_and_never_shown() {
+        let s = Secrets::from(std::sync::Arc::new(One("pw", b"s3cret\n")));
+        let got = s.read("valkey", "pw", "some-label").await.unwrap();
+        assert_eq!(got.0, "s3cret");
+        assert_eq!(format!("{got:?}"), "Secret(..)");
+        assert_eq!(format!("{s:?}"), "Secrets(..)");
+        let e = s.read("valkey", "other", "some-label").await.unwrap_err().0;
+        assert!(
+            e.contains("valkey: secret \"other\" is not in the secrets bucket") && e.contains("some-label"),
+            "{e}"
+        );
+        let e = Secrets::default().read("rabbitmq", "pw", "lbl").await.unwrap_err().0;
+        assert!(
+            e.contains("no secret store") && e.contains("\"pw\"") && e.contains("lbl"),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn poll_until_returns_at_the_first_ok_or_names_the_last_reason_at_the_deadline() {
+        let mut n = 0;
+        poll_until("x", Duration::from_secs(5), Duration::from_millis(1), || {
+            n += 1;
+            let k = n;
+            async move { if k < 3 { Err(format!("try {k}")) } else { Ok(()) } }
+        })
+        .await
+        .unwrap();
+        assert_eq!(n, 3);
+        let mut n = 0;
+        let e = poll_until(
+            "pg-1 did not catch up",
+            Duration::from_millis(30),
+            Duration::from_millis(5),
+            || {
+                n += 1;
+                let k = n;
+                async move { Err::<(), _>(format!("lag {k}")) }
+            },
+        )
+        .await
+        .unwrap_err()
+        .0;
+        assert!(e.starts_with("pg-1 did not catch up within 0s: lag "), "{e}");
+        assert!(e.ends_with(&format!("lag {n}")), "the last reason: {e}");
+    }
+}

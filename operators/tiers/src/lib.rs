@@ -11,3 +11,4 @@ pub mod observability;
 pub mod patroni;
 pub mod reach;
 pub mod valkey;
+pub mod valkey_status;

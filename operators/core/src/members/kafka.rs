@@ -60,7 +60,7 @@
 //!   minimum.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -405,21 +405,8 @@ impl UpdateOrder for Kafka {
         deadline: Duration,
     ) -> HookFuture<'a, Result<(), HookError>> {
         Box::pin(async move {
-            let start = Instant::now();
-            loop {
-                let why = match self.back_in_sync(member, members).await {
-                    Ok(()) => return Ok(()),
-                    Err(w) => w,
-                };
-                if start.elapsed() >= deadline {
-                    return Err(HookError(format!(
-                        "{} was not back in every ISR within {}s: {why}",
-                        member.name,
-                        deadline.as_secs()
-                    )));
-                }
-                tokio::time::sleep(POLL).await;
-            }
+            let what = format!("{} was not back in every ISR", member.name);
+            super::poll_until(&what, deadline, POLL, || self.back_in_sync(member, members)).await
         })
     }
 }

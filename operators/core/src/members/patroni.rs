@@ -8,7 +8,7 @@
 //! /cluster`, `GET /patroni`, `POST /switchover`), at the member host's
 //! private address and the port it publishes there.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -143,22 +143,17 @@ impl Patroni {
                 text.trim()
             )));
         }
-        let start = Instant::now();
-        loop {
-            if let Ok(v) = cluster(members).await
-                && v.iter().any(|m| m.name == cand && m.is_leader() && m.serving())
-            {
-                return Ok(());
+        let what = format!("switchover from {} to {cand}: {cand} did not lead", leader.name);
+        let cand = cand.as_str();
+        super::poll_until(&what, SWITCHOVER, POLL, || async move {
+            let v = cluster(members).await.map_err(|e| e.0)?;
+            match v.iter().find(|m| m.is_leader()) {
+                Some(m) if m.name == cand && m.serving() => Ok(()),
+                Some(m) => Err(format!("the leader is {} ({})", m.name, m.state)),
+                None => Err("no leader".into()),
             }
-            if start.elapsed() >= SWITCHOVER {
-                return Err(HookError(format!(
-                    "switchover from {} to {cand}: {cand} did not lead within {}s",
-                    leader.name,
-                    SWITCHOVER.as_secs()
-                )));
-            }
-            tokio::time::sleep(POLL).await;
-        }
+        })
+        .await
     }
 
     /// Whether `name` is caught up in `view`, and if not, why.
@@ -250,24 +245,12 @@ impl UpdateOrder for Patroni {
         deadline: Duration,
     ) -> HookFuture<'a, Result<(), HookError>> {
         Box::pin(async move {
-            let start = Instant::now();
-            loop {
-                let why = match cluster(members).await {
-                    Ok(view) => match self.caught_up(&member.name, members, &view).await {
-                        Ok(()) => return Ok(()),
-                        Err(w) => w,
-                    },
-                    Err(e) => e.0,
-                };
-                if start.elapsed() >= deadline {
-                    return Err(HookError(format!(
-                        "{} did not catch up within {}s: {why}",
-                        member.name,
-                        deadline.as_secs()
-                    )));
-                }
-                tokio::time::sleep(POLL).await;
-            }
+            let what = format!("{} did not catch up", member.name);
+            super::poll_until(&what, deadline, POLL, || async move {
+                let view = cluster(members).await.map_err(|e| e.0)?;
+                self.caught_up(&member.name, members, &view).await
+            })
+            .await
         })
     }
 }

@@ -34,18 +34,17 @@
 //! `guest`); the password is the Docker secret the label
 //! [`PASSWORD_SECRET_LABEL`] names (the service's `RABBITMQ_DEFAULT_PASS`
 //! secret), read from the secrets bucket (`infra_secrets`) the coordinator
-//! fills at deploy, through the bus the coordinator hands over with [`use_secrets`] before
-//! it rolls members. The password is never logged, never put in an
+//! fills at deploy, through the [`Secrets`] the hook is built with (the
+//! coordinator's bus). The password is never logged, never put in an
 //! error, and its `Debug` is redacted.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::kafka::parse_body;
-use super::{HookError, HookFuture, Member, UpdateOrder};
+use super::{HookError, HookFuture, Member, Secret, Secrets, UpdateOrder};
 
 /// The management API's port (what `infra.update-order.port` should say).
 pub const DEFAULT_PORT: u16 = 15672;
@@ -61,50 +60,6 @@ const POLL: Duration = Duration::from_millis(500);
 /// At most this many queues are named in one message.
 const NAMED: usize = 5;
 
-/// Where a hook in this process reads secrets (the coordinator: its bus).
-pub trait SecretReader: Send + Sync {
-    /// The content of secret `name`, `None` when there is none.
-    fn read<'a>(&'a self, name: &'a str) -> HookFuture<'a, Result<Option<Vec<u8>>, String>>;
-}
-
-impl SecretReader for infra_bus::Bus {
-    fn read<'a>(&'a self, name: &'a str) -> HookFuture<'a, Result<Option<Vec<u8>>, String>> {
-        Box::pin(async move {
-            self.get_secret(name)
-                .await
-                .map(|o| o.map(|b| b.to_vec()))
-                .map_err(|e| e.to_string())
-        })
-    }
-}
-
-static SECRETS: OnceLock<Arc<dyn SecretReader>> = OnceLock::new();
-
-/// Installs the reader RabbitMQ hooks in this process take passwords from
-/// (the first one installed stays).
-pub fn read_secrets_from(reader: Arc<dyn SecretReader>) {
-    let _ = SECRETS.set(reader);
-}
-
-/// Lets RabbitMQ hooks read passwords from the bus's secrets bucket.
-/// Called by the coordinator before it rolls members; later calls keep the
-/// first reader (one per process).
-pub fn use_secrets(bus: &infra_bus::Bus) {
-    if SECRETS.get().is_none() {
-        read_secrets_from(Arc::new(bus.clone()));
-    }
-}
-
-/// A password; its `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Password(pub String);
-
-impl std::fmt::Debug for Password {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 /// The RabbitMQ hook; see the module docs.
 #[derive(Clone, Debug)]
 pub struct RabbitMq {
@@ -115,12 +70,14 @@ pub struct RabbitMq {
     pub password_secret: Option<String>,
     /// The password itself, when known up front (tests); otherwise it is
     /// read from the secret at each call, so a rotated secret is picked up.
-    pub password: Option<Password>,
+    pub password: Option<Secret>,
+    /// Where the password is read.
+    pub secrets: Secrets,
 }
 
 impl RabbitMq {
     /// The hook the labels describe.
-    pub fn from_labels(labels: &BTreeMap<String, String>) -> Result<Self, HookError> {
+    pub fn from_labels(labels: &BTreeMap<String, String>, secrets: &Secrets) -> Result<Self, HookError> {
         let user = labels.get(USER_LABEL).filter(|u| !u.is_empty()).cloned();
         let secret = labels.get(PASSWORD_SECRET_LABEL).filter(|s| !s.is_empty()).cloned();
         if user.as_deref().is_some_and(|u| u.contains(':')) {
@@ -130,37 +87,22 @@ impl RabbitMq {
             user: user.unwrap_or_else(|| "guest".into()),
             password_secret: secret,
             password: None,
+            secrets: secrets.clone(),
         })
     }
 
-    async fn password(&self) -> Result<Password, HookError> {
+    async fn password(&self) -> Result<Secret, HookError> {
         if let Some(p) = &self.password {
             return Ok(p.clone());
         }
         let Some(name) = &self.password_secret else {
-            return Ok(Password("guest".into()));
+            return Ok(Secret("guest".into()));
         };
-        let Some(reader) = SECRETS.get() else {
-            return Err(HookError(format!(
-                "label {PASSWORD_SECRET_LABEL}: secret {name:?} cannot be read: this process has no secret store"
-            )));
-        };
-        match reader.read(name).await {
-            Ok(Some(b)) => {
-                let s = String::from_utf8(b).map_err(|_| HookError(format!("secret {name:?} is not UTF-8 text")))?;
-                // A secret file's trailing newline is not part of the
-                // password (the image's entrypoint strips it too).
-                Ok(Password(s.trim_end_matches(['\n', '\r']).to_owned()))
-            }
-            Ok(None) => Err(HookError(format!(
-                "secret {name:?} is not in the secrets bucket (deploy the service that uses it first)"
-            ))),
-            Err(e) => Err(HookError(format!("secret {name:?} cannot be read: {e}"))),
-        }
+        self.secrets.read("rabbitmq", name, PASSWORD_SECRET_LABEL).await
     }
 
     /// `GET path` on one member, with basic auth; the status and body.
-    async fn get(&self, m: &Member, path: &str, pw: &Password) -> Result<(u16, String), HookError> {
+    async fn get(&self, m: &Member, path: &str, pw: &Secret) -> Result<(u16, String), HookError> {
         if m.addr.is_empty() || m.port == 0 {
             return Err(HookError(format!(
                 "{}: no address known for its management API",
@@ -175,7 +117,7 @@ impl RabbitMq {
         &self,
         members: &[Member],
         path: &str,
-        pw: &Password,
+        pw: &Secret,
     ) -> Result<T, HookError> {
         let mut errors = Vec::new();
         for m in members {
@@ -200,7 +142,7 @@ impl RabbitMq {
 
     /// Why the cluster's nodes are not all running and together (empty:
     /// they are), as `GET /api/nodes` says; `want` must be among them.
-    async fn nodes_problems(&self, members: &[Member], want: &Member, pw: &Password) -> Result<Vec<String>, HookError> {
+    async fn nodes_problems(&self, members: &[Member], want: &Member, pw: &Secret) -> Result<Vec<String>, HookError> {
         let nodes: Vec<Node> = self
             .get_any(members, "/api/nodes?columns=name,running,partitions", pw)
             .await?;
@@ -223,12 +165,7 @@ impl RabbitMq {
     }
 
     /// Why queues on `member`'s node are not back in full (empty: they are).
-    async fn queue_problems(
-        &self,
-        members: &[Member],
-        member: &Member,
-        pw: &Password,
-    ) -> Result<Vec<String>, HookError> {
+    async fn queue_problems(&self, members: &[Member], member: &Member, pw: &Secret) -> Result<Vec<String>, HookError> {
         let queues: Vec<Pairs> = self
             .get_any(
                 members,
@@ -278,7 +215,7 @@ impl RabbitMq {
 
     /// One of RabbitMQ's health checks on `member`'s own node: `Ok(None)`
     /// when it passes (or the version has no such check).
-    async fn check(&self, member: &Member, name: &str, pw: &Password) -> Result<Option<String>, HookError> {
+    async fn check(&self, member: &Member, name: &str, pw: &Secret) -> Result<Option<String>, HookError> {
         let path = format!("/api/health/checks/{name}");
         let (code, body) = self.get(member, &path, pw).await?;
         match code {
@@ -359,26 +296,20 @@ impl UpdateOrder for RabbitMq {
     ) -> HookFuture<'a, Result<(), HookError>> {
         Box::pin(async move {
             let pw = self.password().await?;
-            let start = Instant::now();
-            loop {
-                let why = match self.nodes_problems(members, member, &pw).await {
-                    Ok(w) if w.is_empty() => match self.queue_problems(members, member, &pw).await {
-                        Ok(q) if q.is_empty() => return Ok(()),
-                        Ok(q) => named(&q),
-                        Err(e) => e.0,
-                    },
-                    Ok(w) => named(&w),
-                    Err(e) => e.0,
-                };
-                if start.elapsed() >= deadline {
-                    return Err(HookError(format!(
-                        "{} was not back in the cluster with its queues online within {}s: {why}",
-                        member.name,
-                        deadline.as_secs()
-                    )));
+            let pw = &pw;
+            let what = format!("{} was not back in the cluster with its queues online", member.name);
+            super::poll_until(&what, deadline, POLL, || async move {
+                let w = self.nodes_problems(members, member, pw).await.map_err(|e| e.0)?;
+                if !w.is_empty() {
+                    return Err(named(&w));
                 }
-                tokio::time::sleep(POLL).await;
-            }
+                let q = self.queue_problems(members, member, pw).await.map_err(|e| e.0)?;
+                if !q.is_empty() {
+                    return Err(named(&q));
+                }
+                Ok(())
+            })
+            .await
         })
     }
 }
@@ -469,7 +400,7 @@ fn is_node_of(node: &str, service: &str) -> bool {
 
 /// One GET with basic auth through the shared client ([`super::http_with`]:
 /// cowboy's chunked bodies decoded). Errors never carry the credentials.
-async fn request(addr: &str, port: u16, path: &str, user: &str, pw: &Password) -> Result<(u16, String), HookError> {
+async fn request(addr: &str, port: u16, path: &str, user: &str, pw: &Secret) -> Result<(u16, String), HookError> {
     let auth = format!("Basic {}", base64(format!("{user}:{}", pw.0).as_bytes()));
     super::http_with(addr, port, "GET", path, None, &[("Authorization", auth.as_str())], CALL).await
 }

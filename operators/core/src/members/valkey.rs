@@ -31,17 +31,16 @@
 //! (`valkey_cluster_password`, or the one [`PASSWORD_SECRET_LABEL`] names).
 //! The coordinator already holds it: a deploy puts every secret's content
 //! in the `infra_secrets` bucket for the operators. The hook reads it from
-//! there ([`use_secrets`]) when it needs it, keeps it only for the call, and
+//! there (the [`Secrets`] it is built with) when it needs it, keeps it only for the call, and
 //! sends it only in `AUTH` to the members; it is in no message, log or
 //! error (an `AUTH` error says the member refused, never what was sent).
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{HookError, HookFuture, MAX_LAG_LABEL, Member, UpdateOrder};
+use super::{HookError, HookFuture, MAX_LAG_LABEL, Member, Secret, Secrets, UpdateOrder};
 
 /// Label naming the secret that holds the cluster password (an empty value:
 /// the members have none).
@@ -58,17 +57,6 @@ const POLL: Duration = Duration::from_millis(250);
 /// How long a failover may take to show the roles moved.
 const FAILOVER: Duration = Duration::from_secs(60);
 
-/// Where the hook reads secrets: the coordinator's bus. Set once by the
-/// process that runs rollouts.
-static SECRETS: OnceLock<infra_bus::Bus> = OnceLock::new();
-
-/// Lets the Valkey hook read the cluster password from the bus's secrets
-/// bucket. Called by the coordinator before it rolls members; later calls
-/// keep the first bus (one per process).
-pub fn use_secrets(bus: &infra_bus::Bus) {
-    let _ = SECRETS.set(bus.clone());
-}
-
 /// The Valkey hook; see the module docs.
 #[derive(Clone, Debug)]
 pub struct Valkey {
@@ -76,11 +64,13 @@ pub struct Valkey {
     pub max_lag: u64,
     /// The secret holding the password; `None`: no password.
     pub password_secret: Option<String>,
+    /// Where the password is read.
+    pub secrets: Secrets,
 }
 
 impl Valkey {
     /// The hook as the labels configure it.
-    pub fn from_labels(labels: &BTreeMap<String, String>) -> Result<Self, HookError> {
+    pub fn from_labels(labels: &BTreeMap<String, String>, secrets: &Secrets) -> Result<Self, HookError> {
         let max_lag = match labels.get(MAX_LAG_LABEL) {
             Some(v) => v
                 .parse()
@@ -95,6 +85,7 @@ impl Valkey {
         Ok(Self {
             max_lag,
             password_secret,
+            secrets: secrets.clone(),
         })
     }
 
@@ -103,37 +94,35 @@ impl Valkey {
         let Some(name) = &self.password_secret else {
             return Ok(None);
         };
-        let bus = SECRETS.get().ok_or_else(|| {
-            HookError(format!(
-                "valkey: the password secret {name:?} cannot be read here (no secrets bucket in this process)"
-            ))
-        })?;
-        match tokio::time::timeout(CALL, bus.get_secret(name)).await {
-            Ok(Ok(Some(b))) => {
-                let text = String::from_utf8_lossy(&b);
-                Ok(Some(Secret(text.trim_end_matches(['\n', '\r']).to_owned())))
-            }
-            Ok(Ok(None)) => Err(HookError(format!(
-                "valkey: secret {name:?} is not in the secrets bucket (deploy the cluster first, or set \
-                 {PASSWORD_SECRET_LABEL})"
-            ))),
-            Ok(Err(e)) => Err(HookError(format!("valkey: cannot read secret {name:?}: {e}"))),
-            Err(_) => Err(HookError(format!(
-                "valkey: reading secret {name:?} took over {}s",
-                CALL.as_secs()
-            ))),
-        }
+        self.secrets.read("valkey", name, PASSWORD_SECRET_LABEL).await.map(Some)
     }
 }
 
-/// A password, kept out of `Debug` output.
-#[derive(Clone)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(..)")
+impl Valkey {
+    /// One line for the member at `addr:port` (its operator's heartbeat
+    /// fact, [`super::STATE_FACT_PREFIX`]): `primary running`, `replica
+    /// streaming` (link up), `replica syncing` (a full sync in progress)
+    /// or `replica down` (link down).
+    pub async fn member_line(&self, addr: &str, port: u16) -> Result<String, HookError> {
+        let pw = self.password().await?;
+        let s = status(addr, port, pw.as_ref()).await?;
+        Ok(describe(&s))
     }
+}
+
+/// The member line of a node's `INFO` ([`Valkey::member_line`]).
+pub fn describe(s: &Status) -> String {
+    if s.repl.is_primary() {
+        return "primary running".into();
+    }
+    let state = if s.syncing {
+        "syncing"
+    } else if s.repl.link_up {
+        "streaming"
+    } else {
+        "down"
+    };
+    format!("replica {state}")
 }
 
 // ------------------------------------------------------------------ RESP ---
@@ -621,42 +610,33 @@ impl Valkey {
         // The role really moved: the replica says it is a primary with the
         // slots, and the old primary says it follows it.
         let start = Instant::now();
-        loop {
-            let new = view(&cand.ip, cand.port, pw).await;
-            let old = view(&member.addr, member.port, pw).await;
-            let why = match (&new, &old) {
-                (Ok(n), Ok(o)) => {
-                    let n_leads = n.repl.is_primary() && n.myself().is_some_and(|m| !m.slots.is_empty());
-                    let o_follows =
-                        !o.repl.is_primary() && o.myself().and_then(|m| m.primary.as_deref()) == Some(cand.id.as_str());
-                    if n_leads && o_follows && n.cluster_ok {
-                        tracing::info!(
-                            member = %member.name,
-                            to = %at,
-                            took_ms = start.elapsed().as_millis() as u64,
-                            "valkey: failover done"
-                        );
-                        return Ok(());
-                    }
-                    format!(
-                        "{at} is {} ({} slot ranges), {} is {}",
-                        n.repl.role,
-                        n.myself().map_or(0, |m| m.slots.len()),
-                        member.name,
-                        o.repl.role
-                    )
-                }
-                (Err(e), _) | (_, Err(e)) => e.0.clone(),
-            };
-            if start.elapsed() >= FAILOVER {
-                return Err(HookError(format!(
-                    "failover of {} to {at}: roles did not move within {}s: {why}",
-                    member.name,
-                    FAILOVER.as_secs()
-                )));
+        let what = format!("failover of {} to {at}: roles did not move", member.name);
+        let (cand, at) = (&cand, at.as_str());
+        super::poll_until(&what, FAILOVER, POLL, || async move {
+            let n = view(&cand.ip, cand.port, pw).await.map_err(|e| e.0)?;
+            let o = view(&member.addr, member.port, pw).await.map_err(|e| e.0)?;
+            let n_leads = n.repl.is_primary() && n.myself().is_some_and(|m| !m.slots.is_empty());
+            let o_follows =
+                !o.repl.is_primary() && o.myself().and_then(|m| m.primary.as_deref()) == Some(cand.id.as_str());
+            if n_leads && o_follows && n.cluster_ok {
+                return Ok(());
             }
-            tokio::time::sleep(POLL).await;
-        }
+            Err(format!(
+                "{at} is {} ({} slot ranges), {} is {}",
+                n.repl.role,
+                n.myself().map_or(0, |m| m.slots.len()),
+                member.name,
+                o.repl.role
+            ))
+        })
+        .await?;
+        tracing::info!(
+            member = %member.name,
+            to = %at,
+            took_ms = start.elapsed().as_millis() as u64,
+            "valkey: failover done"
+        );
+        Ok(())
     }
 
     /// Whether `member` is back and synced, and if not, why.
@@ -722,6 +702,8 @@ pub struct Status {
     /// `master_failover_state` (`no-failover`, `waiting-for-sync`,
     /// `failover-in-progress`).
     pub failover: String,
+    /// A replica's `master_sync_in_progress:1` (a full sync).
+    pub syncing: bool,
 }
 
 /// Parses `INFO`. `None` without a `role` (an error reply).
@@ -736,6 +718,7 @@ pub fn parse_status(text: &str) -> Option<Status> {
             .get("master_failover_state")
             .cloned()
             .unwrap_or_else(|| "no-failover".into()),
+        syncing: f.get("master_sync_in_progress").is_some_and(|v| v == "1"),
     })
 }
 
@@ -1007,26 +990,16 @@ impl UpdateOrder for Valkey {
     ) -> HookFuture<'a, Result<(), HookError>> {
         Box::pin(async move {
             let pw = self.password().await?;
-            let start = Instant::now();
-            loop {
-                let synced = match status(&member.addr, member.port, pw.as_ref()).await {
-                    Ok(s) if s.cluster => self.synced(member, pw.as_ref()).await,
-                    Ok(_) => self.synced_replica(member, members, pw.as_ref()).await,
+            let pw = pw.as_ref();
+            let what = format!("{} did not rejoin the cluster synced", member.name);
+            super::poll_until(&what, deadline, POLL, || async move {
+                match status(&member.addr, member.port, pw).await {
+                    Ok(s) if s.cluster => self.synced(member, pw).await,
+                    Ok(_) => self.synced_replica(member, members, pw).await,
                     Err(e) => Err(e.0),
-                };
-                let why = match synced {
-                    Ok(()) => return Ok(()),
-                    Err(w) => w,
-                };
-                if start.elapsed() >= deadline {
-                    return Err(HookError(format!(
-                        "{} did not rejoin the cluster synced within {}s: {why}",
-                        member.name,
-                        deadline.as_secs()
-                    )));
                 }
-                tokio::time::sleep(POLL).await;
-            }
+            })
+            .await
         })
     }
 }
@@ -1248,6 +1221,22 @@ master_failover_state:waiting-for-sync\r\nmaster_repl_offset:900\r\n\
     }
 
     #[test]
+    fn a_member_line_says_role_and_state() {
+        let p = parse_status(INFO_STANDALONE).unwrap();
+        assert_eq!(describe(&p), "primary running");
+        let r = parse_status(&format!("{INFO_REPLICA}master_sync_in_progress:0\r\n")).unwrap();
+        assert_eq!(describe(&r), "replica streaming");
+        let down = parse_status(&INFO_REPLICA.replace("master_link_status:up", "master_link_status:down")).unwrap();
+        assert_eq!(describe(&down), "replica down");
+        let syncing = parse_status(&format!(
+            "{}master_sync_in_progress:1\r\n",
+            INFO_REPLICA.replace("master_link_status:up", "master_link_status:down")
+        ))
+        .unwrap();
+        assert_eq!(describe(&syncing), "replica syncing");
+    }
+
+    #[test]
     fn a_replica_is_found_in_its_primarys_list_by_its_name_or_host_address_and_its_port() {
         let r = parse_status(INFO_STANDALONE).unwrap().repl.replicas;
         let by_name = member("valkey-rep-1", "10.0.0.102", 7101);
@@ -1279,12 +1268,18 @@ master_failover_state:waiting-for-sync\r\nmaster_repl_offset:900\r\n\
     #[test]
     fn labels_choose_the_lag_and_the_password_secret() {
         let labels = |kv: &[(&str, &str)]| kv.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect();
-        let v = Valkey::from_labels(&labels(&[])).unwrap();
+        let v = Valkey::from_labels(&labels(&[]), &Secrets::default()).unwrap();
         assert_eq!(v.max_lag, DEFAULT_MAX_LAG);
         assert_eq!(v.password_secret.as_deref(), Some(DEFAULT_PASSWORD_SECRET));
-        let v = Valkey::from_labels(&labels(&[(PASSWORD_SECRET_LABEL, ""), (MAX_LAG_LABEL, "10")])).unwrap();
+        let v = Valkey::from_labels(
+            &labels(&[(PASSWORD_SECRET_LABEL, ""), (MAX_LAG_LABEL, "10")]),
+            &Secrets::default(),
+        )
+        .unwrap();
         assert_eq!((v.max_lag, v.password_secret), (10, None));
-        let e = Valkey::from_labels(&labels(&[(MAX_LAG_LABEL, "lots")])).unwrap_err().0;
+        let e = Valkey::from_labels(&labels(&[(MAX_LAG_LABEL, "lots")]), &Secrets::default())
+            .unwrap_err()
+            .0;
         assert!(e.contains(MAX_LAG_LABEL) && e.contains("lots"), "{e}");
         assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(..)");
     }

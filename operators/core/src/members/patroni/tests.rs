@@ -2,6 +2,7 @@
 //! answers for every member, with roles and lags the test sets).
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -239,12 +240,16 @@ fn labels_choose_the_hook_and_an_unknown_kind_names_the_known_ones() {
     let labels = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
     };
-    assert!(super::super::for_labels(&labels(&[])).unwrap().is_none());
-    let h = super::super::for_labels(&labels(&[("infra.update-order", "patroni")]))
+    assert!(
+        super::super::for_labels(&labels(&[]), &Default::default())
+            .unwrap()
+            .is_none()
+    );
+    let h = super::super::for_labels(&labels(&[("infra.update-order", "patroni")]), &Default::default())
         .unwrap()
         .unwrap();
     assert_eq!(h.kind(), "patroni");
-    let err = super::super::for_labels(&labels(&[("infra.update-order", "zookeeper")]))
+    let err = super::super::for_labels(&labels(&[("infra.update-order", "zookeeper")]), &Default::default())
         .err()
         .unwrap()
         .0;

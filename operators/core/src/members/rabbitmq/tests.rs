@@ -3,11 +3,13 @@
 //! queue `plain`), one listener per node, each checking basic auth.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
+use crate::members::SecretReader;
 
 const PW: &str = "s3cret";
 
@@ -108,7 +110,8 @@ fn hook() -> RabbitMq {
     RabbitMq {
         user: "admin".into(),
         password_secret: None,
-        password: Some(Password(PW.into())),
+        password: Some(Secret(PW.into())),
+        secrets: Secrets::default(),
     }
 }
 
@@ -200,7 +203,7 @@ async fn refused_credentials_are_named_without_the_password() {
     let f = fake(NODES_UP, QUEUES_UP);
     let ms = cluster(&f).await;
     let wrong = RabbitMq {
-        password: Some(Password("not-the-password".into())),
+        password: Some(Secret("not-the-password".into())),
         ..hook()
     };
     let e = wrong.before_restart(&ms[0], &ms).await.unwrap_err().0;
@@ -222,7 +225,7 @@ impl SecretReader for Map {
 
 #[tokio::test]
 async fn the_password_comes_from_the_secret_the_label_names() {
-    read_secrets_from(Arc::new(Map([(
+    let secrets = Secrets::from(Arc::new(Map([(
         "rabbitmq_password".to_owned(),
         format!("{PW}\n").into_bytes(),
     )]
@@ -238,9 +241,9 @@ async fn the_password_comes_from_the_secret_the_label_names() {
         .into_iter()
         .collect()
     };
-    let h = RabbitMq::from_labels(&labels("rabbitmq_password")).unwrap();
+    let h = RabbitMq::from_labels(&labels("rabbitmq_password"), &secrets).unwrap();
     h.before_restart(&ms[0], &ms).await.unwrap();
-    let e = RabbitMq::from_labels(&labels("missing"))
+    let e = RabbitMq::from_labels(&labels("missing"), &secrets)
         .unwrap()
         .before_restart(&ms[0], &ms)
         .await
@@ -251,11 +254,16 @@ async fn the_password_comes_from_the_secret_the_label_names() {
 
 #[test]
 fn labels_choose_the_user_and_default_to_guest() {
-    let h = RabbitMq::from_labels(&BTreeMap::new()).unwrap();
+    let h = RabbitMq::from_labels(&BTreeMap::new(), &Secrets::default()).unwrap();
     assert_eq!(h.user, "guest");
     assert!(h.password_secret.is_none());
     let bad: BTreeMap<String, String> = [(USER_LABEL.to_owned(), "a:b".to_owned())].into_iter().collect();
-    assert!(RabbitMq::from_labels(&bad).unwrap_err().0.contains(USER_LABEL));
+    assert!(
+        RabbitMq::from_labels(&bad, &Secrets::default())
+            .unwrap_err()
+            .0
+            .contains(USER_LABEL)
+    );
 }
 
 #[test]
