@@ -1284,6 +1284,149 @@ master_failover_state:waiting-for-sync\r\nmaster_repl_offset:900\r\n\
         assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(..)");
     }
 
+    /// A fake node outside cluster mode on `l`: answers `INFO` with `info`
+    /// and `+OK` to anything else; what it got is in the returned log.
+    fn fake_node(l: tokio::net::TcpListener, info: String) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let (log, info) = (log.clone(), info.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Ok(Some((Reply::Array(Some(items)), used))) = parse(&buf) {
+                            buf.drain(..used);
+                            let words: Vec<String> = items.into_iter().filter_map(|r| r.text().ok()).collect();
+                            let reply = if words.first().is_some_and(|w| w.eq_ignore_ascii_case("INFO")) {
+                                format!("${}\r\n{info}\r\n", info.len())
+                            } else {
+                                "+OK\r\n".to_string()
+                            };
+                            log.lock().unwrap().push(words.join(" "));
+                            if s.write_all(reply.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        seen
+    }
+
+    /// `valkey-rep-0..2` as fakes, not in cluster mode: `roles[i]` is
+    /// node i's role (`master`: node 0 lists 1 and 2 online as its
+    /// replicas, another node none), `config[i]` its `config_file`.
+    /// Returns each node's command log and the members.
+    async fn replication_set(
+        config: [&str; 3],
+        roles: [&str; 3],
+    ) -> (Vec<std::sync::Arc<std::sync::Mutex<Vec<String>>>>, Vec<Member>) {
+        let mut ls = Vec::new();
+        for _ in 0..3 {
+            ls.push(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+        }
+        let ports: Vec<u16> = ls.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        let mut logs = Vec::new();
+        let mut members = Vec::new();
+        for (i, l) in ls.into_iter().enumerate() {
+            let head = format!("# Server\r\nconfig_file:{}\r\n# Replication\r\n", config[i]);
+            let repl = match (roles[i], i) {
+                ("master", 0) => format!(
+                    "role:master\r\nconnected_slaves:2\r\n\
+                     slave0:ip=valkey-rep-1,port={},state=online,offset=900,lag=0\r\n\
+                     slave1:ip=valkey-rep-2,port={},state=online,offset=880,lag=0\r\n\
+                     master_failover_state:no-failover\r\nmaster_repl_offset:900\r\n",
+                    ports[1], ports[2]
+                ),
+                ("master", _) => {
+                    "role:master\r\nconnected_slaves:0\r\nmaster_failover_state:no-failover\r\nmaster_repl_offset:10\r\n"
+                        .to_string()
+                }
+                _ => format!(
+                    "role:slave\r\nmaster_host:valkey-rep-0\r\nmaster_port:{}\r\nmaster_link_status:up\r\n\
+                     slave_repl_offset:900\r\nmaster_repl_offset:900\r\n",
+                    ports[0]
+                ),
+            };
+            logs.push(fake_node(l, format!("{head}{repl}# Cluster\r\ncluster_enabled:0")));
+            members.push(Member {
+                name: format!("valkey-rep-{i}"),
+                host: format!("h{i}"),
+                replica: 1,
+                addr: "127.0.0.1".into(),
+                port: ports[i],
+            });
+        }
+        (logs, members)
+    }
+
+    fn no_password() -> Valkey {
+        Valkey {
+            max_lag: DEFAULT_MAX_LAG,
+            password_secret: None,
+            secrets: Secrets::default(),
+        }
+    }
+
+    /// Commands other than `INFO` any node got: what would change a role.
+    fn changes(logs: &[std::sync::Arc<std::sync::Mutex<Vec<String>>>]) -> Vec<String> {
+        logs.iter()
+            .flat_map(|l| l.lock().unwrap().clone())
+            .filter(|c| !c.starts_with("INFO"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_primary_is_not_handed_over_when_a_member_has_no_config_file_or_there_are_two_primaries() {
+        let cfg = "/data/valkey.conf";
+        let roles = ["master", "slave", "slave"];
+        // The primary itself runs without a config file.
+        let (logs, ms) = replication_set(["", cfg, cfg], roles).await;
+        let e = no_password().before_restart(&ms[0], &ms).await.unwrap_err().0;
+        assert!(e.contains("valkey-rep-0 runs without a config file"), "{e}");
+        assert_eq!(changes(&logs), Vec::<String>::new(), "nothing sent but INFO");
+        // A replica does.
+        let (logs, ms) = replication_set([cfg, cfg, ""], roles).await;
+        let e = no_password().before_restart(&ms[0], &ms).await.unwrap_err().0;
+        assert!(e.contains("valkey-rep-2 runs without a config file"), "{e}");
+        assert_eq!(changes(&logs), Vec::<String>::new());
+        // A second primary: the roles are in doubt.
+        let (logs, ms) = replication_set([cfg, cfg, cfg], ["master", "slave", "master"]).await;
+        let e = no_password().before_restart(&ms[0], &ms).await.unwrap_err().0;
+        assert!(e.contains("valkey-rep-0 and valkey-rep-2 are both primaries"), "{e}");
+        assert_eq!(changes(&logs), Vec::<String>::new());
+        // A replica is never handed anything.
+        no_password().before_restart(&ms[1], &ms).await.unwrap();
+        assert_eq!(changes(&logs), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn a_failover_the_primary_gives_up_stops_the_roll_before_anything_else_changes() {
+        let cfg = "/data/valkey.conf";
+        // The fake primary stays a primary with no failover running: what
+        // a primary shows after FAILOVER TIMEOUT gave up.
+        let (logs, ms) = replication_set([cfg, cfg, cfg], ["master", "slave", "slave"]).await;
+        let e = no_password().before_restart(&ms[0], &ms).await.unwrap_err().0;
+        assert!(
+            e.contains("the failover of primary valkey-rep-0 to valkey-rep-1 was aborted")
+                && e.contains("still the primary and was not restarted"),
+            "{e}"
+        );
+        // The most caught-up replica (offset 900 over 880) was the target,
+        // named as the primary lists it; no REPLICAOF, no CONFIG REWRITE.
+        assert_eq!(
+            changes(&logs),
+            vec![format!("FAILOVER TO valkey-rep-1 {} TIMEOUT 10000", ms[1].port)]
+        );
+    }
+
     /// A real TCP exchange with a server that answers in small pieces, and
     /// refuses the password: the error never holds it.
     #[tokio::test]
