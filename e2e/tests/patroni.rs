@@ -14,7 +14,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use infra_e2e::hosts::{Cluster, ClusterOptions};
-use infra_e2e::scenarios::{Writer, Writes, described, patroni_catalog, patroni_catalog_with, psql, wait_for};
+use infra_e2e::scenarios::{
+    Writer, Writes, described, patroni_catalog, patroni_catalog_with, psql, the_container, wait_for,
+};
 use infra_proto::bus::v1::{Event, EventKind};
 
 /// One Patroni cluster at a time: each test runs three simulated hosts,
@@ -48,17 +50,9 @@ fn start_with(spilo: &str) -> (Cluster, tempfile::TempDir) {
     (c, dir)
 }
 
-/// `docker inspect` of the one container of `service` on `host`:
-/// (started at, RFC 3339).
+/// When the one container of `service` on `host` started (RFC 3339).
 fn started_at(c: &Cluster, host: &str, service: &str) -> String {
-    let o = c.docker(
-        host,
-        &["ps", "-q", "--filter", &format!("label=io.infra.service={service}")],
-    );
-    let id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-    assert!(!id.is_empty() && !id.contains('\n'), "one {service} on {host}: {id:?}");
-    let o = c.docker(host, &["inspect", "-f", "{{.State.StartedAt}}", &id]);
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+    the_container(c, host, service).2
 }
 
 /// Patroni's `GET path` on the member of host `i` (its published 8008).

@@ -7,6 +7,7 @@ pub mod ai;
 pub mod auth;
 pub mod gateway;
 pub mod http;
+pub mod member_facts;
 pub mod observability;
 pub mod patroni;
 pub mod reach;

@@ -30,7 +30,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use infra_proto::bus::v1::EventKind;
-use operator_core::members::{self, Member, patroni};
+use operator_core::members::{self, patroni};
+
+use crate::member_facts;
 use operator_core::{Extension, TierContext};
 
 /// How often the members are asked (also how soon a new leader is told).
@@ -132,50 +134,23 @@ pub fn leader_change(cluster: &str, before: &Leader, view: &[patroni::ClusterMem
 }
 
 async fn run(ctx: TierContext) {
-    let mut shown: BTreeSet<String> = BTreeSet::new();
+    let mut shown = member_facts::Shown::default();
     // Each cluster's leader as last seen from this host.
     let mut leaders: BTreeMap<String, Leader> = BTreeMap::new();
     loop {
-        let mut now = BTreeSet::new();
+        let mut lines = Vec::new();
         // This round's view of each cluster, and its members on this host.
         let mut views: BTreeMap<String, (Vec<patroni::ClusterMember>, BTreeSet<String>)> = BTreeMap::new();
-        let addr = ctx.labels.get("addr").filter(|a| !a.is_empty()).cloned();
-        let desired = ctx
-            .bus
-            .list_desired(Some((&ctx.host, ctx.tier)))
-            .await
-            .unwrap_or_default();
-        for d in desired.iter().filter(|d| !d.absent) {
-            let Some(s) = &d.spec else { continue };
-            if s.labels.get(members::ORDER_LABEL).map(String::as_str) != Some("patroni") {
-                continue;
-            }
-            let Some(addr) = &addr else { continue };
-            let target = members::port_from(&s.labels, 8008);
-            let Some(port) = s
-                .ports
-                .iter()
-                .find(|p| p.target == u32::from(target) && p.published != 0)
-                .and_then(|p| u16::try_from(p.published).ok())
-            else {
-                continue;
-            };
-            let me = Member {
-                name: s.name.clone(),
-                host: ctx.host.clone(),
-                replica: 1,
-                addr: addr.clone(),
-                port,
-            };
+        for (labels, me) in member_facts::local(&ctx, "patroni", 8008).await {
             let line = match patroni::cluster(std::slice::from_ref(&me)).await {
                 Ok(view) => {
                     let line = view
                         .iter()
-                        .find(|m| m.name == s.name)
+                        .find(|m| m.name == me.name)
                         .map_or_else(|| "not a member of its cluster".to_string(), describe);
-                    let cluster = members::cluster_from(&s.labels).unwrap_or_else(|| "patroni".into());
+                    let cluster = members::cluster_from(&labels).unwrap_or_else(|| "patroni".into());
                     let entry = views.entry(cluster).or_default();
-                    entry.1.insert(s.name.clone());
+                    entry.1.insert(me.name.clone());
                     // The first member's view with a leader stands for the cluster.
                     if leader_of(&entry.0).is_none() {
                         entry.0 = view;
@@ -184,14 +159,9 @@ async fn run(ctx: TierContext) {
                 }
                 Err(e) => format!("unreachable: {}", e.0),
             };
-            let key = format!("{}{}", members::STATE_FACT_PREFIX, s.name);
-            ctx.facts.set(&key, format!("patroni: {line}"));
-            now.insert(key);
+            lines.push((me.name, line));
         }
-        for gone in shown.difference(&now) {
-            ctx.facts.remove(gone);
-        }
-        shown = now;
+        shown.publish(&ctx.facts, "patroni", lines);
         for (cluster, (view, mine)) in views {
             let Some(current) = leader_of(&view) else { continue };
             if let Some(before) = leaders.get(&cluster)

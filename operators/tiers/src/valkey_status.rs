@@ -13,12 +13,13 @@
 //! in or out of cluster mode. Without an `addr` label (one host) the port
 //! is not published and nothing is reported.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use operator_core::members::{self, valkey};
 use operator_core::{Extension, TierContext};
+
+use crate::member_facts;
 
 /// How often the members are asked.
 const EVERY: Duration = Duration::from_secs(2);
@@ -32,45 +33,20 @@ fn status(ctx: TierContext) -> futures::future::BoxFuture<'static, ()> {
 
 async fn run(ctx: TierContext) {
     let secrets = members::Secrets::from(Arc::new(ctx.bus.clone()));
-    let mut shown: BTreeSet<String> = BTreeSet::new();
+    let mut shown = member_facts::Shown::default();
     loop {
-        let mut now = BTreeSet::new();
-        let addr = ctx.labels.get("addr").filter(|a| !a.is_empty()).cloned();
-        let desired = ctx
-            .bus
-            .list_desired(Some((&ctx.host, ctx.tier)))
-            .await
-            .unwrap_or_default();
-        for d in desired.iter().filter(|d| !d.absent) {
-            let Some(s) = &d.spec else { continue };
-            if s.labels.get(members::ORDER_LABEL).map(String::as_str) != Some("valkey") {
-                continue;
-            }
-            let Some(addr) = &addr else { continue };
-            let target = members::port_from(&s.labels, 6379);
-            let Some(port) = s
-                .ports
-                .iter()
-                .find(|p| p.target == u32::from(target) && p.published != 0)
-                .and_then(|p| u16::try_from(p.published).ok())
-            else {
-                continue;
-            };
-            let line = match valkey::Valkey::from_labels(&s.labels, &secrets) {
-                Ok(hook) => match hook.member_line(addr, port).await {
+        let mut lines = Vec::new();
+        for (labels, me) in member_facts::local(&ctx, "valkey", 6379).await {
+            let line = match valkey::Valkey::from_labels(&labels, &secrets) {
+                Ok(hook) => match hook.member_line(&me.addr, me.port).await {
                     Ok(line) => line,
                     Err(e) => format!("unreachable: {}", e.0),
                 },
                 Err(e) => format!("unreachable: {}", e.0),
             };
-            let key = format!("{}{}", members::STATE_FACT_PREFIX, s.name);
-            ctx.facts.set(&key, format!("valkey: {line}"));
-            now.insert(key);
+            lines.push((me.name, line));
         }
-        for gone in shown.difference(&now) {
-            ctx.facts.remove(gone);
-        }
-        shown = now;
+        shown.publish(&ctx.facts, "valkey", lines);
         tokio::select! {
             () = ctx.shutdown.cancelled() => return,
             () = tokio::time::sleep(EVERY) => {}
