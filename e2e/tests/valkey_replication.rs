@@ -7,7 +7,9 @@
 //! restart first, the primary's role moves to a replica by `FAILOVER`
 //! before the old primary restarts, and the old primary comes back as a
 //! replica, from its config file (`BENCH | valkey replication roll ...`,
-//! the figures in e2e/BENCH.md).
+//! the figures in e2e/BENCH.md). And the catalog's own stack, deployed on
+//! one host as a user would: roles from the first start's config files,
+//! the proxy routing writes to the primary.
 //!
 //! Needs: `cargo build --workspace --bins`, `e2e/images/build.sh host nats
 //! redis haproxy`.
@@ -345,4 +347,125 @@ fn a_valkey_primary_with_two_replicas_over_three_hosts_rolls_replicas_first_hand
         w2.acked.len(),
         w2.failed.len()
     );
+}
+
+/// `valkey-cli <args>` in `container`, the password read there from the
+/// node's secret file (never on a command line); stdout, trimmed.
+fn cli(container: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(["exec", container, "sh", "-c"])
+        .arg(
+            r#"REDISCLI_AUTH="$(cat /run/secrets/valkey_replication_password)" exec valkey-cli --no-auth-warning "$@""#,
+        )
+        .arg("sh")
+        .args(args)
+        .output()
+        .expect("docker");
+    assert!(
+        out.status.success(),
+        "valkey-cli {args:?} in {container}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn field<'a>(info: &'a str, key: &str) -> &'a str {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or("")
+}
+
+/// The catalog's own stack (`compose/04-data/valkey-replication`, with the
+/// local override's Redis 7 and HAProxy 2.6), on one host through grpcurl:
+/// what a user deploying the profile gets.
+#[test]
+fn the_catalogs_valkey_replication_stack_comes_up_with_valkey_rep_0_primary_and_its_proxy_routing_writes_to_it() {
+    let mut opts = infra_e2e::Options::local("vkrep1");
+    opts.tiers = vec!["data".into()];
+    let project = opts.project.clone();
+    let p = infra_e2e::Platform::start(opts);
+    let container = |s: &str| format!("{project}-{s}-1");
+    let progress = p.call(
+        "Deploy",
+        r#"{"selection":{"profiles":["valkey-replication"],"services":["valkey-rep-proxy"]},"timeoutSeconds":240}"#,
+    );
+    let done = progress.last().unwrap();
+    assert_eq!(done["ready"], 4, "three nodes and the proxy: {progress:#?}");
+
+    // valkey-rep-0 is the primary, and lists both replicas by name.
+    wait_for("valkey-rep-0 with two replicas online", Duration::from_secs(60), || {
+        let info = cli(&container("valkey-rep-0"), &["INFO", "replication"]);
+        field(&info, "role") == "master" && info.matches("state=online").count() == 2
+    });
+    let info = cli(&container("valkey-rep-0"), &["INFO", "replication"]);
+    for i in 1..3 {
+        assert!(
+            info.contains(&format!("ip=valkey-rep-{i},port=6379,state=online")),
+            "valkey-rep-{i} listed by name: {info}"
+        );
+        let r = cli(&container(&format!("valkey-rep-{i}")), &["INFO", "replication"]);
+        assert_eq!(
+            (
+                field(&r, "role"),
+                field(&r, "master_host"),
+                field(&r, "master_link_status")
+            ),
+            ("slave", "valkey-rep-0", "up"),
+            "{r}"
+        );
+    }
+    // The first start wrote each role into the node's config file, mode
+    // 0600, and the node runs from it.
+    for (i, role) in [
+        (0, ""),
+        (1, "replicaof valkey-rep-0 6379"),
+        (2, "replicaof valkey-rep-0 6379"),
+    ] {
+        let c = container(&format!("valkey-rep-{i}"));
+        let out = std::process::Command::new("docker")
+            .args([
+                "exec",
+                &c,
+                "sh",
+                "-c",
+                "stat -c %a /data/valkey.conf; cat /data/valkey.conf",
+            ])
+            .output()
+            .expect("docker");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with("600\n"), "valkey-rep-{i}: {text}");
+        assert_eq!(text.lines().nth(1).unwrap_or(""), role, "valkey-rep-{i}: {text}");
+        assert_eq!(field(&cli(&c, &["INFO", "server"]), "config_file"), "/data/valkey.conf");
+    }
+    // Through the proxy (by its name, from a node on the network): the
+    // primary answers, a write lands and reaches both replicas.
+    let via = |args: &[&str]| {
+        let mut a = vec!["-h", "valkey-rep-proxy"];
+        a.extend_from_slice(args);
+        cli(&container("valkey-rep-1"), &a)
+    };
+    wait_for("the proxy on the primary", Duration::from_secs(30), || {
+        field(&via(&["INFO", "replication"]), "role") == "master"
+    });
+    assert_eq!(via(&["SET", "through-the-proxy", "yes"]), "OK");
+    for i in 1..3 {
+        wait_for(&format!("the write on valkey-rep-{i}"), Duration::from_secs(10), || {
+            cli(&container(&format!("valkey-rep-{i}")), &["GET", "through-the-proxy"]) == "yes"
+        });
+    }
+    // The password is in no container's configuration.
+    let password = std::fs::read_to_string(infra_e2e::repo_root().join("compose/secrets/valkey_replication_password"))
+        .expect("run e2e/images/make-dev-secrets.sh");
+    let password = password.trim();
+    assert!(password.len() >= 8, "a real password to look for");
+    for s in ["valkey-rep-0", "valkey-rep-1", "valkey-rep-2", "valkey-rep-proxy"] {
+        let out = std::process::Command::new("docker")
+            .args(["inspect", &container(s)])
+            .output()
+            .expect("docker");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains(password),
+            "the password in docker inspect of {s}"
+        );
+    }
 }

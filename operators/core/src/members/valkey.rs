@@ -31,8 +31,8 @@
 //! (`valkey_cluster_password`, or the one [`PASSWORD_SECRET_LABEL`] names).
 //! The coordinator already holds it: a deploy puts every secret's content
 //! in the `infra_secrets` bucket for the operators. The hook reads it from
-//! there (the [`Secrets`] it is built with) when it needs it, keeps it only for the call, and
-//! sends it only in `AUTH` to the members; it is in no message, log or
+//! there (the [`Secrets`] it is built with) when it needs it, keeps it
+//! only for the call, and sends it only in `AUTH` to the members; it is in no message, log or
 //! error (an `AUTH` error says the member refused, never what was sent).
 
 use std::collections::BTreeMap;
