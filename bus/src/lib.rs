@@ -746,6 +746,7 @@ pub fn event_kind_token(kind: EventKind) -> &'static str {
                 "SERVICE_MOVED" => "service_moved",
                 "LEADER_ELECTED" => "leader_elected",
                 "MEMBER_LEADER_CHANGED" => "member_leader_changed",
+                "STRAY_CONTAINER" => "stray_container",
                 _ => "unspecified",
             }
         })

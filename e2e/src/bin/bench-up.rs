@@ -591,6 +591,7 @@ async fn ours_round(
             selection: Some(selection.clone()),
             remove_volumes: true,
             force: true,
+            cascade: false,
         })
         .await
         .map_err(|e| format!("Remove: {e}"))?;

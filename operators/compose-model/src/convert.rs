@@ -226,7 +226,13 @@ pub(crate) fn service(ctx: &SvcCtx<'_>, raw: &Value) -> R<Service> {
         ulimits: g("ulimits").map_or(Ok(BTreeMap::new()), |v| ulimits(v, &p("ulimits")))?,
         sysctls: opt_dict(g("sysctls"), &p("sysctls"))?,
         extra_hosts: g("extra_hosts").map_or(Ok(Vec::new()), |v| extra_hosts(v, &p("extra_hosts")))?,
-        expose: opt_list(g("expose"), &p("expose"))?,
+        expose: {
+            let list = opt_list(g("expose"), &p("expose"))?;
+            for (i, e) in list.iter().enumerate() {
+                expose_entry(e, &p("expose").index(i))?;
+            }
+            list
+        },
         devices: opt_list(g("devices"), &p("devices"))?,
         dns: opt_list(g("dns"), &p("dns"))?,
         network_mode: opt_string(g("network_mode"), &p("network_mode"))?,
@@ -317,7 +323,7 @@ fn env_files(ctx: &SvcCtx<'_>, v: &Value, p: &KeyPath, out: &mut BTreeMap<String
             other => (string(other, &ip)?, true),
         };
         let abs = resolve(ctx.dir, &path, ctx.env);
-        let text = match std::fs::read_to_string(&abs) {
+        let text = match crate::load::read_text(&abs, crate::load::MAX_FILE_BYTES) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => continue,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -403,6 +409,25 @@ fn protocol(s: &str, p: &KeyPath) -> R<Protocol> {
         "sctp" => Ok(Protocol::Sctp),
         other => Err(err(p, format!("unknown protocol {other:?} (use tcp, udp or sctp)"))),
     }
+}
+
+/// Checks an `expose` entry: `PORT`, `PORT-PORT`, optionally `/tcp|udp|sctp`,
+/// ports 1 to 65535.
+fn expose_entry(s: &str, p: &KeyPath) -> R<()> {
+    let (ports, proto) = s.split_once('/').map_or((s, None), |(a, b)| (a, Some(b)));
+    if let Some(pr) = proto {
+        protocol(pr, p)?;
+    }
+    let (a, _) = port_range(ports, p).map_err(|_| {
+        err(
+            p,
+            format!("invalid port {s:?}: expose takes ports 1 to 65535 (`8080`, `8000-8010`, `53/udp`)"),
+        )
+    })?;
+    if a == 0 {
+        return Err(err(p, format!("invalid port {s:?}: ports start at 1")));
+    }
+    Ok(())
 }
 
 fn port_range(s: &str, p: &KeyPath) -> R<(u16, u16)> {

@@ -31,6 +31,11 @@ pub enum LoadErrorKind {
     Override,
     /// A `.env` or `env_file` line is malformed.
     EnvFile,
+    /// A file is larger than the catalog allows (see [`crate::MAX_FILE_BYTES`]).
+    TooLarge,
+    /// A secret or config `file:` is outside the catalog and the
+    /// directories the coordinator allows.
+    OutsideCatalog,
 }
 
 /// A catalog that cannot be loaded, located as precisely as we can: file,

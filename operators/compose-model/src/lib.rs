@@ -39,7 +39,9 @@ mod values;
 pub use error::{GraphError, LoadError, LoadErrorKind, SelectError};
 pub use graph::Graph;
 pub use lint::{Finding, ParseSeverityError, Rule, Severity, lint};
-pub use load::{COMPOSE_FILE_NAMES, Catalog, Include, LoadOptions, load_catalog, load_files};
+pub use load::{
+    COMPOSE_FILE_NAMES, Catalog, Include, LoadOptions, MAX_FILE_BYTES, MAX_SECRET_BYTES, load_catalog, load_files,
+};
 pub use model::*;
 pub use select::Selection;
 pub use tier::{ParseTierError, Tier};

@@ -28,6 +28,28 @@ const TOP_KEYS: &[&str] = &[
     "services", "networks", "volumes", "secrets", "configs", "include", "name", "version",
 ];
 
+/// The largest Compose, override or dotenv file the catalog reads. Real
+/// stacks are a few kilobytes; a bigger file is refused before it is
+/// parsed, so a runaway input never costs the coordinator its memory.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The largest secret or config file: Docker Swarm's limit too. Its
+/// content travels on the bus in one message.
+pub const MAX_SECRET_BYTES: u64 = 500 * 1024;
+
+/// Reads a text file the catalog names, refusing one over `limit` bytes
+/// before reading it.
+pub(crate) fn read_text(path: &Path, limit: u64) -> std::io::Result<String> {
+    let len = std::fs::metadata(path)?.len();
+    if len > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("it is {len} bytes; the catalog reads files of at most {limit} bytes"),
+        ));
+    }
+    std::fs::read_to_string(path)
+}
+
 /// How to load: where variables come from and which overrides to apply.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
@@ -40,6 +62,11 @@ pub struct LoadOptions {
     /// Compose override files merged onto the catalog, in order: mappings
     /// merge key by key, scalars and sequences replace.
     pub overrides: Vec<PathBuf>,
+    /// Directories outside the catalog that secret and config `file:`
+    /// sources may name. The catalog root and the directories of the
+    /// override files always may; any other path is refused, symlinks
+    /// resolved, so a catalog cannot read `/etc/shadow` into the bus.
+    pub secret_dirs: Vec<PathBuf>,
 }
 
 /// An `include` entry, kept so the plan can report that we do not follow it.
@@ -166,10 +193,10 @@ fn common_dir<'a>(paths: impl Iterator<Item = &'a Path>) -> PathBuf {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> LoadError {
-    let kind = if e.kind() == std::io::ErrorKind::NotFound {
-        LoadErrorKind::MissingFile
-    } else {
-        LoadErrorKind::Io
+    let kind = match e.kind() {
+        std::io::ErrorKind::NotFound => LoadErrorKind::MissingFile,
+        std::io::ErrorKind::FileTooLarge => LoadErrorKind::TooLarge,
+        _ => LoadErrorKind::Io,
     };
     LoadError::new(kind, path, format!("cannot read: {e}")).source(e)
 }
@@ -229,7 +256,7 @@ fn read_vars(default_env: Option<PathBuf>, opts: &LoadOptions) -> Result<BTreeMa
         _ => None,
     };
     if let Some(f) = env_file {
-        let text = std::fs::read_to_string(&f).map_err(|e| io_err(&f, e))?;
+        let text = read_text(&f, MAX_FILE_BYTES).map_err(|e| io_err(&f, e))?;
         let pairs =
             parse_env(&text).map_err(|e| LoadError::new(LoadErrorKind::EnvFile, &f, e.message).at(Some(e.line)))?;
         vars.extend(pairs);
@@ -247,9 +274,9 @@ fn service_of(path: &KeyPath) -> Option<&str> {
 }
 
 fn read_doc(path: &Path, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Doc, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
-    let mut value: Value = serde_norway::from_str(&text).map_err(|e| yaml_err(path, e))?;
-    value.apply_merge().map_err(|e| yaml_err(path, e))?;
+    let text = read_text(path, MAX_FILE_BYTES).map_err(|e| io_err(path, e))?;
+    let mut value: Value = serde_norway::from_str(&text).map_err(|e| yaml_err(path, &text, e))?;
+    value.apply_merge().map_err(|e| yaml_err(path, &text, e))?;
     strip_tags(&mut value);
     let lines = LineIndex::build(&text);
     let doc = match value {
@@ -286,16 +313,40 @@ fn read_doc(path: &Path, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Doc,
     })
 }
 
-fn yaml_err(path: &Path, e: serde_norway::Error) -> LoadError {
+fn yaml_err(path: &Path, text: &str, e: serde_norway::Error) -> LoadError {
     let loc = e.location();
     let mut msg = e.to_string();
     if let Some(i) = msg.rfind(" at line ") {
         msg.truncate(i);
     }
+    let mut line = loc.as_ref().map(|l| l.line());
+    // The parser gives no place for an expansion that runs away (an alias
+    // bomb): name the first alias, where the expansion starts.
+    if loc.is_none() && (msg.contains("repetition limit") || msg.contains("recursion limit")) {
+        line = first_alias_line(text);
+        msg = format!(
+            "the document expands too far through aliases (anchors used inside anchors): {msg}; a catalog file must \
+             stay small once its aliases are expanded"
+        );
+    }
     LoadError::new(LoadErrorKind::Yaml, path, msg)
-        .at(loc.as_ref().map(|l| l.line()))
+        .at(line)
         .col(loc.as_ref().map(|l| l.column()))
         .source(e)
+}
+
+/// The first line that uses an alias (`*name` as a value).
+fn first_alias_line(text: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.split(" #").next().unwrap_or(l);
+            l.char_indices().any(|(i, c)| {
+                c == '*'
+                    && (i == 0 || matches!(l.as_bytes()[i - 1], b' ' | b'[' | b',' | b'{' | b':' | b'-'))
+                    && l[i + 1..].starts_with(|n: char| n.is_ascii_alphanumeric() || n == '_')
+            })
+        })
+        .map(|i| i + 1)
 }
 
 fn interpolate_tree(
@@ -576,7 +627,13 @@ fn load(
         for (name, e) in entries {
             let d = &docs[e.doc];
             let base = def_path(kind, name);
-            let line = d.lines.line(&base).unwrap_or(1);
+            // The `file:` line when there is one: what a secret's errors
+            // point at.
+            let line = d
+                .lines
+                .exact(&base.key("file"))
+                .or_else(|| d.lines.line(&base))
+                .unwrap_or(1);
             let s = convert::secret_def(
                 &e.value,
                 &KeyPath::root(),
@@ -616,7 +673,90 @@ fn load(
         key_lines,
     };
     check_references(&catalog, &raw.services, &docs)?;
+    check_sources(&catalog, opts)?;
     Ok(catalog)
+}
+
+/// Secret and config files must be regular files inside the catalog, the
+/// override files' directories or `opts.secret_dirs` (symlinks resolved),
+/// and no larger than [`MAX_SECRET_BYTES`]. The error names the file and
+/// line of the definition and the services that use it.
+fn check_sources(cat: &Catalog, opts: &LoadOptions) -> Result<(), LoadError> {
+    let mut allowed: Vec<PathBuf> = vec![cat.root.clone()];
+    allowed.extend(opts.overrides.iter().filter_map(|o| o.parent().map(Path::to_path_buf)));
+    allowed.extend(opts.secret_dirs.iter().cloned());
+    let allowed: Vec<PathBuf> = allowed.iter().filter_map(|d| d.canonicalize().ok()).collect();
+    for (kind, defs) in [("secret", &cat.secrets), ("config", &cat.configs)] {
+        for (name, def) in defs {
+            let crate::model::SecretSource::File(path) = &def.source else {
+                continue;
+            };
+            let users: Vec<&str> = cat
+                .services
+                .values()
+                .filter(|s| {
+                    let refs = if kind == "secret" { &s.secrets } else { &s.configs };
+                    refs.iter().any(|r| &r.source == name)
+                })
+                .map(|s| s.name.as_str())
+                .collect();
+            let fail = |kind_: LoadErrorKind, why: String| {
+                let used = if users.is_empty() {
+                    "no service uses it".to_owned()
+                } else {
+                    format!("used by service {}", users.join(", "))
+                };
+                let mut e = LoadError::new(kind_, &def.file, format!("{kind} {name:?}: {why} ({used})"))
+                    .at(Some(def.line))
+                    .key(format!("{kind}s.{name}.file"));
+                if let Some(s) = users.first() {
+                    e = e.service(s);
+                }
+                e
+            };
+            let real = path.canonicalize().map_err(|e| {
+                fail(
+                    LoadErrorKind::MissingFile,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            if !allowed.iter().any(|a| real.starts_with(a)) {
+                let via = if &real == path {
+                    String::new()
+                } else {
+                    format!(" (it resolves to {})", real.display())
+                };
+                return Err(fail(
+                    LoadErrorKind::OutsideCatalog,
+                    format!(
+                        "file {}{via} is outside the catalog ({}); secret and config files must live in it, \
+                         beside an override file, or in a directory named by the coordinator's secret_dirs",
+                        path.display(),
+                        cat.root.display()
+                    ),
+                ));
+            }
+            let meta = std::fs::metadata(&real)
+                .map_err(|e| fail(LoadErrorKind::Io, format!("cannot read {}: {e}", path.display())))?;
+            if !meta.is_file() {
+                return Err(fail(
+                    LoadErrorKind::InvalidValue,
+                    format!("{} is not a regular file", path.display()),
+                ));
+            }
+            if meta.len() > MAX_SECRET_BYTES {
+                return Err(fail(
+                    LoadErrorKind::TooLarge,
+                    format!(
+                        "file {} is {} bytes; a {kind} may be at most {MAX_SECRET_BYTES} bytes",
+                        path.display(),
+                        meta.len()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Cross-file checks that need the whole catalog: dependency targets and

@@ -1477,3 +1477,111 @@ fn an_optional_dependency_on_a_service_the_catalog_lacks_is_not_an_error_and_not
     assert_eq!(graph.order(), ["webui"]);
     assert!(graph.dependencies("webui").is_empty());
 }
+
+#[test]
+fn a_secret_file_outside_the_catalog_is_refused_naming_the_file_line_and_service() {
+    let outside = tempfile::tempdir().unwrap();
+    let abs = outside.path().join("shadow");
+    std::fs::write(&abs, "root:x:0:0").unwrap();
+    let climb = "../".repeat(16) + abs.strip_prefix("/").unwrap().to_str().unwrap();
+    for (source, why) in [(abs.display().to_string(), "absolute"), (climb, "climbs out")] {
+        let f = Fixture::new();
+        f.write(
+            "04-data/stack/docker-compose.yml",
+            &format!("services:\n  db:\n    image: x\n    secrets: [x]\nsecrets:\n  x:\n    file: \"{source}\"\n"),
+        );
+        let e = f.load().unwrap_err();
+        assert_eq!(e.kind(), LoadErrorKind::OutsideCatalog, "{why}: {e}");
+        let msg = e.to_string();
+        assert!(msg.contains("04-data/stack/docker-compose.yml:7"), "{why}: {msg}");
+        assert!(msg.contains("outside the catalog"), "{why}: {msg}");
+        assert!(msg.contains("service db"), "{why}: {msg}");
+        assert!(!msg.contains("root:x"), "never the content: {msg}");
+        // Allowed once the coordinator names the directory.
+        let opts = LoadOptions {
+            secret_dirs: vec![outside.path().to_owned()],
+            ..Default::default()
+        };
+        f.load_with(&opts).unwrap_or_else(|e| panic!("{why}: {e}"));
+    }
+}
+
+#[test]
+fn a_symlink_inside_the_catalog_that_points_outside_is_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("key"), "k").unwrap();
+    let f = Fixture::new();
+    f.write(
+        "04-data/stack/docker-compose.yml",
+        "services:\n  db:\n    image: x\n    secrets: [x]\nsecrets:\n  x:\n    file: ./key\n",
+    );
+    std::os::unix::fs::symlink(outside.path().join("key"), f.root().join("04-data/stack/key")).unwrap();
+    let e = f.load().unwrap_err();
+    assert_eq!(e.kind(), LoadErrorKind::OutsideCatalog, "{e}");
+    assert!(e.to_string().contains("it resolves to"), "{e}");
+    // A symlink that stays inside is fine.
+    std::fs::remove_file(f.root().join("04-data/stack/key")).unwrap();
+    f.write("secrets/key.txt", "k");
+    std::os::unix::fs::symlink(f.root().join("secrets/key.txt"), f.root().join("04-data/stack/key")).unwrap();
+    f.load().unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn oversized_files_are_refused_before_they_are_parsed() {
+    let f = Fixture::new();
+    let mut big = String::from("services:\n  a:\n    image: x\n    environment:\n");
+    let mut i = 0;
+    while big.len() as u64 <= MAX_FILE_BYTES {
+        big.push_str(&format!("      K{i}: vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv\n"));
+        i += 1;
+    }
+    f.write("04-data/stack/docker-compose.yml", &big);
+    let e = f.load().unwrap_err();
+    assert_eq!(e.kind(), LoadErrorKind::TooLarge, "{e}");
+    assert!(e.to_string().contains("04-data/stack/docker-compose.yml"), "{e}");
+    assert!(
+        e.to_string().contains(&format!("at most {MAX_FILE_BYTES} bytes")),
+        "{e}"
+    );
+
+    let f = Fixture::new();
+    f.write(
+        "04-data/stack/docker-compose.yml",
+        "services:\n  a:\n    image: x\n    secrets: [big]\nsecrets:\n  big:\n    file: ./big\n",
+    );
+    f.write("04-data/stack/big", &"x".repeat(MAX_SECRET_BYTES as usize + 1));
+    let e = f.load().unwrap_err();
+    assert_eq!(e.kind(), LoadErrorKind::TooLarge, "{e}");
+    assert!(e.to_string().contains(":7"), "{e}");
+}
+
+#[test]
+fn a_yaml_alias_bomb_is_an_error_naming_the_file() {
+    let mut text = String::from("x-a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+    let mut prev = 'a';
+    for c in 'b'..='i' {
+        text.push_str(&format!(
+            "x-{c}: &{c} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+        ));
+        prev = c;
+    }
+    text.push_str("services:\n  a:\n    image: x\n");
+    let e = one(&text).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("04-data/stack/docker-compose.yml:2"), "{msg}");
+    assert!(msg.contains("aliases"), "{msg}");
+}
+
+#[test]
+fn an_expose_port_out_of_range_is_an_error_at_its_line() {
+    for bad in ["70000", "0", "80-x", "53/icmp"] {
+        let e = one(&format!(
+            "services:\n  a:\n    image: x\n    expose: [\"8080\", \"{bad}\"]\n"
+        ))
+        .unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.kind(), LoadErrorKind::InvalidValue, "{bad}: {msg}");
+        assert!(msg.contains(":4") && msg.contains("expose[1]"), "{bad}: {msg}");
+    }
+    ok("services:\n  a:\n    image: x\n    expose: [\"8080\", \"9000-9010\", \"53/udp\", 6379]\n");
+}

@@ -199,10 +199,10 @@ pub fn to_spec(
         };
         let key = infra_bus::Token::new("secret", &s.source).map_err(|e| err(svc, "secrets", e.to_string()))?;
         let sha = hex::encode(Sha256::digest(&content));
-        let parse_id = |v: &Option<String>, field: &str| -> Result<u32, ConvertError> {
-            v.as_deref().map_or(Ok(0), |x| {
-                x.parse().map_err(|_| err(svc, field, format!("{x:?} is not a number")))
-            })
+        let parse_id = |v: &Option<String>, field: &str| -> Result<Option<u32>, ConvertError> {
+            v.as_deref()
+                .map(|x| x.parse().map_err(|_| err(svc, field, format!("{x:?} is not a number"))))
+                .transpose()
         };
         secrets.push(SecretMount {
             name: s.source.clone(),

@@ -37,8 +37,13 @@ pub struct Settings {
     pub overrides: Vec<PathBuf>,
     /// `.env` file; default `<compose_dir>/.env` when it exists.
     pub env_file: Option<PathBuf>,
+    /// Directories beside the catalog that secret and config files may
+    /// come from.
+    pub secret_dirs: Vec<PathBuf>,
     /// Default per-service deadline of a deploy.
     pub deploy_timeout: Duration,
+    /// The most replicas one service may have.
+    pub max_replicas: u32,
     /// A host silent for this long is lost (its stateless replicas move).
     pub host_lost_after: Duration,
     /// How long a heartbeat counts (the hosts bucket's max age).
@@ -59,7 +64,14 @@ pub struct Coordinator {
     bus: Bus,
     cache: ObservedCache,
     leader: watch::Receiver<bool>,
+    /// The call that owns each service's replica count now; a newer one
+    /// cancels the older one's wait.
+    owners: Arc<std::sync::Mutex<HashMap<String, tokio_util::sync::CancellationToken>>>,
 }
+
+/// The largest spec one service may have once built (encoded). Twice it
+/// (a rolling update's old and new spec) must fit in one bus message.
+const MAX_SPEC_BYTES: usize = 384 * 1024;
 
 fn invalid(e: impl std::fmt::Display) -> Status {
     Status::invalid_argument(e.to_string())
@@ -150,9 +162,78 @@ enum Progress {
     Failed,
 }
 
-fn progress_of(o: &ObservedService, spec: &ServiceSpec, hash: &str) -> Progress {
+impl Progress {
+    fn word(self) -> &'static str {
+        match self {
+            Progress::Waiting => "not started",
+            Progress::Started => "started but not healthy",
+            Progress::Healthy => "running (healthy)",
+            Progress::Completed => "completed",
+            Progress::Failed => "failed",
+        }
+    }
+}
+
+/// What the services of one deploy know of each other: how far each has
+/// come, and whether its own step has ended (so a dependent never waits
+/// for a condition that can no longer be met).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Standing {
+    progress: Progress,
+    ended: bool,
+}
+
+type Board = HashMap<String, Standing>;
+
+/// One service's part of a deploy (or of a scale: no dependencies, no
+/// graph).
+struct Step<'a> {
+    name: &'a str,
+    deps: Vec<(String, DependencyCondition)>,
+    /// How long it may take to be ready once dispatched.
+    deadline: Duration,
+    /// How long it may wait for its dependencies (a backstop: the wait
+    /// ends when they meet their conditions or their steps end).
+    wait_limit: Duration,
+    deployment: &'a str,
+    board: Arc<watch::Sender<Board>>,
+    graph: Option<&'a Graph>,
+    tx: &'a mpsc::Sender<Result<api::DeployProgress, Status>>,
+    /// A dependent in this deploy needs it run to completion
+    /// (`service_completed_successfully`): it is ready once it has exited
+    /// 0, not while it runs.
+    until_completed: bool,
+}
+
+/// Marks a service's step ended when dropped, whether it returned or
+/// panicked: its dependents stop waiting for it either way.
+struct EndOnDrop {
+    name: String,
+    board: Arc<watch::Sender<Board>>,
+}
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.board.send_modify(|m| {
+            m.entry(self.name.clone())
+                .or_insert(Standing {
+                    progress: Progress::Failed,
+                    ended: true,
+                })
+                .ended = true;
+        });
+    }
+}
+
+/// Where one host's share stands. A report counts only once it is about
+/// the desired write it answers (`generation`): an operator still busy
+/// with an older write must not make a newer one look done.
+fn progress_of(o: &ObservedService, spec: &ServiceSpec, hash: &str, generation: u64) -> Progress {
     let want = spec.replicas.max(1);
     let current: Vec<_> = o.containers.iter().filter(|c| c.spec_hash == hash).collect();
+    if o.generation < generation {
+        return Progress::Waiting;
+    }
     if o.health() == Health::Failed {
         return Progress::Failed;
     }
@@ -185,7 +266,20 @@ impl Coordinator {
             // Alone, a coordinator leads; `with_leadership` makes it follow
             // a lease.
             leader: watch::channel(true).1,
+            owners: Arc::default(),
         }
+    }
+
+    /// Makes the caller the owner of `service`'s replica count: the
+    /// previous owner's token is cancelled (its wait stops at once), and
+    /// the returned one is cancelled when a later call claims the service.
+    fn claim(&self, service: &str) -> tokio_util::sync::CancellationToken {
+        let token = tokio_util::sync::CancellationToken::new();
+        let mut owners = self.owners.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = owners.insert(service.to_owned(), token.clone()) {
+            old.cancel();
+        }
+        token
     }
 
     /// Leads only while `leader` says so (the lease task keeps it current).
@@ -224,6 +318,7 @@ impl Coordinator {
             env_file: self.settings.env_file.clone(),
             env: Self::env(),
             overrides: self.settings.overrides.clone(),
+            secret_dirs: self.settings.secret_dirs.clone(),
         };
         infra_compose::load_catalog(&self.settings.compose_dir, &opts).map_err(invalid)
     }
@@ -354,12 +449,49 @@ impl Coordinator {
                 }
             }
         }
+        // What every service reserves where (CPU, memory), kept current as
+        // this deploy places its services.
+        let mut reserved: HashMap<String, BTreeMap<String, placement::Reservation>> = HashMap::new();
+        for d in desired.iter().filter(|d| !d.absent) {
+            if let Some(s) = &d.spec {
+                reserved
+                    .entry(d.host.clone())
+                    .or_default()
+                    .insert(s.name.clone(), placement::Reservation::of(s).times(s.replicas.max(1)));
+            }
+        }
         let mut out = Vec::new();
         let mut secrets: BTreeMap<String, SecretContent> = BTreeMap::new();
         for name in graph.order() {
             let svc = &catalog.services[name];
             let (spec, contents) = convert::to_spec(catalog, &self.settings.project, svc, &env).map_err(invalid)?;
+            let size = prost::Message::encoded_len(&spec);
+            if size > MAX_SPEC_BYTES {
+                return Err(invalid(format!(
+                    "{}:{}: service {name:?}: its spec is {} KiB once built ({} environment entries, {} labels); a \
+                     service's spec may be at most {} KiB, because its desired state carries two specs during a \
+                     rolling update and the bus carries at most 1 MiB in one message",
+                    svc.file.display(),
+                    svc.line,
+                    size / 1024,
+                    spec.environment.len(),
+                    spec.labels.len(),
+                    MAX_SPEC_BYTES / 1024
+                )));
+            }
             let rules = convert::placement_spec(svc).map_err(invalid)?;
+            if !rules.global && spec.replicas > self.settings.max_replicas {
+                let line = catalog
+                    .key_line(name, "deploy.replicas")
+                    .map_or(String::new(), |l| format!(":{l}"));
+                return Err(invalid(format!(
+                    "{}{line}: service {name:?}: deploy.replicas {} is more than one service may have here \
+                     (max_replicas = {} in the coordinator's configuration)",
+                    svc.file.display(),
+                    spec.replicas,
+                    self.settings.max_replicas
+                )));
+            }
             for c in contents {
                 secrets.insert(c.key.clone(), c);
             }
@@ -378,6 +510,16 @@ impl Coordinator {
                     .iter()
                     .map(|(h, by)| (h.clone(), by.iter().filter(|(n, _)| *n != name).map(|(_, g)| g).sum()))
                     .collect(),
+                reserved: reserved
+                    .iter()
+                    .map(|(h, by)| {
+                        let sum = by
+                            .iter()
+                            .filter(|(n, _)| *n != name)
+                            .fold(placement::Reservation::default(), |a, (_, r)| a.plus(*r));
+                        (h.clone(), sum)
+                    })
+                    .collect(),
             };
             let mut p = Prepared {
                 spec,
@@ -387,9 +529,19 @@ impl Coordinator {
                 update: convert::update_policy(svc, false),
                 back: convert::update_policy(svc, true),
             };
-            let parsed = Rules::from_spec(&p.spec.tier, p.spec.replicas.max(1), &p.rules).map_err(invalid)?;
+            let reserve = placement::Reservation::of(&p.spec);
+            let parsed = Rules::from_spec(&p.spec.tier, p.spec.replicas.max(1), &p.rules)
+                .map_err(invalid)?
+                .reserving(reserve);
             p.outcome = placement::place(&parsed, &hosts, &p.current(), &usage);
+            for by in reserved.values_mut() {
+                by.remove(name);
+            }
             for (h, n) in &p.outcome.hosts {
+                reserved
+                    .entry(h.clone())
+                    .or_default()
+                    .insert(name.clone(), reserve.times(*n));
                 load.entry((h.clone(), p.spec.tier.clone()))
                     .or_default()
                     .insert(name.clone());
@@ -509,6 +661,17 @@ impl Coordinator {
         req: api::DeployRequest,
         tx: mpsc::Sender<Result<api::DeployProgress, Status>>,
     ) -> Result<(), Status> {
+        self.deploy_as(nuid::next().to_string(), req, tx).await
+    }
+
+    /// [`Coordinator::deploy`] under the id `deployment` (its record's, so
+    /// its events and its record name the same deploy).
+    pub async fn deploy_as(
+        &self,
+        deployment: String,
+        req: api::DeployRequest,
+        tx: mpsc::Sender<Result<api::DeployProgress, Status>>,
+    ) -> Result<(), Status> {
         let catalog = self.load()?;
         let (_, graph) = self.resolve(&catalog, req.selection.as_ref())?;
         let (prepared, secrets) = self.prepare(&catalog, &graph).await?;
@@ -517,7 +680,6 @@ impl Coordinator {
         } else {
             self.settings.deploy_timeout
         };
-        let deployment = nuid::next().to_string();
         tracing::Span::current()
             .record("deployment", deployment.as_str())
             .record("services", prepared.len());
@@ -533,8 +695,7 @@ impl Coordinator {
         )
         .await;
 
-        let (state_tx, state_rx) = watch::channel(HashMap::<String, Progress>::new());
-        let state_tx = Arc::new(state_tx);
+        let board = Arc::new(watch::channel(Board::new()).0);
         let graph = Arc::new(graph);
         let send = |p: api::DeployProgress| {
             let tx = tx.clone();
@@ -554,6 +715,10 @@ impl Coordinator {
             })
             .await;
         }
+        // A dependency wait ends when the dependency's own step ends; the
+        // limit is only a backstop against a step that never does: every
+        // level of the graph may take its whole deadline.
+        let wait_limit = deadline.saturating_mul(graph.levels().len().max(1) as u32);
         let mut tasks = tokio::task::JoinSet::new();
         for (name, p) in prepared {
             let me = self.clone();
@@ -563,29 +728,32 @@ impl Coordinator {
                 .filter(|d| graph.contains(&d.service))
                 .map(|d| (d.service.clone(), d.condition))
                 .collect();
-            let (state_tx, state_rx, graph, tx, deployment) = (
-                state_tx.clone(),
-                state_rx.clone(),
-                graph.clone(),
-                tx.clone(),
-                deployment.clone(),
-            );
+            let until_completed = catalog.services.values().any(|s| {
+                graph.contains(&s.name)
+                    && s.depends_on
+                        .iter()
+                        .any(|d| d.service == name && d.condition == DependencyCondition::ServiceCompletedSuccessfully)
+            });
+            let (board, graph, tx, deployment) = (board.clone(), graph.clone(), tx.clone(), deployment.clone());
             let span = tracing::info_span!("service", service = %name, tier = %p.spec.tier);
             tasks.spawn(
                 async move {
-                    let outcome = me
-                        .deploy_one(
-                            &name,
-                            p,
-                            deps,
-                            deadline,
-                            &deployment,
-                            state_tx,
-                            state_rx,
-                            Some(&graph),
-                            &tx,
-                        )
-                        .await;
+                    let _end = EndOnDrop {
+                        name: name.clone(),
+                        board: board.clone(),
+                    };
+                    let step = Step {
+                        name: &name,
+                        deps,
+                        deadline,
+                        wait_limit,
+                        deployment: &deployment,
+                        board,
+                        graph: Some(&graph),
+                        tx: &tx,
+                        until_completed,
+                    };
+                    let outcome = me.deploy_one(step, p).await;
                     (name, outcome)
                 }
                 .instrument(span),
@@ -624,19 +792,26 @@ impl Coordinator {
     /// no graph): wait for its dependencies, dispatch to every host its
     /// placement names, remove it from hosts it no longer has, wait until
     /// every host reports it ready. Returns `Waiting` when it was blocked.
-    #[allow(clippy::too_many_arguments)]
-    async fn deploy_one(
-        &self,
-        name: &str,
-        mut p: Prepared,
-        deps: Vec<(String, DependencyCondition)>,
-        deadline: Duration,
-        deployment: &str,
-        state_tx: Arc<watch::Sender<HashMap<String, Progress>>>,
-        mut state_rx: watch::Receiver<HashMap<String, Progress>>,
-        graph: Option<&Graph>,
-        tx: &mpsc::Sender<Result<api::DeployProgress, Status>>,
-    ) -> Progress {
+    ///
+    /// # Guarantees
+    /// Every wait ends: a dependency wait when the dependency meets its
+    /// condition, fails, or its step ends without meeting it (with the
+    /// reason), else at `step.wait_limit`; the ready wait when the service
+    /// is ready, fails, or `step.deadline` passes (naming what it waited
+    /// for).
+    async fn deploy_one(&self, step: Step<'_>, mut p: Prepared) -> Progress {
+        let Step {
+            name,
+            deps,
+            deadline,
+            wait_limit,
+            deployment,
+            board,
+            graph,
+            tx,
+            until_completed,
+        } = step;
+        let mut board_rx = board.subscribe();
         let tier_owned = p.spec.tier.clone();
         let tier: &str = &tier_owned;
         let hosts = p.hosts_label();
@@ -658,8 +833,13 @@ impl Coordinator {
             }
         };
         let set = |p: Progress| {
-            state_tx.send_modify(|m| {
-                m.insert(name.to_owned(), p);
+            board.send_modify(|m| {
+                m.entry(name.to_owned())
+                    .or_insert(Standing {
+                        progress: p,
+                        ended: false,
+                    })
+                    .progress = p;
             })
         };
 
@@ -695,15 +875,47 @@ impl Coordinator {
             )
             .await;
         }
+        let waiting_since = Instant::now();
         loop {
-            let st = state_rx.borrow_and_update().clone();
-            // A failed dependency, or one that finished without ever being
-            // healthy, will never meet the condition.
-            let failed = deps.iter().find(|(d, c)| {
-                matches!(st.get(d), Some(Progress::Failed))
-                    || (st.get(d) == Some(&Progress::Completed) && *c == DependencyCondition::ServiceHealthy)
+            let st = board_rx.borrow_and_update().clone();
+            // A failed dependency, one that finished without ever being
+            // healthy, or one whose step ended short of the condition will
+            // never meet it.
+            let unmet = deps.iter().find_map(|(d, c)| {
+                let s = st.get(d)?;
+                if s.progress == Progress::Failed {
+                    return Some((d, "failed".to_owned()));
+                }
+                if s.progress == Progress::Completed && *c == DependencyCondition::ServiceHealthy {
+                    return Some((d, "completed without ever being healthy".to_owned()));
+                }
+                (s.ended && !meets(s.progress, *c)).then(|| {
+                    (
+                        d,
+                        format!("ended {} but {name} needs it {}", s.progress.word(), cond_name(*c)),
+                    )
+                })
             });
-            if let Some((d, _)) = failed {
+            let left = wait_limit.saturating_sub(waiting_since.elapsed());
+            let unmet = unmet.or_else(|| {
+                if !left.is_zero() {
+                    return None;
+                }
+                deps.iter()
+                    .find(|(d, c)| !st.get(d).is_some_and(|s| meets(s.progress, *c)))
+                    .map(|(d, c)| {
+                        let seen = st.get(d).map_or("not started", |s| s.progress.word());
+                        (
+                            d,
+                            format!(
+                                "did not become {} within {}s (it is {seen})",
+                                cond_name(*c),
+                                wait_limit.as_secs()
+                            ),
+                        )
+                    })
+            });
+            if let Some((d, why)) = unmet {
                 let chain = graph
                     .and_then(|g| g.blocking_chain(d, name))
                     .map(|c| c.join(" -> "))
@@ -711,7 +923,7 @@ impl Coordinator {
                 set(Progress::Failed);
                 report(
                     api::Phase::Blocked,
-                    format!("blocked: dependency {d} failed ({chain})"),
+                    format!("blocked: dependency {d} {why} ({chain})"),
                     vec![],
                 )
                 .await;
@@ -720,7 +932,7 @@ impl Coordinator {
                     name,
                     tier,
                     deployment,
-                    format!("dependency {d} failed: {chain}"),
+                    format!("dependency {d} {why}: {chain}"),
                 )
                 .await;
                 // Nothing stays behind for a service that never started.
@@ -731,10 +943,14 @@ impl Coordinator {
                 }
                 return Progress::Waiting;
             }
-            if deps.iter().all(|(d, c)| st.get(d).is_some_and(|p| meets(*p, *c))) {
+            if deps
+                .iter()
+                .all(|(d, c)| st.get(d).is_some_and(|s| meets(s.progress, *c)))
+            {
                 break;
             }
-            if state_rx.changed().await.is_err() {
+            // A closed board (the deploy is gone) ends the wait too.
+            if let Ok(Err(_)) = tokio::time::timeout(left, board_rx.changed()).await {
                 return Progress::Waiting;
             }
         }
@@ -852,7 +1068,7 @@ impl Coordinator {
         // already what we want; take it off hosts it no longer has (volumes
         // are kept).
         let mut all_unchanged = true;
-        let mut targets: Vec<(String, ServiceSpec, String)> = Vec::new();
+        let mut targets: Vec<(String, ServiceSpec, String, u64)> = Vec::new();
         for (h, n) in &p.outcome.hosts {
             let spec = p.spec_for(*n);
             let hash = operator_core::spec::spec_hash(&spec);
@@ -867,12 +1083,14 @@ impl Coordinator {
                         .as_ref()
                         .is_some_and(|s| operator_core::spec::spec_hash(s) == hash && s.replicas.max(1) == *n)
             });
+            let mut generation = existing.map_or(0, |d| d.generation);
             if !unchanged {
                 all_unchanged = false;
+                generation += if held { 2 } else { 1 };
                 let desired = DesiredService {
                     spec: Some(spec.clone()),
                     host: h.clone(),
-                    generation: existing.map_or(0, |d| d.generation) + if held { 2 } else { 1 },
+                    generation,
                     deployment_id: deployment.to_owned(),
                     ..Default::default()
                 };
@@ -880,7 +1098,7 @@ impl Coordinator {
                     return fail(format!("could not write desired state on {h}: {e}")).await;
                 }
             }
-            targets.push((h.clone(), spec, hash));
+            targets.push((h.clone(), spec, hash, generation));
         }
         for d in p
             .existing
@@ -917,16 +1135,26 @@ impl Coordinator {
         .await;
 
         // Wait until every host has it ready (or one failed, or time ran
-        // out).
+        // out). A one-shot job that a dependent needs completed is ready
+        // once it has exited 0, not while it runs.
+        let done = |p: Progress| {
+            if until_completed {
+                p == Progress::Completed
+            } else {
+                matches!(p, Progress::Healthy | Progress::Completed)
+            }
+        };
         let start = Instant::now();
         let mut changes = self.cache.subscribe();
         let mut last = Progress::Waiting;
         loop {
             let mut each = Vec::with_capacity(targets.len());
             let mut laggard: Option<(String, Option<ObservedService>)> = None;
-            for (h, spec, hash) in &targets {
+            for (h, spec, hash, generation) in &targets {
                 let obs = self.cache.get(h, tier, name).await;
-                let now = obs.as_ref().map_or(Progress::Waiting, |o| progress_of(o, spec, hash));
+                let now = obs
+                    .as_ref()
+                    .map_or(Progress::Waiting, |o| progress_of(o, spec, hash, *generation));
                 if now == Progress::Failed {
                     let o = obs.unwrap_or_default();
                     let why = if o.message.is_empty() {
@@ -936,7 +1164,7 @@ impl Coordinator {
                     };
                     return fail(if targets.len() > 1 { format!("{h}: {why}") } else { why }).await;
                 }
-                if laggard.is_none() && !matches!(now, Progress::Healthy | Progress::Completed) {
+                if laggard.is_none() && !done(now) {
                     laggard = Some((h.clone(), obs));
                 }
                 each.push(now);
@@ -946,7 +1174,7 @@ impl Coordinator {
                 set(now);
                 last = now;
             }
-            if matches!(now, Progress::Healthy | Progress::Completed) {
+            if done(now) {
                 let health = self
                     .cache
                     .get(&targets[0].0, tier, name)
@@ -991,7 +1219,8 @@ impl Coordinator {
                         )
                     },
                 );
-                return fail(format!("not ready after {}s ({seen})", deadline.as_secs())).await;
+                let what = if until_completed { "not completed" } else { "not ready" };
+                return fail(format!("{what} after {}s ({seen})", deadline.as_secs())).await;
             }
             let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), changes.changed()).await;
         }
@@ -1078,41 +1307,122 @@ impl Coordinator {
     /// Stops and removes the selection's containers, dependents first.
     /// Volumes stay unless `remove_volumes`.
     pub async fn remove(&self, req: api::RemoveRequest) -> Result<api::RemoveResponse, Status> {
-        let catalog = self.load()?;
-        let (names, graph) = self.resolve(&catalog, req.selection.as_ref())?;
+        let sel = req.selection.clone().unwrap_or_default();
+        if sel == api::Selection::default() {
+            return Err(invalid(
+                "selection: name what to remove (services, tiers, profiles or a named selection), or set \
+                 selection.all to remove everything deployed",
+            ));
+        }
         let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
-        let deployed: BTreeMap<String, &DesiredService> = desired
+        let records = self.bus.list_records().await.map_err(unavailable)?;
+        // What runs (or is held) now, with the spec it runs.
+        let deployed: BTreeMap<String, &ServiceSpec> = desired
             .iter()
             .filter(|d| !d.absent)
-            .filter_map(|d| d.spec.as_ref().map(|s| (s.name.clone(), d)))
+            .filter_map(|d| d.spec.as_ref().map(|s| (s.name.clone(), s)))
             .collect();
-        if !req.force {
-            for (other, d) in &deployed {
-                if names.contains(other) || d.absent {
-                    continue;
-                }
-                if let Some(dep) = d
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.depends_on.iter().find(|x| x.required && names.contains(&x.service)))
-                {
-                    return Err(Status::failed_precondition(format!(
-                        "{other} is deployed and needs {}: remove it too, or set force",
-                        dep.service
-                    )));
-                }
+        let known = |n: &str| deployed.contains_key(n) || records.iter().any(|r| r.service == n);
+        let mut set: BTreeSet<String> = BTreeSet::new();
+        if sel.all {
+            set.extend(deployed.keys().cloned());
+            set.extend(records.iter().map(|r| r.service.clone()));
+        }
+        for n in &sel.services {
+            if !known(n) {
+                return Err(Status::failed_precondition(format!(
+                    "selection.services: {n:?} is not deployed; nothing was removed"
+                )));
+            }
+            set.insert(n.clone());
+        }
+        for t in &sel.tiers {
+            t.parse::<Tier>()
+                .map_err(|e| invalid(format!("selection.tiers: {e}")))?;
+            set.extend(deployed.values().filter(|s| &s.tier == t).map(|s| s.name.clone()));
+        }
+        if !sel.named.is_empty() || !sel.profiles.is_empty() {
+            let catalog = self.load()?;
+            let like_deploy = api::Selection {
+                named: sel.named.clone(),
+                profiles: sel.profiles.clone(),
+                ..Default::default()
+            };
+            set.extend(
+                self.select(&catalog, Some(&like_deploy))?
+                    .into_iter()
+                    .filter(|n| known(n)),
+            );
+        }
+        // Deployed services outside the selection that need one in it.
+        let needs = |outside: &BTreeSet<String>| -> Vec<(String, String)> {
+            deployed
+                .iter()
+                .filter(|(n, _)| !outside.contains(*n))
+                .flat_map(|(n, s)| {
+                    s.depends_on
+                        .iter()
+                        .filter(|d| d.required && outside.contains(&d.service))
+                        .map(|d| (n.clone(), d.service.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        loop {
+            let dependents = needs(&set);
+            if dependents.is_empty() || req.force {
+                break;
+            }
+            if !req.cascade {
+                let names: Vec<String> = dependents.iter().map(|(n, d)| format!("{n} needs {d}")).collect();
+                return Err(Status::failed_precondition(format!(
+                    "other deployed services need what would be removed ({}): remove them too with cascade, or \
+                     leave them without it with force; nothing was removed",
+                    names.join(", ")
+                )));
+            }
+            set.extend(dependents.into_iter().map(|(n, _)| n));
+        }
+        // Dependents first: a service goes once nothing left in the set
+        // needs it.
+        let mut order: Vec<String> = Vec::new();
+        let mut left = set.clone();
+        while !left.is_empty() {
+            let ready: Vec<String> = left
+                .iter()
+                .filter(|n| {
+                    !left.iter().any(|o| {
+                        o != *n
+                            && deployed
+                                .get(o)
+                                .is_some_and(|s| s.depends_on.iter().any(|d| &d.service == *n))
+                    })
+                })
+                .cloned()
+                .collect();
+            // A cycle (the catalog refuses them; desired state from an old
+            // coordinator might not): take the rest in name order.
+            let ready = if ready.is_empty() {
+                left.iter().cloned().collect()
+            } else {
+                ready
+            };
+            for n in ready {
+                left.remove(&n);
+                order.push(n);
             }
         }
         let mut removed = Vec::new();
-        for name in graph.order().iter().rev() {
+        for name in &order {
             let here: Vec<&DesiredService> = desired
                 .iter()
                 .filter(|d| d.spec.as_ref().is_some_and(|s| s.name == *name))
                 .collect();
             let Some(tier) = here.first().and_then(|d| d.spec.as_ref()).map(|s| s.tier.clone()) else {
                 // Never deployed, or only pending: forget the record.
-                if let Some(svc) = catalog.services.get(name) {
-                    let _ = self.bus.delete_record(svc.tier.as_str(), name).await;
+                if let Some(r) = records.iter().find(|r| &r.service == name) {
+                    self.bus.delete_record(&r.tier, name).await.map_err(unavailable)?;
+                    removed.push(name.clone());
                 }
                 continue;
             };
@@ -1436,6 +1746,13 @@ impl Coordinator {
         if req.service.is_empty() {
             return Err(invalid("service: must name a service"));
         }
+        if req.replicas > self.settings.max_replicas {
+            return Err(invalid(format!(
+                "replicas: {} is more than one service may have here (max_replicas = {} in the coordinator's \
+                 configuration); nothing was changed",
+                req.replicas, self.settings.max_replicas
+            )));
+        }
         let records = self.bus.list_records().await.map_err(unavailable)?;
         let Some(record) = records.into_iter().find(|r| r.service == req.service) else {
             return Err(Status::failed_precondition(format!(
@@ -1504,6 +1821,7 @@ impl Coordinator {
         };
         if req.replicas == 0 {
             // Nothing to place: take it off every host, keep the record.
+            self.claim(&req.service).cancel();
             for d in p.existing.iter().filter(|d| !d.absent) {
                 let mut gone = d.clone();
                 gone.absent = true;
@@ -1542,9 +1860,15 @@ impl Coordinator {
             return Ok(());
         }
         let hosts = self.eligible_hosts().await?;
-        let parsed = Rules::from_spec(&p.spec.tier, req.replicas, &p.rules).map_err(invalid)?;
+        let parsed = Rules::from_spec(&p.spec.tier, req.replicas, &p.rules)
+            .map_err(invalid)?
+            .reserving(placement::Reservation::of(&p.spec));
         let others = self.bus.list_records().await.map_err(unavailable)?;
-        let mut usage = Usage::default();
+        let all_desired = self.bus.list_desired(None).await.map_err(unavailable)?;
+        let mut usage = Usage {
+            reserved: placement::reserved_by_others(&all_desired, &req.service),
+            ..Usage::default()
+        };
         for r in others.iter().filter(|r| r.service != req.service) {
             let per = r.rules.as_ref().map_or(0, |x| x.gpus);
             for (h, n) in &r.placement {
@@ -1555,6 +1879,15 @@ impl Coordinator {
             }
         }
         p.outcome = placement::place(&parsed, &hosts, &p.current(), &usage);
+        if p.outcome.short_of_room {
+            return Err(Status::failed_precondition(format!(
+                "{} cannot have {} replicas: {}; nothing was changed",
+                req.service, req.replicas, p.outcome.reason
+            )));
+        }
+        // This call now owns the service's count: an earlier Scale still
+        // waiting for its own count stops.
+        let superseded = self.claim(&req.service);
         self.event(
             EventKind::ServiceScaled,
             &req.service,
@@ -1563,29 +1896,37 @@ impl Coordinator {
             format!("{now} -> {} (hosts {})", req.replicas, p.hosts_label()),
         )
         .await;
-        let (state_tx, state_rx) = watch::channel(HashMap::<String, Progress>::new());
         let tier = p.spec.tier.clone();
-        let outcome = self
-            .deploy_one(
-                &req.service,
-                p,
-                Vec::new(),
-                deadline,
-                &deployment,
-                Arc::new(state_tx),
-                state_rx,
-                None,
-                &tx,
-            )
-            .await;
-        let ok = matches!(outcome, Progress::Healthy | Progress::Completed);
+        let step = Step {
+            name: &req.service,
+            deps: Vec::new(),
+            deadline,
+            wait_limit: Duration::ZERO,
+            deployment: &deployment,
+            board: Arc::new(watch::channel(Board::new()).0),
+            graph: None,
+            tx: &tx,
+            until_completed: false,
+        };
+        let outcome = tokio::select! {
+            o = self.deploy_one(step, p) => Some(o),
+            () = superseded.cancelled() => None,
+        };
+        let ok = matches!(outcome, Some(Progress::Healthy | Progress::Completed));
+        let message = match outcome {
+            Some(_) => format!("scaled {now} -> {}", req.replicas),
+            None => format!(
+                "superseded: a newer Scale of {} took over before {} replicas were ready",
+                req.service, req.replicas
+            ),
+        };
         let _ = tx
             .send(Ok(api::DeployProgress {
                 deployment_id: deployment,
                 service: req.service.clone(),
                 tier,
                 phase: api::Phase::Done as i32,
-                message: format!("scaled {now} -> {}", req.replicas),
+                message,
                 time: Some(infra_proto::now()),
                 ready: u32::from(ok),
                 failed: u32::from(!ok),
@@ -2010,29 +2351,43 @@ mod tests {
         let h = "new";
         // The old containers being healthy does not count.
         assert_eq!(
-            progress_of(&observed("old", Health::Healthy, &["old", "old"], 2), &s, h),
+            progress_of(&observed("old", Health::Healthy, &["old", "old"], 2), &s, h, 0),
             Progress::Waiting
         );
         assert_eq!(
-            progress_of(&observed(h, Health::Healthy, &[h, "old"], 2), &s, h),
+            progress_of(&observed(h, Health::Healthy, &[h, "old"], 2), &s, h, 0),
             Progress::Waiting
         );
         assert_eq!(
-            progress_of(&observed(h, Health::Starting, &[h, h], 1), &s, h),
+            progress_of(&observed(h, Health::Starting, &[h, h], 1), &s, h, 0),
             Progress::Started
         );
         assert_eq!(
-            progress_of(&observed(h, Health::Healthy, &[h, h], 2), &s, h),
+            progress_of(&observed(h, Health::Healthy, &[h, h], 2), &s, h, 0),
             Progress::Healthy
         );
         assert_eq!(
-            progress_of(&observed(h, Health::Failed, &[], 0), &s, h),
+            progress_of(&observed(h, Health::Failed, &[], 0), &s, h, 0),
             Progress::Failed
         );
         assert_eq!(
-            progress_of(&observed(h, Health::Completed, &[h, h], 0), &s, h),
+            progress_of(&observed(h, Health::Completed, &[h, h], 0), &s, h, 0),
             Progress::Completed
         );
+    }
+
+    #[test]
+    fn a_report_about_an_older_write_does_not_count_even_when_it_looks_done() {
+        let s = spec(2);
+        let h = "new";
+        let mut o = observed(h, Health::Healthy, &[h, h], 2);
+        o.generation = 6;
+        assert_eq!(progress_of(&o, &s, h, 7), Progress::Waiting);
+        // Not even a failure: it may be the old write's.
+        o.health = Health::Failed as i32;
+        assert_eq!(progress_of(&o, &s, h, 7), Progress::Waiting);
+        o.generation = 7;
+        assert_eq!(progress_of(&o, &s, h, 7), Progress::Failed);
     }
 
     #[test]

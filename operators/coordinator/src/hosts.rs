@@ -241,6 +241,7 @@ impl Coordinator {
                 let Ok(rules) = Rules::from_spec(&rec.tier, rec.replicas.max(1), &rules_pb) else {
                     continue;
                 };
+                let rules = rules.reserving(placement::Reservation::of(&spec));
                 outcome = placement::place(&rules, &hosts, &current, &usage_without(&desired, &rec, host));
                 for (h, n) in &outcome.hosts {
                     if current.get(h).copied().unwrap_or(0) != *n {
@@ -432,8 +433,8 @@ impl Coordinator {
     }
 }
 
-/// Spreading load and GPU use of everything but `rec` and the host it
-/// leaves.
+/// Spreading load and CPU and memory reservations of everything but `rec`
+/// and the host it leaves.
 fn usage_without(desired: &[DesiredService], rec: &ServiceRecord, host: &str) -> Usage {
     let mut u = Usage::default();
     let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -448,6 +449,8 @@ fn usage_without(desired: &[DesiredService], rec: &ServiceRecord, host: &str) ->
     for (h, names) in seen {
         u.tier_load.insert(h, names.len());
     }
+    let others: Vec<DesiredService> = desired.iter().filter(|d| d.host != host).cloned().collect();
+    u.reserved = placement::reserved_by_others(&others, &rec.service);
     u
 }
 

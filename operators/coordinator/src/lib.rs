@@ -65,8 +65,14 @@ pub struct CoordinatorConfig {
     pub overrides: Vec<PathBuf>,
     /// `.env` for interpolation (default: `<compose_dir>/.env` if present).
     pub env_file: Option<PathBuf>,
+    /// Directories outside the catalog that secret and config `file:`
+    /// sources may name (the catalog itself always may). Anything else is
+    /// refused at load, symlinks resolved.
+    pub secret_dirs: Vec<PathBuf>,
     /// Per-service deploy deadline, seconds.
     pub deploy_timeout_secs: u64,
+    /// The most replicas one service may be scaled or deployed to.
+    pub max_replicas: u32,
     /// How long an operator's heartbeat counts (the hosts bucket's max age),
     /// seconds; must match the operators' `heartbeat_ttl_secs`.
     pub heartbeat_ttl_secs: u64,
@@ -97,7 +103,9 @@ impl Default for CoordinatorConfig {
             compose_dir: PathBuf::from("compose"),
             overrides: Vec::new(),
             env_file: None,
+            secret_dirs: Vec::new(),
             deploy_timeout_secs: 300,
+            max_replicas: 100,
             heartbeat_ttl_secs: 20,
             host_lost_secs: 30,
             shutdown_grace_secs: 10,
@@ -194,8 +202,16 @@ impl CoordinatorConfig {
                 return Err(ConfigError(format!("overrides: {} does not exist", o.display())));
             }
         }
+        for d in &self.secret_dirs {
+            if !d.is_dir() {
+                return Err(ConfigError(format!("secret_dirs: {} is not a directory", d.display())));
+            }
+        }
         if self.deploy_timeout_secs == 0 {
             return Err(ConfigError("deploy_timeout_secs must be at least 1".into()));
+        }
+        if self.max_replicas == 0 {
+            return Err(ConfigError("max_replicas must be at least 1".into()));
         }
         if self.heartbeat_ttl_secs == 0 {
             return Err(ConfigError("heartbeat_ttl_secs must be at least 1".into()));
@@ -250,7 +266,9 @@ impl CoordinatorConfig {
             compose_dir: app::absolute(&self.compose_dir),
             overrides: self.overrides.iter().map(|p| app::absolute(p)).collect(),
             env_file: self.env_file.as_ref().map(|p| app::absolute(p)),
+            secret_dirs: self.secret_dirs.iter().map(|p| app::absolute(p)).collect(),
             deploy_timeout: Duration::from_secs(self.deploy_timeout_secs),
+            max_replicas: self.max_replicas,
             host_lost_after: Duration::from_secs(self.host_lost_secs),
             heartbeat_ttl: Duration::from_secs(self.heartbeat_ttl_secs),
         }

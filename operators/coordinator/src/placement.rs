@@ -1,7 +1,8 @@
 //! Placement: which hosts run how many replicas of a service, from the
 //! Compose `deploy` keys with Swarm's meaning (`mode`, `replicas`,
-//! `placement.constraints`, `placement.max_replicas_per_node`) and the
-//! GPUs a service reserves.
+//! `placement.constraints`, `placement.max_replicas_per_node`), the GPUs a
+//! service reserves, and its CPU and memory reservations
+//! (`deploy.resources.reservations`) against what each host reported.
 //!
 //! Pure logic over what the hosts reported in their heartbeats: no bus, no
 //! Docker. The coordinator calls [`place`] on every deploy, scale and
@@ -19,15 +20,89 @@
 //! - A stateful service keeps its replicas on the hosts that hold its
 //!   volumes, even while such a host is not heard from: it is reported, not
 //!   moved.
+//! - Reservations are never overbooked: a host takes a replica only while
+//!   the reservations of everything placed there fit in the CPUs and
+//!   memory it reported. A host that reported neither is not limited.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use infra_proto::bus::v1::{Heartbeat, PlacementSpec};
+use infra_proto::bus::v1::{DesiredService, Heartbeat, PlacementSpec, ServiceSpec};
 
 /// Host label that holds the number of GPUs a host has (published by the
 /// ai operator from NVML; absent means none).
 pub const GPUS_LABEL: &str = "gpus";
+/// Host fact: CPUs the host has (every operator detects it).
+pub const CPUS_LABEL: &str = "cpus";
+/// Host fact: memory the host has, in bytes.
+pub const MEMORY_LABEL: &str = "memory_bytes";
+
+/// CPU and memory one replica (or a sum of replicas) reserves: Compose
+/// `deploy.resources.reservations`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reservation {
+    /// CPUs in billionths.
+    pub nano_cpus: i64,
+    /// Bytes.
+    pub memory: i64,
+}
+
+impl Reservation {
+    /// What one replica of `spec` reserves.
+    pub fn of(spec: &ServiceSpec) -> Self {
+        spec.resources.as_ref().map_or_else(Self::default, |r| Self {
+            nano_cpus: r.nano_cpus_reservation.max(0),
+            memory: r.memory_reservation.max(0),
+        })
+    }
+
+    /// Nothing reserved.
+    pub fn is_zero(&self) -> bool {
+        self.nano_cpus == 0 && self.memory == 0
+    }
+
+    /// `n` replicas' worth.
+    pub fn times(self, n: u32) -> Self {
+        Self {
+            nano_cpus: self.nano_cpus.saturating_mul(i64::from(n)),
+            memory: self.memory.saturating_mul(i64::from(n)),
+        }
+    }
+
+    /// The sum of two.
+    pub fn plus(self, o: Self) -> Self {
+        Self {
+            nano_cpus: self.nano_cpus.saturating_add(o.nano_cpus),
+            memory: self.memory.saturating_add(o.memory),
+        }
+    }
+}
+
+impl fmt::Display for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if self.nano_cpus > 0 {
+            parts.push(format!("{} CPUs", cpus(self.nano_cpus)));
+        }
+        if self.memory > 0 {
+            parts.push(mib(self.memory));
+        }
+        if parts.is_empty() {
+            parts.push("nothing".into());
+        }
+        f.write_str(&parts.join(" and "))
+    }
+}
+
+fn cpus(nano: i64) -> String {
+    let v = nano as f64 / 1e9;
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+fn mib(bytes: i64) -> String {
+    format!("{} MiB", bytes / (1024 * 1024))
+}
 
 /// One host as placement sees it: its labels (configured and detected,
 /// merged over all its operators) and the tiers it has a live operator for.
@@ -48,6 +123,16 @@ impl HostView {
             .get(GPUS_LABEL)
             .and_then(|g| g.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// What the host has for reservations, from its facts; `None` for a
+    /// resource it did not report (then it is not limited by it).
+    fn capacity(&self) -> (Option<i64>, Option<i64>) {
+        let num = |k: &str| self.labels.get(k).and_then(|v| v.trim().parse::<f64>().ok());
+        (
+            num(CPUS_LABEL).map(|c| (c * 1e9) as i64),
+            num(MEMORY_LABEL).map(|m| m as i64),
+        )
     }
 }
 
@@ -207,6 +292,8 @@ pub struct Rules {
     pub gpus: u32,
     /// Replicas stay where their volumes are.
     pub stateful: bool,
+    /// CPU and memory each replica reserves.
+    pub reserve: Reservation,
 }
 
 impl Rules {
@@ -225,7 +312,15 @@ impl Rules {
             max_per_host: (spec.max_replicas_per_node > 0).then_some(spec.max_replicas_per_node),
             gpus: spec.gpus,
             stateful: spec.stateful,
+            reserve: Reservation::default(),
         })
+    }
+
+    /// The same rules, each replica reserving `r`.
+    #[must_use]
+    pub fn reserving(mut self, r: Reservation) -> Self {
+        self.reserve = r;
+        self
     }
 }
 
@@ -239,6 +334,9 @@ pub struct Outcome {
     /// Why (empty when nothing is pending). Names the constraint and what
     /// each host has instead.
     pub reason: String,
+    /// Some replicas are pending only because the hosts have no room left
+    /// for their CPU or memory reservations.
+    pub short_of_room: bool,
 }
 
 impl Outcome {
@@ -255,6 +353,21 @@ pub struct Usage {
     pub tier_load: HashMap<String, usize>,
     /// Host -> GPUs reserved by other services there.
     pub gpus_used: HashMap<String, u32>,
+    /// Host -> CPU and memory reserved by other services there.
+    pub reserved: HashMap<String, Reservation>,
+}
+
+/// Host -> what the services other than `except` reserve there, from the
+/// hosts' desired state.
+pub fn reserved_by_others(desired: &[DesiredService], except: &str) -> HashMap<String, Reservation> {
+    let mut out: HashMap<String, Reservation> = HashMap::new();
+    for d in desired.iter().filter(|d| !d.absent) {
+        if let Some(s) = d.spec.as_ref().filter(|s| s.name != except) {
+            let r = out.entry(d.host.clone()).or_default();
+            *r = r.plus(Reservation::of(s).times(s.replicas.max(1)));
+        }
+    }
+    out
 }
 
 /// Places `rules` on `hosts`, keeping `current` (host -> replicas now)
@@ -294,6 +407,7 @@ pub fn place(rules: &Rules, hosts: &[HostView], current: &BTreeMap<String, u32>,
             pending: u32::from(out.is_empty()),
             hosts: out,
             reason,
+            short_of_room: false,
         };
     }
 
@@ -301,8 +415,13 @@ pub fn place(rules: &Rules, hosts: &[HostView], current: &BTreeMap<String, u32>,
     // service on a host not heard from).
     let want = rules.replicas;
     for (h, n) in current {
-        let keep = if eligible.iter().any(|e| &e.name == h) {
-            (*n).min(cap)
+        let keep = if let Some(e) = eligible.iter().find(|e| &e.name == h) {
+            // As many as still fit there.
+            let mut k = (*n).min(cap);
+            while k > 0 && room_for(rules, e, usage, k).is_err() {
+                k -= 1;
+            }
+            k
         } else if rules.stateful && !hosts.iter().any(|x| &x.name == h) {
             *n
         } else {
@@ -331,6 +450,7 @@ pub fn place(rules: &Rules, hosts: &[HostView], current: &BTreeMap<String, u32>,
             .iter()
             .filter(|h| out.get(&h.name).copied().unwrap_or(0) < cap)
             .filter(|h| gpus_fit(rules, h, usage, out.get(&h.name).copied().unwrap_or(0) + 1))
+            .filter(|h| room_for(rules, h, usage, out.get(&h.name).copied().unwrap_or(0) + 1).is_ok())
             .min_by_key(|h| {
                 (
                     out.get(&h.name).copied().unwrap_or(0),
@@ -366,16 +486,76 @@ pub fn place(rules: &Rules, hosts: &[HostView], current: &BTreeMap<String, u32>,
                 if rules.gpus == 1 { "" } else { "s" },
                 names.join(", ")
             ));
+        } else if !rules.reserve.is_zero() {
+            let free: Vec<String> = eligible
+                .iter()
+                .map(|h| {
+                    let n = out.get(&h.name).copied().unwrap_or(0);
+                    format!("{} {}", h.name, free_room(h, usage, rules.reserve.times(n)))
+                })
+                .collect();
+            r.push_str(&format!(
+                ": each replica reserves {} (deploy.resources.reservations) and the eligible hosts have no room \
+                 for more ({})",
+                rules.reserve,
+                free.join("; ")
+            ));
         }
         if !why_not.is_empty() {
             r.push_str(&format!("; not eligible: {}", explain(&why_not)));
         }
         r
     };
+    let short_of_room = pending > 0 && !rules.reserve.is_zero() && {
+        let unlimited = rules.clone().reserving(Reservation::default());
+        place(&unlimited, hosts, current, usage).pending < pending
+    };
     Outcome {
         hosts: out,
         pending,
         reason,
+        short_of_room,
+    }
+}
+
+/// Whether `replicas_there` replicas of the rule fit in what `h` reported,
+/// beside what others reserve there; on `Err`, what is free.
+fn room_for(rules: &Rules, h: &HostView, usage: &Usage, replicas_there: u32) -> Result<(), String> {
+    if rules.reserve.is_zero() {
+        return Ok(());
+    }
+    let want = usage
+        .reserved
+        .get(&h.name)
+        .copied()
+        .unwrap_or_default()
+        .plus(rules.reserve.times(replicas_there));
+    let (cpus_have, mem_have) = h.capacity();
+    let cpu_ok = rules.reserve.nano_cpus == 0 || cpus_have.is_none_or(|c| want.nano_cpus <= c);
+    let mem_ok = rules.reserve.memory == 0 || mem_have.is_none_or(|m| want.memory <= m);
+    if cpu_ok && mem_ok {
+        Ok(())
+    } else {
+        Err(free_room(h, usage, Reservation::default()))
+    }
+}
+
+/// `has 1.5 of 2 CPUs and 512 MiB of 3900 MiB free` for messages, counting
+/// `ours` as taken too.
+fn free_room(h: &HostView, usage: &Usage, ours: Reservation) -> String {
+    let taken = usage.reserved.get(&h.name).copied().unwrap_or_default().plus(ours);
+    let (c, m) = h.capacity();
+    let mut parts = Vec::new();
+    if let Some(c) = c {
+        parts.push(format!("{} of {} CPUs", cpus((c - taken.nano_cpus).max(0)), cpus(c)));
+    }
+    if let Some(m) = m {
+        parts.push(format!("{} of {}", mib((m - taken.memory).max(0)), mib(m)));
+    }
+    if parts.is_empty() {
+        "reports no CPUs or memory".into()
+    } else {
+        format!("has {} free", parts.join(" and "))
     }
 }
 
@@ -385,6 +565,9 @@ fn eligibility(rules: &Rules, h: &HostView, usage: &Usage) -> Result<(), String>
     }
     for c in &rules.constraints {
         c.check(h)?;
+    }
+    if let Err(free) = room_for(rules, h, usage, 1) {
+        return Err(format!("{free} (each replica reserves {})", rules.reserve));
     }
     if !gpus_fit(rules, h, usage, 1) {
         let have = h.gpus();
@@ -449,6 +632,7 @@ mod tests {
             max_per_host: None,
             gpus: 0,
             stateful: false,
+            reserve: Reservation::default(),
         }
     }
 
@@ -591,6 +775,57 @@ mod tests {
         assert_eq!(o.pending, 1);
         assert!(o.reason.contains("h1 reports no GPUs (needs 1)"), "{}", o.reason);
         assert!(o.reason.contains("h3 0 of 2 GPUs free"), "{}", o.reason);
+    }
+
+    #[test]
+    fn cpu_and_memory_reservations_are_never_overbooked_and_the_reason_says_what_is_free() {
+        let mut hosts = three();
+        for h in &mut hosts {
+            h.labels.insert(CPUS_LABEL.into(), "2".into());
+            h.labels.insert(MEMORY_LABEL.into(), (4u64 << 30).to_string());
+        }
+        let mut r = rules(100).reserving(Reservation {
+            nano_cpus: 500_000_000,
+            memory: 1 << 30,
+        });
+        // Four half-CPU, 1 GiB replicas fit on each 2-CPU, 4 GiB host.
+        let o = place(&r, &hosts, &BTreeMap::new(), &Usage::default());
+        assert_eq!(o.hosts, map(&[("h1", 4), ("h2", 4), ("h3", 4)]));
+        assert_eq!(o.pending, 88);
+        assert!(o.short_of_room);
+        assert!(o.reason.contains("12 of 100 replicas placed"), "{}", o.reason);
+        assert!(
+            o.reason.contains("each replica reserves 0.5 CPUs and 1024 MiB"),
+            "{}",
+            o.reason
+        );
+        assert!(
+            o.reason.contains("h1 has 0 of 2 CPUs and 0 MiB of 4096 MiB free"),
+            "{}",
+            o.reason
+        );
+        // What others reserve counts, and what runs is kept only as far as
+        // it fits.
+        r.replicas = 3;
+        let usage = Usage {
+            reserved: HashMap::from([(
+                "h1".to_string(),
+                Reservation {
+                    nano_cpus: 1_500_000_000,
+                    memory: 0,
+                },
+            )]),
+            ..Default::default()
+        };
+        let o = place(&r, &hosts, &map(&[("h1", 3)]), &usage);
+        assert_eq!(o.hosts, map(&[("h1", 1), ("h2", 1), ("h3", 1)]));
+        assert!(!o.short_of_room);
+        // A host that reports nothing is not limited.
+        let bare = vec![host("h9", &[])];
+        assert_eq!(place(&r, &bare, &BTreeMap::new(), &Usage::default()).placed(), 3);
+        // Pending for another reason is not "short of room".
+        r.constraints = vec![Constraint::parse("node.labels.zone == c").unwrap()];
+        assert!(!place(&r, &hosts, &BTreeMap::new(), &Usage::default()).short_of_room);
     }
 
     #[test]

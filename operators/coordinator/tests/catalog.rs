@@ -20,6 +20,7 @@ fn check(overrides: Vec<PathBuf>) -> usize {
         env_file: Some(root().join("compose/.env.example")),
         env: env.clone(),
         overrides,
+        secret_dirs: Vec::new(),
     };
     let catalog = load_catalog(&root().join("compose"), &opts).unwrap_or_else(|e| panic!("{e}"));
     let profiles: Vec<String> = catalog.profiles().into_iter().collect();

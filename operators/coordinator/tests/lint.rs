@@ -17,6 +17,7 @@ fn catalog(overrides: Vec<PathBuf>) -> infra_compose::Catalog {
         env_file: Some(root().join("compose/.env.example")),
         env: Default::default(),
         overrides,
+        secret_dirs: Vec::new(),
     };
     load_catalog(&root().join("compose"), &opts).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -88,7 +88,54 @@ pub enum Op {
         id: String,
         /// Replica index.
         replica: u32,
+        /// Why: said in its `removed` event.
+        why: Removal,
     },
+}
+
+/// Why a container is removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// The service is not (or no longer) desired on this host.
+    NotDesired,
+    /// Its replica number is past the count wanted (scaled down), or is no
+    /// replica number at all.
+    Surplus {
+        /// Replicas wanted here.
+        want: u32,
+    },
+    /// Its replica has a newer container that takes its place.
+    Replaced {
+        /// The name of the container that stays.
+        by: String,
+    },
+    /// A second container for a replica that has one already: left by a
+    /// crash, or made outside the platform.
+    Duplicate {
+        /// The name of the container that stays.
+        keep: String,
+    },
+}
+
+impl std::fmt::Display for Removal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Removal::NotDesired => f.write_str("no longer desired on this host"),
+            Removal::Surplus { want } => write!(f, "scaled down: {want} replica(s) wanted here"),
+            Removal::Replaced { by } => write!(f, "spec changed: replaced by {by}"),
+            Removal::Duplicate { keep } => write!(f, "a second container of its replica: {keep} stays"),
+        }
+    }
+}
+
+/// Whether a container has a name this platform gives: `<project>-<service>-<replica>`,
+/// or that with the first six characters of its spec hash (a replica's
+/// new container beside the old one during an update). One that carries
+/// the platform's labels under any other name was made elsewhere.
+pub fn made_here(c: &Container) -> bool {
+    let plain = format!("-{}-{}", c.service, c.replica);
+    let beside = format!("{plain}-{}", c.spec_hash.get(..6).unwrap_or("\u{0}"));
+    c.name.ends_with(&plain) || c.name.ends_with(&beside)
 }
 
 /// Restart budget: at most `budget` restarts of one replica within
@@ -209,6 +256,7 @@ pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec
             .map(|c| Op::Remove {
                 id: c.id.clone(),
                 replica: c.replica,
+                why: Removal::NotDesired,
             })
             .collect();
     };
@@ -223,6 +271,7 @@ pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec
             ops.push(Op::Remove {
                 id: c.id.clone(),
                 replica: c.replica,
+                why: Removal::Surplus { want },
             });
         } else {
             by_replica.entry(c.replica).or_default().push(c);
@@ -233,8 +282,9 @@ pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec
         let target = target_spec(d, replica).unwrap_or(spec);
         let hash = spec::spec_hash(target);
         let mut list = by_replica.remove(&replica).unwrap_or_default();
-        // Keep the best candidate: right spec first, then running.
-        list.sort_by_key(|c| (c.spec_hash != hash, c.state != "running", c.id.clone()));
+        // Keep the best candidate: right spec first, then running, then
+        // one this platform made.
+        list.sort_by_key(|c| (c.spec_hash != hash, c.state != "running", !made_here(c), c.id.clone()));
         let Some((keep, extra)) = list.split_first() else {
             ops.push(Op::Create { replica, start: !hold });
             continue;
@@ -254,9 +304,17 @@ pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec
             if handover && c.state == "running" {
                 continue;
             }
+            let why = if c.spec_hash != keep.spec_hash && keep.spec_hash == hash {
+                Removal::Replaced { by: keep.name.clone() }
+            } else {
+                Removal::Duplicate {
+                    keep: keep.name.clone(),
+                }
+            };
             ops.push(Op::Remove {
                 id: c.id.clone(),
                 replica,
+                why,
             });
         }
         if keep.spec_hash != hash {
@@ -444,7 +502,8 @@ mod tests {
             vec![
                 Op::Remove {
                     id: "b".into(),
-                    replica: 2
+                    replica: 2,
+                    why: Removal::Surplus { want: 1 },
                 },
                 Op::CreateNext {
                     replica: 1,
@@ -462,7 +521,10 @@ mod tests {
             vec![
                 Op::Remove {
                     id: "a".into(),
-                    replica: 1
+                    replica: 1,
+                    why: Removal::Replaced {
+                        by: "infra-web-1".into()
+                    },
                 },
                 Op::Start {
                     id: "n".into(),
@@ -547,7 +609,10 @@ mod tests {
             decide(Some(&d), &[serving, next]),
             vec![Op::Remove {
                 id: "old".into(),
-                replica: 1
+                replica: 1,
+                why: Removal::Replaced {
+                    by: "infra-web-1-x".into()
+                },
             }]
         );
     }
@@ -562,7 +627,37 @@ mod tests {
             decide(Some(&d), &[stale, good]),
             vec![Op::Remove {
                 id: "stale".into(),
-                replica: 1
+                replica: 1,
+                why: Removal::Duplicate {
+                    keep: "infra-web-1".into()
+                },
+            }]
+        );
+    }
+
+    #[test]
+    fn a_container_with_our_labels_under_a_name_we_never_give_was_made_elsewhere() {
+        let d = desired(1);
+        let ours = running(&d, "a", 1);
+        assert!(made_here(&ours));
+        let mut beside = ours.clone();
+        beside.name = format!("infra-web-1-{}", &ours.spec_hash[..6]);
+        assert!(made_here(&beside));
+        let mut copy = ours.clone();
+        copy.id = "0".into();
+        copy.name = "sneaky".into();
+        assert!(!made_here(&copy));
+        copy.name = "infra-web-1-abcdef".into();
+        assert!(!made_here(&copy), "a hash suffix that is not its own hash's");
+        // A copy beside the real one goes, whatever its id, and ours stays.
+        assert_eq!(
+            decide(Some(&d), &[ours, copy]),
+            vec![Op::Remove {
+                id: "0".into(),
+                replica: 1,
+                why: Removal::Duplicate {
+                    keep: "infra-web-1".into()
+                },
             }]
         );
     }
@@ -610,7 +705,8 @@ mod tests {
             decide(None, std::slice::from_ref(&c)),
             vec![Op::Remove {
                 id: "a".into(),
-                replica: 1
+                replica: 1,
+                why: Removal::NotDesired,
             }]
         );
         let mut gone = d.clone();
@@ -619,7 +715,8 @@ mod tests {
             decide(Some(&gone), &[c]),
             vec![Op::Remove {
                 id: "a".into(),
-                replica: 1
+                replica: 1,
+                why: Removal::NotDesired,
             }]
         );
     }

@@ -8,9 +8,9 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, NetworkConnectRequest, NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, EventsOptions, InspectContainerOptions, ListContainersOptions,
-    ListNetworksOptions, RemoveContainerOptions, RemoveVolumeOptions, RestartContainerOptions, StartContainerOptions,
-    StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions, EventsOptions, InspectContainerOptions,
+    ListContainersOptions, ListNetworksOptions, RemoveContainerOptions, RemoveVolumeOptions, RestartContainerOptions,
+    StartContainerOptions, StopContainerOptions,
 };
 use futures::{Stream, StreamExt};
 
@@ -67,6 +67,10 @@ pub struct DockerClient {
 fn api(op: &'static str, target: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError {
     let target = target.into();
     move |source| DockerError::Api { op, target, source }
+}
+
+fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 fn not_found(e: &bollard::errors::Error) -> bool {
@@ -168,6 +172,102 @@ impl DockerClient {
             started_at,
             image: info.config.and_then(|c| c.image).unwrap_or_default(),
         }))
+    }
+
+    /// The uid and gid container `id` runs as: its `user` (the spec's, else
+    /// the image's; Docker's syntax, `name|uid[:group|gid]`) looked up in
+    /// the container's own `/etc/passwd` and `/etc/group`. Root for no user.
+    pub async fn user_ids(&self, id: &str) -> Result<(u32, u32), DockerError> {
+        let info = self
+            .inner
+            .inspect_container(id, None::<InspectContainerOptions>)
+            .await
+            .map_err(api("inspect container", id))?;
+        let user = info.config.and_then(|c| c.user).unwrap_or_default();
+        let (u, g) = user
+            .split_once(':')
+            .map_or((user.as_str(), None), |(u, g)| (u, Some(g)));
+        if u.is_empty() && g.is_none() {
+            return Ok((0, 0));
+        }
+        let numeric = |s: &str| s.parse::<u32>().ok();
+        let passwd = if numeric(u).is_some() && g.is_some_and(|g| numeric(g).is_some()) {
+            String::new()
+        } else {
+            self.read_file(id, "/etc/passwd").await?
+        };
+        let entry = |name_or_id: &str| {
+            passwd.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() >= 4 && (f[0] == name_or_id || f[2] == name_or_id))
+                    .then(|| (f[2].parse::<u32>().ok(), f[3].parse::<u32>().ok()))
+            })
+        };
+        let (uid, primary) = match numeric(u) {
+            Some(n) => (n, entry(u).and_then(|(_, g)| g).unwrap_or(0)),
+            None if u.is_empty() => (0, 0),
+            None => match entry(u) {
+                Some((Some(uid), gid)) => (uid, gid.unwrap_or(0)),
+                _ => {
+                    return Err(DockerError::Prepare(format!(
+                        "user {u:?} of container {} is not in its /etc/passwd",
+                        short_id(id)
+                    )));
+                }
+            },
+        };
+        let gid = match g {
+            None => primary,
+            Some(g) => match numeric(g) {
+                Some(n) => n,
+                None => {
+                    let group = self.read_file(id, "/etc/group").await?;
+                    group
+                        .lines()
+                        .find_map(|l| {
+                            let f: Vec<&str> = l.split(':').collect();
+                            (f.len() >= 3 && f[0] == g).then(|| f[2].parse::<u32>().ok()).flatten()
+                        })
+                        .ok_or_else(|| {
+                            DockerError::Prepare(format!(
+                                "group {g:?} of container {} is not in its /etc/group",
+                                short_id(id)
+                            ))
+                        })?
+                }
+            },
+        };
+        Ok((uid, gid))
+    }
+
+    /// A small text file from a container's filesystem (created or
+    /// running), through Docker's archive API; empty when it has none.
+    async fn read_file(&self, id: &str, path: &str) -> Result<String, DockerError> {
+        use std::io::Read;
+        const LIMIT: usize = 1024 * 1024;
+        let opts = DownloadFromContainerOptions { path: path.to_owned() };
+        let mut stream = Box::pin(self.inner.download_from_container(id, Some(opts)));
+        let mut tarball = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(b) => tarball.extend_from_slice(&b),
+                Err(e) if not_found(&e) => return Ok(String::new()),
+                Err(e) => return Err(api("read a file from container", id)(e)),
+            }
+            if tarball.len() > LIMIT {
+                return Err(DockerError::Prepare(format!(
+                    "{path} of container {} is larger than {LIMIT} bytes",
+                    short_id(id)
+                )));
+            }
+        }
+        let mut archive = tar::Archive::new(tarball.as_slice());
+        let bad = |e: std::io::Error| DockerError::Prepare(format!("{path} of container {}: {e}", short_id(id)));
+        let mut text = String::new();
+        if let Some(entry) = archive.entries().map_err(bad)?.next() {
+            entry.map_err(bad)?.read_to_string(&mut text).map_err(bad)?;
+        }
+        Ok(text)
     }
 
     /// Makes sure `image` is on this host, pulling it if a registry can be
@@ -399,12 +499,15 @@ impl DockerClient {
         Ok(())
     }
 
-    /// Removes a stopped container (its named volumes stay).
+    /// Removes a stopped container with its anonymous volumes (its named
+    /// volumes stay).
     #[tracing::instrument(name = "docker.remove", skip(self))]
     pub async fn remove_stopped(&self, id: &str) -> Result<(), DockerError> {
+        // `v`: the container's anonymous volumes go with it (a replica's
+        // scratch space); Docker never removes a named volume this way.
         let opts = RemoveContainerOptions {
             force: true,
-            v: false,
+            v: true,
             ..Default::default()
         };
         match self.inner.remove_container(id, Some(opts)).await {

@@ -36,6 +36,18 @@ use crate::docker::{DockerClient, DockerError};
 use crate::events::{EventSink, short};
 use crate::spec;
 
+/// One run of a container: its id and when it last started. A container
+/// that Docker restarts is a new run, whose health is not known until a
+/// probe passes again.
+type Run = (String, Option<(i64, i32)>);
+
+fn run_of(c: &Container) -> Run {
+    (c.id.clone(), c.started_at.map(|t| (t.seconds, t.nanos)))
+}
+
+/// Early-probe results by service, then run.
+type ProbeResults = Arc<std::sync::Mutex<HashMap<String, HashMap<Run, bool>>>>;
+
 /// What the workers share.
 pub struct Ctx {
     /// Docker driver.
@@ -61,9 +73,9 @@ pub struct Ctx {
     desired: RwLock<HashMap<String, DesiredService>>,
     desired_loaded: AtomicBool,
     observed: RwLock<BTreeMap<String, ObservedService>>,
-    /// Early health probes, by service and container id: `true` once one
+    /// Early health probes, by service and container run: `true` once one
     /// passed.
-    probes: Arc<std::sync::Mutex<HashMap<String, HashMap<String, bool>>>>,
+    probes: ProbeResults,
     trigger: std::sync::OnceLock<mpsc::Sender<String>>,
     /// This host's private address (its `addr` label): what `@addr` in a
     /// port binding stands for.
@@ -359,6 +371,8 @@ struct WorkerState {
     last_published: Option<ObservedService>,
     health_since: Option<(Health, prost_types::Timestamp)>,
     reconcile_errors: u32,
+    /// Containers already reported as strays.
+    warned: HashSet<String>,
     /// The desired generation whose trace the reconciles join, and how many
     /// passes have joined it (bounded: a service that never settles must
     /// not grow its deploy's trace forever).
@@ -501,9 +515,15 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
         publish_observed(ctx, service, desired.as_ref(), spec.as_ref(), &staying, st).await;
         tokio::time::sleep(ctx.route_drain).await;
     }
+    warn_strays(ctx, service, desired.as_ref(), &containers, &ops, st).await;
     let mut next = Next::Idle;
     let acted = !ops.is_empty();
     let mut removals: Vec<String> = Vec::new();
+    // Surplus and strays: removed together at the end of the pass, a few
+    // at a time, so scaling down a hundred replicas does not take a
+    // hundred stop grace periods.
+    let mut plain_removals: Vec<(String, u32, decide::Removal)> = Vec::new();
+    let mut creates = 0usize;
     let now = Instant::now();
     for op in ops {
         match op {
@@ -511,6 +531,14 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
                 let Some(spec) = desired.as_ref().and_then(|d| decide::target_spec(d, replica)) else {
                     continue;
                 };
+                // A few creates per pass, then look again: the observed
+                // state is published in between, and a newer desired
+                // state (a scale back down) takes over at once.
+                if creates >= CREATES_PER_PASS || superseded(ctx, service, desired.as_ref()).await {
+                    next = Next::After(Duration::ZERO);
+                    continue;
+                }
+                creates += 1;
                 match create(ctx, spec, replica, None).await {
                     Ok(id) => {
                         st.failure = None;
@@ -675,7 +703,7 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
                     }
                 }
             }
-            Op::Remove { id, replica } => {
+            Op::Remove { id, replica, why } => {
                 let g = spec.as_ref().map_or(ctx.stop_grace, |s| grace(ctx, s));
                 // A stop-first update: the container created beside it takes
                 // its place now (it is started next in this pass). The old
@@ -685,38 +713,61 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
                     .iter()
                     .find(|c| c.replica == replica && c.id != id && c.state == "created" && !c.spec_hash.is_empty())
                     .filter(|_| containers.iter().any(|c| c.id == id && c.state == "running"));
-                if successor.is_some() {
-                    ctx.docker.stop(&id, g).await?;
-                    removals.push(id.clone());
-                } else {
-                    ctx.docker.remove(&id, g).await?;
-                }
+                let Some(n) = successor else {
+                    plain_removals.push((id, replica, why));
+                    continue;
+                };
+                ctx.docker.stop(&id, g).await?;
+                removals.push(id.clone());
                 st.seen.remove(&id);
-                match successor {
-                    Some(n) => {
-                        ctx.events
-                            .emit(EventKind::Removed, service, &id, replica, "spec changed")
-                            .await;
-                        st.restarts.remove(&replica);
-                        st.exhausted.remove(&replica);
-                        ctx.events
-                            .emit(
-                                EventKind::Recreated,
-                                service,
-                                &n.id,
-                                replica,
-                                format!("replaces {}", short(&id)),
-                            )
-                            .await;
-                    }
-                    None => ctx.events.emit(EventKind::Removed, service, &id, replica, "").await,
-                }
+                ctx.events
+                    .emit(EventKind::Removed, service, &id, replica, why.to_string())
+                    .await;
+                st.restarts.remove(&replica);
+                st.exhausted.remove(&replica);
+                ctx.events
+                    .emit(
+                        EventKind::Recreated,
+                        service,
+                        &n.id,
+                        replica,
+                        format!("replaces {}", short(&id)),
+                    )
+                    .await;
             }
         }
     }
 
     for id in removals {
         ctx.docker.remove_stopped(&id).await?;
+    }
+    if !plain_removals.is_empty() {
+        let g = spec.as_ref().map_or(ctx.stop_grace, |s| grace(ctx, s));
+        let done: Vec<(String, u32, decide::Removal, Result<(), DockerError>)> =
+            futures::stream::iter(plain_removals.into_iter().map(|(id, replica, why)| async move {
+                let r = ctx.docker.remove(&id, g).await;
+                (id, replica, why, r)
+            }))
+            .buffer_unordered(PARALLEL_REMOVALS)
+            .collect()
+            .await;
+        let mut first_error = None;
+        for (id, replica, why, r) in done {
+            match r {
+                Ok(()) => {
+                    st.seen.remove(&id);
+                    ctx.events
+                        .emit(EventKind::Removed, service, &id, replica, why.to_string())
+                        .await;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
     }
 
     let containers = if acted {
@@ -744,12 +795,15 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
                 tracing::info!(service, volume = %m.source, "removed volume as requested");
             }
         }
-        let _ = std::fs::remove_dir_all(ctx.state_dir.join("secrets").join(service));
+        prune_secrets(ctx, service, None, &containers);
         if let Err(e) = ctx.bus.delete_desired(&ctx.host, &ctx.tier, service).await {
             tracing::warn!(error = %e, "could not delete desired state");
         }
     }
 
+    if loaded {
+        prune_secrets(ctx, service, desired.as_ref(), &containers);
+    }
     publish_observed(ctx, service, desired.as_ref(), spec.as_ref(), &containers, st).await;
 
     let settling = containers
@@ -759,6 +813,80 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
         next = Next::After(Duration::from_secs(if settling { 5 } else { 1 }));
     }
     Ok(next)
+}
+
+/// Containers created in one pass before the worker looks again.
+const CREATES_PER_PASS: usize = 8;
+/// Containers stopped and removed at once when a pass removes several.
+const PARALLEL_REMOVALS: usize = 8;
+
+/// Whether the desired state this pass acts on has been replaced since it
+/// was read: the pass stops creating, and the next one acts on the new
+/// one.
+async fn superseded(ctx: &Ctx, service: &str, read: Option<&DesiredService>) -> bool {
+    let now = ctx.desired.read().await.get(service).map(|d| d.generation);
+    now != read.map(|d| d.generation)
+}
+
+/// Says so, once per container, when a container carries this platform's
+/// labels but was not made by it, or duplicates a replica: a warning event
+/// (`stray_container`) and log naming it, its spec hash (and whether any
+/// desired state here has that hash) and what is done with it.
+async fn warn_strays(
+    ctx: &Ctx,
+    service: &str,
+    desired: Option<&DesiredService>,
+    containers: &[Container],
+    ops: &[Op],
+    st: &mut WorkerState,
+) {
+    let known: Vec<String> = desired
+        .into_iter()
+        .flat_map(|d| d.spec.iter().chain(d.previous.iter()))
+        .map(spec::spec_hash)
+        .collect();
+    for op in ops {
+        let (id, done) = match op {
+            Op::Remove { id, why, .. } => (id, format!("removed ({why})")),
+            Op::Recreate { id, .. } => (id, "replaced by a container made from the desired spec".to_owned()),
+            _ => continue,
+        };
+        let Some(c) = containers.iter().find(|c| &c.id == id) else {
+            continue;
+        };
+        let duplicate = matches!(
+            op,
+            Op::Remove {
+                why: decide::Removal::Duplicate { .. },
+                ..
+            }
+        );
+        if (decide::made_here(c) && !duplicate) || !st.warned.insert(c.id.clone()) {
+            continue;
+        }
+        let hash = if c.spec_hash.is_empty() {
+            "no spec hash".to_owned()
+        } else if known.contains(&c.spec_hash) {
+            format!("spec hash {}", c.spec_hash)
+        } else {
+            format!("spec hash {}, which no desired state on this host has", c.spec_hash)
+        };
+        let origin = if decide::made_here(c) {
+            "duplicates a replica this operator runs"
+        } else {
+            "carries this platform's labels but was not made by it"
+        };
+        let reason = format!(
+            "container {} ({}) {origin} (replica {}, {hash}): {done}",
+            c.name.trim_start_matches('/'),
+            short(&c.id),
+            c.replica
+        );
+        tracing::warn!(service, container = %c.name, spec_hash = %c.spec_hash, "{reason}");
+        ctx.events
+            .emit(EventKind::StrayContainer, service, &c.id, c.replica, reason)
+            .await;
+    }
 }
 
 /// Early health probes.
@@ -796,48 +924,60 @@ fn apply_probes(ctx: &Ctx, service: &str, spec: Option<&ServiceSpec>, containers
         .min(Duration::from_secs(30));
     let mut all = ctx.probes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let probes = all.entry(service.to_owned()).or_default();
-    let live: HashSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
-    probes.retain(|id, _| live.contains(id.as_str()));
+    // A result holds for the run it was taken in: a container Docker
+    // restarted is starting again until a probe of the new run passes.
+    let live: HashSet<Run> = containers.iter().map(run_of).collect();
+    probes.retain(|run, _| live.contains(run));
     for c in containers.iter_mut() {
         let starting = c.state == "running" && c.health.as_deref() == Some("starting");
         if !starting {
             continue;
         }
-        match probes.get(&c.id) {
+        let run = run_of(c);
+        match probes.get(&run) {
             Some(true) => c.health = Some("healthy".into()),
             Some(false) => {}
             None => {
-                probes.insert(c.id.clone(), false);
-                let (docker, id, cmd, service) = (ctx.docker.clone(), c.id.clone(), cmd.clone(), service.to_owned());
+                probes.insert(run.clone(), false);
+                let (docker, cmd, service) = (ctx.docker.clone(), cmd.clone(), service.to_owned());
                 let (trigger, results) = (ctx.trigger.get().cloned(), ctx.probes.clone());
-                tokio::spawn(probe(docker, id, cmd, every, timeout, service, trigger, results));
+                tokio::spawn(probe(docker, run, cmd, every, timeout, service, trigger, results));
             }
         }
     }
 }
 
 /// Runs the health test every `every` until it passes (then records it
-/// and wakes the service's worker) or the container is no longer starting.
+/// and wakes the service's worker) or the run is over (the container is
+/// no longer starting, or it was restarted: a new run gets a probe of its
+/// own).
 #[allow(clippy::too_many_arguments)]
 async fn probe(
     docker: DockerClient,
-    id: String,
+    run: Run,
     cmd: Vec<String>,
     every: Duration,
     timeout: Duration,
     service: String,
     trigger: Option<mpsc::Sender<String>>,
-    results: Arc<std::sync::Mutex<HashMap<String, HashMap<String, bool>>>>,
+    results: ProbeResults,
 ) {
+    let id = run.0.clone();
     loop {
         match docker.inspect(&id).await {
-            Ok(Some(c)) if c.state == "running" && c.health.as_deref() == Some("starting") => {}
+            Ok(Some(c)) if c.state == "running" && c.health.as_deref() == Some("starting") && run_of(&c) == run => {}
             _ => return,
         }
         if let Ok(Some(0)) = docker.exec(&id, cmd.clone(), timeout).await {
+            // Passed in this run only if the container was not restarted
+            // while the test ran.
+            match docker.inspect(&id).await {
+                Ok(Some(c)) if run_of(&c) == run => {}
+                _ => return,
+            }
             {
                 let mut map = results.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                if let Some(passed) = map.get_mut(&service).and_then(|m| m.get_mut(&id)) {
+                if let Some(passed) = map.get_mut(&service).and_then(|m| m.get_mut(&run)) {
                     *passed = true;
                 }
             }
@@ -901,6 +1041,7 @@ async fn emit_changes(ctx: &Ctx, service: &str, containers: &[Container], st: &m
     }
     let live: HashSet<&str> = containers.iter().map(|c| c.id.as_str()).collect();
     st.seen.retain(|id, _| live.contains(id.as_str()));
+    st.warned.retain(|id| live.contains(id.as_str()));
 }
 
 /// Makes a reconcile error visible in observed state (with the health it
@@ -914,6 +1055,11 @@ async fn publish_error(ctx: &Ctx, service: &str, st: &mut WorkerState, msg: Stri
         ..Default::default()
     });
     obs.message = format!("reconcile failed (retrying): {msg}");
+    // The report answers the write being worked on, so a waiting deploy
+    // sees this failure as its own.
+    if let Some(d) = ctx.desired.read().await.get(service) {
+        obs.generation = d.generation;
+    }
     if st.last_published.as_ref() == Some(&obs) {
         return;
     }
@@ -1058,7 +1204,13 @@ async fn create(ctx: &Ctx, spec: &ServiceSpec, replica: u32, name: Option<String
     if let Some(old) = ctx.docker.inspect(&name).await? {
         ctx.docker.remove(&old.id, Duration::from_secs(1)).await?;
     }
-    ctx.docker.create(&name, body, &extra).await
+    let id = ctx.docker.create(&name, body, &extra).await?;
+    if let Err(e) = own_secrets(ctx, spec, &id).await {
+        // Not started, and not left behind half-made.
+        let _ = ctx.docker.remove_stopped(&id).await;
+        return Err(e);
+    }
+    Ok(id)
 }
 
 /// Creates a network under a host-wide lock on the bus: the Docker engine
@@ -1100,9 +1252,26 @@ async fn ensure_network(ctx: &Ctx, name: &str) -> Result<String, DockerError> {
     }
 }
 
+/// Writes the service's secret files, `<state_dir>/secrets/<service>/<name>`,
+/// before its container is created (Docker wants a bind source to exist).
+/// The tree is root's alone (0700), so no other user of the host reaches
+/// a secret; a new file is root's, mode 0400, until [`own_secrets`] gives
+/// it to the container's user.
 async fn write_secrets(ctx: &Ctx, spec: &ServiceSpec) -> Result<(), DockerError> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if spec.secrets.is_empty() {
+        return Ok(());
+    }
+    let root = ctx.state_dir.join("secrets");
+    let dir = root.join(&spec.name);
+    for d in [&root, &dir] {
+        std::fs::create_dir_all(d).map_err(|e| secret_error(&spec.name, "", format!("{}: {e}", d.display())))?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| secret_error(&spec.name, "", format!("{}: {e}", d.display())))?;
+    }
     for s in &spec.secrets {
+        // A name is a file name here: never a path that leaves the tree.
+        infra_bus::Token::new("secret", &s.name).map_err(|e| secret_error(&spec.name, &s.name, e.to_string()))?;
         let path = spec::secret_path(&ctx.state_dir, &spec.name, &s.name);
         let content = match ctx.bus.get_secret(&s.key).await {
             Ok(Some(c)) => c,
@@ -1117,20 +1286,103 @@ async fn write_secrets(ctx: &Ctx, spec: &ServiceSpec) -> Result<(), DockerError>
             }
             Err(e) => return Err(secret_error(&spec.name, &s.name, e.to_string())),
         };
-        let dir = path.parent().map(ToOwned::to_owned).unwrap_or_default();
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| secret_error(&spec.name, &s.name, format!("{}: {e}", dir.display())))?;
-        let mode = if s.mode == 0 { 0o444 } else { s.mode };
         if std::fs::read(&path).ok().as_deref() != Some(content.as_ref()) {
             let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, &content)
-                .map_err(|e| secret_error(&spec.name, &s.name, format!("{}: {e}", tmp.display())))?;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-                .map_err(|e| secret_error(&spec.name, &s.name, e.to_string()))?;
+            let _ = std::fs::remove_file(&tmp);
+            let write = || -> std::io::Result<()> {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o400)
+                    .open(&tmp)?;
+                f.write_all(&content)?;
+                f.sync_all()
+            };
+            write().map_err(|e| secret_error(&spec.name, &s.name, format!("{}: {e}", tmp.display())))?;
             std::fs::rename(&tmp, &path).map_err(|e| secret_error(&spec.name, &s.name, e.to_string()))?;
         }
     }
     Ok(())
+}
+
+/// Gives the service's secret files to the user container `id` runs as
+/// (or to the `uid`/`gid` the Compose long syntax names), mode 0400 unless
+/// the spec says otherwise: readable by that user only. Done after create,
+/// before start, because the user is looked up in the container's own
+/// `/etc/passwd`.
+async fn own_secrets(ctx: &Ctx, spec: &ServiceSpec, id: &str) -> Result<(), DockerError> {
+    use std::os::unix::fs::PermissionsExt;
+    if spec.secrets.is_empty() {
+        return Ok(());
+    }
+    let container_user = if spec.secrets.iter().any(|s| s.uid.is_none() || s.gid.is_none()) {
+        ctx.docker.user_ids(id).await?
+    } else {
+        (0, 0)
+    };
+    for s in &spec.secrets {
+        let path = spec::secret_path(&ctx.state_dir, &spec.name, &s.name);
+        let (uid, gid) = (s.uid.unwrap_or(container_user.0), s.gid.unwrap_or(container_user.1));
+        let mode = if s.mode == 0 { 0o400 } else { s.mode & 0o7777 };
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| {
+            secret_error(
+                &spec.name,
+                &s.name,
+                format!(
+                    "cannot give {} to uid {uid} gid {gid}: {e} (the operator must run as root to hand secrets to a \
+                     container's user)",
+                    path.display()
+                ),
+            )
+        })?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| secret_error(&spec.name, &s.name, e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Deletes the secret files of this service that no container may need
+/// any more: those that neither the desired spec nor the previous one of a
+/// rollout in progress mounts, once every container runs one of those two.
+/// A service no longer desired loses its whole directory when its last
+/// container is gone.
+fn prune_secrets(ctx: &Ctx, service: &str, desired: Option<&DesiredService>, containers: &[Container]) {
+    let dir = ctx.state_dir.join("secrets").join(service);
+    let specs: Vec<&ServiceSpec> = desired
+        .filter(|d| !d.absent)
+        .into_iter()
+        .flat_map(|d| d.spec.iter().chain(d.previous.iter()))
+        .collect();
+    if specs.is_empty() {
+        if containers.is_empty()
+            && dir.exists()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!(service, error = %e, "could not delete the secret files of a removed service");
+        }
+        return;
+    }
+    let hashes: Vec<String> = specs.iter().map(|s| spec::spec_hash(s)).collect();
+    if containers.iter().any(|c| !hashes.contains(&c.spec_hash)) {
+        return;
+    }
+    let keep: HashSet<&str> = specs
+        .iter()
+        .flat_map(|s| s.secrets.iter().map(|m| m.name.as_str()))
+        .collect();
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !keep.contains(name.as_str()) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => tracing::info!(service, secret = %name, "deleted a secret file no container uses"),
+                Err(err) => tracing::warn!(service, secret = %name, error = %err, "could not delete a secret file"),
+            }
+        }
+    }
 }
 
 fn secret_error(service: &str, secret: &str, reason: String) -> DockerError {

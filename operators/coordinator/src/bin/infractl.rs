@@ -152,10 +152,21 @@ enum Cmd {
         #[arg(long, default_value_t = 300)]
         timeout: u32,
     },
-    /// Remove (volumes kept unless --volumes).
+    /// Remove exactly the services named (their dependencies stay), the
+    /// deployed services of --tier, or what --named/--profile deploys;
+    /// --all removes everything. Volumes are kept unless --volumes.
     Remove {
         #[command(flatten)]
         sel: Sel,
+        /// Remove everything deployed.
+        #[arg(long, conflicts_with_all = ["named", "tiers", "profiles", "services"])]
+        all: bool,
+        /// Also remove the deployed services that need what is removed.
+        #[arg(long)]
+        cascade: bool,
+        /// Remove it even though deployed services need it (they stay).
+        #[arg(long, conflicts_with = "cascade")]
+        force: bool,
         /// Also delete named volumes.
         #[arg(long)]
         volumes: bool,
@@ -296,6 +307,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 env_file: None,
                 env: env.clone(),
                 overrides,
+                secret_dirs: Vec::new(),
             };
             let catalog = infra_compose::load_catalog(&compose_dir, &opts)?;
             let profiles: Vec<String> = catalog.profiles().into_iter().collect();
@@ -329,6 +341,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 env_file: None,
                 env: std::env::vars().collect(),
                 overrides,
+                secret_dirs: Vec::new(),
             };
             let catalog = infra_compose::load_catalog(&compose_dir, &opts)?;
             let findings: Vec<infra_compose::Finding> = infra_compose::lint(&catalog)
@@ -560,13 +573,29 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 .into_inner();
             progress(&mut stream).await
         }
-        Cmd::Remove { sel, volumes } => {
+        Cmd::Remove {
+            sel,
+            all,
+            cascade,
+            force,
+            volumes,
+        } => {
+            let mut selection = sel.to_api();
+            selection.all = all;
+            if selection == api::Selection::default() {
+                eprintln!(
+                    "infractl remove: name the services to remove (or --tier, --profile, --named); --all removes \
+                     everything deployed"
+                );
+                return Ok(false);
+            }
             let mut c = connect().await?;
             let r = c
                 .remove(api::RemoveRequest {
-                    selection: Some(sel.to_api()),
+                    selection: Some(selection),
                     remove_volumes: volumes,
-                    force: false,
+                    force,
+                    cascade,
                 })
                 .await?
                 .into_inner();
