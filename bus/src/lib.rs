@@ -21,8 +21,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use infra_proto::bus::v1::{
-    DeploymentInProgress, DesiredService, Event, EventKind, Heartbeat, HostState, LeaderLease, ObservedService,
-    ServiceRecord,
+    DeploymentInProgress, DesiredService, Event, EventKind, Heartbeat, HostState, ImageCheck, ImageCheckReply,
+    LeaderLease, ObservedService, ServiceRecord,
 };
 use prost::Message;
 
@@ -212,6 +212,11 @@ pub struct Bus {
     /// The W3C `traceparent` of the caller's current span, when the process
     /// exports traces (see [`Bus::with_trace_context`]).
     trace: Option<TraceContext>,
+    /// Counts the connections made to a server: a new value means the
+    /// client reconnected, and every watch is made again from a fresh
+    /// list (a JetStream consumer may not survive a server restart, and
+    /// its own recovery waits for missed heartbeats).
+    connections: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Returns the `traceparent` of the caller's current span, if any. The bus
@@ -262,8 +267,14 @@ impl Bus {
         // fail at once, with the reason. Afterwards the client reconnects
         // by itself.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let (connected, connections) = tokio::sync::watch::channel(0u64);
+        let connected = std::sync::Arc::new(connected);
         let client = loop {
-            let attempt = tokio::time::timeout_at(deadline, connect_options(cfg).connect(servers.clone())).await;
+            let attempt = tokio::time::timeout_at(
+                deadline,
+                connect_options(cfg, connected.clone()).connect(servers.clone()),
+            )
+            .await;
             match attempt {
                 Err(_) => {
                     return Err(BusError::new(
@@ -344,6 +355,7 @@ impl Bus {
             leader,
             deployments,
             trace: None,
+            connections,
         })
     }
 
@@ -477,7 +489,7 @@ impl Bus {
         tier: &str,
     ) -> Result<BoxStream<'static, Result<Change<DesiredService>>>> {
         let filter = subject::tier_keys(&Token::new("host", host)?, &Token::new("tier", tier)?);
-        watch(&self.desired, &filter).await
+        watch(&self.desired, &filter, self.connections.clone()).await
     }
 
     /// Writes the observed state of one service.
@@ -497,7 +509,7 @@ impl Bus {
 
     /// Every change to observed state, from now on.
     pub async fn watch_observed(&self) -> Result<BoxStream<'static, Result<Change<ObservedService>>>> {
-        watch(&self.observed, ">").await
+        watch(&self.observed, ">", self.connections.clone()).await
     }
 
     /// Writes the coordinator's record of one service.
@@ -533,6 +545,55 @@ impl Bus {
     /// Forgets a host's state (it is active again).
     pub async fn delete_host_state(&self, host: &str) -> Result<()> {
         delete(&self.host_state, Token::new("host", host)?.as_str()).await
+    }
+
+    /// Asks the `tier` operator on `host` which of `images` its host has
+    /// and whether it could pull the others; `Err` when no answer came
+    /// within `timeout`.
+    pub async fn check_images(
+        &self,
+        host: &str,
+        tier: &str,
+        images: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ImageCheckReply> {
+        let subject = subject::image_check(&Token::new("host", host)?, &Token::new("tier", tier)?);
+        let ask = ImageCheck { images };
+        let reply = tokio::time::timeout(
+            timeout,
+            self.client.request(subject.clone(), Bytes::from(ask.encode_to_vec())),
+        )
+        .await
+        .map_err(|_| {
+            BusError::new(
+                BusErrorKind::Io,
+                format!(
+                    "no answer from the {tier} operator on {host} within {}s",
+                    timeout.as_secs()
+                ),
+            )
+        })?
+        .map_err(|e| BusError::with(BusErrorKind::Io, format!("ask the {tier} operator on {host}"), e))?;
+        ImageCheckReply::decode(reply.payload)
+            .map_err(|e| BusError::with(BusErrorKind::Decode, format!("answer on {subject}"), e))
+    }
+
+    /// The image checks asked of the `tier` operator on `host`: each
+    /// message's `reply` subject takes an [`ImageCheckReply`].
+    pub async fn image_checks(&self, host: &str, tier: &str) -> Result<async_nats::Subscriber> {
+        let subject = subject::image_check(&Token::new("host", host)?, &Token::new("tier", tier)?);
+        self.client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Io, format!("subscribe {subject}"), e))
+    }
+
+    /// Answers a request with `msg`.
+    pub async fn reply<M: Message>(&self, to: async_nats::Subject, msg: &M) -> Result<()> {
+        self.client
+            .publish(to.clone(), Bytes::from(msg.encode_to_vec()))
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Io, format!("reply on {to}"), e))
     }
 
     /// Records a heartbeat in the hosts bucket and publishes it.
@@ -762,16 +823,26 @@ fn is_tls_failure(e: &async_nats::ConnectError) -> bool {
     e.kind() == async_nats::ConnectErrorKind::Tls || text.contains("certificate") || text.contains("TLS")
 }
 
-/// The client options of `cfg`: name, credentials, TLS.
-fn connect_options(cfg: &BusConfig) -> async_nats::ConnectOptions {
+/// The client options of `cfg`: name, credentials, TLS; every connection
+/// made is counted on `connected`.
+fn connect_options(
+    cfg: &BusConfig,
+    connected: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+) -> async_nats::ConnectOptions {
     let mut opts = async_nats::ConnectOptions::new()
         .name(&cfg.name)
         .connection_timeout(Duration::from_secs(5))
-        .event_callback(|ev| async move {
-            match ev {
-                async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
-                other => tracing::debug!(event = %other, "NATS connection event"),
+        .event_callback(move |ev| {
+            let connected = connected.clone();
+            async move {
+                match ev {
+                    async_nats::Event::Connected => {
+                        tracing::info!("connected to NATS");
+                        connected.send_modify(|n| *n += 1);
+                    }
+                    async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS; reconnecting"),
+                    other => tracing::debug!(event = %other, "NATS connection event"),
+                }
             }
         });
     if let Some(token) = &cfg.token {
@@ -872,30 +943,47 @@ async fn list<M: Message + Default>(store: &kv::Store, scope: Option<(&str, &str
     Ok(out)
 }
 
+/// A watch that ends with an error as soon as the client reconnects, so
+/// that its caller lists and watches again at once instead of waiting for
+/// the consumer to notice it was lost.
 async fn watch<M: Message + Default + 'static>(
     store: &kv::Store,
     filter: &str,
+    mut connections: tokio::sync::watch::Receiver<u64>,
 ) -> Result<BoxStream<'static, Result<Change<M>>>> {
+    connections.borrow_and_update();
     let w = store
         .watch(filter)
         .await
         .map_err(|e| BusError::with(BusErrorKind::Io, format!("watch {filter}"), e))?;
-    Ok(w.map(|entry| {
-        let entry = entry.map_err(|e| BusError::with(BusErrorKind::Io, "watch", e))?;
-        match entry.operation {
-            kv::Operation::Put => {
-                let value = M::decode(entry.value)
-                    .map_err(|e| BusError::with(BusErrorKind::Decode, format!("value of {}", entry.key), e))?;
-                Ok(Change::Put {
-                    key: entry.key,
-                    value,
-                    revision: entry.revision,
-                })
+    let reconnected = async move {
+        // A closed sender (the bus is gone) ends the watch too.
+        let _ = connections.changed().await;
+    };
+    let ended = futures::stream::once(async {
+        Err(BusError::new(
+            BusErrorKind::Io,
+            "watch ended: the connection to NATS was made again (or the watch closed); watch again",
+        ))
+    });
+    Ok(w.take_until(reconnected)
+        .map(|entry| {
+            let entry = entry.map_err(|e| BusError::with(BusErrorKind::Io, "watch", e))?;
+            match entry.operation {
+                kv::Operation::Put => {
+                    let value = M::decode(entry.value)
+                        .map_err(|e| BusError::with(BusErrorKind::Decode, format!("value of {}", entry.key), e))?;
+                    Ok(Change::Put {
+                        key: entry.key,
+                        value,
+                        revision: entry.revision,
+                    })
+                }
+                kv::Operation::Delete | kv::Operation::Purge => Ok(Change::Delete { key: entry.key }),
             }
-            kv::Operation::Delete | kv::Operation::Purge => Ok(Change::Delete { key: entry.key }),
-        }
-    })
-    .boxed())
+        })
+        .chain(ended)
+        .boxed())
 }
 
 #[cfg(test)]

@@ -72,6 +72,12 @@ impl fmt::Display for Token {
     }
 }
 
+/// Subject an operator answers image checks on (request/reply):
+/// `infra.rpc.<host>.<tier>.images`.
+pub fn image_check(host: &Token, tier: &Token) -> String {
+    format!("{ROOT}.rpc.{host}.{tier}.images")
+}
+
 /// Subject of one event: `infra.events.<host>.<tier>.<service>.<kind>`.
 /// Events that are not about one service use `_` as the service.
 pub fn event(host: &Token, tier: &Token, service: Option<&Token>, kind: &str) -> String {

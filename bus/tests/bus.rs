@@ -147,3 +147,72 @@ async fn a_lock_has_one_holder_until_it_is_released() {
     a.unlock("h1", "net-x").await.unwrap();
     assert!(b.try_lock("h1", "net-x", "b").await.unwrap());
 }
+
+/// The desired state of one tier, followed the way an operator follows
+/// it: watch, then list (so nothing written in between is missed), and on
+/// an error or the end of the stream, again.
+fn follow(bus: Bus) -> tokio::sync::mpsc::UnboundedReceiver<(std::time::Instant, String)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            if let (Ok(mut w), Ok(listed)) = (
+                bus.watch_desired("h1", "data").await,
+                bus.list_desired(Some(("h1", "data"))).await,
+            ) {
+                for d in listed {
+                    let key = format!("h1.data.{}", d.spec.map(|s| s.name).unwrap_or_default());
+                    let _ = tx.send((std::time::Instant::now(), key));
+                }
+                while let Some(Ok(c)) = w.next().await {
+                    let _ = tx.send((std::time::Instant::now(), c.key().to_owned()));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_whose_jetstream_comes_back_late_a_watch_sees_writes_within_seconds() {
+    let mut server = NatsServer::start();
+    let writer = bus(&server).await;
+    let watcher = bus(&server).await;
+    let mut seen = follow(watcher);
+    // The watch gives changes from when it starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    writer.put_desired(&desired("h1", "data", "before")).await.unwrap();
+    let (_, k) = tokio::time::timeout(Duration::from_secs(5), seen.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(k, "h1.data.before");
+    // JetStream answers nothing for 8 s after the restart: the client's own
+    // consumer recovery backs off to 10 s between attempts by then.
+    tokio::task::block_in_place(|| server.restart_with_slow_jetstream(Duration::from_secs(8)));
+    let mut delays = Vec::new();
+    for (i, after) in [1u64, 6].into_iter().enumerate() {
+        tokio::time::sleep(Duration::from_secs(after)).await;
+        let name = format!("after{i}");
+        // The writer may itself still be reconnecting: time from its write.
+        while writer.put_desired(&desired("h1", "data", &name)).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let t = std::time::Instant::now();
+        let key = format!("h1.data.{name}");
+        let at = loop {
+            let (at, k) = tokio::time::timeout(Duration::from_secs(30), seen.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{key} not seen within 30 s"))
+                .unwrap();
+            if k == key {
+                break at;
+            }
+        };
+        delays.push(at.saturating_duration_since(t));
+    }
+    println!("BUS | write -> watch after a restart with JetStream back late, at +1 s and +6 s: {delays:?}");
+    for d in &delays {
+        assert!(*d < Duration::from_secs(3), "seen after {d:?}: {delays:?}");
+    }
+}

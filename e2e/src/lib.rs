@@ -140,29 +140,37 @@ impl Platform {
             dir,
             procs: Vec::new(),
         };
-        for (i, grpc) in grpcs.iter().enumerate() {
-            let mut coord = vec![
-                "--grpc-listen".to_string(),
-                grpc.clone(),
-                "--compose-dir".into(),
-                opts.compose_dir.display().to_string(),
-                "--project".into(),
-                opts.project.clone(),
-            ];
-            for o in &opts.overrides {
-                coord.push("--override".into());
-                coord.push(o.display().to_string());
-            }
-            let name = Self::coordinator_name(i);
-            let mut env = opts.env.clone();
-            env.push(("INFRA_ID".into(), name.clone()));
-            me.spawn_with(&name, &bins.join("coordinator"), &coord, &env);
+        for i in 0..grpcs.len() {
+            me.spawn_coordinator(i);
         }
         for tier in &opts.tiers {
             me.spawn_operator(tier);
         }
         me.wait_for_operators(opts.tiers.len(), Duration::from_secs(60));
         me
+    }
+
+    /// Starts (or starts again, as a new process with the same id and
+    /// address) coordinator `i`.
+    pub fn spawn_coordinator(&mut self, i: usize) {
+        let name = Self::coordinator_name(i);
+        self.procs.retain(|(n, _)| *n != name);
+        let mut coord = vec![
+            "--grpc-listen".to_string(),
+            self.grpcs[i].clone(),
+            "--compose-dir".into(),
+            self.opts.compose_dir.display().to_string(),
+            "--project".into(),
+            self.opts.project.clone(),
+        ];
+        for o in &self.opts.overrides {
+            coord.push("--override".into());
+            coord.push(o.display().to_string());
+        }
+        let mut env = self.opts.env.clone();
+        env.push(("INFRA_ID".into(), name.clone()));
+        let bin = bin_dir(&self.opts.profile).join("coordinator");
+        self.spawn_with(&name, &bin, &coord, &env);
     }
 
     /// Starts (or starts again) the operator of `tier` on a free gRPC port.
@@ -190,7 +198,12 @@ impl Platform {
     }
 
     fn spawn_with(&mut self, name: &str, bin: &Path, args: &[String], env: &[(String, String)]) {
-        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log file");
+        // A process started again appends to its log.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .expect("log file");
         let child = Command::new(bin)
             .args(args)
             // Tests run platforms side by side (and beside a real one): no

@@ -8,6 +8,8 @@
 
 #![allow(clippy::doc_markdown, clippy::large_enum_variant)]
 
+pub mod codec;
+
 /// Bus messages (`infra.bus.v1`).
 pub mod bus {
     /// Version 1.

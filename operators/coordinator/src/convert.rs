@@ -318,7 +318,12 @@ pub fn condition(c: infra_compose::DependencyCondition) -> pb::Condition {
 /// file, line, service and entry.
 pub fn placement_spec(svc: &Service) -> Result<pb::PlacementSpec, ConvertError> {
     let mut out = pb::PlacementSpec {
-        stateful: svc.volumes.iter().any(|m| m.kind == MountKind::Volume),
+        // Named volumes hold state; an anonymous one is a replica's own
+        // scratch space and goes with its container.
+        stateful: svc
+            .volumes
+            .iter()
+            .any(|m| m.kind == MountKind::Volume && m.source.is_some()),
         gpus: gpus_needed(svc),
         ..Default::default()
     };

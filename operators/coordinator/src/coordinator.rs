@@ -629,7 +629,51 @@ impl Coordinator {
             });
         }
         steps.sort_by(|a, b| (a.level, &a.service).cmp(&(b.level, &b.service)));
+        warnings.extend(self.image_warnings(&prepared).await);
         Ok(api::PlanResponse { steps, warnings })
+    }
+
+    /// What the target hosts say of the images the plan needs: one warning
+    /// per image a host neither has nor can pull (with the reason), and one
+    /// per operator that did not answer.
+    async fn image_warnings(&self, prepared: &[(String, Prepared)]) -> Vec<String> {
+        // (host, tier) -> image -> services using it
+        let mut asks: BTreeMap<(String, String), BTreeMap<String, Vec<String>>> = BTreeMap::new();
+        for (name, p) in prepared {
+            for h in p.outcome.hosts.keys() {
+                asks.entry((h.clone(), p.spec.tier.clone()))
+                    .or_default()
+                    .entry(p.spec.image.clone())
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
+        let wait = operator_core::images::CHECK_TIMEOUT + Duration::from_secs(1);
+        let answers = futures::future::join_all(asks.into_iter().map(|((host, tier), images)| async move {
+            let list: Vec<String> = images.keys().cloned().collect();
+            let answer = self.bus.check_images(&host, &tier, list, wait).await;
+            (host, tier, images, answer)
+        }))
+        .await;
+        let mut out = Vec::new();
+        for (host, tier, images, answer) in answers {
+            match answer {
+                Ok(reply) => {
+                    for st in reply.images.iter().filter(|s| !s.present && !s.pullable) {
+                        let users = images.get(&st.image).map(|u| u.join(", ")).unwrap_or_default();
+                        out.push(format!(
+                            "{users}: image {} is not on host {host} and cannot be pulled there: {}",
+                            st.image, st.reason
+                        ));
+                    }
+                }
+                Err(e) => out.push(format!(
+                    "could not check the images of the {tier} services on host {host} ({e}); the deploy will \
+                     find out whether it has them"
+                )),
+            }
+        }
+        out
     }
 
     pub(crate) async fn event(&self, kind: EventKind, service: &str, tier: &str, deployment: &str, reason: String) {
@@ -1944,7 +1988,11 @@ impl Coordinator {
                 host: hb.host.clone(),
                 ..Default::default()
             });
-            h.labels.extend(hb.labels.clone());
+            let mut labels = hb.labels.clone();
+            let metrics_addr = labels
+                .remove(operator_core::metrics::HEARTBEAT_LABEL)
+                .unwrap_or_default();
+            h.labels.extend(labels);
             h.operators.push(api::OperatorInfo {
                 tier: hb.tier.clone(),
                 version: hb.version.clone(),
@@ -1952,6 +2000,7 @@ impl Coordinator {
                 started_at: hb.started_at,
                 grpc_addr: hb.grpc_addr.clone(),
                 services: hb.services,
+                metrics_addr,
             });
         }
         for st in self.host_states().await.into_values() {

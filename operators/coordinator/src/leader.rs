@@ -83,6 +83,14 @@ pub enum Leadership {
         address: String,
         /// Its term.
         term: u64,
+        /// When its lease runs out unless it is renewed, by this one's
+        /// clock.
+        expires_in: Duration,
+        /// The lease is held under this coordinator's own id by an earlier
+        /// run of it (one that stopped without releasing it, and has not
+        /// renewed it since this run started watching): this coordinator
+        /// takes over once it expires.
+        earlier_self: bool,
     },
     /// Nobody leads: the lease is free, released or expired, and not yet
     /// taken over.
@@ -115,6 +123,7 @@ impl Election {
             leading: leading_tx,
             seen: seen_tx,
             state: State::Follower { observed: None },
+            same_id_revision: None,
         };
         lease.step().await;
         let handle = tokio::spawn(async move { lease.run(shutdown).await });
@@ -171,6 +180,9 @@ struct LeaseLoop {
     leading: watch::Sender<bool>,
     seen: watch::Sender<Leadership>,
     state: State,
+    /// The revision at which a lease under this coordinator's own id but
+    /// another instance was first seen.
+    same_id_revision: Option<u64>,
 }
 
 fn ts_after(d: Duration) -> prost_types::Timestamp {
@@ -254,16 +266,26 @@ impl LeaseLoop {
                         now
                     }
                 };
-                let expired = now.duration_since(seen_since) >= self.settings.lease;
+                let held = now.duration_since(seen_since);
+                let expired = held >= self.settings.lease;
                 let live = !lease.released && !expired;
                 // A lease of our own from before a step-down can be
                 // renewed by compare-and-set like any other write.
                 let ours = lease.instance == self.instance;
+                // Our id, another instance: an earlier run of us, unless it
+                // renews (then two coordinators share one id).
+                let same_id = lease.holder == self.settings.id && !ours;
+                let first = *self.same_id_revision.get_or_insert(*revision);
+                if !same_id {
+                    self.same_id_revision = None;
+                }
                 if live && !ours {
                     self.seen.send_replace(Leadership::Other {
                         holder: lease.holder.clone(),
                         address: lease.grpc_address.clone(),
                         term: lease.term,
+                        expires_in: self.settings.lease.saturating_sub(held),
+                        earlier_self: same_id && first == *revision,
                     });
                 } else {
                     self.seen.send_replace(Leadership::Nobody);

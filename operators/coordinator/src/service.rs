@@ -214,7 +214,21 @@ impl Api {
         };
         match election.leadership() {
             Leadership::Me { .. } => Ok(()),
-            Leadership::Other { holder, address, term } => Err(Status::failed_precondition(format!(
+            Leadership::Other {
+                holder,
+                term,
+                expires_in,
+                earlier_self: true,
+                ..
+            } => Err(Status::unavailable(format!(
+                "not the leader yet: the lease is held by an earlier run of this coordinator ({holder}, term {term}) \
+                 that stopped without releasing it; it expires in {}s, and this coordinator takes over then: retry \
+                 after that",
+                expires_in.as_secs() + 1
+            ))),
+            Leadership::Other {
+                holder, address, term, ..
+            } => Err(Status::failed_precondition(format!(
                 "not the leader: {holder} at {address} leads (term {term}); send writes there"
             ))),
             Leadership::Nobody | Leadership::Unknown => Err(Status::unavailable(

@@ -47,6 +47,17 @@ pub enum DockerError {
     },
 }
 
+/// Whether an image can be had on this host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ImageAvailability {
+    /// It is here.
+    Present,
+    /// It is not, and its registry answers for it.
+    Pullable,
+    /// It is not, and it cannot be pulled: why.
+    Unavailable(String),
+}
+
 /// One Docker event about an owned container.
 #[derive(Clone, Debug)]
 pub struct DockerEvent {
@@ -268,6 +279,27 @@ impl DockerClient {
             entry.map_err(bad)?.read_to_string(&mut text).map_err(bad)?;
         }
         Ok(text)
+    }
+
+    /// Whether `image` is on this host; when it is not, whether its
+    /// registry answers for it (a pull would start), asked within
+    /// `timeout`. Nothing is pulled.
+    pub async fn image_availability(&self, image: &str, timeout: Duration) -> ImageAvailability {
+        match self.inner.inspect_image(image).await {
+            Ok(_) => return ImageAvailability::Present,
+            Err(e) if not_found(&e) => {}
+            Err(e) => return ImageAvailability::Unavailable(format!("cannot inspect it: {e}")),
+        }
+        match tokio::time::timeout(timeout, self.inner.inspect_registry_image(image, None)).await {
+            Ok(Ok(_)) => ImageAvailability::Pullable,
+            Ok(Err(e)) => ImageAvailability::Unavailable(match e {
+                bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+                other => other.to_string(),
+            }),
+            Err(_) => {
+                ImageAvailability::Unavailable(format!("its registry did not answer within {}s", timeout.as_secs()))
+            }
+        }
     }
 
     /// Makes sure `image` is on this host, pulling it if a registry can be

@@ -13,6 +13,7 @@ pub mod decide;
 pub mod docker;
 pub mod events;
 pub mod grpc;
+pub mod images;
 pub mod labels;
 pub mod members;
 pub mod metrics;
@@ -424,6 +425,7 @@ pub async fn run_with(
         ));
     }
     tasks.spawn(reconcile::run_controller(ctx.clone(), shutdown.clone()));
+    tasks.spawn(images::answer_checks(ctx.clone(), shutdown.clone()));
     tasks.spawn(heartbeat_loop(
         ctx.clone(),
         cfg.clone(),

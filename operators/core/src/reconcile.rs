@@ -287,7 +287,9 @@ async fn watch_desired(ctx: Arc<Ctx>, trigger: mpsc::Sender<String>, shutdown: C
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        // Short: after a NATS restart the watch must be back within a
+        // couple of seconds of the server, and a retry costs one request.
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
 

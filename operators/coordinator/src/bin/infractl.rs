@@ -32,8 +32,46 @@ struct Cli {
     /// `api_token_file`). Sent as `authorization: Bearer ...`; never printed.
     #[arg(long, env = "INFRA_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// How long a write waits for a coordinator to lead (through a
+    /// takeover: a leader that died holds its lease until it expires),
+    /// seconds. 0: fail at once.
+    #[arg(long, env = "INFRA_LEADER_WAIT", default_value_t = 60)]
+    leader_wait: u64,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Whether a refused write may pass once a leader is in place: nobody
+/// leads yet, a takeover is pending, or the coordinator is not up yet.
+fn leader_pending(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::Unavailable
+}
+
+/// Runs a write, again while it is refused for want of a leader, for at
+/// most `wait`; says once what it waits for.
+async fn while_no_leader<T, F, Fut>(wait: Duration, mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = Instant::now() + wait;
+    let mut said = false;
+    loop {
+        match call().await {
+            Err(s) if leader_pending(&s) && Instant::now() < deadline => {
+                if !said {
+                    eprintln!(
+                        "infractl: {}; waiting up to {}s for a leader",
+                        s.message(),
+                        deadline.saturating_duration_since(Instant::now()).as_secs()
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -271,6 +309,7 @@ fn read(what: &str, p: &std::path::Path) -> Result<Vec<u8>, Box<dyn std::error::
 }
 
 async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
+    let wait = Duration::from_secs(cli.leader_wait);
     let bearer = match &cli.token_file {
         Some(f) => {
             let token = String::from_utf8(read("--token-file", f)?).map_err(|_| "--token-file: not UTF-8")?;
@@ -427,9 +466,18 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             let mut c = connect().await?;
             let r = c.list_hosts(api::ListHostsRequest {}).await?.into_inner();
             let mut rows = vec![
-                ["HOST", "STATE", "TIER", "VERSION", "SERVICES", "LAST HEARTBEAT", "GRPC"]
-                    .map(String::from)
-                    .to_vec(),
+                [
+                    "HOST",
+                    "STATE",
+                    "TIER",
+                    "VERSION",
+                    "SERVICES",
+                    "LAST HEARTBEAT",
+                    "GRPC",
+                    "METRICS",
+                ]
+                .map(String::from)
+                .to_vec(),
             ];
             for h in r.hosts {
                 if h.operators.is_empty() {
@@ -444,6 +492,11 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                         o.services.to_string(),
                         format!("{} ago", age(o.last_heartbeat)),
                         o.grpc_addr,
+                        if o.metrics_addr.is_empty() {
+                            "-".into()
+                        } else {
+                            o.metrics_addr
+                        },
                     ]);
                 }
             }
@@ -499,14 +552,17 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             Ok(true)
         }
         Cmd::Deploy { sel, timeout } => {
-            let mut c = connect().await?;
-            let mut stream = c
-                .deploy(api::DeployRequest {
-                    selection: Some(sel.to_api()),
-                    timeout_seconds: timeout,
-                })
-                .await?
-                .into_inner();
+            let c = connect().await?;
+            let req = api::DeployRequest {
+                selection: Some(sel.to_api()),
+                timeout_seconds: timeout,
+            };
+            let mut stream = while_no_leader(wait, || {
+                let (mut c, req) = (c.clone(), req.clone());
+                async move { c.deploy(req).await }
+            })
+            .await?
+            .into_inner();
             progress(&mut stream).await
         }
         Cmd::Rollout {
@@ -522,39 +578,48 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                     .ok_or_else(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
                 environment.insert(k.to_owned(), v.to_owned());
             }
-            let mut c = connect().await?;
-            let mut stream = c
-                .rollout(api::RolloutRequest {
-                    service,
-                    image: image.unwrap_or_default(),
-                    environment,
-                    timeout_seconds: timeout,
-                })
-                .await?
-                .into_inner();
+            let c = connect().await?;
+            let req = api::RolloutRequest {
+                service,
+                image: image.unwrap_or_default(),
+                environment,
+                timeout_seconds: timeout,
+            };
+            let mut stream = while_no_leader(wait, || {
+                let (mut c, req) = (c.clone(), req.clone());
+                async move { c.rollout(req).await }
+            })
+            .await?
+            .into_inner();
             progress(&mut stream).await
         }
         Cmd::Rollback { service, timeout } => {
-            let mut c = connect().await?;
-            let mut stream = c
-                .rollback(api::RollbackRequest {
-                    service,
-                    timeout_seconds: timeout,
-                })
-                .await?
-                .into_inner();
+            let c = connect().await?;
+            let req = api::RollbackRequest {
+                service,
+                timeout_seconds: timeout,
+            };
+            let mut stream = while_no_leader(wait, || {
+                let (mut c, req) = (c.clone(), req.clone());
+                async move { c.rollback(req).await }
+            })
+            .await?
+            .into_inner();
             progress(&mut stream).await
         }
         Cmd::Drain { host, undo, timeout } => {
-            let mut c = connect().await?;
-            let mut stream = c
-                .drain(api::DrainRequest {
-                    host,
-                    undo,
-                    timeout_seconds: timeout,
-                })
-                .await?
-                .into_inner();
+            let c = connect().await?;
+            let req = api::DrainRequest {
+                host,
+                undo,
+                timeout_seconds: timeout,
+            };
+            let mut stream = while_no_leader(wait, || {
+                let (mut c, req) = (c.clone(), req.clone());
+                async move { c.drain(req).await }
+            })
+            .await?
+            .into_inner();
             progress(&mut stream).await
         }
         Cmd::Scale {
@@ -562,15 +627,18 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             replicas,
             timeout,
         } => {
-            let mut c = connect().await?;
-            let mut stream = c
-                .scale(api::ScaleRequest {
-                    service,
-                    replicas,
-                    timeout_seconds: timeout,
-                })
-                .await?
-                .into_inner();
+            let c = connect().await?;
+            let req = api::ScaleRequest {
+                service,
+                replicas,
+                timeout_seconds: timeout,
+            };
+            let mut stream = while_no_leader(wait, || {
+                let (mut c, req) = (c.clone(), req.clone());
+                async move { c.scale(req).await }
+            })
+            .await?
+            .into_inner();
             progress(&mut stream).await
         }
         Cmd::Remove {
@@ -589,16 +657,19 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 );
                 return Ok(false);
             }
-            let mut c = connect().await?;
-            let r = c
-                .remove(api::RemoveRequest {
-                    selection: Some(selection),
-                    remove_volumes: volumes,
-                    force,
-                    cascade,
-                })
-                .await?
-                .into_inner();
+            let c = connect().await?;
+            let req = api::RemoveRequest {
+                selection: Some(selection),
+                remove_volumes: volumes,
+                force,
+                cascade,
+            };
+            let r = while_no_leader(wait, || {
+                let (mut c, req) = (c.clone(), req.clone());
+                async move { c.remove(req).await }
+            })
+            .await?
+            .into_inner();
             println!(
                 "removed: {}{}",
                 r.removed.join(", "),

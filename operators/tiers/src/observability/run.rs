@@ -92,8 +92,25 @@ async fn write_once(ctx: &TierContext, service: &str, coordinators: &[(String, S
         coordinators,
     });
     let now: BTreeSet<Problem> = problems.into_iter().collect();
-    for p in now.difference(&st.reported) {
+    let new: Vec<&Problem> = now.difference(&st.reported).collect();
+    for p in new.iter().filter(|p| !p.unreachable_operator) {
         tracing::warn!(what = %p.what, host = %p.host, "scrape target skipped: {}", p.problem);
+    }
+    // Operators on loopback are what one machine runs by default: one line
+    // for them all, saying what to do, not a warning each.
+    let operators: Vec<String> = new
+        .iter()
+        .filter(|p| p.unreachable_operator)
+        .map(|p| format!("{} on {}", p.what, p.host))
+        .collect();
+    if !operators.is_empty() {
+        tracing::info!(
+            "scrape targets: {} operator(s) not scraped, their metrics listen where Prometheus cannot reach them \
+             (loopback): {}. To scrape them, set metrics_listen (INFRA_METRICS_LISTEN) to the host's private \
+             address, or 0.0.0.0 with an addr label",
+            operators.len(),
+            operators.join(", ")
+        );
     }
     st.reported = now;
     let text = targets::render(&groups);

@@ -43,6 +43,10 @@ pub struct Problem {
     pub host: String,
     /// Why.
     pub problem: String,
+    /// An operator whose metrics listen where Prometheus cannot reach
+    /// them (the default on one machine: loopback). Expected, so said
+    /// once for them all rather than as a warning each.
+    pub unreachable_operator: bool,
 }
 
 /// What [`build`] reads.
@@ -102,6 +106,7 @@ pub fn build(inp: Inputs<'_>) -> (Vec<Group>, Vec<Problem>) {
             what: spec.name.clone(),
             host: d.host.clone(),
             problem: p,
+            unreachable_operator: false,
         };
         let Some(port) = spec.labels.get(PORT_LABEL).and_then(|p| p.trim().parse::<u16>().ok()) else {
             problems.insert(problem(format!(
@@ -166,6 +171,7 @@ pub fn build(inp: Inputs<'_>) -> (Vec<Group>, Vec<Problem>) {
                     "its metrics listen on {at}, which Prometheus cannot reach: set metrics_listen to the \
                      private address or 0.0.0.0 (with an addr label)"
                 ),
+                unreachable_operator: true,
             });
             continue;
         }
