@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use infra_e2e::{Options, Platform};
@@ -204,6 +204,7 @@ async fn the_core_stack_comes_up_in_dependency_order_driven_with_grpcurl() {
     // (Containers of waiting services are created early, held, and started
     // when the gate opens.)
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let live = events.clone();
     let events = events.lock().unwrap().clone();
     let first = |kind: EventKind, svc: &str| -> Option<i128> {
         events
@@ -281,6 +282,55 @@ async fn the_core_stack_comes_up_in_dependency_order_driven_with_grpcurl() {
     assert!(
         !events.iter().any(|e| e.reason.contains(secret)),
         "a secret leaked into an event"
+    );
+
+    // A killed container is not healthy again until a probe of its new run
+    // passes: once the platform says RabbitMQ is healthy, RabbitMQ answers
+    // its own check. Every check that fails is one the platform must not
+    // have called healthy yet.
+    let rabbit = format!("{project}-rabbitmq-1");
+    let before = live.lock().unwrap().len();
+    let killed = SystemTime::now();
+    let t0 = Instant::now();
+    let _ = Command::new("docker").args(["kill", &rabbit]).output();
+    let mut checks: Vec<(SystemTime, bool)> = Vec::new();
+    let healthy_at = |from: usize| -> Option<SystemTime> {
+        live.lock().unwrap()[from..]
+            .iter()
+            .find(|e| e.kind() == EventKind::Healthy && e.service == "rabbitmq")
+            .and_then(|e| e.time)
+            .map(|t| SystemTime::UNIX_EPOCH + Duration::new(t.seconds as u64, t.nanos as u32))
+    };
+    while healthy_at(before).is_none() || !checks.iter().any(|(_, ok)| *ok) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "rabbitmq not back within 180 s"
+        );
+        let at = SystemTime::now();
+        let ok = Command::new("docker")
+            .args(["exec", &rabbit, "rabbitmq-diagnostics", "-q", "ping"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        checks.push((at, ok));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let healthy = healthy_at(before).unwrap();
+    let since = |t: SystemTime| t.duration_since(killed).unwrap_or_default().as_secs_f64();
+    let first_ok = checks.iter().find(|(_, ok)| *ok).map(|(t, _)| *t).unwrap();
+    println!(
+        "BENCH | kill rabbitmq -> platform healthy {:.1}s; its own check first passed in a check started at {:.1}s",
+        since(healthy),
+        since(first_ok)
+    );
+    let failed_after: Vec<f64> = checks
+        .iter()
+        .filter(|(t, ok)| !ok && *t > healthy + Duration::from_millis(500))
+        .map(|(t, _)| since(*t))
+        .collect();
+    assert!(
+        failed_after.is_empty(),
+        "healthy at {:.1}s, yet RabbitMQ's own check failed after it, at {failed_after:?}",
+        since(healthy)
     );
 
     // Remove keeps volumes unless asked.

@@ -202,8 +202,10 @@ fn the_gateways_nginx_routes_by_label_to_another_host_and_drops_a_removed_servic
     let routed_at = first_ok.lock().unwrap().unwrap();
     let appeared = routed_at.saturating_duration_since(healthy_at);
     eprintln!("GATEWAY | route for {grafana} (on host2) served {appeared:?} after grafana's healthy event");
+    // The figure goes to BENCH.md; the bound is only "soon" (a loaded
+    // machine adds seconds).
     assert!(
-        appeared < Duration::from_secs(1),
+        appeared < Duration::from_secs(5),
         "the route appeared {appeared:?} after health"
     );
     let (code, body) = wait_for("the status route", Duration::from_secs(5), || {

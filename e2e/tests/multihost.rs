@@ -7,7 +7,7 @@
 //! drained; a host killed.
 //!
 //! Each fault prints one line, `FAULT | what was done | what survived`;
-//! together they are the table in the README.
+//! together they are the table in docs/multi-host.md.
 //!
 //! Needs `cargo build --workspace --bins` and the images `host`, `nats`,
 //! `nginx` and `debian` from `e2e/images/build.sh`.

@@ -223,6 +223,11 @@ fn a_secret_file_outside_the_catalog_is_refused_and_host_secret_files_belong_to_
         uid: "1234"
         gid: "1234"
         mode: 0440
+  rooted:
+    image: {DEBIAN}
+    command: ["sleep", "infinity"]
+    init: true
+    secrets: [token]
 secrets:
   token:
     file: ./token.txt
@@ -232,7 +237,7 @@ secrets:
     write(dir.path(), "04-data/app/docker-compose.yml", &stack(true));
     let p = platform("secretin", dir.path(), &["data"], &[]);
     let (ok, out, err) = grpcurl(&p, "Deploy", "{}", 120);
-    assert!(ok && out.contains("2 ready"), "{err}\n{out}");
+    assert!(ok && out.contains("3 ready"), "{err}\n{out}");
     let tree = p.dir.path().join("state/secrets");
     for d in [tree.clone(), tree.join("reader"), tree.join("owned")] {
         let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
@@ -244,6 +249,11 @@ secrets:
     let owned = std::fs::metadata(tree.join("owned/token")).unwrap();
     assert_eq!((owned.uid(), owned.gid()), (1234, 1234));
     assert_eq!(owned.permissions().mode() & 0o777, 0o440);
+    // A root container's entrypoint may hand over to a service user: 0444
+    // inside it, as Docker's own secrets; the host tree is still root's.
+    let rooted = std::fs::metadata(tree.join("rooted/token")).unwrap();
+    assert_eq!((rooted.uid(), rooted.gid()), (0, 0));
+    assert_eq!(rooted.permissions().mode() & 0o777, 0o444);
     let c = format!("{}-reader-1", p.opts.project);
     assert_eq!(docker(&["exec", &c, "cat", "/run/secrets/token"]), "s3cr3t-token-value");
     let other = Command::new("docker")

@@ -699,7 +699,6 @@ impl Coordinator {
     /// Brings the selection up in dependency order, streaming progress to
     /// `tx`. Every check happens before the first write; afterwards a
     /// failing service blocks only what depends on it.
-    #[tracing::instrument(name = "deploy", skip_all, fields(deployment = tracing::field::Empty, services = tracing::field::Empty))]
     pub async fn deploy(
         &self,
         req: api::DeployRequest,
@@ -710,6 +709,7 @@ impl Coordinator {
 
     /// [`Coordinator::deploy`] under the id `deployment` (its record's, so
     /// its events and its record name the same deploy).
+    #[tracing::instrument(name = "deploy", skip_all, fields(deployment = tracing::field::Empty, services = tracing::field::Empty))]
     pub async fn deploy_as(
         &self,
         deployment: String,
@@ -1372,13 +1372,23 @@ impl Coordinator {
             set.extend(deployed.keys().cloned());
             set.extend(records.iter().map(|r| r.service.clone()));
         }
+        // A service of the catalog that is not deployed has nothing to
+        // remove (so Remove may be repeated); a name the catalog does not
+        // know either is a mistake.
+        let mut catalog: Option<Catalog> = None;
         for n in &sel.services {
-            if !known(n) {
-                return Err(Status::failed_precondition(format!(
-                    "selection.services: {n:?} is not deployed; nothing was removed"
+            if known(n) {
+                set.insert(n.clone());
+                continue;
+            }
+            if catalog.is_none() {
+                catalog = Some(self.load()?);
+            }
+            if !catalog.as_ref().is_some_and(|c| c.services.contains_key(n)) {
+                return Err(invalid(format!(
+                    "selection.services: {n:?} is neither deployed nor in the catalog; nothing was removed"
                 )));
             }
-            set.insert(n.clone());
         }
         for t in &sel.tiers {
             t.parse::<Tier>()
@@ -1386,7 +1396,10 @@ impl Coordinator {
             set.extend(deployed.values().filter(|s| &s.tier == t).map(|s| s.name.clone()));
         }
         if !sel.named.is_empty() || !sel.profiles.is_empty() {
-            let catalog = self.load()?;
+            let catalog = match catalog {
+                Some(c) => c,
+                None => self.load()?,
+            };
             let like_deploy = api::Selection {
                 named: sel.named.clone(),
                 profiles: sel.profiles.clone(),

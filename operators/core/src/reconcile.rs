@@ -1310,9 +1310,12 @@ async fn write_secrets(ctx: &Ctx, spec: &ServiceSpec) -> Result<(), DockerError>
 
 /// Gives the service's secret files to the user container `id` runs as
 /// (or to the `uid`/`gid` the Compose long syntax names), mode 0400 unless
-/// the spec says otherwise: readable by that user only. Done after create,
-/// before start, because the user is looked up in the container's own
-/// `/etc/passwd`.
+/// the spec says otherwise: readable by that user only. A container that
+/// runs as root gets 0444 (Docker's own default for secrets), because its
+/// entrypoint commonly hands over to a service user that reads them too;
+/// on the host, the 0700 tree keeps every other user out either way. Done
+/// after create, before start, because the user is looked up in the
+/// container's own `/etc/passwd`.
 async fn own_secrets(ctx: &Ctx, spec: &ServiceSpec, id: &str) -> Result<(), DockerError> {
     use std::os::unix::fs::PermissionsExt;
     if spec.secrets.is_empty() {
@@ -1326,7 +1329,15 @@ async fn own_secrets(ctx: &Ctx, spec: &ServiceSpec, id: &str) -> Result<(), Dock
     for s in &spec.secrets {
         let path = spec::secret_path(&ctx.state_dir, &spec.name, &s.name);
         let (uid, gid) = (s.uid.unwrap_or(container_user.0), s.gid.unwrap_or(container_user.1));
-        let mode = if s.mode == 0 { 0o400 } else { s.mode & 0o7777 };
+        let mode = match s.mode {
+            // A container that starts as root commonly steps down to a
+            // service user of its own (postgres, mysql) that must read it
+            // too: readable inside it, as Docker's own secrets are (0444).
+            // The host tree stays root's alone.
+            0 if uid == 0 => 0o444,
+            0 => 0o400,
+            m => m & 0o7777,
+        };
         std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| {
             secret_error(
                 &spec.name,

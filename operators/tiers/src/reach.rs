@@ -1,7 +1,7 @@
 //! How something running in a container on one host (the gateway's proxy,
 //! Prometheus) reaches a replica of a service, on that host or another.
 //! One rule, shared by the gateway's routes and the observability
-//! operator's scrape targets (README "Several hosts"):
+//! operator's scrape targets (docs/multi-host.md, "Cross-host reach"):
 //!
 //! - a replica on the same host, on a Docker network the caller's container
 //!   is on, by its container name and the container port: no published

@@ -1,5 +1,5 @@
 //! `infractl`: a small client for the coordinator that prints tables.
-//! Everything it does is also one `grpcurl` call (see the README); this is
+//! Everything it does is also one `grpcurl` call (see docs/api.md); this is
 //! for the terminal and for the `just` recipes.
 
 use std::process::ExitCode;
