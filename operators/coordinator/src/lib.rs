@@ -4,16 +4,23 @@
 //! directly: it writes desired state to the bus and reads observed state
 //! and heartbeats back, so either side can restart without losing anything.
 
+pub mod catalog;
 pub mod convert;
 pub mod coordinator;
+mod deploy;
 pub mod hosts;
 pub mod leader;
 pub mod metrics;
 pub mod placement;
+mod plan;
+mod reach;
+mod remove;
 pub mod rollout;
+mod scale;
 pub mod selections;
 pub mod service;
 pub mod state;
+mod status;
 
 use std::path::PathBuf;
 use std::time::Duration;

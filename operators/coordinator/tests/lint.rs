@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use infra_compose::{LoadOptions, Severity, load_catalog};
-use infra_coordinator::coordinator::{lint_response, parse_min_severity};
+use infra_coordinator::catalog::{lint_response, parse_min_severity};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

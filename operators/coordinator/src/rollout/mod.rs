@@ -20,6 +20,8 @@
 //!   gone, and it stayed so for `monitor`.
 //! - Nothing here deletes a volume.
 
+mod calls;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -1,0 +1,374 @@
+//! Plan: what a deploy would do, and the preparation a deploy shares
+//! with it (specs, placement, secrets, the images each host lacks).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use infra_compose::{Catalog, DependencyCondition, Graph};
+use infra_proto::bus::v1::{DesiredService, Heartbeat, PlacementSpec, ServiceSpec, UpdatePolicy};
+use infra_proto::coordinator::v1 as api;
+use tonic::Status;
+
+use crate::convert::{self, SecretContent};
+use crate::coordinator::*;
+use crate::placement::{self, Outcome, Rules, Usage};
+use crate::reach::cross_host_reach;
+
+/// The largest spec one service may have once built (encoded). Twice it
+/// (a rolling update's old and new spec) must fit in one bus message.
+pub(crate) const MAX_SPEC_BYTES: usize = 384 * 1024;
+
+/// A service ready to dispatch: its spec (`replicas` is the total), its
+/// placement rules, where its replicas go, and what the store holds for it
+/// now on every host.
+#[derive(Clone, Debug)]
+pub(crate) struct Prepared {
+    pub(crate) spec: ServiceSpec,
+    pub(crate) rules: PlacementSpec,
+    pub(crate) outcome: Outcome,
+    pub(crate) existing: Vec<DesiredService>,
+    pub(crate) update: UpdatePolicy,
+    pub(crate) back: UpdatePolicy,
+}
+
+impl Prepared {
+    /// The desired state now on `host`, removed or not.
+    pub(crate) fn on(&self, host: &str) -> Option<&DesiredService> {
+        self.existing.iter().find(|d| d.host == host)
+    }
+
+    /// Whether any host runs (or holds) it now.
+    pub(crate) fn deployed(&self) -> bool {
+        self.existing.iter().any(|d| !d.absent)
+    }
+
+    /// The spec one host gets: its share of the replicas.
+    pub(crate) fn spec_for(&self, replicas: u32) -> ServiceSpec {
+        let mut s = self.spec.clone();
+        s.replicas = replicas;
+        s
+    }
+
+    /// `h1, h2 (2)`: where the replicas go, for messages.
+    pub(crate) fn hosts_label(&self) -> String {
+        self.outcome
+            .hosts
+            .iter()
+            .map(|(h, n)| if *n == 1 { h.clone() } else { format!("{h} ({n})") })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Host -> replicas there now.
+    pub(crate) fn current(&self) -> BTreeMap<String, u32> {
+        self.existing
+            .iter()
+            .filter(|d| !d.absent)
+            .filter_map(|d| d.spec.as_ref().map(|s| (d.host.clone(), s.replicas.max(1))))
+            .collect()
+    }
+}
+
+pub(crate) fn cond_name(c: DependencyCondition) -> &'static str {
+    match c {
+        DependencyCondition::ServiceStarted => "service_started",
+        DependencyCondition::ServiceHealthy => "service_healthy",
+        DependencyCondition::ServiceCompletedSuccessfully => "service_completed_successfully",
+    }
+}
+
+/// Names of the spec fields that differ, for the plan.
+pub(crate) fn diff(old: &ServiceSpec, new: &ServiceSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |cond: bool, name: &str| {
+        if cond {
+            out.push(name.to_owned());
+        }
+    };
+    check(old.image != new.image, "image");
+    check(old.command != new.command, "command");
+    check(old.entrypoint != new.entrypoint, "entrypoint");
+    check(old.environment != new.environment, "environment");
+    check(old.ports != new.ports, "ports");
+    check(old.mounts != new.mounts, "volumes");
+    check(old.networks != new.networks, "networks");
+    check(old.healthcheck != new.healthcheck, "healthcheck");
+    check(old.restart != new.restart, "restart");
+    check(old.labels != new.labels, "labels");
+    check(old.secrets != new.secrets, "secrets");
+    check(old.user != new.user, "user");
+    check(old.read_only != new.read_only, "read_only");
+    check(old.security_opt != new.security_opt, "security_opt");
+    check(
+        old.cap_add != new.cap_add || old.cap_drop != new.cap_drop,
+        "capabilities",
+    );
+    check(old.replicas != new.replicas, "deploy.replicas");
+    check(old.resources != new.resources, "deploy.resources");
+    check(old.depends_on != new.depends_on, "depends_on");
+    if out.is_empty() && operator_core::spec::spec_hash(old) != operator_core::spec::spec_hash(new) {
+        out.push("other".into());
+    }
+    out
+}
+
+impl Coordinator {
+    /// Operators alive now, from their heartbeats.
+    pub async fn heartbeats(&self) -> Result<Vec<Heartbeat>, Status> {
+        self.bus.list_heartbeats().await.map_err(unavailable)
+    }
+
+    pub(crate) async fn prepare(
+        &self,
+        catalog: &Catalog,
+        graph: &Graph,
+    ) -> Result<(Vec<(String, Prepared)>, Vec<SecretContent>), Status> {
+        let env = Self::env();
+        let hosts = self.eligible_hosts().await?;
+        let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
+        let records = self.bus.list_records().await.map_err(unavailable)?;
+        // What the other services take where: tier load for spreading, GPUs.
+        let mut load: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
+        for d in desired.iter().filter(|d| !d.absent) {
+            if let Some(s) = &d.spec {
+                load.entry((d.host.clone(), s.tier.clone()))
+                    .or_default()
+                    .insert(s.name.clone());
+            }
+        }
+        let mut gpus: HashMap<String, BTreeMap<String, u32>> = HashMap::new();
+        for r in &records {
+            let per = r.rules.as_ref().map_or(0, |p| p.gpus);
+            for (h, n) in &r.placement {
+                if per > 0 {
+                    gpus.entry(h.clone()).or_default().insert(r.service.clone(), per * n);
+                }
+            }
+        }
+        // What every service reserves where (CPU, memory), kept current as
+        // this deploy places its services.
+        let mut reserved: HashMap<String, BTreeMap<String, placement::Reservation>> = HashMap::new();
+        for d in desired.iter().filter(|d| !d.absent) {
+            if let Some(s) = &d.spec {
+                reserved
+                    .entry(d.host.clone())
+                    .or_default()
+                    .insert(s.name.clone(), placement::Reservation::of(s).times(s.replicas.max(1)));
+            }
+        }
+        let mut out = Vec::new();
+        let mut secrets: BTreeMap<String, SecretContent> = BTreeMap::new();
+        for name in graph.order() {
+            let svc = &catalog.services[name];
+            let (spec, contents) = convert::to_spec(catalog, &self.settings.project, svc, &env).map_err(invalid)?;
+            let size = prost::Message::encoded_len(&spec);
+            if size > MAX_SPEC_BYTES {
+                return Err(invalid(format!(
+                    "{}:{}: service {name:?}: its spec is {} KiB once built ({} environment entries, {} labels); a \
+                     service's spec may be at most {} KiB, because its desired state carries two specs during a \
+                     rolling update and the bus carries at most 1 MiB in one message",
+                    svc.file.display(),
+                    svc.line,
+                    size / 1024,
+                    spec.environment.len(),
+                    spec.labels.len(),
+                    MAX_SPEC_BYTES / 1024
+                )));
+            }
+            let rules = convert::placement_spec(svc).map_err(invalid)?;
+            if !rules.global && spec.replicas > self.settings.max_replicas {
+                let line = catalog
+                    .key_line(name, "deploy.replicas")
+                    .map_or(String::new(), |l| format!(":{l}"));
+                return Err(invalid(format!(
+                    "{}{line}: service {name:?}: deploy.replicas {} is more than one service may have here \
+                     (max_replicas = {} in the coordinator's configuration)",
+                    svc.file.display(),
+                    spec.replicas,
+                    self.settings.max_replicas
+                )));
+            }
+            for c in contents {
+                secrets.insert(c.key.clone(), c);
+            }
+            let existing: Vec<DesiredService> = desired
+                .iter()
+                .filter(|d| d.spec.as_ref().is_some_and(|s| s.name == *name))
+                .cloned()
+                .collect();
+            let usage = Usage {
+                tier_load: load
+                    .iter()
+                    .filter(|((_, t), _)| *t == spec.tier)
+                    .map(|((h, _), names)| (h.clone(), names.iter().filter(|n| *n != name).count()))
+                    .collect(),
+                gpus_used: gpus
+                    .iter()
+                    .map(|(h, by)| (h.clone(), by.iter().filter(|(n, _)| *n != name).map(|(_, g)| g).sum()))
+                    .collect(),
+                reserved: reserved
+                    .iter()
+                    .map(|(h, by)| {
+                        let sum = by
+                            .iter()
+                            .filter(|(n, _)| *n != name)
+                            .fold(placement::Reservation::default(), |a, (_, r)| a.plus(*r));
+                        (h.clone(), sum)
+                    })
+                    .collect(),
+            };
+            let mut p = Prepared {
+                spec,
+                rules,
+                outcome: Outcome::default(),
+                existing,
+                update: convert::update_policy(svc, false),
+                back: convert::update_policy(svc, true),
+            };
+            let reserve = placement::Reservation::of(&p.spec);
+            let parsed = Rules::from_spec(&p.spec.tier, p.spec.replicas.max(1), &p.rules)
+                .map_err(invalid)?
+                .reserving(reserve);
+            p.outcome = placement::place(&parsed, &hosts, &p.current(), &usage);
+            for by in reserved.values_mut() {
+                by.remove(name);
+            }
+            for (h, n) in &p.outcome.hosts {
+                reserved
+                    .entry(h.clone())
+                    .or_default()
+                    .insert(name.clone(), reserve.times(*n));
+                load.entry((h.clone(), p.spec.tier.clone()))
+                    .or_default()
+                    .insert(name.clone());
+                if p.rules.gpus > 0 {
+                    gpus.entry(h.clone())
+                        .or_default()
+                        .insert(name.clone(), p.rules.gpus * n);
+                }
+            }
+            out.push((name.clone(), p));
+        }
+        cross_host_reach(catalog, &hosts, &mut out);
+        Ok((out, secrets.into_values().collect()))
+    }
+
+    /// What a deploy would do. No side effects.
+    pub async fn plan(&self, sel: Option<&api::Selection>) -> Result<api::PlanResponse, Status> {
+        let catalog = self.load()?;
+        let (_, graph) = self.resolve(&catalog, sel)?;
+        let (prepared, _) = self.prepare(&catalog, &graph).await?;
+        let level_of: HashMap<&str, usize> = graph
+            .levels()
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| l.iter().map(move |n| (n.as_str(), i)))
+            .collect();
+        let mut warnings = Vec::new();
+        let mut steps = Vec::new();
+        for (name, p) in &prepared {
+            let svc = &catalog.services[name];
+            let old = p
+                .existing
+                .iter()
+                .filter(|d| !d.absent)
+                .find_map(|d| d.spec.as_ref())
+                .map(|s| {
+                    let mut s = s.clone();
+                    s.replicas = p.current().values().sum();
+                    s
+                });
+            let (action, changes) = match old {
+                None => (api::Action::Create, vec![]),
+                Some(old) => {
+                    let mut changes = diff(&old, &p.spec);
+                    if p.existing.iter().any(|d| d.hold && !d.absent) {
+                        changes.push("start (created and held by an earlier deploy)".into());
+                    }
+                    if p.current() != p.outcome.hosts && !changes.iter().any(|c| c == "deploy.replicas") {
+                        changes.push("placement".into());
+                    }
+                    if changes.is_empty() {
+                        (api::Action::Unchanged, changes)
+                    } else {
+                        (api::Action::Update, changes)
+                    }
+                }
+            };
+            if p.outcome.pending > 0 {
+                warnings.push(format!(
+                    "{name}: {} replica{} would stay pending: {}",
+                    p.outcome.pending,
+                    if p.outcome.pending == 1 { "" } else { "s" },
+                    p.outcome.reason
+                ));
+            }
+            steps.push(api::PlanStep {
+                service: name.clone(),
+                tier: p.spec.tier.clone(),
+                host: p.outcome.hosts.keys().cloned().collect::<Vec<_>>().join(","),
+                placement: p.outcome.hosts.clone().into_iter().collect(),
+                pending_replicas: p.outcome.pending,
+                pending_reason: p.outcome.reason.clone(),
+                action: action as i32,
+                level: level_of.get(name.as_str()).copied().unwrap_or(0) as u32,
+                waits_for: svc
+                    .depends_on
+                    .iter()
+                    .filter(|d| graph.contains(&d.service))
+                    .map(|d| format!("{} ({})", d.service, cond_name(d.condition)))
+                    .collect(),
+                image: p.spec.image.clone(),
+                replicas: p.spec.replicas,
+                changes,
+                unsupported_keys: convert::unsupported_keys(svc),
+            });
+        }
+        steps.sort_by(|a, b| (a.level, &a.service).cmp(&(b.level, &b.service)));
+        warnings.extend(self.image_warnings(&prepared).await);
+        Ok(api::PlanResponse { steps, warnings })
+    }
+
+    /// What the target hosts say of the images the plan needs: one warning
+    /// per image a host neither has nor can pull (with the reason), and one
+    /// per operator that did not answer.
+    pub(crate) async fn image_warnings(&self, prepared: &[(String, Prepared)]) -> Vec<String> {
+        // (host, tier) -> image -> services using it
+        let mut asks: BTreeMap<(String, String), BTreeMap<String, Vec<String>>> = BTreeMap::new();
+        for (name, p) in prepared {
+            for h in p.outcome.hosts.keys() {
+                asks.entry((h.clone(), p.spec.tier.clone()))
+                    .or_default()
+                    .entry(p.spec.image.clone())
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
+        let wait = operator_core::images::CHECK_TIMEOUT + Duration::from_secs(1);
+        let answers = futures::future::join_all(asks.into_iter().map(|((host, tier), images)| async move {
+            let list: Vec<String> = images.keys().cloned().collect();
+            let answer = self.bus.check_images(&host, &tier, list, wait).await;
+            (host, tier, images, answer)
+        }))
+        .await;
+        let mut out = Vec::new();
+        for (host, tier, images, answer) in answers {
+            match answer {
+                Ok(reply) => {
+                    for st in reply.images.iter().filter(|s| !s.present && !s.pullable) {
+                        let users = images.get(&st.image).map(|u| u.join(", ")).unwrap_or_default();
+                        out.push(format!(
+                            "{users}: image {} is not on host {host} and cannot be pulled there: {}",
+                            st.image, st.reason
+                        ));
+                    }
+                }
+                Err(e) => out.push(format!(
+                    "could not check the images of the {tier} services on host {host} ({e}); the deploy will \
+                     find out whether it has them"
+                )),
+            }
+        }
+        out
+    }
+}

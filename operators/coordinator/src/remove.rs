@@ -1,0 +1,183 @@
+//! Remove: exactly what a selection names, dependents first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use infra_compose::{Catalog, Tier};
+use infra_proto::bus::v1::{DesiredService, EventKind, ServiceSpec};
+use infra_proto::coordinator::v1 as api;
+use tonic::Status;
+
+use crate::coordinator::*;
+
+impl Coordinator {
+    /// Stops and removes the selection's containers, dependents first.
+    /// Volumes stay unless `remove_volumes`.
+    pub async fn remove(&self, req: api::RemoveRequest) -> Result<api::RemoveResponse, Status> {
+        let sel = req.selection.clone().unwrap_or_default();
+        if sel == api::Selection::default() {
+            return Err(invalid(
+                "selection: name what to remove (services, tiers, profiles or a named selection), or set \
+                 selection.all to remove everything deployed",
+            ));
+        }
+        let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
+        let records = self.bus.list_records().await.map_err(unavailable)?;
+        // What runs (or is held) now, with the spec it runs.
+        let deployed: BTreeMap<String, &ServiceSpec> = desired
+            .iter()
+            .filter(|d| !d.absent)
+            .filter_map(|d| d.spec.as_ref().map(|s| (s.name.clone(), s)))
+            .collect();
+        let known = |n: &str| deployed.contains_key(n) || records.iter().any(|r| r.service == n);
+        let mut set: BTreeSet<String> = BTreeSet::new();
+        if sel.all {
+            set.extend(deployed.keys().cloned());
+            set.extend(records.iter().map(|r| r.service.clone()));
+        }
+        // A service of the catalog that is not deployed has nothing to
+        // remove (so Remove may be repeated); a name the catalog does not
+        // know either is a mistake.
+        let mut catalog: Option<Catalog> = None;
+        for n in &sel.services {
+            if known(n) {
+                set.insert(n.clone());
+                continue;
+            }
+            if catalog.is_none() {
+                catalog = Some(self.load()?);
+            }
+            if !catalog.as_ref().is_some_and(|c| c.services.contains_key(n)) {
+                return Err(invalid(format!(
+                    "selection.services: {n:?} is neither deployed nor in the catalog; nothing was removed"
+                )));
+            }
+        }
+        for t in &sel.tiers {
+            t.parse::<Tier>()
+                .map_err(|e| invalid(format!("selection.tiers: {e}")))?;
+            set.extend(deployed.values().filter(|s| &s.tier == t).map(|s| s.name.clone()));
+        }
+        if !sel.named.is_empty() || !sel.profiles.is_empty() {
+            let catalog = match catalog {
+                Some(c) => c,
+                None => self.load()?,
+            };
+            let like_deploy = api::Selection {
+                named: sel.named.clone(),
+                profiles: sel.profiles.clone(),
+                ..Default::default()
+            };
+            set.extend(
+                self.select(&catalog, Some(&like_deploy))?
+                    .into_iter()
+                    .filter(|n| known(n)),
+            );
+        }
+        // Deployed services outside the selection that need one in it.
+        let needs = |outside: &BTreeSet<String>| -> Vec<(String, String)> {
+            deployed
+                .iter()
+                .filter(|(n, _)| !outside.contains(*n))
+                .flat_map(|(n, s)| {
+                    s.depends_on
+                        .iter()
+                        .filter(|d| d.required && outside.contains(&d.service))
+                        .map(|d| (n.clone(), d.service.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        loop {
+            let dependents = needs(&set);
+            if dependents.is_empty() || req.force {
+                break;
+            }
+            if !req.cascade {
+                let names: Vec<String> = dependents.iter().map(|(n, d)| format!("{n} needs {d}")).collect();
+                return Err(Status::failed_precondition(format!(
+                    "other deployed services need what would be removed ({}): remove them too with cascade, or \
+                     leave them without it with force; nothing was removed",
+                    names.join(", ")
+                )));
+            }
+            set.extend(dependents.into_iter().map(|(n, _)| n));
+        }
+        // Dependents first: a service goes once nothing left in the set
+        // needs it.
+        let mut order: Vec<String> = Vec::new();
+        let mut left = set.clone();
+        while !left.is_empty() {
+            let ready: Vec<String> = left
+                .iter()
+                .filter(|n| {
+                    !left.iter().any(|o| {
+                        o != *n
+                            && deployed
+                                .get(o)
+                                .is_some_and(|s| s.depends_on.iter().any(|d| &d.service == *n))
+                    })
+                })
+                .cloned()
+                .collect();
+            // A cycle (the catalog refuses them; desired state from an old
+            // coordinator might not): take the rest in name order.
+            let ready = if ready.is_empty() {
+                left.iter().cloned().collect()
+            } else {
+                ready
+            };
+            for n in ready {
+                left.remove(&n);
+                order.push(n);
+            }
+        }
+        let mut removed = Vec::new();
+        for name in &order {
+            let here: Vec<&DesiredService> = desired
+                .iter()
+                .filter(|d| d.spec.as_ref().is_some_and(|s| s.name == *name))
+                .collect();
+            let Some(tier) = here.first().and_then(|d| d.spec.as_ref()).map(|s| s.tier.clone()) else {
+                // Never deployed, or only pending: forget the record.
+                if let Some(r) = records.iter().find(|r| &r.service == name) {
+                    self.bus.delete_record(&r.tier, name).await.map_err(unavailable)?;
+                    removed.push(name.clone());
+                }
+                continue;
+            };
+            for d in &here {
+                let mut d = (*d).clone();
+                d.absent = true;
+                d.remove_volumes = req.remove_volumes;
+                d.generation += 1;
+                self.bus.put_desired(&d).await.map_err(unavailable)?;
+            }
+            self.event(EventKind::ServiceRemoveRequested, name, &tier, "", String::new())
+                .await;
+            // Wait for the operators to take it down before its
+            // dependencies.
+            let start = Instant::now();
+            for d in &here {
+                while start.elapsed() < Duration::from_secs(120) {
+                    if self
+                        .bus
+                        .get_desired(&d.host, &tier, name)
+                        .await
+                        .map_err(unavailable)?
+                        .is_none()
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            self.bus.delete_record(&tier, name).await.map_err(unavailable)?;
+            removed.push(name.clone());
+        }
+        Ok(api::RemoveResponse {
+            removed,
+            volumes_removed: req.remove_volumes,
+        })
+    }
+}
