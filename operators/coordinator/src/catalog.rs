@@ -3,15 +3,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::error::Error;
 use infra_compose::{Catalog, Graph, LoadOptions, SelectError, Selection, Severity, Tier};
 use infra_proto::coordinator::v1 as api;
-use tonic::Status;
 
 use crate::coordinator::*;
 use crate::selections;
 
 /// `min_severity` of a lint request: empty means every finding.
-pub fn parse_min_severity(s: &str) -> Result<Severity, Status> {
+pub fn parse_min_severity(s: &str) -> Result<Severity, Error> {
     if s.is_empty() {
         return Ok(Severity::Info);
     }
@@ -72,22 +72,24 @@ impl Coordinator {
     }
 
     /// Loads the catalog afresh, so edits take effect on the next call.
-    pub fn load(&self) -> Result<Catalog, Status> {
+    ///
+    /// Reading and parsing files blocks, so it runs on the blocking pool:
+    /// a large catalog never stalls the other calls on the runtime.
+    pub async fn load(&self) -> Result<Catalog, Error> {
         let opts = LoadOptions {
             env_file: self.settings.env_file.clone(),
             env: Self::env(),
             overrides: self.settings.overrides.clone(),
             secret_dirs: self.settings.secret_dirs.clone(),
         };
-        infra_compose::load_catalog(&self.settings.compose_dir, &opts).map_err(invalid)
+        let root = self.settings.compose_dir.clone();
+        tokio::task::spawn_blocking(move || infra_compose::load_catalog(&root, &opts).map_err(invalid))
+            .await
+            .map_err(|e| Error::internal(format!("loading the catalog stopped: {e}")))?
     }
 
     /// The selected services (with their dependencies) and their graph.
-    pub fn resolve(
-        &self,
-        catalog: &Catalog,
-        sel: Option<&api::Selection>,
-    ) -> Result<(BTreeSet<String>, Graph), Status> {
+    pub fn resolve(&self, catalog: &Catalog, sel: Option<&api::Selection>) -> Result<(BTreeSet<String>, Graph), Error> {
         let names = self.select(catalog, sel)?;
         let graph = catalog.graph(&names).map_err(invalid)?;
         Ok((names, graph))
@@ -95,7 +97,7 @@ impl Coordinator {
 
     /// The selected services with their dependencies, without ordering
     /// them (the lint reports what the graph would reject).
-    pub fn select(&self, catalog: &Catalog, sel: Option<&api::Selection>) -> Result<BTreeSet<String>, Status> {
+    pub fn select(&self, catalog: &Catalog, sel: Option<&api::Selection>) -> Result<BTreeSet<String>, Error> {
         let sel = sel.cloned().unwrap_or_default();
         let mut exclude: Vec<String> = Vec::new();
         let mut s = Selection {
@@ -166,9 +168,9 @@ impl Coordinator {
     }
 
     /// Lints the selection (an empty one: the whole catalog, every profile).
-    pub fn lint(&self, req: &api::LintRequest) -> Result<api::LintResponse, Status> {
+    pub async fn lint(&self, req: &api::LintRequest) -> Result<api::LintResponse, Error> {
         let min = parse_min_severity(&req.min_severity)?;
-        let catalog = self.load()?;
+        let catalog = self.load().await?;
         let names = match req.selection.as_ref() {
             Some(s) if *s != api::Selection::default() => Some(self.select(&catalog, Some(s))?),
             _ => None,

@@ -9,10 +9,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::Error;
 use infra_bus::Bus;
 use infra_proto::bus::v1::{Event, EventKind};
 use tokio::sync::watch;
-use tonic::Status;
 
 use crate::state::ObservedCache;
 
@@ -59,14 +59,24 @@ pub struct Coordinator {
     /// The call that owns each service's replica count now; a newer one
     /// cancels the older one's wait.
     pub(crate) owners: Arc<std::sync::Mutex<HashMap<String, tokio_util::sync::CancellationToken>>>,
+    /// The long calls in flight (deploys, rollouts, scales, drains and what
+    /// a new leader takes up): shutdown waits for them, bounded.
+    pub(crate) work: tokio_util::task::TaskTracker,
+    /// Bus writes that failed after their retries without failing their
+    /// call (a metric).
+    pub(crate) failed_writes: prometheus_client::metrics::counter::Counter,
 }
 
-pub(crate) fn invalid(e: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(e.to_string())
+/// Where a long call (Deploy, Scale, Rollout, Rollback, Drain) streams its
+/// progress; an `Err` ends the call with that error.
+pub type ProgressTx = tokio::sync::mpsc::Sender<Result<infra_proto::coordinator::v1::DeployProgress, Error>>;
+
+pub(crate) fn invalid(e: impl std::fmt::Display) -> Error {
+    Error::invalid(e.to_string())
 }
 
-pub(crate) fn unavailable(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(e.to_string())
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::unavailable(e.to_string())
 }
 
 impl Coordinator {
@@ -80,7 +90,74 @@ impl Coordinator {
             // a lease.
             leader: watch::channel(true).1,
             owners: Arc::default(),
+            work: tokio_util::task::TaskTracker::new(),
+            failed_writes: prometheus_client::metrics::counter::Counter::default(),
         }
+    }
+
+    /// Counts failed bus writes on `counter` (the metrics' one).
+    #[must_use]
+    pub fn with_write_failures(mut self, counter: prometheus_client::metrics::counter::Counter) -> Self {
+        self.failed_writes = counter;
+        self
+    }
+
+    /// A bus write that must happen for the call to go on: tried three
+    /// times (200 ms, then 400 ms apart); the error names `what`.
+    pub(crate) async fn write<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = infra_bus::Result<T>>,
+    {
+        let mut wait = Duration::from_millis(200);
+        let mut tries = 0;
+        loop {
+            match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.kind() == infra_bus::BusErrorKind::InvalidName => return Err(Error::invalid(e)),
+                Err(e) if tries >= 2 => {
+                    return Err(Error::unavailable(format!("{what}: {e}")));
+                }
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+            }
+        }
+    }
+
+    /// A bus write whose failure does not stop the call (the state it
+    /// records is made again by the next step, or is only a record):
+    /// retried as [`Coordinator::write`], then logged with `what` and why,
+    /// and counted (`infra_coordinator_bus_write_failures_total`).
+    pub(crate) async fn write_or_log<T, F, Fut>(&self, what: &str, attempt: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = infra_bus::Result<T>>,
+    {
+        if let Err(e) = self.write(what, attempt).await {
+            self.failed_writes.inc();
+            tracing::warn!(what, error = %e, "a bus write failed; going on without it");
+        }
+    }
+
+    /// Runs a long call (a deploy, a rollout, what a new leader takes up)
+    /// as a task the coordinator tracks, so shutdown can wait for it.
+    pub(crate) fn spawn<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.work.spawn(work)
+    }
+
+    /// Waits, at most `grace`, for the long calls in flight to end (they
+    /// end on their own when this coordinator stops leading); false when
+    /// some did not.
+    pub async fn finish_work(&self, grace: Duration) -> bool {
+        self.work.close();
+        tokio::time::timeout(grace, self.work.wait()).await.is_ok()
     }
 
     /// Makes the caller the owner of `service`'s replica count: the

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::error::Error;
 use infra_compose::{DependencyCondition, Graph};
 use infra_proto::bus::v1::{DesiredService, EventKind, Health, ObservedService, ServiceRecord, ServiceSpec};
 use infra_proto::coordinator::v1 as api;
 use tokio::sync::{mpsc, watch};
-use tonic::Status;
 use tracing::Instrument;
 
 use crate::coordinator::*;
@@ -83,7 +83,7 @@ pub(crate) struct Step<'a> {
     pub(crate) deployment: &'a str,
     pub(crate) board: Arc<watch::Sender<Board>>,
     pub(crate) graph: Option<&'a Graph>,
-    pub(crate) tx: &'a mpsc::Sender<Result<api::DeployProgress, Status>>,
+    pub(crate) tx: &'a mpsc::Sender<Result<api::DeployProgress, Error>>,
     /// A dependent in this deploy needs it run to completion
     /// (`service_completed_successfully`): it is ready once it has exited
     /// 0, not while it runs.
@@ -148,8 +148,8 @@ impl Coordinator {
     pub async fn deploy(
         &self,
         req: api::DeployRequest,
-        tx: mpsc::Sender<Result<api::DeployProgress, Status>>,
-    ) -> Result<(), Status> {
+        tx: mpsc::Sender<Result<api::DeployProgress, Error>>,
+    ) -> Result<(), Error> {
         self.deploy_as(nuid::next().to_string(), req, tx).await
     }
 
@@ -160,9 +160,9 @@ impl Coordinator {
         &self,
         deployment: String,
         req: api::DeployRequest,
-        tx: mpsc::Sender<Result<api::DeployProgress, Status>>,
-    ) -> Result<(), Status> {
-        let catalog = self.load()?;
+        tx: mpsc::Sender<Result<api::DeployProgress, Error>>,
+    ) -> Result<(), Error> {
+        let catalog = self.load().await?;
         let (_, graph) = self.resolve(&catalog, req.selection.as_ref())?;
         let (prepared, secrets) = self.prepare(&catalog, &graph).await?;
         let deadline = if req.timeout_seconds > 0 {
@@ -428,7 +428,10 @@ impl Coordinator {
                 // Nothing stays behind for a service that never started.
                 if held {
                     for h in p.outcome.hosts.keys() {
-                        let _ = self.bus.delete_desired(h, tier, name).await;
+                        self.write_or_log(&format!("held {name} taken off {h}"), || {
+                            self.bus.delete_desired(h, tier, name)
+                        })
+                        .await;
                     }
                 }
                 return Progress::Waiting;

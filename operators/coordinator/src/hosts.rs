@@ -16,11 +16,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use crate::error::Error;
 use infra_proto::bus::v1::{DesiredService, EventKind, Health, HostState, ServiceRecord, ServiceSpec};
 use infra_proto::coordinator::v1 as api;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 
 use crate::coordinator::Coordinator;
 use crate::placement::{self, Rules, Usage};
@@ -55,7 +55,7 @@ impl Coordinator {
     }
 
     /// The hosts placement may use now: heard from, not drained.
-    pub(crate) async fn eligible_hosts(&self) -> Result<Vec<placement::HostView>, Status> {
+    pub(crate) async fn eligible_hosts(&self) -> Result<Vec<placement::HostView>, Error> {
         let states = self.host_states().await;
         let mut hosts = placement::hosts_from(&self.heartbeats().await?);
         hosts.retain(|h| !states.get(&h.name).is_some_and(|s| s.drained || s.lost));
@@ -66,12 +66,12 @@ impl Coordinator {
     pub async fn drain(
         &self,
         req: api::DrainRequest,
-        tx: mpsc::Sender<Result<api::DeployProgress, Status>>,
-    ) -> Result<(), Status> {
+        tx: mpsc::Sender<Result<api::DeployProgress, Error>>,
+    ) -> Result<(), Error> {
         if req.host.is_empty() {
-            return Err(Status::invalid_argument("host: must name a host"));
+            return Err(Error::invalid("host: must name a host"));
         }
-        infra_bus::Token::new("host", &req.host).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        infra_bus::Token::new("host", &req.host).map_err(|e| Error::invalid(e.to_string()))?;
         let deployment = nuid::next().to_string();
         let send = |phase: api::Phase, service: String, message: String| {
             let tx = tx.clone();
@@ -95,7 +95,7 @@ impl Coordinator {
             self.bus()
                 .delete_host_state(&req.host)
                 .await
-                .map_err(|e| Status::unavailable(e.to_string()))?;
+                .map_err(|e| Error::unavailable(e.to_string()))?;
             self.event(
                 EventKind::HostDrained,
                 "",
@@ -117,11 +117,11 @@ impl Coordinator {
                 .bus()
                 .list_desired(None)
                 .await
-                .map_err(|e| Status::unavailable(e.to_string()))?
+                .map_err(|e| Error::unavailable(e.to_string()))?
                 .iter()
                 .any(|d| d.host == req.host);
         if !known {
-            return Err(Status::not_found(format!(
+            return Err(Error::not_found(format!(
                 "host: no host {:?} heartbeats or runs anything",
                 req.host
             )));
@@ -135,7 +135,7 @@ impl Coordinator {
                 ..Default::default()
             })
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| Error::unavailable(e.to_string()))?;
         self.event(
             EventKind::HostDrained,
             "",
@@ -266,7 +266,10 @@ impl Coordinator {
                     deployment_id: deployment.to_owned(),
                     ..Default::default()
                 };
-                let _ = self.bus().put_desired(&d).await;
+                self.write_or_log(&format!("desired state of {} on {h}", rec.service), || {
+                    self.bus().put_desired(&d)
+                })
+                .await;
             }
             if wait_healthy && !targets.is_empty() {
                 let ready = self
@@ -283,7 +286,10 @@ impl Coordinator {
             gone.remove_volumes = false;
             gone.generation += 1;
             gone.deployment_id = deployment.to_owned();
-            let _ = self.bus().put_desired(&gone).await;
+            self.write_or_log(&format!("{} taken off {host}", rec.service), || {
+                self.bus().put_desired(&gone)
+            })
+            .await;
             let placed = ServiceRecord {
                 placement: outcome.hosts.clone().into_iter().collect(),
                 pending_replicas: outcome.pending,
@@ -291,7 +297,8 @@ impl Coordinator {
                 updated_at: Some(infra_proto::now()),
                 ..rec.clone()
             };
-            let _ = self.bus().put_record(&placed).await;
+            self.write_or_log(&format!("record of {}", rec.service), || self.bus().put_record(&placed))
+                .await;
             let whereto = targets.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>().join(", ");
             if outcome.pending > 0 {
                 self.event(
@@ -422,7 +429,8 @@ impl Coordinator {
                             })
                             .await;
                     } else {
-                        let _ = self.bus().delete_host_state(host).await;
+                        self.write_or_log(&format!("state of {host}"), || self.bus().delete_host_state(host))
+                            .await;
                     }
                     self.event(EventKind::HostReturned, "", "", "", format!("{host} heartbeats again"))
                         .await;

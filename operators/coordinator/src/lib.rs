@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod convert;
 pub mod coordinator;
 mod deploy;
+pub mod error;
 pub mod hosts;
 pub mod leader;
 pub mod metrics;
@@ -313,8 +314,10 @@ pub async fn run(
     let tasks = TaskTracker::new();
     tasks.spawn(cache.clone().follow(bus.clone(), shutdown.clone()));
     let (election, lease_task) = Election::start(bus.clone(), serving.lease.clone(), shutdown.clone()).await;
+    let metered = std::sync::Arc::new(metrics::CoordinatorMetrics::new());
     if let Some(l) = serving.metrics {
         tasks.spawn(metrics::run(
+            metered.clone(),
             bus.clone(),
             settings.id.clone(),
             election.leading(),
@@ -322,7 +325,9 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
-    let coordinator = Coordinator::new(settings, bus, cache).with_leadership(election.leading());
+    let coordinator = Coordinator::new(settings, bus, cache)
+        .with_leadership(election.leading())
+        .with_write_failures(metered.bus_write_failures());
     tasks.spawn(coordinator.clone().watch_hosts(shutdown.clone()));
     tasks.spawn(on_elected(coordinator.clone(), election.clone(), shutdown.clone()));
 
@@ -330,6 +335,7 @@ pub async fn run(
     reporter.set_serving::<CoordinatorServiceServer<service::Api>>().await;
     let (v1, v1alpha) = operator_core::grpc::reflection().expect("embedded descriptor sets are valid");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let drained = coordinator.clone();
     let api = service::Api {
         coordinator,
         election: Some(election),
@@ -358,6 +364,11 @@ pub async fn run(
     }
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         tracing::warn!("drain did not finish within {}s", grace.as_secs());
+    }
+    // Deploys and rollouts stop at their next step once the lease is gone;
+    // a successor takes them up from their records.
+    if !drained.finish_work(grace).await {
+        tracing::warn!("deploys or rollouts were still running after {}s", grace.as_secs());
     }
     served
 }
@@ -389,7 +400,7 @@ async fn on_elected(coordinator: Coordinator, election: Election, shutdown: Canc
             .await;
         let c = coordinator.clone();
         let l = leading.clone();
-        tokio::spawn(async move {
+        coordinator.spawn(async move {
             let work = {
                 let c = c.clone();
                 async move { c.resume_rollouts().await }
@@ -405,7 +416,7 @@ async fn on_elected(coordinator: Coordinator, election: Election, shutdown: Canc
         });
         let c = coordinator.clone();
         let l: watch::Receiver<bool> = leading.clone();
-        tokio::spawn(async move {
+        coordinator.spawn(async move {
             for (id, end) in service::resume_deploys(&c, l).await {
                 match end {
                     Ok(()) => tracing::info!(deployment = %id, "resumed deploy finished"),

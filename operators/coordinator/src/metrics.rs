@@ -110,6 +110,7 @@ pub struct CoordinatorMetrics {
     services: Family<HealthLabel, Gauge>,
     hosts: Family<StateLabel, Gauge>,
     leader: Gauge,
+    bus_write_failures: Counter,
 }
 
 impl Default for CoordinatorMetrics {
@@ -152,6 +153,12 @@ impl CoordinatorMetrics {
             "Hosts by state: up (heartbeating), drained, lost",
             hosts.clone(),
         );
+        let bus_write_failures = Counter::default();
+        registry.register(
+            "bus_write_failures",
+            "Bus writes that failed after their retries and did not stop the call that made them (each is logged with what it was and why)",
+            bus_write_failures.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "leader",
@@ -187,7 +194,14 @@ impl CoordinatorMetrics {
             services,
             hosts,
             leader,
+            bus_write_failures,
         }
+    }
+
+    /// The counter of bus writes that failed without failing their call;
+    /// the coordinator increments it.
+    pub fn bus_write_failures(&self) -> Counter {
+        self.bus_write_failures.clone()
     }
 
     /// Counts one of this coordinator's events.
@@ -255,13 +269,13 @@ pub fn host_counts(heartbeats: &[Heartbeat], states: &[HostState]) -> (usize, us
 /// `shutdown`: counts this coordinator's events (`id`), follows the
 /// election (`leading`), refreshes the gauges from the bus.
 pub async fn run(
+    metrics: Arc<CoordinatorMetrics>,
     bus: Bus,
     id: String,
     mut leading: watch::Receiver<bool>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) {
-    let metrics = Arc::new(CoordinatorMetrics::new());
     let m = metrics.clone();
     tokio::spawn(operator_core::metrics::serve(
         listener,

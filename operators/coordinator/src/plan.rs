@@ -4,10 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use crate::error::Error;
 use infra_compose::{Catalog, DependencyCondition, Graph};
 use infra_proto::bus::v1::{DesiredService, Heartbeat, PlacementSpec, ServiceSpec, UpdatePolicy};
 use infra_proto::coordinator::v1 as api;
-use tonic::Status;
 
 use crate::convert::{self, SecretContent};
 use crate::coordinator::*;
@@ -114,7 +114,7 @@ pub(crate) fn diff(old: &ServiceSpec, new: &ServiceSpec) -> Vec<String> {
 
 impl Coordinator {
     /// Operators alive now, from their heartbeats.
-    pub async fn heartbeats(&self) -> Result<Vec<Heartbeat>, Status> {
+    pub async fn heartbeats(&self) -> Result<Vec<Heartbeat>, Error> {
         self.bus.list_heartbeats().await.map_err(unavailable)
     }
 
@@ -122,7 +122,7 @@ impl Coordinator {
         &self,
         catalog: &Catalog,
         graph: &Graph,
-    ) -> Result<(Vec<(String, Prepared)>, Vec<SecretContent>), Status> {
+    ) -> Result<(Vec<(String, Prepared)>, Vec<SecretContent>), Error> {
         let env = Self::env();
         let hosts = self.eligible_hosts().await?;
         let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
@@ -254,8 +254,8 @@ impl Coordinator {
     }
 
     /// What a deploy would do. No side effects.
-    pub async fn plan(&self, sel: Option<&api::Selection>) -> Result<api::PlanResponse, Status> {
-        let catalog = self.load()?;
+    pub async fn plan(&self, sel: Option<&api::Selection>) -> Result<api::PlanResponse, Error> {
+        let catalog = self.load().await?;
         let (_, graph) = self.resolve(&catalog, sel)?;
         let (prepared, _) = self.prepare(&catalog, &graph).await?;
         let level_of: HashMap<&str, usize> = graph

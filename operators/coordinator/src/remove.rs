@@ -3,17 +3,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::error::Error;
 use infra_compose::{Catalog, Tier};
 use infra_proto::bus::v1::{DesiredService, EventKind, ServiceSpec};
 use infra_proto::coordinator::v1 as api;
-use tonic::Status;
 
 use crate::coordinator::*;
 
 impl Coordinator {
     /// Stops and removes the selection's containers, dependents first.
     /// Volumes stay unless `remove_volumes`.
-    pub async fn remove(&self, req: api::RemoveRequest) -> Result<api::RemoveResponse, Status> {
+    pub async fn remove(&self, req: api::RemoveRequest) -> Result<api::RemoveResponse, Error> {
         let sel = req.selection.clone().unwrap_or_default();
         if sel == api::Selection::default() {
             return Err(invalid(
@@ -45,7 +45,7 @@ impl Coordinator {
                 continue;
             }
             if catalog.is_none() {
-                catalog = Some(self.load()?);
+                catalog = Some(self.load().await?);
             }
             if !catalog.as_ref().is_some_and(|c| c.services.contains_key(n)) {
                 return Err(invalid(format!(
@@ -61,7 +61,7 @@ impl Coordinator {
         if !sel.named.is_empty() || !sel.profiles.is_empty() {
             let catalog = match catalog {
                 Some(c) => c,
-                None => self.load()?,
+                None => self.load().await?,
             };
             let like_deploy = api::Selection {
                 named: sel.named.clone(),
@@ -95,7 +95,7 @@ impl Coordinator {
             }
             if !req.cascade {
                 let names: Vec<String> = dependents.iter().map(|(n, d)| format!("{n} needs {d}")).collect();
-                return Err(Status::failed_precondition(format!(
+                return Err(Error::precondition(format!(
                     "other deployed services need what would be removed ({}): remove them too with cascade, or \
                      leave them without it with force; nothing was removed",
                     names.join(", ")

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::Error;
 use infra_proto::bus::v1::{DesiredService, EventKind};
 use infra_proto::coordinator::v1 as api;
 use tokio::sync::{mpsc, watch};
-use tonic::Status;
 
 use crate::coordinator::*;
 use crate::deploy::{Board, Progress, Step};
@@ -23,8 +23,8 @@ impl Coordinator {
     pub async fn scale(
         &self,
         req: api::ScaleRequest,
-        tx: mpsc::Sender<Result<api::DeployProgress, Status>>,
-    ) -> Result<(), Status> {
+        tx: mpsc::Sender<Result<api::DeployProgress, Error>>,
+    ) -> Result<(), Error> {
         if req.service.is_empty() {
             return Err(invalid("service: must name a service"));
         }
@@ -37,19 +37,19 @@ impl Coordinator {
         }
         let records = self.bus.list_records().await.map_err(unavailable)?;
         let Some(record) = records.into_iter().find(|r| r.service == req.service) else {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::precondition(format!(
                 "service {:?} is not deployed: deploy it first",
                 req.service
             )));
         };
         let (Some(spec), Some(rules)) = (record.spec.clone(), record.rules.clone()) else {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::precondition(format!(
                 "service {:?} was deployed by an older coordinator: deploy it again to scale it",
                 req.service
             )));
         };
         if rules.global {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::precondition(format!(
                 "{} is global (deploy.mode: global): it runs one replica on every eligible host, so it cannot be \
                  scaled; change its placement constraints instead",
                 req.service
@@ -73,7 +73,7 @@ impl Coordinator {
                 .filter(|m| m.kind() == infra_proto::bus::v1::MountKind::Volume)
                 .map(|m| m.source.as_str())
                 .collect();
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::precondition(format!(
                 "{} keeps its state in named volumes ({}): the {} operator does not know how to scale it (a new \
                  replica would start on an empty volume of its own); scale a clustered service by its members",
                 req.service,
@@ -162,7 +162,7 @@ impl Coordinator {
         }
         p.outcome = placement::place(&parsed, &hosts, &p.current(), &usage);
         if p.outcome.short_of_room {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::precondition(format!(
                 "{} cannot have {} replicas: {}; nothing was changed",
                 req.service, req.replicas, p.outcome.reason
             )));

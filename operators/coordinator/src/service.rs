@@ -19,6 +19,8 @@ use prost::Message;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+
+use crate::error::{Error, ErrorKind};
 use tracing::Instrument;
 
 use crate::coordinator::Coordinator;
@@ -26,22 +28,44 @@ use crate::leader::{Election, Leadership};
 
 type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-type Progress = tokio::sync::mpsc::Sender<Result<api::DeployProgress, Status>>;
+type Progress = crate::coordinator::ProgressTx;
+
+/// The gRPC status of a logic error: its kind picks the code, its message
+/// is the status message.
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        let code = match e.kind() {
+            ErrorKind::Invalid => tonic::Code::InvalidArgument,
+            ErrorKind::Precondition => tonic::Code::FailedPrecondition,
+            ErrorKind::NotFound => tonic::Code::NotFound,
+            ErrorKind::Unavailable => tonic::Code::Unavailable,
+            ErrorKind::Internal => tonic::Code::Internal,
+        };
+        Status::new(code, e.message())
+    }
+}
+
+/// A progress channel's messages as a gRPC stream.
+fn streamed(rx: tokio::sync::mpsc::Receiver<Result<api::DeployProgress, Error>>) -> Streamed<api::DeployProgress> {
+    Box::pin(ReceiverStream::new(rx).map(|r| r.map_err(Status::from)))
+}
 
 /// Runs `work` in its own task and streams what it sends. A call refused
 /// before any progress (not deployed, stateful, no previous revision) is an
 /// error status, not a stream that fails.
 async fn progress_stream<F, Fut>(
+    coordinator: &Coordinator,
     leading: Option<watch::Receiver<bool>>,
     work: F,
 ) -> Result<Response<Streamed<api::DeployProgress>>, Status>
 where
     F: FnOnce(Progress) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), Status>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), Error>> + Send + 'static,
 {
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
-    // The work outlives the call's future: it stays in the call's trace.
-    tokio::spawn(
+    // The work outlives the call's future: it stays in the call's trace,
+    // and the coordinator tracks it.
+    coordinator.spawn(
         async move {
             match while_leading(leading, work(tx.clone())).await {
                 Some(Ok(())) => {}
@@ -56,11 +80,11 @@ where
         .instrument(tracing::Span::current()),
     );
     let first = match rx.recv().await {
-        Some(Err(status)) => return Err(status),
+        Some(Err(e)) => return Err(e.into()),
         Some(Ok(p)) => p,
         None => return Err(Status::internal("the call ended without a word")),
     };
-    let rest = ReceiverStream::new(rx);
+    let rest = streamed(rx);
     Ok(Response::new(Box::pin(
         futures::stream::once(async move { Ok(first) }).chain(rest),
     )))
@@ -79,8 +103,8 @@ pub(crate) async fn while_leading<F: Future>(leading: Option<watch::Receiver<boo
     }
 }
 
-fn lost_lead() -> Status {
-    Status::unavailable("this coordinator stopped leading during the call; the new leader takes up what it left")
+fn lost_lead() -> Error {
+    Error::unavailable("this coordinator stopped leading during the call; the new leader takes up what it left")
 }
 
 /// Who may call the writes (Deploy, Remove, Scale, Rollout, Rollback,
@@ -270,7 +294,7 @@ pub async fn resume_deploys(
     };
     let started = |r: &DeploymentInProgress| r.started_at.map_or((0, 0), |t| (t.seconds, t.nanos));
     records.sort_by_key(|r| std::cmp::Reverse(started(r)));
-    let catalog = coordinator.load();
+    let catalog = coordinator.load().await;
     let mut covered: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut newest: Option<String> = None;
     let mut runs = Vec::new();
@@ -323,7 +347,7 @@ pub async fn resume_deploys(
     }
     for (rec, req) in runs {
         tracing::info!(deployment = %rec.id, from = %rec.holder, "running again a deploy its leader did not finish");
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<api::DeployProgress, Status>>(256);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<api::DeployProgress, Error>>(256);
         let drain = tokio::spawn(async move {
             let mut failure = None;
             while let Some(p) = rx.recv().await {
@@ -363,6 +387,7 @@ impl CoordinatorService for Api {
             .list(req.into_inner().selection.as_ref())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn describe_service(
@@ -382,6 +407,7 @@ impl CoordinatorService for Api {
             .plan(req.into_inner().selection.as_ref())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     type DeployStream = Streamed<api::DeployProgress>;
@@ -391,7 +417,7 @@ impl CoordinatorService for Api {
         let req = req.into_inner();
         // Validate everything before answering: a bad catalog or selection
         // is an error status, not a stream.
-        let catalog = self.coordinator.load()?;
+        let catalog = self.coordinator.load().await?;
         self.coordinator.resolve(&catalog, req.selection.as_ref())?;
         // Recorded before the first write, so a successor can finish it.
         let record = DeploymentInProgress {
@@ -408,7 +434,7 @@ impl CoordinatorService for Api {
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let c = self.coordinator.clone();
         let leading = self.leading();
-        tokio::spawn(
+        self.coordinator.spawn(
             async move {
                 let work = {
                     let (c, tx, id) = (c.clone(), tx.clone(), record.id.clone());
@@ -428,7 +454,7 @@ impl CoordinatorService for Api {
             }
             .instrument(tracing::Span::current()),
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(streamed(rx)))
     }
 
     type ScaleStream = Streamed<api::DeployProgress>;
@@ -436,10 +462,9 @@ impl CoordinatorService for Api {
     async fn scale(&self, req: Request<api::ScaleRequest>) -> Result<Response<Self::ScaleStream>, Status> {
         self.may_write(&req)?;
         let c = self.coordinator.clone();
-        progress_stream(
-            self.leading(),
-            move |tx| async move { c.scale(req.into_inner(), tx).await },
-        )
+        progress_stream(&self.coordinator, self.leading(), move |tx| async move {
+            c.scale(req.into_inner(), tx).await
+        })
         .await
     }
 
@@ -448,10 +473,9 @@ impl CoordinatorService for Api {
     async fn drain(&self, req: Request<api::DrainRequest>) -> Result<Response<Self::DrainStream>, Status> {
         self.may_write(&req)?;
         let c = self.coordinator.clone();
-        progress_stream(
-            self.leading(),
-            move |tx| async move { c.drain(req.into_inner(), tx).await },
-        )
+        progress_stream(&self.coordinator, self.leading(), move |tx| async move {
+            c.drain(req.into_inner(), tx).await
+        })
         .await
     }
 
@@ -460,7 +484,7 @@ impl CoordinatorService for Api {
     async fn rollout(&self, req: Request<api::RolloutRequest>) -> Result<Response<Self::RolloutStream>, Status> {
         self.may_write(&req)?;
         let c = self.coordinator.clone();
-        progress_stream(self.leading(), move |tx| async move {
+        progress_stream(&self.coordinator, self.leading(), move |tx| async move {
             c.rollout_service(req.into_inner(), tx).await
         })
         .await
@@ -471,7 +495,7 @@ impl CoordinatorService for Api {
     async fn rollback(&self, req: Request<api::RollbackRequest>) -> Result<Response<Self::RollbackStream>, Status> {
         self.may_write(&req)?;
         let c = self.coordinator.clone();
-        progress_stream(self.leading(), move |tx| async move {
+        progress_stream(&self.coordinator, self.leading(), move |tx| async move {
             c.rollback_service(req.into_inner(), tx).await
         })
         .await
@@ -485,6 +509,7 @@ impl CoordinatorService for Api {
             .status(req.into_inner().selection.as_ref())
             .await
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn remove(&self, req: Request<api::RemoveRequest>) -> Result<Response<api::RemoveResponse>, Status> {
@@ -494,17 +519,22 @@ impl CoordinatorService for Api {
             .await
             .unwrap_or_else(|| Err(lost_lead()))
             .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn list_hosts(
         &self,
         _req: Request<api::ListHostsRequest>,
     ) -> Result<Response<api::ListHostsResponse>, Status> {
-        self.coordinator.hosts().await.map(Response::new)
+        self.coordinator.hosts().await.map(Response::new).map_err(Status::from)
     }
 
     async fn lint(&self, req: Request<api::LintRequest>) -> Result<Response<api::LintResponse>, Status> {
-        self.coordinator.lint(&req.into_inner()).map(Response::new)
+        self.coordinator
+            .lint(&req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     type WatchEventsStream = Streamed<Event>;

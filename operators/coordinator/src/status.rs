@@ -3,19 +3,19 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::error::Error;
 use infra_proto::bus::v1::{Health, ObservedService, ServiceRecord};
 use infra_proto::coordinator::v1 as api;
-use tonic::Status;
 
 use crate::convert::{self};
 use crate::coordinator::*;
 
 impl Coordinator {
     /// State of every deployed service (or of the selection).
-    pub async fn status(&self, sel: Option<&api::Selection>) -> Result<api::GetStatusResponse, Status> {
+    pub async fn status(&self, sel: Option<&api::Selection>) -> Result<api::GetStatusResponse, Error> {
         let filter: Option<BTreeSet<String>> = match sel {
             Some(s) if *s != api::Selection::default() => {
-                let catalog = self.load()?;
+                let catalog = self.load().await?;
                 Some(self.resolve(&catalog, Some(s))?.0)
             }
             _ => None,
@@ -90,7 +90,7 @@ impl Coordinator {
     }
 
     /// Hosts and their operators.
-    pub async fn hosts(&self) -> Result<api::ListHostsResponse, Status> {
+    pub async fn hosts(&self) -> Result<api::ListHostsResponse, Error> {
         let mut by_host: BTreeMap<String, api::HostInfo> = BTreeMap::new();
         for hb in self.heartbeats().await? {
             let h = by_host.entry(hb.host.clone()).or_insert_with(|| api::HostInfo {
@@ -132,8 +132,8 @@ impl Coordinator {
 
     /// Services of the catalog (every one, when the selection is empty),
     /// with where they run.
-    pub async fn list(&self, sel: Option<&api::Selection>) -> Result<api::ListServicesResponse, Status> {
-        let catalog = self.load()?;
+    pub async fn list(&self, sel: Option<&api::Selection>) -> Result<api::ListServicesResponse, Error> {
+        let catalog = self.load().await?;
         let names: BTreeSet<String> = match sel {
             Some(s) if *s != api::Selection::default() => self.resolve(&catalog, Some(s))?.0,
             _ => catalog.services.keys().cloned().collect(),
@@ -172,13 +172,13 @@ impl Coordinator {
     }
 
     /// One service in full.
-    pub async fn describe(&self, name: &str) -> Result<api::DescribeServiceResponse, Status> {
+    pub async fn describe(&self, name: &str) -> Result<api::DescribeServiceResponse, Error> {
         if name.is_empty() {
             return Err(invalid("name: must name a service"));
         }
-        let catalog = self.load()?;
+        let catalog = self.load().await?;
         let svc = catalog.services.get(name).ok_or_else(|| {
-            Status::not_found(format!(
+            Error::not_found(format!(
                 "name: no service {name:?} in the catalog at {}",
                 catalog.root.display()
             ))

@@ -90,7 +90,7 @@ fn the_lint_answer_filters_by_severity_and_selection_and_counts_what_it_returns(
     assert_eq!((b.findings.len(), b.errors, b.warnings), (1, 0, 1));
 
     let e = parse_min_severity("fatal").unwrap_err();
-    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert_eq!(e.kind(), infra_coordinator::error::ErrorKind::Invalid);
     assert!(
         e.message().contains("min_severity") && e.message().contains("fatal"),
         "{}",

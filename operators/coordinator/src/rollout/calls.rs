@@ -4,10 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use crate::error::Error;
 use infra_proto::bus::v1::{DesiredService, EventKind, ServiceSpec, UpdatePolicy};
 use infra_proto::coordinator::v1 as api;
 use tokio::sync::mpsc;
-use tonic::Status;
 
 use crate::convert::{self};
 use crate::coordinator::*;
@@ -72,14 +72,14 @@ impl Coordinator {
     pub async fn rollout_service(
         &self,
         req: api::RolloutRequest,
-        tx: mpsc::Sender<Result<api::DeployProgress, Status>>,
-    ) -> Result<(), Status> {
+        tx: mpsc::Sender<Result<api::DeployProgress, Error>>,
+    ) -> Result<(), Error> {
         if req.service.is_empty() {
             return Err(invalid("service: must name a service"));
         }
-        let catalog = self.load()?;
+        let catalog = self.load().await?;
         let svc = catalog.services.get(&req.service).ok_or_else(|| {
-            Status::not_found(format!(
+            Error::not_found(format!(
                 "service: no service {:?} in the catalog at {}",
                 req.service,
                 catalog.root.display()
@@ -105,7 +105,7 @@ impl Coordinator {
             .filter(|d| d.spec.as_ref().is_some_and(|s| s.name == req.service))
             .collect();
         if !existing.iter().any(|d| !d.absent && !d.hold) {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::precondition(format!(
                 "service {:?} is not deployed: deploy it first",
                 req.service
             )));
@@ -143,7 +143,8 @@ impl Coordinator {
         if let Ok(Some(mut rec)) = self.bus.get_record(&spec.tier, &req.service).await {
             rec.update = Some(update.clone());
             rec.rollback = Some(back.clone());
-            let _ = self.bus.put_record(&rec).await;
+            self.write_or_log(&format!("record of {}", req.service), || self.bus.put_record(&rec))
+                .await;
         }
         let outcome = self
             .roll_if_changed(&r, &existing, &spec, &update, &back, deadline)
@@ -163,14 +164,14 @@ impl Coordinator {
     pub async fn rollback_service(
         &self,
         req: api::RollbackRequest,
-        tx: mpsc::Sender<Result<api::DeployProgress, Status>>,
-    ) -> Result<(), Status> {
+        tx: mpsc::Sender<Result<api::DeployProgress, Error>>,
+    ) -> Result<(), Error> {
         if req.service.is_empty() {
             return Err(invalid("service: must name a service"));
         }
         let records = self.bus.list_records().await.map_err(unavailable)?;
         let Some(record) = records.into_iter().find(|r| r.service == req.service) else {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::precondition(format!(
                 "service {:?} is not deployed: nothing to roll back",
                 req.service
             )));
@@ -184,7 +185,7 @@ impl Coordinator {
             .filter(|d| !d.absent && !d.hold && d.spec.as_ref().is_some_and(|s| s.name == req.service))
             .collect();
         let Some(first) = existing.first().and_then(|d| d.spec.clone()) else {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::precondition(format!(
                 "service {:?} runs nowhere: nothing to roll back",
                 req.service
             )));
@@ -221,7 +222,8 @@ impl Coordinator {
             let settled = self.settle(&r, &prev, &counts).await;
             if let Ok(Some(mut rec)) = self.bus.get_record(&record.tier, &req.service).await {
                 rec.rollout = None;
-                let _ = self.bus.put_record(&rec).await;
+                self.write_or_log(&format!("record of {}", req.service), || self.bus.put_record(&rec))
+                    .await;
             }
             let (ok, msg) = match (end, settled) {
                 (rollout::RollEnd::Done, Ok(())) => {
@@ -242,7 +244,7 @@ impl Coordinator {
             return Ok(());
         }
         let Some(target) = record.previous_spec.clone() else {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::precondition(format!(
                 "{} has no previous revision to go back to (revision {} is its first)",
                 req.service,
                 record.revision.max(1)

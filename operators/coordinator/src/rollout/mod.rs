@@ -25,11 +25,11 @@ mod calls;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::error::Error;
 use infra_proto::bus::v1::{DesiredService, EventKind, Health, RolloutState, ServiceRecord, ServiceSpec, UpdatePolicy};
 use infra_proto::coordinator::v1 as api;
 use operator_core::members::{self, Member, UpdateOrder};
 use tokio::sync::mpsc;
-use tonic::Status;
 
 use crate::coordinator::{ADDR_LABEL, Coordinator};
 
@@ -111,7 +111,7 @@ pub(crate) struct Reporter<'a> {
     pub name: &'a str,
     pub tier: &'a str,
     pub deployment: &'a str,
-    pub tx: &'a mpsc::Sender<Result<api::DeployProgress, Status>>,
+    pub tx: &'a mpsc::Sender<Result<api::DeployProgress, Error>>,
 }
 
 impl Reporter<'_> {
@@ -568,7 +568,8 @@ impl Coordinator {
             st.failed = failed as u32;
         }
         rec.updated_at = Some(infra_proto::now());
-        let _ = self.bus().put_record(&rec).await;
+        self.write_or_log(&format!("record of {}", r.name), || self.bus().put_record(&rec))
+            .await;
     }
 
     pub(crate) async fn coordinator_event(&self, kind: EventKind, r: &Reporter<'_>, reason: String) {
@@ -686,7 +687,8 @@ impl Coordinator {
         if let Ok(Some(mut rec)) = self.bus().get_record(r.tier, r.name).await {
             rec.rollout = st;
             rec.updated_at = Some(infra_proto::now());
-            let _ = self.bus().put_record(&rec).await;
+            self.write_or_log(&format!("record of {}", r.name), || self.bus().put_record(&rec))
+                .await;
         }
     }
 
@@ -696,7 +698,8 @@ impl Coordinator {
                 st.phase = phase.into();
                 st.message = msg.into();
             }
-            let _ = self.bus().put_record(&rec).await;
+            self.write_or_log(&format!("record of {}", r.name), || self.bus().put_record(&rec))
+                .await;
         }
     }
 
@@ -719,7 +722,8 @@ impl Coordinator {
         rec.revision += 1;
         rec.rollout = None;
         rec.updated_at = Some(infra_proto::now());
-        let _ = self.bus().put_record(&rec).await;
+        self.write_or_log(&format!("record of {}", r.name), || self.bus().put_record(&rec))
+            .await;
     }
 }
 
