@@ -417,7 +417,7 @@ async fn on_elected(coordinator: Coordinator, election: Election, shutdown: Canc
         let c = coordinator.clone();
         let l: watch::Receiver<bool> = leading.clone();
         coordinator.spawn(async move {
-            for (id, end) in service::resume_deploys(&c, l).await {
+            for (id, end) in deploy::resume_deploys(&c, l).await {
                 match end {
                     Ok(()) => tracing::info!(deployment = %id, "resumed deploy finished"),
                     Err(e) => tracing::warn!(deployment = %id, error = %e, "resumed deploy did not finish"),
