@@ -9,6 +9,7 @@
 //!
 //! [`EVENTS_STREAM`]: subject::EVENTS_STREAM
 
+pub mod facts;
 pub mod subject;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

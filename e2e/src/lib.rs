@@ -18,18 +18,8 @@ use prost::Message;
 pub mod hosts;
 pub mod scenarios;
 
-/// Every tier.
-pub const TIERS: [&str; 9] = [
-    "gateway",
-    "auth",
-    "data",
-    "messaging",
-    "observability",
-    "ai",
-    "workflow",
-    "tooling",
-    "communication",
-];
+/// Every tier (the contracts' list, catalog folder order).
+pub const TIERS: [&str; 9] = infra_proto::tiers::NAMES;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {

@@ -47,3 +47,159 @@ pub fn timestamp(t: std::time::SystemTime) -> prost_types::Timestamp {
 pub fn now() -> prost_types::Timestamp {
     timestamp(std::time::SystemTime::now())
 }
+
+/// The spec hash: what decides whether a container must be made again.
+pub mod spec {
+    use prost::Message;
+    use sha2::{Digest, Sha256};
+
+    use crate::bus::v1::ServiceSpec;
+
+    /// Hash of everything in a spec that the container is made from. The
+    /// replica count, the dependencies and the source location are left
+    /// out: changing them must not recreate running containers. The
+    /// coordinator writes specs and compares hashes; the operator labels
+    /// containers with it (`io.infra.spec-hash`); both take it from here.
+    pub fn spec_hash(spec: &ServiceSpec) -> String {
+        let mut s = spec.clone();
+        s.replicas = 0;
+        s.depends_on.clear();
+        s.source_file.clear();
+        s.source_line = 0;
+        let digest = Sha256::digest(s.encode_to_vec());
+        hex::encode(&digest[..8])
+    }
+}
+
+/// Cross-host placeholders in a spec. The coordinator writes them so that
+/// every host of a service gets the same spec (and spec hash); the operator
+/// on each host puts in its own values before it makes the container.
+pub mod reach {
+    /// A port's `host_ip`: publish it on this host's private address (the
+    /// operator's `addr` fact).
+    pub const PRIVATE_ADDR: &str = "@addr";
+
+    /// Whether a port's `host_ip` is [`PRIVATE_ADDR`].
+    pub fn is_private_addr(host_ip: &str) -> bool {
+        host_ip == PRIVATE_ADDR
+    }
+
+    /// An `extra_hosts` entry naming `name` at the private address of
+    /// `host`, another host: written `name:@host:<host>`.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct HostRef {
+        /// The name a container resolves.
+        pub name: String,
+        /// The host whose private address it resolves to.
+        pub host: String,
+    }
+
+    const MARK: &str = ":@host:";
+
+    impl HostRef {
+        /// `name` at `host`'s private address.
+        pub fn new(name: impl Into<String>, host: impl Into<String>) -> Self {
+            Self {
+                name: name.into(),
+                host: host.into(),
+            }
+        }
+
+        /// The `extra_hosts` entry.
+        pub fn entry(&self) -> String {
+            format!("{}{MARK}{}", self.name, self.host)
+        }
+
+        /// The reference in an `extra_hosts` entry, if it is one.
+        pub fn parse(entry: &str) -> Option<Self> {
+            entry.split_once(MARK).map(|(n, h)| Self::new(n, h))
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_host_reference_round_trips_and_a_plain_entry_is_none() {
+            let r = HostRef::new("etcd-1", "h1");
+            assert_eq!(r.entry(), "etcd-1:@host:h1");
+            assert_eq!(HostRef::parse(&r.entry()), Some(r));
+            assert_eq!(HostRef::parse("db:10.0.0.5"), None);
+            assert!(is_private_addr("@addr") && !is_private_addr("0.0.0.0"));
+        }
+    }
+}
+
+/// The nine tiers, in the order of their catalog folders (`01-gateway` ...
+/// `10-communication`; the seeds' `03-security` is auth's), each with its
+/// operator's default gRPC port. Every process takes the list from here.
+pub mod tiers {
+    /// One tier.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct TierInfo {
+        /// The lowercase name used in folders, subjects and command lines.
+        pub name: &'static str,
+        /// The operator's default gRPC port (its metrics default to the
+        /// port 9460 + the same offset).
+        pub grpc_port: u16,
+    }
+
+    /// Every tier, in catalog folder order.
+    pub const ALL: [TierInfo; 9] = [
+        TierInfo {
+            name: "gateway",
+            grpc_port: 50061,
+        },
+        TierInfo {
+            name: "auth",
+            grpc_port: 50062,
+        },
+        TierInfo {
+            name: "data",
+            grpc_port: 50063,
+        },
+        TierInfo {
+            name: "messaging",
+            grpc_port: 50064,
+        },
+        TierInfo {
+            name: "observability",
+            grpc_port: 50065,
+        },
+        TierInfo {
+            name: "workflow",
+            grpc_port: 50067,
+        },
+        TierInfo {
+            name: "ai",
+            grpc_port: 50066,
+        },
+        TierInfo {
+            name: "tooling",
+            grpc_port: 50068,
+        },
+        TierInfo {
+            name: "communication",
+            grpc_port: 50069,
+        },
+    ];
+
+    /// The names, in the same order.
+    pub const NAMES: [&str; 9] = [
+        ALL[0].name,
+        ALL[1].name,
+        ALL[2].name,
+        ALL[3].name,
+        ALL[4].name,
+        ALL[5].name,
+        ALL[6].name,
+        ALL[7].name,
+        ALL[8].name,
+    ];
+
+    /// The tier named `name`.
+    pub fn by_name(name: &str) -> Option<TierInfo> {
+        ALL.iter().copied().find(|t| t.name == name)
+    }
+}

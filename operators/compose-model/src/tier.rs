@@ -107,6 +107,12 @@ impl FromStr for Tier {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_tiers_are_the_contracts_list_in_its_order() {
+        let ours: Vec<&str> = Tier::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(ours, infra_proto::tiers::NAMES.to_vec());
+    }
+
     use super::*;
 
     #[test]

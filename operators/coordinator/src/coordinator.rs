@@ -219,6 +219,4 @@ impl Coordinator {
     }
 }
 
-/// Label of a host that holds its private address: the address other
-/// hosts reach it on (never a public one).
-pub const ADDR_LABEL: &str = "addr";
+pub use infra_bus::facts::ADDR as ADDR_LABEL;

@@ -337,7 +337,7 @@ impl Coordinator {
         spec: &ServiceSpec,
         deadline: Duration,
     ) -> Result<(), String> {
-        let hash = operator_core::spec::spec_hash(spec);
+        let hash = infra_proto::spec::spec_hash(spec);
         let start = Instant::now();
         let mut changes = self.cache().subscribe();
         loop {

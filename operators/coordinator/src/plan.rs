@@ -106,7 +106,7 @@ pub(crate) fn diff(old: &ServiceSpec, new: &ServiceSpec) -> Vec<String> {
     check(old.replicas != new.replicas, "deploy.replicas");
     check(old.resources != new.resources, "deploy.resources");
     check(old.depends_on != new.depends_on, "depends_on");
-    if out.is_empty() && operator_core::spec::spec_hash(old) != operator_core::spec::spec_hash(new) {
+    if out.is_empty() && infra_proto::spec::spec_hash(old) != infra_proto::spec::spec_hash(new) {
         out.push("other".into());
     }
     out

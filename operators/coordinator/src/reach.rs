@@ -8,6 +8,8 @@ use infra_compose::Catalog;
 use infra_proto::bus::v1::ServiceSpec;
 
 use crate::convert::{self};
+use infra_proto::reach::HostRef;
+
 use crate::coordinator::*;
 use crate::placement::{self};
 use crate::plan::Prepared;
@@ -99,7 +101,7 @@ pub(crate) fn reach_spec(
             });
             if !have {
                 spec.ports.push(infra_proto::bus::v1::PortSpec {
-                    host_ip: "@addr".into(),
+                    host_ip: infra_proto::reach::PRIVATE_ADDR.into(),
                     published: u32::from(port),
                     target: u32::from(port),
                     protocol: proto,
@@ -118,7 +120,7 @@ pub(crate) fn reach_spec(
         if mine.iter().all(|h| dep_hosts.contains(h)) {
             continue;
         }
-        let entry = format!("{}:@host:{dh}", d.service);
+        let entry = HostRef::new(&d.service, dh).entry();
         if !spec.extra_hosts.contains(&entry) {
             spec.extra_hosts.push(entry);
         }
@@ -130,7 +132,7 @@ pub(crate) fn reach_spec(
         if !with_addr.contains(ph.as_str()) {
             continue;
         }
-        let entry = format!("{peer}:@host:{ph}");
+        let entry = HostRef::new(peer, ph).entry();
         if !spec.extra_hosts.contains(&entry) {
             spec.extra_hosts.push(entry);
         }

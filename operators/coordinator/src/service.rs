@@ -214,7 +214,7 @@ impl Api {
     /// Empty for a service that is no cluster member, and while the
     /// heartbeats cannot be read.
     async fn members(&self, service: &str, tier: &str) -> Vec<api::MemberStatus> {
-        let key = format!("{}{service}", operator_core::members::STATE_FACT_PREFIX);
+        let key = format!("{}{service}", infra_bus::facts::MEMBER_PREFIX);
         let mut out: Vec<api::MemberStatus> = self
             .coordinator
             .bus()

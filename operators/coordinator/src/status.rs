@@ -25,7 +25,7 @@ impl Coordinator {
         // role, state, timeline, lag), from their heartbeats.
         let beats = self.bus.list_heartbeats().await.unwrap_or_default();
         let member_state = |host: &str, tier: &str, name: &str| {
-            let key = format!("{}{name}", operator_core::members::STATE_FACT_PREFIX);
+            let key = format!("{}{name}", infra_bus::facts::MEMBER_PREFIX);
             beats
                 .iter()
                 .find(|b| b.host == host && b.tier == tier)
@@ -98,9 +98,7 @@ impl Coordinator {
                 ..Default::default()
             });
             let mut labels = hb.labels.clone();
-            let metrics_addr = labels
-                .remove(operator_core::metrics::HEARTBEAT_LABEL)
-                .unwrap_or_default();
+            let metrics_addr = labels.remove(infra_bus::facts::METRICS).unwrap_or_default();
             h.labels.extend(labels);
             h.operators.push(api::OperatorInfo {
                 tier: hb.tier.clone(),

@@ -280,7 +280,7 @@ pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec
 
     for replica in 1..=want {
         let target = target_spec(d, replica).unwrap_or(spec);
-        let hash = spec::spec_hash(target);
+        let hash = infra_proto::spec::spec_hash(target);
         let mut list = by_replica.remove(&replica).unwrap_or_default();
         // Keep the best candidate: right spec first, then running, then
         // one this platform made.
@@ -430,7 +430,7 @@ mod tests {
             name: format!("infra-web-{replica}"),
             service: "web".into(),
             replica,
-            spec_hash: spec::spec_hash(d.spec.as_ref().unwrap()),
+            spec_hash: infra_proto::spec::spec_hash(d.spec.as_ref().unwrap()),
             state: "running".into(),
             health: None,
             exit_code: 0,

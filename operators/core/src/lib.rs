@@ -125,72 +125,47 @@ impl Facts {
     }
 }
 
-/// The nine tiers, with their default gRPC ports.
+/// The nine tiers, with their default gRPC ports, from the one list
+/// ([`infra_proto::tiers::ALL`], catalog folder order).
 pub mod tiers {
     use super::Tier;
+    use infra_proto::tiers::ALL as LIST;
+
+    const fn tier(i: usize) -> Tier {
+        Tier {
+            name: LIST[i].name,
+            grpc_port: LIST[i].grpc_port,
+            extensions: &[],
+        }
+    }
+
     /// Traefik / Nginx.
-    pub const GATEWAY: Tier = Tier {
-        name: "gateway",
-        grpc_port: 50061,
-        extensions: &[],
-    };
+    pub const GATEWAY: Tier = tier(0);
     /// Keycloak, OAuth2 Proxy and (03-security) Vault.
-    pub const AUTH: Tier = Tier {
-        name: "auth",
-        grpc_port: 50062,
-        extensions: &[],
-    };
+    pub const AUTH: Tier = tier(1);
     /// Databases, caches, object storage.
-    pub const DATA: Tier = Tier {
-        name: "data",
-        grpc_port: 50063,
-        extensions: &[],
-    };
+    pub const DATA: Tier = tier(2);
     /// Kafka, RabbitMQ.
-    pub const MESSAGING: Tier = Tier {
-        name: "messaging",
-        grpc_port: 50064,
-        extensions: &[],
-    };
+    pub const MESSAGING: Tier = tier(3);
     /// Prometheus and the LGTM stack.
-    pub const OBSERVABILITY: Tier = Tier {
-        name: "observability",
-        grpc_port: 50065,
-        extensions: &[],
-    };
-    /// Ollama, Open WebUI.
-    pub const AI: Tier = Tier {
-        name: "ai",
-        grpc_port: 50066,
-        extensions: &[],
-    };
+    pub const OBSERVABILITY: Tier = tier(4);
     /// n8n, Airflow.
-    pub const WORKFLOW: Tier = Tier {
-        name: "workflow",
-        grpc_port: 50067,
-        extensions: &[],
-    };
+    pub const WORKFLOW: Tier = tier(5);
+    /// Ollama, Open WebUI.
+    pub const AI: Tier = tier(6);
     /// Terraform, SonarQube, Harbor, Jenkins, ...
-    pub const TOOLING: Tier = Tier {
-        name: "tooling",
-        grpc_port: 50068,
-        extensions: &[],
-    };
+    pub const TOOLING: Tier = tier(7);
     /// MailHog, Stalwart.
-    pub const COMMUNICATION: Tier = Tier {
-        name: "communication",
-        grpc_port: 50069,
-        extensions: &[],
-    };
-    /// All of them.
+    pub const COMMUNICATION: Tier = tier(8);
+    /// All of them, in catalog folder order.
     pub const ALL: [Tier; 9] = [
         GATEWAY,
         AUTH,
         DATA,
         MESSAGING,
         OBSERVABILITY,
-        AI,
         WORKFLOW,
+        AI,
         TOOLING,
         COMMUNICATION,
     ];
@@ -387,7 +362,7 @@ pub async fn run_with(
             Duration::from_secs(cfg.stop_grace_secs),
             Duration::from_secs(cfg.resync_secs),
         )
-        .with_addr(cfg.labels.get("addr").cloned())
+        .with_addr(cfg.labels.get(infra_bus::facts::ADDR).cloned())
         .with_route_drain(Duration::from_millis(cfg.route_drain_ms)),
     );
     let grpc_addr = listener.local_addr()?.to_string();
@@ -413,9 +388,9 @@ pub async fn run_with(
     };
     if let Some(l) = metrics_listener {
         let bound = l.local_addr()?;
-        let at = metrics::advertised(bound, cfg.labels.get("addr").map(String::as_str));
+        let at = metrics::advertised(bound, cfg.labels.get(infra_bus::facts::ADDR).map(String::as_str));
         tracing::info!(listen = %bound, advertised = %at, "metrics: serving /metrics");
-        facts.set(metrics::HEARTBEAT_LABEL, at);
+        facts.set(infra_bus::facts::METRICS, at);
         let m = ctx.events.metrics().clone();
         tasks.spawn(metrics::serve(l, move || m.render(), shutdown.clone()));
         tasks.spawn(metrics::refresh_loop(
@@ -477,7 +452,7 @@ pub async fn run_with(
 pub fn host_facts() -> std::collections::BTreeMap<String, String> {
     let mut facts = std::collections::BTreeMap::new();
     if let Ok(n) = std::thread::available_parallelism() {
-        facts.insert("cpus".into(), n.get().to_string());
+        facts.insert(infra_bus::facts::CPUS.into(), n.get().to_string());
     }
     if let Ok(info) = std::fs::read_to_string("/proc/meminfo")
         && let Some(kb) = info
@@ -485,7 +460,7 @@ pub fn host_facts() -> std::collections::BTreeMap<String, String> {
             .find_map(|l| l.strip_prefix("MemTotal:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
     {
-        facts.insert("memory_bytes".into(), (kb * 1024).to_string());
+        facts.insert(infra_bus::facts::MEMORY_BYTES.into(), (kb * 1024).to_string());
     }
     facts
 }

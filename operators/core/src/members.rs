@@ -46,11 +46,6 @@ pub const PORT_LABEL: &str = "infra.update-order.port";
 /// Label: the largest replication lag, in bytes, that counts as caught up.
 pub const MAX_LAG_LABEL: &str = "infra.update-order.max-lag-bytes";
 
-/// Heartbeat fact prefix for a member's state as its operator sees it:
-/// `member.pg-1` = `patroni: replica streaming timeline 2 lag 0`. The
-/// coordinator shows it in the member's `GetStatus` row.
-pub const STATE_FACT_PREFIX: &str = "member.";
-
 /// A boxed future, so the trait stays object safe.
 pub type HookFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -41,9 +41,6 @@ pub fn default_operator_port(grpc_port: u16) -> u16 {
 
 /// The coordinator's default metrics port (`127.0.0.1:9460`).
 pub const COORDINATOR_PORT: u16 = 9460;
-/// The heartbeat label under which an operator publishes where its metrics
-/// are (`10.0.0.5:9463`).
-pub const HEARTBEAT_LABEL: &str = "metrics";
 /// How often the gauges over the observed state are refreshed.
 const REFRESH: Duration = Duration::from_secs(5);
 /// Bound on reading one request.

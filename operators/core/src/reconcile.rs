@@ -141,13 +141,14 @@ impl Ctx {
     /// coordinator writes placeholders so that every host of a service
     /// gets the same spec (and spec hash).
     pub async fn resolve(&self, spec: &ServiceSpec) -> Result<ServiceSpec, DockerError> {
-        let needs =
-            spec.ports.iter().any(|p| p.host_ip == "@addr") || spec.extra_hosts.iter().any(|e| e.contains(":@host:"));
+        use infra_proto::reach::{HostRef, is_private_addr};
+        let needs = spec.ports.iter().any(|p| is_private_addr(&p.host_ip))
+            || spec.extra_hosts.iter().any(|e| HostRef::parse(e).is_some());
         if !needs {
             return Ok(spec.clone());
         }
         let mut out = spec.clone();
-        for p in out.ports.iter_mut().filter(|p| p.host_ip == "@addr") {
+        for p in out.ports.iter_mut().filter(|p| is_private_addr(&p.host_ip)) {
             p.host_ip = self.addr.clone().ok_or_else(|| {
                 DockerError::Prepare(format!(
                     "service {:?}: port {} is to be published on this host's private address, but host {} has no \
@@ -156,10 +157,10 @@ impl Ctx {
                 ))
             })?;
         }
-        if out.extra_hosts.iter().any(|e| e.contains(":@host:")) {
+        if out.extra_hosts.iter().any(|e| HostRef::parse(e).is_some()) {
             let beats = self.bus.list_heartbeats().await.unwrap_or_default();
             for e in out.extra_hosts.iter_mut() {
-                let Some((name, host)) = e.split_once(":@host:") else {
+                let Some(HostRef { name, host }) = HostRef::parse(e) else {
                     continue;
                 };
                 let addr = if host == self.host {
@@ -168,7 +169,7 @@ impl Ctx {
                     beats
                         .iter()
                         .filter(|h| h.host == host)
-                        .find_map(|h| h.labels.get("addr").cloned())
+                        .find_map(|h| h.labels.get(infra_bus::facts::ADDR).cloned())
                 };
                 let addr = addr.ok_or_else(|| {
                     DockerError::Prepare(format!(
@@ -576,7 +577,7 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
                 // one runs: the plain name when the old one has the other.
                 let plain = spec::container_name(spec, replica);
                 let name = if beside == plain {
-                    format!("{plain}-{}", &spec::spec_hash(spec)[..6])
+                    format!("{plain}-{}", &infra_proto::spec::spec_hash(spec)[..6])
                 } else {
                     plain
                 };
@@ -845,7 +846,7 @@ async fn warn_strays(
     let known: Vec<String> = desired
         .into_iter()
         .flat_map(|d| d.spec.iter().chain(d.previous.iter()))
-        .map(spec::spec_hash)
+        .map(infra_proto::spec::spec_hash)
         .collect();
     for op in ops {
         let (id, done) = match op {
@@ -1116,7 +1117,7 @@ async fn publish_observed(
         host: ctx.host.clone(),
         tier: ctx.tier.clone(),
         service: service.to_owned(),
-        spec_hash: spec.map(spec::spec_hash).unwrap_or_default(),
+        spec_hash: spec.map(infra_proto::spec::spec_hash).unwrap_or_default(),
         generation: desired.map_or(0, |d| d.generation),
         desired_replicas: want,
         running_replicas: containers.iter().filter(|c| c.state == "running").count() as u32,
@@ -1174,7 +1175,7 @@ async fn create(ctx: &Ctx, spec: &ServiceSpec, replica: u32, name: Option<String
     let mut body = spec::container_config(&resolved, &ctx.host, replica, &ctx.state_dir);
     // The hash is the desired spec's, placeholders and all.
     if let Some(l) = body.labels.as_mut() {
-        l.insert(crate::labels::SPEC_HASH.into(), spec::spec_hash(spec));
+        l.insert(crate::labels::SPEC_HASH.into(), infra_proto::spec::spec_hash(spec));
     }
     // Attach by network id (see `ensure_network`).
     if let (Some(first), Some(id)) = (spec.networks.first(), network_ids.first()) {
@@ -1376,7 +1377,7 @@ fn prune_secrets(ctx: &Ctx, service: &str, desired: Option<&DesiredService>, con
         }
         return;
     }
-    let hashes: Vec<String> = specs.iter().map(|s| spec::spec_hash(s)).collect();
+    let hashes: Vec<String> = specs.iter().map(|s| infra_proto::spec::spec_hash(s)).collect();
     if containers.iter().any(|c| !hashes.contains(&c.spec_hash)) {
         return;
     }

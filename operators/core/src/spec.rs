@@ -9,23 +9,8 @@ use bollard::models::{
     PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use infra_proto::bus::v1::{DeviceRequestSpec, MountKind, ServiceSpec};
-use prost::Message;
-use sha2::{Digest, Sha256};
 
 use crate::labels;
-
-/// Hash of everything in a spec that the container is made from. Replica
-/// count, dependencies and source location are left out: changing them must
-/// not recreate running containers.
-pub fn spec_hash(spec: &ServiceSpec) -> String {
-    let mut s = spec.clone();
-    s.replicas = 0;
-    s.depends_on.clear();
-    s.source_file.clear();
-    s.source_line = 0;
-    let digest = Sha256::digest(s.encode_to_vec());
-    hex::encode(&digest[..8])
-}
 
 /// Container name of one replica: `<project>-<service>-<replica>`, as
 /// Compose names them (project `infra` when the spec names none).
@@ -101,7 +86,7 @@ fn device_requests(devices: &[DeviceRequestSpec]) -> Option<Vec<DeviceRequest>> 
 /// The Docker create body for one replica of `spec`. Networks beyond the
 /// first are connected after create (API 1.41 takes one at create time).
 pub fn container_config(spec: &ServiceSpec, host: &str, replica: u32, state_dir: &Path) -> ContainerCreateBody {
-    let hash = spec_hash(spec);
+    let hash = infra_proto::spec::spec_hash(spec);
     let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
     labels.insert(labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into());
     labels.insert(labels::TIER.into(), spec.tier.clone());
@@ -255,6 +240,8 @@ pub fn container_config(spec: &ServiceSpec, host: &str, replica: u32, state_dir:
 #[cfg(test)]
 mod tests {
     use infra_proto::bus::v1::{HealthcheckSpec, MountSpec, NetworkSpec, PortSpec, SecretMount};
+
+    use infra_proto::spec::spec_hash;
 
     use super::*;
 

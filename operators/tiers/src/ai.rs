@@ -131,7 +131,7 @@ impl GpuSource for RecordedGpus {
 /// The host facts of `gpus`: `gpus` = count, and per GPU its model,
 /// memory and utilisation under `gpu.<index>.`.
 pub fn gpu_facts(gpus: &[GpuReading]) -> BTreeMap<String, String> {
-    let mut f = BTreeMap::from([("gpus".to_string(), gpus.len().to_string())]);
+    let mut f = BTreeMap::from([(infra_bus::facts::GPUS.to_string(), gpus.len().to_string())]);
     for (i, g) in gpus.iter().enumerate() {
         f.insert(format!("gpu.{i}.model"), g.model.clone());
         f.insert(format!("gpu.{i}.memory_bytes"), g.memory_total_bytes.to_string());
@@ -150,11 +150,11 @@ fn gpus_extension(ctx: TierContext) -> futures::future::BoxFuture<'static, ()> {
             Ok(src) => run_gpus(Arc::new(src), ctx.facts, GPU_REFRESH, ctx.shutdown).await,
             Err(GpuError::NoLibrary(why)) => {
                 tracing::info!(reason = %why, "no NVIDIA library: 0 GPUs");
-                ctx.facts.set("gpus", "0");
+                ctx.facts.set(infra_bus::facts::GPUS, "0");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read GPUs: reporting 0 GPUs");
-                ctx.facts.set("gpus", "0");
+                ctx.facts.set(infra_bus::facts::GPUS, "0");
             }
         }
     }
@@ -192,7 +192,7 @@ pub async fn run_gpus(source: Arc<dyn GpuSource>, facts: Facts, every: Duration,
                 }
                 failing = true;
                 if !published {
-                    facts.set("gpus", "0");
+                    facts.set(infra_bus::facts::GPUS, "0");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "GPU reader panicked"),

@@ -1,7 +1,7 @@
 //! What the data tier's member-status extensions (Patroni's, Valkey's)
 //! share: finding this host's members of one kind, and publishing one
 //! heartbeat fact per member (`member.<service>` =
-//! `<kind>: <line>`, [`members::STATE_FACT_PREFIX`]) that goes away when
+//! `<kind>: <line>`, [`infra_bus::facts::MEMBER_PREFIX`]) that goes away when
 //! the member does.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,7 +15,7 @@ use operator_core::{Facts, TierContext};
 /// `infra.update-order.port`, else `default_port`). Without an `addr`
 /// label (one host) nothing is published, so there are none.
 pub async fn local(ctx: &TierContext, kind: &str, default_port: u16) -> Vec<(BTreeMap<String, String>, Member)> {
-    let Some(addr) = ctx.labels.get("addr").filter(|a| !a.is_empty()) else {
+    let Some(addr) = ctx.labels.get(infra_bus::facts::ADDR).filter(|a| !a.is_empty()) else {
         return Vec::new();
     };
     let desired = ctx
@@ -62,7 +62,7 @@ impl Shown {
     pub fn publish(&mut self, facts: &Facts, kind: &str, lines: Vec<(String, String)>) {
         let mut now = BTreeSet::new();
         for (service, line) in lines {
-            let key = format!("{}{service}", members::STATE_FACT_PREFIX);
+            let key = format!("{}{service}", infra_bus::facts::MEMBER_PREFIX);
             facts.set(&key, format!("{kind}: {line}"));
             now.insert(key);
         }

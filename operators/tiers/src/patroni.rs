@@ -3,7 +3,7 @@
 //! API, at this host's private address and the port published there) for
 //! its role, state, timeline and lag, and publishes them as a heartbeat
 //! fact `member.<service>` = `patroni: <role> <state> timeline <t> lag <l>`
-//! ([`members::STATE_FACT_PREFIX`]), which the coordinator's `GetStatus`
+//! ([`infra_bus::facts::MEMBER_PREFIX`]), which the coordinator's `GetStatus`
 //! shows in the member's row.
 //!
 //! Why facts: they already travel in every heartbeat and expire with it,

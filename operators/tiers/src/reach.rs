@@ -61,7 +61,9 @@ pub fn reach(from: From<'_>, d: &DesiredService, c: &ContainerStatus, port: u16)
             p.target == u32::from(port)
                 && p.published != 0
                 && (p.protocol.is_empty() || p.protocol == "tcp")
-                && (matches!(p.host_ip.as_str(), "" | "0.0.0.0" | "@addr" | "::") || p.host_ip == *addr)
+                && (matches!(p.host_ip.as_str(), "" | "0.0.0.0" | "::")
+                    || infra_proto::reach::is_private_addr(&p.host_ip)
+                    || p.host_ip == *addr)
         })
         .and_then(|p| u16::try_from(p.published).ok())
         .map(|pp| (addr.clone(), pp))
@@ -101,11 +103,11 @@ impl Snapshot {
         };
         let mut addrs = BTreeMap::new();
         for hb in &heartbeats {
-            if let Some(a) = hb.labels.get("addr").filter(|a| valid_addr(a)) {
+            if let Some(a) = hb.labels.get(infra_bus::facts::ADDR).filter(|a| valid_addr(a)) {
                 addrs.insert(hb.host.clone(), a.clone());
             }
         }
-        if let Some(a) = ctx.labels.get("addr").filter(|a| valid_addr(a)) {
+        if let Some(a) = ctx.labels.get(infra_bus::facts::ADDR).filter(|a| valid_addr(a)) {
             addrs.insert(ctx.host.clone(), a.clone());
         }
         Ok(Self {

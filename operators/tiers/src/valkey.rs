@@ -72,7 +72,7 @@ pub const PASSWORD_FILE_LABEL: &str = "infra.valkey-cluster.password-file";
 /// The password file when no label names one (the stack's secret).
 pub const DEFAULT_PASSWORD_FILE: &str = "/run/secrets/valkey_cluster_password";
 /// The host label with a host's private address.
-const ADDR_LABEL: &str = "addr";
+use infra_bus::facts::ADDR as ADDR_LABEL;
 /// The port a member listens on when [`PORT_LABEL`] names none.
 pub const PORT: u16 = 6379;
 /// Label with a member's client port (the one the update-order hook talks

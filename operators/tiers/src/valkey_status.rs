@@ -4,7 +4,7 @@
 //! there, with the password from the secrets bucket) for its role and the
 //! state of its link, and publishes them as the heartbeat fact
 //! `member.<service>` = `valkey: <role> <state>`
-//! ([`members::STATE_FACT_PREFIX`]): `primary running`, `replica
+//! ([`infra_bus::facts::MEMBER_PREFIX`]): `primary running`, `replica
 //! streaming`, `replica syncing` or `replica down`. The coordinator's
 //! `DescribeService` shows it in the member's row, as it does Patroni's.
 //!

@@ -506,7 +506,7 @@ pub fn unsupported_keys(svc: &Service) -> Vec<String> {
 
 /// A cluster member's status from its operator's heartbeat fact
 /// (`member.<service>` = `patroni: replica streaming timeline 2 lag 0`,
-/// see `operator_core::members::STATE_FACT_PREFIX`), for
+/// see `infra_bus::facts::MEMBER_PREFIX`), for
 /// `DescribeService`. A line that is not `<role> <state> ...` (the member
 /// could not be asked: `unreachable: ...`) keeps the role empty and says
 /// so in the state; the line itself is always in `text`.

@@ -265,7 +265,7 @@ impl Coordinator {
             .find_map(|d| d.spec.clone());
         let changed = running_spec
             .as_ref()
-            .is_some_and(|o| operator_core::spec::spec_hash(o) != operator_core::spec::spec_hash(&p.spec));
+            .is_some_and(|o| infra_proto::spec::spec_hash(o) != infra_proto::spec::spec_hash(&p.spec));
         let replicas = if p.rules.global {
             p.outcome.placed()
         } else {
@@ -348,7 +348,7 @@ impl Coordinator {
         let mut targets = Vec::new();
         for (h, n) in &p.outcome.hosts {
             let spec = p.spec_for(*n);
-            let hash = operator_core::spec::spec_hash(&spec);
+            let hash = infra_proto::spec::spec_hash(&spec);
             // A service still held by an interrupted deploy is not
             // unchanged: it must be released.
             let existing = p.on(h);
@@ -358,7 +358,7 @@ impl Coordinator {
                     && d.previous.is_none()
                     && d.spec
                         .as_ref()
-                        .is_some_and(|s| operator_core::spec::spec_hash(s) == hash && s.replicas.max(1) == *n)
+                        .is_some_and(|s| infra_proto::spec::spec_hash(s) == hash && s.replicas.max(1) == *n)
             });
             let mut generation = existing.map_or(0, |d| d.generation);
             if !unchanged {

@@ -33,11 +33,11 @@ use infra_proto::bus::v1::{DesiredService, Heartbeat, PlacementSpec, ServiceSpec
 
 /// Host label that holds the number of GPUs a host has (published by the
 /// ai operator from NVML; absent means none).
-pub const GPUS_LABEL: &str = "gpus";
+pub const GPUS_LABEL: &str = infra_bus::facts::GPUS;
 /// Host fact: CPUs the host has (every operator detects it).
-pub const CPUS_LABEL: &str = "cpus";
+pub const CPUS_LABEL: &str = infra_bus::facts::CPUS;
 /// Host fact: memory the host has, in bytes.
-pub const MEMORY_LABEL: &str = "memory_bytes";
+pub const MEMORY_LABEL: &str = infra_bus::facts::MEMORY_BYTES;
 
 /// CPU and memory one replica (or a sum of replicas) reserves: Compose
 /// `deploy.resources.reservations`.

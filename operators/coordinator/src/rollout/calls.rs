@@ -35,10 +35,10 @@ impl Coordinator {
             .iter()
             .map(|d| (d.host.clone(), d.spec.as_ref().map_or(1, |s| s.replicas.max(1))))
             .collect();
-        let hash = operator_core::spec::spec_hash(new);
+        let hash = infra_proto::spec::spec_hash(new);
         let current = first.spec.as_ref().expect("filtered");
         if let Some(prev) = running.iter().find_map(|d| d.previous.as_ref()) {
-            if operator_core::spec::spec_hash(current) != hash {
+            if infra_proto::spec::spec_hash(current) != hash {
                 return Err(format!(
                     "a rollout of {} to another spec is paused or in progress: Rollout resumes it, Rollback undoes it",
                     r.name
@@ -57,7 +57,7 @@ impl Coordinator {
                 .await?;
             return Ok(true);
         }
-        if operator_core::spec::spec_hash(current) == hash {
+        if infra_proto::spec::spec_hash(current) == hash {
             return Ok(false);
         }
         let old = current.clone();

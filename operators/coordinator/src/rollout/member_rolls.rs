@@ -126,7 +126,7 @@ impl Coordinator {
     ) -> RollEnd {
         let spec = if to_k >= from_k { new } else { old };
         let cluster = members::cluster_from(&spec.labels).unwrap_or_else(|| hook.kind().to_owned());
-        let hash = operator_core::spec::spec_hash(spec);
+        let hash = infra_proto::spec::spec_hash(spec);
         let base = slots(counts);
         let mut order: Vec<Slot> = base[..from_k.min(to_k)].to_vec();
         let range: Vec<Slot> = base[from_k.min(to_k)..from_k.max(to_k)].to_vec();

@@ -182,7 +182,7 @@ impl Coordinator {
         } else {
             policy.parallelism as usize
         };
-        let hash = operator_core::spec::spec_hash(if forward { new } else { old });
+        let hash = infra_proto::spec::spec_hash(if forward { new } else { old });
         let batches = from_k.abs_diff(to_k).div_ceil(step);
         let (mut k, mut failed, mut batch) = (from_k, 0usize, 0usize);
         while k != to_k {

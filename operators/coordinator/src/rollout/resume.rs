@@ -44,8 +44,7 @@ impl Coordinator {
             // without a previous spec finished (settle ran part way).
             let settled = existing.iter().all(|d| {
                 d.previous.is_none()
-                    && d.spec.as_ref().map(operator_core::spec::spec_hash)
-                        == Some(operator_core::spec::spec_hash(&target))
+                    && d.spec.as_ref().map(infra_proto::spec::spec_hash) == Some(infra_proto::spec::spec_hash(&target))
             });
             let at = if settled {
                 order.len()

@@ -100,7 +100,7 @@ impl Valkey {
 
 impl Valkey {
     /// One line for the member at `addr:port` (its operator's heartbeat
-    /// fact, [`super::STATE_FACT_PREFIX`]): `primary running`, `replica
+    /// fact, [`infra_bus::facts::MEMBER_PREFIX`]): `primary running`, `replica
     /// streaming` (link up), `replica syncing` (a full sync in progress)
     /// or `replica down` (link down).
     pub async fn member_line(&self, addr: &str, port: u16) -> Result<String, HookError> {

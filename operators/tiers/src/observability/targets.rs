@@ -160,7 +160,7 @@ pub fn build(inp: Inputs<'_>) -> (Vec<Group>, Vec<Problem>) {
     }
     for hb in inp.heartbeats {
         let what = format!("{}-operator", hb.tier);
-        let Some(at) = hb.labels.get(operator_core::metrics::HEARTBEAT_LABEL) else {
+        let Some(at) = hb.labels.get(infra_bus::facts::METRICS) else {
             continue; // metrics off, or an operator from before metrics
         };
         if !reachable(at) {
