@@ -23,6 +23,11 @@ check:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
+# Every test that needs neither Docker nor NATS: the pure logic, on any machine.
+unit:
+    cargo test --workspace --lib --bins
+    cargo test -p infra-coordinator --test catalog --test lint
+
 # The whole test suite: lints, unit, integration (real Docker and NATS) and end to end (real grpcurl).
 test: check
     bash e2e/local/install-tools.sh
