@@ -47,6 +47,54 @@ pub enum DockerError {
     },
 }
 
+/// The most output [`DockerClient::exec_output`] keeps (the end of it).
+pub const EXEC_OUTPUT_LIMIT: usize = 1024 * 1024;
+
+/// What a command run in a container said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Its exit code; `None` when it had not finished in time.
+    pub exit_code: Option<i64>,
+    /// Its stdout and stderr together.
+    pub output: String,
+}
+
+/// A healthy container that carries a label, and where to reach it.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// Compose service.
+    pub service: String,
+    /// Container name.
+    pub container: String,
+    /// IP on its first network (reachable from the host on a bridge).
+    pub ip: String,
+    /// The container's labels (the spec's labels and the operator's).
+    pub labels: HashMap<String, String>,
+}
+
+/// A tar archive of `name` (and its parent directory, when it has one)
+/// holding `data`: what Docker's archive API takes.
+fn tarball(name: &str, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::with_capacity(2048 + data.len()));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if let Some((dir, _)) = name.rsplit_once('/') {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_mtime(now);
+        b.append_data(&mut h, format!("{dir}/"), std::io::empty())?;
+    }
+    let mut h = tar::Header::new_ustar();
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    h.set_mtime(now);
+    b.append_data(&mut h, name, data)?;
+    b.into_inner()
+}
+
 /// Whether an image can be had on this host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ImageAvailability {
@@ -111,7 +159,9 @@ impl DockerClient {
         Ok(Self { inner: docker })
     }
 
-    /// The raw bollard client, for tests.
+    /// The raw bollard client, for tests only: production code uses the
+    /// methods here.
+    #[doc(hidden)]
     pub fn raw(&self) -> &Docker {
         &self.inner
     }
@@ -468,6 +518,14 @@ impl DockerClient {
     /// Runs `cmd` in a running container and returns its exit code, or
     /// `None` if it did not finish within `timeout`.
     pub async fn exec(&self, id: &str, cmd: Vec<String>, timeout: Duration) -> Result<Option<i64>, DockerError> {
+        Ok(self.exec_output(id, cmd, timeout).await?.exit_code)
+    }
+
+    /// Runs `cmd` in container `id` and gathers what it writes (stdout and
+    /// stderr together, the last [`EXEC_OUTPUT_LIMIT`] bytes). The exit
+    /// code is `None` when it did not finish within `timeout`. `cmd` must
+    /// hold no secret: Docker keeps it in the exec's inspect data.
+    pub async fn exec_output(&self, id: &str, cmd: Vec<String>, timeout: Duration) -> Result<ExecOutput, DockerError> {
         use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
         let opts = CreateExecOptions {
             cmd: Some(cmd),
@@ -476,25 +534,135 @@ impl DockerClient {
             ..Default::default()
         };
         let exec = self.inner.create_exec(id, opts).await.map_err(api("exec in", id))?;
+        let mut output = Vec::new();
         let run = async {
-            let started = self.inner.start_exec(&exec.id, Some(StartExecOptions::default())).await;
-            if let Ok(StartExecResults::Attached { mut output, .. }) = started {
-                while output.next().await.is_some() {}
+            let started = self
+                .inner
+                .start_exec(&exec.id, Some(StartExecOptions::default()))
+                .await
+                .map_err(api("exec in", id))?;
+            if let StartExecResults::Attached { output: mut out, .. } = started {
+                while let Some(chunk) = out.next().await {
+                    let chunk = chunk.map_err(api("exec in", id))?;
+                    output.extend_from_slice(&chunk.into_bytes());
+                    if output.len() > EXEC_OUTPUT_LIMIT {
+                        output.drain(..output.len() - EXEC_OUTPUT_LIMIT);
+                    }
+                }
+            }
+            Ok::<(), DockerError>(())
+        };
+        let finished = match tokio::time::timeout(timeout, run).await {
+            Err(_) => false,
+            Ok(r) => {
+                r?;
+                true
             }
         };
-        if tokio::time::timeout(timeout, run).await.is_err() {
-            return Ok(None);
+        let output = String::from_utf8_lossy(&output).into_owned();
+        if !finished {
+            return Ok(ExecOutput {
+                exit_code: None,
+                output,
+            });
         }
         let info = self
             .inner
             .inspect_exec(&exec.id)
             .await
             .map_err(api("inspect exec in", id))?;
-        Ok(if info.running == Some(true) {
-            None
-        } else {
-            info.exit_code
+        Ok(ExecOutput {
+            exit_code: if info.running == Some(true) {
+                None
+            } else {
+                info.exit_code
+            },
+            output,
         })
+    }
+
+    /// Writes `data` as `dir/name` into container `id` (created or
+    /// running) through Docker's archive API, mode 0644; `name` may hold one
+    /// subdirectory (`routes.d/routes.conf`), made 0755.
+    pub async fn write_file(
+        &self,
+        id: &str,
+        dir: &str,
+        name: &str,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<(), DockerError> {
+        use bollard::query_parameters::UploadToContainerOptionsBuilder;
+        let archive = tarball(name, data).map_err(|e| DockerError::Prepare(format!("archive of {name}: {e}")))?;
+        let opts = UploadToContainerOptionsBuilder::default().path(dir).build();
+        let target = format!("{}:{dir}/{name}", short_id(id));
+        tokio::time::timeout(
+            timeout,
+            self.inner
+                .upload_to_container(id, Some(opts), bollard::body_full(archive.into())),
+        )
+        .await
+        .map_err(|_| DockerError::Prepare(format!("copying into {target}: no answer within {timeout:?}")))?
+        .map_err(api("copy a file into", target))
+    }
+
+    /// The healthy containers (running, and `healthy` when they have a
+    /// health check) that `host`'s `tier` operator owns and that carry
+    /// `label` (`key` or `key=value`), with the address of each on its
+    /// first network.
+    pub async fn healthy_endpoints(&self, host: &str, tier: &str, label: &str) -> Result<Vec<Endpoint>, DockerError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![
+                format!("{}={}", labels::MANAGED_BY, labels::MANAGED_BY_VALUE),
+                format!("{}={host}", labels::HOST),
+                format!("{}={tier}", labels::TIER),
+                label.to_owned(),
+            ],
+        )]);
+        let opts = ListContainersOptions {
+            all: false,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let list = self
+            .inner
+            .list_containers(Some(opts))
+            .await
+            .map_err(api("list containers labelled", label))?;
+        let mut out = Vec::new();
+        for s in list {
+            let Some(id) = s.id else { continue };
+            let info = match self.inner.inspect_container(&id, None::<InspectContainerOptions>).await {
+                Ok(i) => i,
+                Err(e) if not_found(&e) => continue,
+                Err(e) => return Err(api("inspect container", id)(e)),
+            };
+            let state = info.state.unwrap_or_default();
+            let healthy = match state.health.and_then(|h| h.status) {
+                Some(bollard::models::HealthStatusEnum::HEALTHY) => true,
+                Some(bollard::models::HealthStatusEnum::NONE | bollard::models::HealthStatusEnum::EMPTY) | None => {
+                    state.running == Some(true)
+                }
+                Some(_) => false,
+            };
+            if !healthy {
+                continue;
+            }
+            let lbls = info.config.and_then(|c| c.labels).unwrap_or_default();
+            let ip = info
+                .network_settings
+                .and_then(|n| n.networks)
+                .and_then(|n| n.into_values().find_map(|e| e.ip_address.filter(|ip| !ip.is_empty())));
+            let Some(ip) = ip else { continue };
+            out.push(Endpoint {
+                service: lbls.get(labels::SERVICE).cloned().unwrap_or_default(),
+                container: info.name.unwrap_or_default().trim_start_matches('/').to_owned(),
+                ip,
+                labels: lbls,
+            });
+        }
+        Ok(out)
     }
 
     /// Restarts a container, giving it `grace` to stop.
@@ -586,5 +754,26 @@ impl DockerClient {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_archive_holds_the_directory_then_the_file() {
+        let t = super::tarball("routes.d/routes.conf", b"hello\n").unwrap();
+        let mut a = tar::Archive::new(t.as_slice());
+        let entries: Vec<(String, u64)> = a
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.path().unwrap().display().to_string(), e.size())
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            vec![("routes.d/".to_string(), 0), ("routes.d/routes.conf".to_string(), 6)]
+        );
     }
 }

@@ -305,7 +305,6 @@ fn models_extension(ctx: TierContext) -> futures::future::BoxFuture<'static, ()>
     async move {
         let http = Http::new(Duration::from_secs(10));
         let pull = Http::new(PULL_TIMEOUT);
-        let docker = ctx.docker.raw().clone();
         // Last reported state per (service, model): report changes only.
         let mut reported: BTreeMap<(String, String), String> = BTreeMap::new();
         let mut tick = tokio::time::interval(MODELS_RESYNC);
@@ -315,7 +314,11 @@ fn models_extension(ctx: TierContext) -> futures::future::BoxFuture<'static, ()>
                 _ = ctx.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let endpoints = crate::http::healthy_endpoints(&docker, &ctx.host, ctx.tier, OLLAMA_MODELS_LABEL).await;
+            let endpoints = ctx
+                .docker
+                .healthy_endpoints(&ctx.host, ctx.tier, OLLAMA_MODELS_LABEL)
+                .await
+                .unwrap_or_default();
             for ep in endpoints {
                 let models = declared_models(ep.labels.get(OLLAMA_MODELS_LABEL).map_or("", String::as_str));
                 if models.is_empty() {

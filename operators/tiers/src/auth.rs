@@ -506,10 +506,21 @@ pub async fn ensure_vault(http: &Http, base: &str, store: &dyn SecretStore) -> R
     Ok(report)
 }
 
+/// The healthy containers of this operator that carry `label`; an engine
+/// error is an empty answer (the next pass tries again).
+async fn endpoints(ctx: &TierContext, label: &str) -> Vec<crate::http::Endpoint> {
+    match ctx.docker.healthy_endpoints(&ctx.host, ctx.tier, label).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::debug!(error = %e, label, "cannot list the containers to bootstrap");
+            Vec::new()
+        }
+    }
+}
+
 fn bootstrap_extension(ctx: TierContext) -> BoxFuture<'static, ()> {
     async move {
         let http = Http::new(Duration::from_secs(15));
-        let docker = ctx.docker.raw().clone();
         let mut tick = tokio::time::interval(RESYNC);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Last outcome per service, so a steady state is logged once.
@@ -520,11 +531,11 @@ fn bootstrap_extension(ctx: TierContext) -> BoxFuture<'static, ()> {
                 _ = tick.tick() => {}
             }
             let pass = async {
-                for ep in crate::http::healthy_endpoints(&docker, &ctx.host, ctx.tier, KEYCLOAK_REALM_LABEL).await {
+                for ep in endpoints(&ctx, KEYCLOAK_REALM_LABEL).await {
                     let outcome = keycloak_pass(&http, &ctx.bus, &ep).await;
                     note(&mut last, &ep.service, outcome);
                 }
-                for ep in crate::http::healthy_endpoints(&docker, &ctx.host, ctx.tier, VAULT_LABEL).await {
+                for ep in endpoints(&ctx, VAULT_LABEL).await {
                     let base = format!("http://{}:{VAULT_PORT}", ep.ip);
                     let outcome = match ensure_vault(&http, &base, &ctx.bus).await {
                         Ok(r) if r.initialised => Ok(format!(

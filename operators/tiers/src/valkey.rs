@@ -59,7 +59,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use futures::StreamExt;
 use infra_proto::bus::v1::{DesiredService, EventKind, Health, ObservedService};
 use operator_core::{Extension, TierContext};
 
@@ -351,7 +350,7 @@ pub enum ExecError {
         what: String,
         /// Docker's error.
         #[source]
-        source: bollard::errors::Error,
+        source: operator_core::docker::DockerError,
     },
     /// The command did not finish in time.
     #[error("docker exec in {container} ({what}): no answer within {timeout:?}")]
@@ -387,54 +386,27 @@ async fn exec_output(
     cmd: Vec<String>,
     timeout: Duration,
 ) -> Result<String, ExecError> {
-    use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-    let docker = ctx.docker.raw();
-    let err = |source| ExecError::Docker {
-        container: short(container).to_owned(),
-        what: what.to_owned(),
-        source,
-    };
-    let exec = docker
-        .create_exec(
-            container,
-            CreateExecOptions {
-                cmd: Some(cmd),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                ..Default::default()
-            },
-        )
+    let out = ctx
+        .docker
+        .exec_output(container, cmd, timeout)
         .await
-        .map_err(err)?;
-    let run = async {
-        let mut out = String::new();
-        if let StartExecResults::Attached { mut output, .. } =
-            docker.start_exec(&exec.id, Some(StartExecOptions::default())).await?
-        {
-            while let Some(chunk) = output.next().await {
-                out.push_str(&String::from_utf8_lossy(&chunk?.into_bytes()));
-            }
-        }
-        Ok::<_, bollard::errors::Error>(out)
-    };
-    let out = match tokio::time::timeout(timeout, run).await {
-        Err(_) => {
-            return Err(ExecError::Timeout {
-                container: short(container).to_owned(),
-                what: what.to_owned(),
-                timeout,
-            });
-        }
-        Ok(r) => r.map_err(err)?,
-    };
-    let info = docker.inspect_exec(&exec.id).await.map_err(err)?;
-    match info.exit_code {
-        Some(0) => Ok(out),
-        code => Err(ExecError::Failed {
+        .map_err(|source| ExecError::Docker {
             container: short(container).to_owned(),
             what: what.to_owned(),
-            code: code.unwrap_or(-1),
-            output: tail(&out, 400),
+            source,
+        })?;
+    match out.exit_code {
+        Some(0) => Ok(out.output),
+        None => Err(ExecError::Timeout {
+            container: short(container).to_owned(),
+            what: what.to_owned(),
+            timeout,
+        }),
+        Some(code) => Err(ExecError::Failed {
+            container: short(container).to_owned(),
+            what: what.to_owned(),
+            code,
+            output: tail(&out.output, 400),
         }),
     }
 }

@@ -10,9 +10,6 @@
 
 use std::time::{Duration, Instant};
 
-use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::query_parameters::UploadToContainerOptionsBuilder;
-use futures::StreamExt;
 use operator_core::docker::DockerClient;
 
 /// Where the rendered file goes in the container: `nginx.conf` of the
@@ -67,52 +64,25 @@ pub async fn load(docker: &DockerClient, container: &str, conf: &str, previous: 
 }
 
 async fn upload(docker: &DockerClient, container: &str, conf: &str) -> Result<(), LoadError> {
-    let opts = UploadToContainerOptionsBuilder::default().path(ROUTES_DIR).build();
-    let body = bollard::body_full(tar(ROUTES_FILE, conf.as_bytes()).into());
-    tokio::time::timeout(
-        EXEC_TIMEOUT,
-        docker.raw().upload_to_container(container, Some(opts), body),
-    )
-    .await
-    .map_err(|_| LoadError::Docker(format!("copying {ROUTES_FILE} into {container} timed out")))?
-    .map_err(|e| LoadError::Docker(format!("copying {ROUTES_FILE} into {container}: {e}")))
+    docker
+        .write_file(container, ROUTES_DIR, ROUTES_FILE, conf.as_bytes(), EXEC_TIMEOUT)
+        .await
+        .map_err(|e| LoadError::Docker(e.to_string()))
 }
 
 /// Runs `cmd` in the container: exit code and output (stdout and stderr).
 async fn exec(docker: &DockerClient, container: &str, cmd: &[&str]) -> Result<(i64, String), LoadError> {
-    let d = docker.raw();
     let what = cmd.join(" ");
-    let run = async {
-        let exec = d
-            .create_exec(
-                container,
-                CreateExecOptions {
-                    cmd: Some(cmd.iter().map(|s| (*s).to_owned()).collect()),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let mut out = String::new();
-        if let StartExecResults::Attached { mut output, .. } =
-            d.start_exec(&exec.id, Some(StartExecOptions::default())).await?
-        {
-            while let Some(chunk) = output.next().await {
-                out.push_str(&chunk?.to_string());
-            }
-        }
-        let info = d.inspect_exec(&exec.id).await?;
-        Ok::<_, bollard::errors::Error>((info.exit_code.unwrap_or(-1), out))
-    };
-    tokio::time::timeout(EXEC_TIMEOUT, run)
+    let out = docker
+        .exec_output(container, cmd.iter().map(|s| (*s).to_owned()).collect(), EXEC_TIMEOUT)
         .await
-        .map_err(|_| {
-            LoadError::Docker(format!(
-                "`{what}` in {container} did not finish within {EXEC_TIMEOUT:?}"
-            ))
-        })?
-        .map_err(|e| LoadError::Docker(format!("`{what}` in {container}: {e}")))
+        .map_err(|e| LoadError::Docker(format!("`{what}` in {container}: {e}")))?;
+    match out.exit_code {
+        Some(code) => Ok((code, out.output)),
+        None => Err(LoadError::Docker(format!(
+            "`{what}` in {container} did not finish within {EXEC_TIMEOUT:?}"
+        ))),
+    }
 }
 
 /// The last lines of a command's output, on one line.
@@ -121,59 +91,3 @@ fn tail(out: &str) -> String {
     lines[lines.len().saturating_sub(4)..].join(" | ")
 }
 
-/// A tar archive holding `path` (with its parent directory) with `data`:
-/// what Docker's archive endpoint takes. Plain ustar, one file.
-pub fn tar(path: &str, data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2048 + data.len());
-    if let Some((dir, _)) = path.rsplit_once('/') {
-        out.extend(header(&format!("{dir}/"), 0o755, 0, b'5'));
-    }
-    out.extend(header(path, 0o644, data.len() as u64, b'0'));
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512, 0);
-    out.resize(out.len() + 1024, 0);
-    out
-}
-
-fn header(name: &str, mode: u32, size: u64, kind: u8) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    let put = |h: &mut [u8; 512], at: usize, s: &[u8]| h[at..at + s.len()].copy_from_slice(s);
-    put(&mut h, 0, &name.as_bytes()[..name.len().min(100)]);
-    put(&mut h, 100, format!("{mode:07o}\0").as_bytes());
-    put(&mut h, 108, b"0000000\0");
-    put(&mut h, 116, b"0000000\0");
-    put(&mut h, 124, format!("{size:011o}\0").as_bytes());
-    let mtime = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    put(&mut h, 136, format!("{mtime:011o}\0").as_bytes());
-    put(&mut h, 148, b"        ");
-    h[156] = kind;
-    put(&mut h, 257, b"ustar\0");
-    put(&mut h, 263, b"00");
-    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-    put(&mut h, 148, format!("{sum:06o}\0 ").as_bytes());
-    h
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_archive_holds_the_directory_and_the_file_in_512_byte_blocks() {
-        let t = tar("routes.d/routes.conf", b"hello\n");
-        assert_eq!(t.len() % 512, 0);
-        assert_eq!(&t[0..9], b"routes.d/");
-        assert_eq!(t[156], b'5');
-        assert_eq!(&t[512..532], b"routes.d/routes.conf");
-        assert_eq!(&t[1024..1030], b"hello\n");
-        // The checksum is the byte sum with the field read as spaces.
-        let h = &t[512..1024];
-        let mut sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-        sum -= h[148..156].iter().map(|b| u32::from(*b)).sum::<u32>();
-        sum += 8 * u32::from(b' ');
-        let field = std::str::from_utf8(&h[148..154]).unwrap();
-        assert_eq!(u32::from_str_radix(field, 8).unwrap(), sum);
-    }
-}

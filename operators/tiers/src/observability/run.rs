@@ -13,12 +13,10 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use bollard::query_parameters::UploadToContainerOptionsBuilder;
 use infra_proto::bus::v1::ObservedService;
 use operator_core::TierContext;
 
 use super::targets::{self, Problem};
-use crate::gateway::nginx::tar;
 
 /// Where `targets.json` goes in the Prometheus container (a volume: see
 /// the module documentation; `prometheus.yml` reads `targets/*.json` here).
@@ -132,20 +130,12 @@ async fn write_once(ctx: &TierContext, service: &str, coordinators: &[(String, S
 }
 
 async fn upload(ctx: &TierContext, container: &str, text: &str) -> Result<(), String> {
-    let opts = UploadToContainerOptionsBuilder::default().path(TARGETS_DIR).build();
-    let body = bollard::body_full(tar(TARGETS_FILE, text.as_bytes()).into());
-    tokio::time::timeout(
-        TIMEOUT,
-        ctx.docker.raw().upload_to_container(container, Some(opts), body),
-    )
-    .await
-    .map_err(|_| format!("copying {TARGETS_FILE} into {container} timed out"))?
-    .map_err(|e| {
-        format!(
-            "copying {TARGETS_FILE} into {container}:{TARGETS_DIR}: {e} (is a volume mounted there? \
-             the container's root filesystem is read-only)"
-        )
-    })
+    ctx.docker
+        .write_file(container, TARGETS_DIR, TARGETS_FILE, text.as_bytes(), TIMEOUT)
+        .await
+        .map_err(|e| {
+            format!("{e} (is a volume mounted at {TARGETS_DIR}? the container's root filesystem is read-only)")
+        })
 }
 
 /// The running container of `service` of this tier on this host.
