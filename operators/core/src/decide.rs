@@ -10,6 +10,76 @@ use infra_proto::bus::v1::{ContainerStatus, DesiredService, Health, ServiceSpec}
 
 use crate::spec;
 
+/// A container's state, as Docker names it (`docker inspect`'s
+/// `State.Status`). Compared as a type, never as a string.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ContainerState {
+    /// Made, never started (or held).
+    Created,
+    /// Running.
+    Running,
+    /// Paused by someone.
+    Paused,
+    /// Docker is restarting it (its restart policy).
+    Restarting,
+    /// Being removed.
+    Removing,
+    /// Stopped, with an exit code.
+    Exited,
+    /// Could not be stopped or removed cleanly.
+    Dead,
+    /// A state this build does not know.
+    #[default]
+    Unknown,
+}
+
+impl ContainerState {
+    /// From Docker's word.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "created" => Self::Created,
+            "running" => Self::Running,
+            "paused" => Self::Paused,
+            "restarting" => Self::Restarting,
+            "removing" => Self::Removing,
+            "exited" => Self::Exited,
+            "dead" => Self::Dead,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// Docker's word (what observed state carries).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Restarting => "restarting",
+            Self::Removing => "removing",
+            Self::Exited => "exited",
+            Self::Dead => "dead",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// Every state, for metrics that list each.
+    pub const ALL: [Self; 7] = [
+        Self::Running,
+        Self::Created,
+        Self::Restarting,
+        Self::Exited,
+        Self::Paused,
+        Self::Dead,
+        Self::Removing,
+    ];
+}
+
+impl std::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the operator knows of one of its containers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Container {
@@ -23,8 +93,8 @@ pub struct Container {
     pub replica: u32,
     /// Spec hash from the label.
     pub spec_hash: String,
-    /// Docker state: created, running, restarting, exited, paused, dead.
-    pub state: String,
+    /// Docker's state.
+    pub state: ContainerState,
     /// Docker health: starting, healthy, unhealthy, or `None` without a check.
     pub health: Option<String>,
     /// Exit code of the last run.
@@ -284,12 +354,19 @@ pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec
         let mut list = by_replica.remove(&replica).unwrap_or_default();
         // Keep the best candidate: right spec first, then running, then
         // one this platform made.
-        list.sort_by_key(|c| (c.spec_hash != hash, c.state != "running", !made_here(c), c.id.clone()));
+        list.sort_by_key(|c| {
+            (
+                c.spec_hash != hash,
+                c.state != ContainerState::Running,
+                !made_here(c),
+                c.id.clone(),
+            )
+        });
         let Some((keep, extra)) = list.split_first() else {
             ops.push(Op::Create { replica, start: !hold });
             continue;
         };
-        if keep.spec_hash != hash && keep.state == "running" && !hold {
+        if keep.spec_hash != hash && keep.state == ContainerState::Running && !hold {
             // Create the new one beside it; the old one serves meanwhile.
             ops.push(Op::CreateNext {
                 replica,
@@ -301,7 +378,7 @@ pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec
         // Start-first: the old container goes only once the new one is up.
         let handover = d.start_first && keep.spec_hash == hash && !ready(target, keep);
         for c in extra {
-            if handover && c.state == "running" {
+            if handover && c.state == ContainerState::Running {
                 continue;
             }
             let why = if c.spec_hash != keep.spec_hash && keep.spec_hash == hash {
@@ -324,19 +401,19 @@ pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec
             });
             continue;
         }
-        match keep.state.as_str() {
-            "running" if keep.health.as_deref() == Some("unhealthy") => {
+        match keep.state {
+            ContainerState::Running if keep.health.as_deref() == Some("unhealthy") => {
                 ops.push(Op::Restart {
                     id: keep.id.clone(),
                     replica,
                 });
             }
-            "created" if !hold => ops.push(Op::Start {
+            ContainerState::Created if !hold => ops.push(Op::Start {
                 id: keep.id.clone(),
                 replica,
                 restart: false,
             }),
-            "exited" | "dead" if !spec::exited_for_good(target, keep.exit_code) => {
+            ContainerState::Exited | ContainerState::Dead if !spec::exited_for_good(target, keep.exit_code) => {
                 ops.push(Op::Start {
                     id: keep.id.clone(),
                     replica,
@@ -353,15 +430,15 @@ pub fn decide(desired: Option<&DesiredService>, containers: &[Container]) -> Vec
 
 /// Health of one container as the platform reports it.
 pub fn container_health(spec: Option<&ServiceSpec>, c: &Container) -> Health {
-    match c.state.as_str() {
-        "running" => match c.health.as_deref() {
+    match c.state {
+        ContainerState::Running => match c.health.as_deref() {
             Some("healthy") => Health::Healthy,
             Some("unhealthy") => Health::Unhealthy,
             Some(_) => Health::Starting,
             None => Health::Running,
         },
-        "created" | "restarting" => Health::Starting,
-        "exited" | "dead" => {
+        ContainerState::Created | ContainerState::Restarting => Health::Starting,
+        ContainerState::Exited | ContainerState::Dead => {
             let done = spec.is_some_and(|s| spec::exited_for_good(s, c.exit_code));
             match (done, c.exit_code) {
                 (true, 0) => Health::Completed,
@@ -431,7 +508,7 @@ mod tests {
             service: "web".into(),
             replica,
             spec_hash: infra_proto::spec::spec_hash(d.spec.as_ref().unwrap()),
-            state: "running".into(),
+            state: ContainerState::Running,
             health: None,
             exit_code: 0,
             started_at: None,
@@ -468,7 +545,7 @@ mod tests {
             }]
         );
         let mut created = running(&d, "a", 1);
-        created.state = "created".into();
+        created.state = ContainerState::Created;
         assert!(
             decide(Some(&d), std::slice::from_ref(&created)).is_empty(),
             "held: not started"
@@ -515,7 +592,7 @@ mod tests {
         // The new one created beside it: the old one stops, then only a
         // start is left.
         let mut next = running(&d, "n", 1);
-        next.state = "created".into();
+        next.state = ContainerState::Created;
         assert_eq!(
             decide(Some(&d), &[old.clone(), next]),
             vec![
@@ -535,7 +612,7 @@ mod tests {
         );
         // An old container that is not running is simply recreated.
         let mut dead = old;
-        dead.state = "exited".into();
+        dead.state = ContainerState::Exited;
         assert_eq!(
             decide(Some(&d), &[dead]),
             vec![Op::Recreate {
@@ -622,7 +699,7 @@ mod tests {
         let d = desired(1);
         let good = running(&d, "good", 1);
         let mut stale = running(&d, "stale", 1);
-        stale.state = "exited".into();
+        stale.state = ContainerState::Exited;
         assert_eq!(
             decide(Some(&d), &[stale, good]),
             vec![Op::Remove {
@@ -668,7 +745,7 @@ mod tests {
         let mut sick = running(&d, "a", 1);
         sick.health = Some("unhealthy".into());
         let mut dead = running(&d, "b", 2);
-        dead.state = "exited".into();
+        dead.state = ContainerState::Exited;
         dead.exit_code = 137;
         assert_eq!(
             decide(Some(&d), &[sick, dead]),
@@ -691,7 +768,7 @@ mod tests {
         let mut d = desired(1);
         d.spec.as_mut().unwrap().restart = "no".into();
         let mut done = running(&d, "a", 1);
-        done.state = "exited".into();
+        done.state = ContainerState::Exited;
         assert!(decide(Some(&d), std::slice::from_ref(&done)).is_empty());
         let spec = d.spec.as_ref().unwrap();
         assert_eq!(container_health(Some(spec), &done), Health::Completed);

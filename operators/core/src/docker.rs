@@ -223,7 +223,9 @@ impl DockerClient {
             service: labels.get(labels::SERVICE).cloned().unwrap_or_default(),
             replica: labels.get(labels::REPLICA).and_then(|r| r.parse().ok()).unwrap_or(0),
             spec_hash: labels.get(labels::SPEC_HASH).cloned().unwrap_or_default(),
-            state: state.status.map(|s| s.to_string()).unwrap_or_default(),
+            state: state.status.map_or(crate::decide::ContainerState::Unknown, |s| {
+                crate::decide::ContainerState::parse(s.as_ref())
+            }),
             health: state
                 .health
                 .and_then(|h| h.status)

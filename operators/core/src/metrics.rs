@@ -268,8 +268,8 @@ impl OperatorMetrics {
             *states.entry(c.state.clone()).or_default() += 1;
         }
         // A state nobody is in any more reads 0 rather than vanishing.
-        for s in ["running", "created", "restarting", "exited", "paused", "dead"] {
-            states.entry(s.to_owned()).or_default();
+        for s in crate::decide::ContainerState::ALL {
+            states.entry(s.as_str().to_owned()).or_default();
         }
         for (state, n) in states {
             self.containers.get_or_create(&StateLabel { state }).set(n);

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::decide::{self, Container, Op, RestartHistory, RestartPolicy, RestartVerdict};
+use crate::decide::{self, Container, ContainerState, Op, RestartHistory, RestartPolicy, RestartVerdict};
 use crate::docker::{DockerClient, DockerError};
 use crate::events::{EventSink, short};
 use crate::spec;
@@ -368,7 +368,7 @@ struct WorkerState {
     restarts: HashMap<u32, RestartHistory>,
     exhausted: HashSet<u32>,
     /// Last seen (state, health) per container id, to turn changes into events.
-    seen: HashMap<String, (String, Option<String>)>,
+    seen: HashMap<String, (ContainerState, Option<String>)>,
     /// Why the service cannot be brought up, when it cannot.
     failure: Option<String>,
     last_published: Option<ObservedService>,
@@ -474,7 +474,7 @@ fn to_status(spec: Option<&ServiceSpec>, c: &Container, restarts: u32) -> Contai
         id: c.id.clone(),
         name: c.name.clone(),
         replica: c.replica,
-        state: c.state.clone(),
+        state: c.state.as_str().to_owned(),
         health: decide::container_health(spec, c) as i32,
         started_at: c.started_at,
         image: c.image.clone(),
@@ -507,7 +507,11 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
             Op::Remove { id, .. } => Some(id.clone()),
             _ => None,
         })
-        .filter(|id| containers.iter().any(|c| &c.id == id && c.state == "running"))
+        .filter(|id| {
+            containers
+                .iter()
+                .any(|c| &c.id == id && c.state == ContainerState::Running)
+        })
         .collect();
     if !leaving.is_empty() && !ctx.route_drain.is_zero() && has_routes(desired.as_ref()) {
         let staying: Vec<Container> = containers
@@ -545,7 +549,7 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
                 match create(ctx, spec, replica, None).await {
                     Ok(id) => {
                         st.failure = None;
-                        st.seen.insert(id.clone(), ("created".into(), None));
+                        st.seen.insert(id.clone(), (ContainerState::Created, None));
                         let why = if start {
                             ""
                         } else {
@@ -584,7 +588,7 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
                 match create(ctx, spec, replica, Some(name)).await {
                     Ok(new_id) => {
                         st.failure = None;
-                        st.seen.insert(new_id.clone(), ("created".into(), None));
+                        st.seen.insert(new_id.clone(), (ContainerState::Created, None));
                         let why = if start {
                             format!("start-first: beside {beside}")
                         } else {
@@ -635,7 +639,7 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
                     .await;
                 st.seen.remove(&id);
                 let new_id = create(ctx, spec, replica, None).await?;
-                st.seen.insert(new_id.clone(), ("created".into(), None));
+                st.seen.insert(new_id.clone(), (ContainerState::Created, None));
                 st.failure = None;
                 st.restarts.remove(&replica);
                 st.exhausted.remove(&replica);
@@ -665,7 +669,9 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
                 restart: true,
             }
             | Op::Restart { id, replica } => {
-                let unhealthy = containers.iter().any(|c| c.id == id && c.state == "running");
+                let unhealthy = containers
+                    .iter()
+                    .any(|c| c.id == id && c.state == ContainerState::Running);
                 let history = st.restarts.entry(replica).or_default();
                 match history.verdict(&ctx.restart, now) {
                     RestartVerdict::Now => {
@@ -714,8 +720,17 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
                 // the gap is a stop and a start.
                 let successor = containers
                     .iter()
-                    .find(|c| c.replica == replica && c.id != id && c.state == "created" && !c.spec_hash.is_empty())
-                    .filter(|_| containers.iter().any(|c| c.id == id && c.state == "running"));
+                    .find(|c| {
+                        c.replica == replica
+                            && c.id != id
+                            && c.state == ContainerState::Created
+                            && !c.spec_hash.is_empty()
+                    })
+                    .filter(|_| {
+                        containers
+                            .iter()
+                            .any(|c| c.id == id && c.state == ContainerState::Running)
+                    });
                 let Some(n) = successor else {
                     plain_removals.push((id, replica, why));
                     continue;
@@ -809,9 +824,9 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
     }
     publish_observed(ctx, service, desired.as_ref(), spec.as_ref(), &containers, st).await;
 
-    let settling = containers
-        .iter()
-        .any(|c| matches!(decide::container_health(spec.as_ref(), c), Health::Starting) || c.state == "restarting");
+    let settling = containers.iter().any(|c| {
+        matches!(decide::container_health(spec.as_ref(), c), Health::Starting) || c.state == ContainerState::Restarting
+    });
     if matches!(next, Next::Idle) && (settling || acted) {
         next = Next::After(Duration::from_secs(if settling { 5 } else { 1 }));
     }
@@ -932,7 +947,7 @@ fn apply_probes(ctx: &Ctx, service: &str, spec: Option<&ServiceSpec>, containers
     let live: HashSet<Run> = containers.iter().map(run_of).collect();
     probes.retain(|run, _| live.contains(run));
     for c in containers.iter_mut() {
-        let starting = c.state == "running" && c.health.as_deref() == Some("starting");
+        let starting = c.state == ContainerState::Running && c.health.as_deref() == Some("starting");
         if !starting {
             continue;
         }
@@ -968,7 +983,10 @@ async fn probe(
     let id = run.0.clone();
     loop {
         match docker.inspect(&id).await {
-            Ok(Some(c)) if c.state == "running" && c.health.as_deref() == Some("starting") && run_of(&c) == run => {}
+            Ok(Some(c))
+                if c.state == ContainerState::Running
+                    && c.health.as_deref() == Some("starting")
+                    && run_of(&c) == run => {}
             _ => return,
         }
         if let Ok(Some(0)) = docker.exec(&id, cmd.clone(), timeout).await {
@@ -1002,13 +1020,13 @@ fn grace(ctx: &Ctx, spec: &ServiceSpec) -> Duration {
 
 async fn emit_changes(ctx: &Ctx, service: &str, containers: &[Container], st: &mut WorkerState) {
     for c in containers {
-        let now = (c.state.clone(), c.health.clone());
+        let now = (c.state, c.health.clone());
         let before = st.seen.insert(c.id.clone(), now.clone());
         match before {
             None => {
                 // First sight of a container this process did not create:
                 // adopted (after an operator restart).
-                if c.state == "running" {
+                if c.state == ContainerState::Running {
                     ctx.events.emit(EventKind::Adopted, service, &c.id, c.replica, "").await;
                 }
                 if c.health.as_deref() == Some("healthy") {
@@ -1017,7 +1035,7 @@ async fn emit_changes(ctx: &Ctx, service: &str, containers: &[Container], st: &m
             }
             Some(prev) if prev == now => {}
             Some((prev_state, prev_health)) => {
-                if prev_state == "running" && c.state != "running" {
+                if prev_state == ContainerState::Running && c.state != ContainerState::Running {
                     ctx.events
                         .emit(
                             EventKind::Died,
@@ -1028,7 +1046,7 @@ async fn emit_changes(ctx: &Ctx, service: &str, containers: &[Container], st: &m
                         )
                         .await;
                 }
-                if c.state == "running" && prev_health != c.health {
+                if c.state == ContainerState::Running && prev_health != c.health {
                     match c.health.as_deref() {
                         Some("healthy") => ctx.events.emit(EventKind::Healthy, service, &c.id, c.replica, "").await,
                         Some("unhealthy") => {
@@ -1120,7 +1138,7 @@ async fn publish_observed(
         spec_hash: spec.map(infra_proto::spec::spec_hash).unwrap_or_default(),
         generation: desired.map_or(0, |d| d.generation),
         desired_replicas: want,
-        running_replicas: containers.iter().filter(|c| c.state == "running").count() as u32,
+        running_replicas: containers.iter().filter(|c| c.state == ContainerState::Running).count() as u32,
         healthy_replicas: statuses
             .iter()
             .filter(|s| matches!(s.health(), Health::Healthy | Health::Running | Health::Completed))

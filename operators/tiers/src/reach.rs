@@ -17,7 +17,8 @@ use infra_proto::bus::v1::{ContainerStatus, DesiredService, Health};
 /// Whether a container takes requests: running, and healthy or without a
 /// health check.
 pub fn serving(c: &ContainerStatus) -> bool {
-    c.state == "running" && matches!(c.health(), Health::Healthy | Health::Running)
+    operator_core::decide::ContainerState::parse(&c.state) == operator_core::decide::ContainerState::Running
+        && matches!(c.health(), Health::Healthy | Health::Running)
 }
 
 /// Where the caller is: its host, and the networks its container is on.

@@ -727,7 +727,9 @@ async fn report(ctx: &TierContext, st: &mut State, cluster: &str, service: &str,
 fn running_container(o: &ObservedService) -> Option<String> {
     o.containers
         .iter()
-        .filter(|c| c.state == "running")
+        .filter(|c| {
+            operator_core::decide::ContainerState::parse(&c.state) == operator_core::decide::ContainerState::Running
+        })
         .min_by_key(|c| c.replica)
         .map(|c| c.id.clone())
 }

@@ -90,4 +90,3 @@ fn tail(out: &str) -> String {
     let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(4)..].join(" | ")
 }
-

@@ -145,7 +145,9 @@ fn running(observed: &[ObservedService], host: &str, tier: &str, service: &str) 
         .find(|o| o.host == host && o.tier == tier && o.service == service)?
         .containers
         .iter()
-        .filter(|c| c.state == "running")
+        .filter(|c| {
+            operator_core::decide::ContainerState::parse(&c.state) == operator_core::decide::ContainerState::Running
+        })
         .min_by_key(|c| c.replica)
         .map(|c| c.id.clone())
 }
