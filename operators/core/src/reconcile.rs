@@ -484,177 +484,84 @@ fn to_status(spec: Option<&ServiceSpec>, c: &Container, restarts: u32) -> Contai
     }
 }
 
+/// What one pass acts on, read once at its start.
+struct Pass {
+    service: String,
+    desired: Option<DesiredService>,
+    /// The desired spec, when the service is wanted here.
+    spec: Option<ServiceSpec>,
+    /// Desired state has been read from the bus at least once: only then
+    /// may anything be removed.
+    loaded: bool,
+    containers: Vec<Container>,
+    now: Instant,
+}
+
+impl Pass {
+    /// The spec replica `replica` must run (the previous one for replicas
+    /// a rolling update has not reached).
+    fn target(&self, replica: u32) -> Option<&ServiceSpec> {
+        self.desired.as_ref().and_then(|d| decide::target_spec(d, replica))
+    }
+
+    fn grace(&self, ctx: &Ctx) -> Duration {
+        self.spec.as_ref().map_or(ctx.stop_grace, |s| grace(ctx, s))
+    }
+
+    fn running(&self, id: &str) -> bool {
+        self.containers
+            .iter()
+            .any(|c| c.id == id && c.state == ContainerState::Running)
+    }
+}
+
+/// What the ops of a pass leave for its end.
+struct Outcome {
+    next: Next,
+    /// Stopped in a stop-first handover: removed once the successor started.
+    stopped: Vec<String>,
+    /// Surplus, strays and what is no longer wanted: removed together at
+    /// the end of the pass, a few at a time, so scaling down a hundred
+    /// replicas does not take a hundred stop grace periods.
+    surplus: Vec<(String, u32, decide::Removal)>,
+    creates: usize,
+}
+
 async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Result<Next, DockerError> {
     let desired = ctx.desired.read().await.get(service).cloned();
-    let loaded = ctx.desired_loaded.load(Ordering::SeqCst);
-    let mut containers = ctx.docker.list_owned(&ctx.host, &ctx.tier, Some(service)).await?;
     let spec = desired.as_ref().filter(|d| !d.absent).and_then(|d| d.spec.clone());
+    let mut containers = ctx.docker.list_owned(&ctx.host, &ctx.tier, Some(service)).await?;
     apply_probes(ctx, service, spec.as_ref(), &mut containers);
+    let pass = Pass {
+        service: service.to_owned(),
+        desired,
+        spec,
+        loaded: ctx.desired_loaded.load(Ordering::SeqCst),
+        containers,
+        now: Instant::now(),
+    };
+    emit_changes(ctx, service, &pass.containers, st).await;
 
-    emit_changes(ctx, service, &containers, st).await;
-
-    let mut ops = decide::decide(desired.as_ref(), &containers);
-    if !loaded {
+    let mut ops = decide::decide(pass.desired.as_ref(), &pass.containers);
+    if !pass.loaded {
         ops.retain(|op| !matches!(op, Op::Remove { .. }));
     }
-    // Running containers about to stop, of a service the gateway routes
-    // to: take them out of the observed state first (the gateway renders
-    // routes from it) and give the gateway time to reload, so no request is
-    // sent to a container that is going away.
-    let leaving: Vec<String> = ops
-        .iter()
-        .filter_map(|op| match op {
-            Op::Remove { id, .. } => Some(id.clone()),
-            _ => None,
-        })
-        .filter(|id| {
-            containers
-                .iter()
-                .any(|c| &c.id == id && c.state == ContainerState::Running)
-        })
-        .collect();
-    if !leaving.is_empty() && !ctx.route_drain.is_zero() && has_routes(desired.as_ref()) {
-        let staying: Vec<Container> = containers
-            .iter()
-            .filter(|c| !leaving.contains(&c.id))
-            .cloned()
-            .collect();
-        publish_observed(ctx, service, desired.as_ref(), spec.as_ref(), &staying, st).await;
-        tokio::time::sleep(ctx.route_drain).await;
-    }
-    warn_strays(ctx, service, desired.as_ref(), &containers, &ops, st).await;
-    let mut next = Next::Idle;
+    drain_routes(ctx, &pass, &ops, st).await;
+    warn_strays(ctx, service, pass.desired.as_ref(), &pass.containers, &ops, st).await;
     let acted = !ops.is_empty();
-    let mut removals: Vec<String> = Vec::new();
-    // Surplus and strays: removed together at the end of the pass, a few
-    // at a time, so scaling down a hundred replicas does not take a
-    // hundred stop grace periods.
-    let mut plain_removals: Vec<(String, u32, decide::Removal)> = Vec::new();
-    let mut creates = 0usize;
-    let now = Instant::now();
+    let mut out = Outcome {
+        next: Next::Idle,
+        stopped: Vec::new(),
+        surplus: Vec::new(),
+        creates: 0,
+    };
     for op in ops {
         match op {
-            Op::Create { replica, start } => {
-                let Some(spec) = desired.as_ref().and_then(|d| decide::target_spec(d, replica)) else {
-                    continue;
-                };
-                // A few creates per pass, then look again: the observed
-                // state is published in between, and a newer desired
-                // state (a scale back down) takes over at once.
-                if creates >= CREATES_PER_PASS || superseded(ctx, service, desired.as_ref()).await {
-                    next = Next::After(Duration::ZERO);
-                    continue;
-                }
-                creates += 1;
-                match create(ctx, spec, replica, None).await {
-                    Ok(id) => {
-                        st.failure = None;
-                        st.seen.insert(id.clone(), (ContainerState::Created, None));
-                        let why = if start {
-                            ""
-                        } else {
-                            "held until its dependencies are ready"
-                        };
-                        ctx.events.emit(EventKind::Created, service, &id, replica, why).await;
-                        if start {
-                            ctx.docker.start(&id).await?;
-                            ctx.events.emit(EventKind::Started, service, &id, replica, "").await;
-                        }
-                    }
-                    Err(e) => {
-                        let msg = e.to_string();
-                        if st.failure.as_deref() != Some(msg.as_str()) {
-                            ctx.events
-                                .emit(EventKind::ReconcileFailed, service, "", replica, msg.clone())
-                                .await;
-                        }
-                        st.failure = Some(msg);
-                        next = Next::After(Duration::from_secs(15));
-                    }
-                }
-            }
+            Op::Create { replica, start } => create_replica(ctx, &pass, st, &mut out, replica, start).await?,
             Op::CreateNext { replica, beside, start } => {
-                let Some(spec) = desired.as_ref().and_then(|d| decide::target_spec(d, replica)) else {
-                    continue;
-                };
-                // The new container needs a name of its own while the old
-                // one runs: the plain name when the old one has the other.
-                let plain = spec::container_name(spec, replica);
-                let name = if beside == plain {
-                    format!("{plain}-{}", &infra_proto::spec::spec_hash(spec)[..6])
-                } else {
-                    plain
-                };
-                match create(ctx, spec, replica, Some(name)).await {
-                    Ok(new_id) => {
-                        st.failure = None;
-                        st.seen.insert(new_id.clone(), (ContainerState::Created, None));
-                        let why = if start {
-                            format!("start-first: beside {beside}")
-                        } else {
-                            format!("stop-first: created beside {beside}, starts once it stops")
-                        };
-                        ctx.events
-                            .emit(EventKind::Created, service, &new_id, replica, why)
-                            .await;
-                        if start {
-                            ctx.docker.start(&new_id).await?;
-                            ctx.events.emit(EventKind::Started, service, &new_id, replica, "").await;
-                        }
-                        // Stop-first: the next pass removes the old one and
-                        // starts this one.
-                        next = Next::After(Duration::from_millis(10));
-                    }
-                    Err(e) => {
-                        let msg = e.to_string();
-                        if st.failure.as_deref() != Some(msg.as_str()) {
-                            ctx.events
-                                .emit(EventKind::ReconcileFailed, service, "", replica, msg.clone())
-                                .await;
-                        }
-                        st.failure = Some(msg);
-                        next = Next::After(Duration::from_secs(15));
-                    }
-                }
+                create_beside(ctx, &pass, st, &mut out, replica, &beside, start).await?;
             }
-            Op::Recreate { id, replica } => {
-                let Some(spec) = desired.as_ref().and_then(|d| decide::target_spec(d, replica)) else {
-                    continue;
-                };
-                // Pull before stopping: a bad image must not take the old one down.
-                if let Err(e) = ctx.docker.ensure_image(&spec.image, ctx.pull_timeout).await {
-                    let msg = e.to_string();
-                    if st.failure.as_deref() != Some(msg.as_str()) {
-                        ctx.events
-                            .emit(EventKind::ReconcileFailed, service, &id, replica, msg.clone())
-                            .await;
-                    }
-                    st.failure = Some(msg);
-                    next = Next::After(Duration::from_secs(15));
-                    continue;
-                }
-                ctx.docker.remove(&id, grace(ctx, spec)).await?;
-                ctx.events
-                    .emit(EventKind::Removed, service, &id, replica, "spec changed")
-                    .await;
-                st.seen.remove(&id);
-                let new_id = create(ctx, spec, replica, None).await?;
-                st.seen.insert(new_id.clone(), (ContainerState::Created, None));
-                st.failure = None;
-                st.restarts.remove(&replica);
-                st.exhausted.remove(&replica);
-                ctx.events
-                    .emit(
-                        EventKind::Recreated,
-                        service,
-                        &new_id,
-                        replica,
-                        format!("replaces {}", short(&id)),
-                    )
-                    .await;
-                ctx.docker.start(&new_id).await?;
-                ctx.events.emit(EventKind::Started, service, &new_id, replica, "").await;
-            }
+            Op::Recreate { id, replica } => recreate(ctx, &pass, st, &mut out, &id, replica).await?,
             Op::Start {
                 id,
                 replica,
@@ -663,143 +570,361 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
                 ctx.docker.start(&id).await?;
                 ctx.events.emit(EventKind::Started, service, &id, replica, "").await;
             }
-            Op::Start {
-                id,
-                replica,
-                restart: true,
+            Op::Start { id, replica, .. } | Op::Restart { id, replica } => {
+                restart(ctx, &pass, st, &mut out, &id, replica).await?;
             }
-            | Op::Restart { id, replica } => {
-                let unhealthy = containers
-                    .iter()
-                    .any(|c| c.id == id && c.state == ContainerState::Running);
-                let history = st.restarts.entry(replica).or_default();
-                match history.verdict(&ctx.restart, now) {
-                    RestartVerdict::Now => {
-                        history.record(now);
-                        let n = history.count();
-                        let reason = if unhealthy {
-                            format!("unhealthy; restart {n} of {} allowed", ctx.restart.budget)
-                        } else {
-                            let code = containers.iter().find(|c| c.id == id).map_or(0, |c| c.exit_code);
-                            format!("exited with code {code}; restart {n} of {} allowed", ctx.restart.budget)
-                        };
-                        if unhealthy {
-                            let g = spec.as_ref().map_or(ctx.stop_grace, |s| grace(ctx, s));
-                            ctx.docker.restart(&id, g).await?;
-                        } else {
-                            ctx.docker.start(&id).await?;
-                        }
-                        ctx.events
-                            .emit(EventKind::Restarted, service, &id, replica, reason)
-                            .await;
-                        next = Next::After(Duration::from_secs(2));
-                    }
-                    RestartVerdict::NotBefore(at) => {
-                        next = Next::After(at.saturating_duration_since(now) + Duration::from_millis(10));
-                    }
-                    RestartVerdict::Exhausted => {
-                        if st.exhausted.insert(replica) {
-                            let reason = format!(
-                                "{} restarts within {}s; not restarting until the window frees up",
-                                ctx.restart.budget,
-                                ctx.restart.window.as_secs()
-                            );
-                            ctx.events
-                                .emit(EventKind::RestartBudgetExhausted, service, &id, replica, reason)
-                                .await;
-                        }
-                        next = Next::After(Duration::from_secs(30));
-                    }
-                }
+            Op::Remove { id, replica, why } => remove(ctx, &pass, st, &mut out, id, replica, why).await?,
+        }
+    }
+    for id in &out.stopped {
+        ctx.docker.remove_stopped(id).await?;
+    }
+    remove_surplus(ctx, &pass, st, std::mem::take(&mut out.surplus)).await?;
+    settle(ctx, pass, st, out.next, acted).await
+}
+
+/// The one failure path of a pass's ops: a container could not be made
+/// (an image that cannot be had, a secret that cannot be written, a
+/// config Docker refuses). Said once per distinct reason, kept as the
+/// service's failure in observed state, tried again in 15 s.
+async fn could_not_make(
+    ctx: &Ctx,
+    pass: &Pass,
+    st: &mut WorkerState,
+    out: &mut Outcome,
+    id: &str,
+    replica: u32,
+    e: DockerError,
+) {
+    let msg = e.to_string();
+    if st.failure.as_deref() != Some(msg.as_str()) {
+        ctx.events
+            .emit(EventKind::ReconcileFailed, &pass.service, id, replica, msg.clone())
+            .await;
+    }
+    st.failure = Some(msg);
+    out.next = Next::After(Duration::from_secs(15));
+}
+
+/// Running containers about to stop, of a service the gateway routes to:
+/// taken out of the observed state first (the gateway renders routes from
+/// it), and the gateway given time to reload, so no request is sent to a
+/// container that is going away.
+async fn drain_routes(ctx: &Ctx, pass: &Pass, ops: &[Op], st: &mut WorkerState) {
+    let leaving: Vec<&str> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Remove { id, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .filter(|id| pass.running(id))
+        .collect();
+    if leaving.is_empty() || ctx.route_drain.is_zero() || !has_routes(pass.desired.as_ref()) {
+        return;
+    }
+    let staying: Vec<Container> = pass
+        .containers
+        .iter()
+        .filter(|c| !leaving.contains(&c.id.as_str()))
+        .cloned()
+        .collect();
+    publish_observed(
+        ctx,
+        &pass.service,
+        pass.desired.as_ref(),
+        pass.spec.as_ref(),
+        &staying,
+        st,
+    )
+    .await;
+    tokio::time::sleep(ctx.route_drain).await;
+}
+
+/// A new replica: created (and started, unless held). A few per pass, then
+/// the worker looks again: the observed state is published in between,
+/// and a newer desired state (a scale back down) takes over at once.
+async fn create_replica(
+    ctx: &Ctx,
+    pass: &Pass,
+    st: &mut WorkerState,
+    out: &mut Outcome,
+    replica: u32,
+    start: bool,
+) -> Result<(), DockerError> {
+    let Some(spec) = pass.target(replica) else {
+        return Ok(());
+    };
+    if out.creates >= CREATES_PER_PASS || superseded(ctx, &pass.service, pass.desired.as_ref()).await {
+        out.next = Next::After(Duration::ZERO);
+        return Ok(());
+    }
+    out.creates += 1;
+    let id = match create(ctx, spec, replica, None).await {
+        Ok(id) => id,
+        Err(e) => {
+            could_not_make(ctx, pass, st, out, "", replica, e).await;
+            return Ok(());
+        }
+    };
+    st.failure = None;
+    st.seen.insert(id.clone(), (ContainerState::Created, None));
+    let why = if start {
+        ""
+    } else {
+        "held until its dependencies are ready"
+    };
+    ctx.events
+        .emit(EventKind::Created, &pass.service, &id, replica, why)
+        .await;
+    if start {
+        ctx.docker.start(&id).await?;
+        ctx.events
+            .emit(EventKind::Started, &pass.service, &id, replica, "")
+            .await;
+    }
+    Ok(())
+}
+
+/// An update of a running replica: its new container made beside the old
+/// one, which serves meanwhile; started now (start-first), or left created
+/// so only `start` is left once the old one stops (stop-first).
+async fn create_beside(
+    ctx: &Ctx,
+    pass: &Pass,
+    st: &mut WorkerState,
+    out: &mut Outcome,
+    replica: u32,
+    beside: &str,
+    start: bool,
+) -> Result<(), DockerError> {
+    let Some(spec) = pass.target(replica) else {
+        return Ok(());
+    };
+    // The new container needs a name of its own while the old one runs:
+    // the plain name when the old one has the other.
+    let plain = spec::container_name(spec, replica);
+    let name = if beside == plain {
+        format!("{plain}-{}", &infra_proto::spec::spec_hash(spec)[..6])
+    } else {
+        plain
+    };
+    let id = match create(ctx, spec, replica, Some(name)).await {
+        Ok(id) => id,
+        Err(e) => {
+            could_not_make(ctx, pass, st, out, "", replica, e).await;
+            return Ok(());
+        }
+    };
+    st.failure = None;
+    st.seen.insert(id.clone(), (ContainerState::Created, None));
+    let why = if start {
+        format!("start-first: beside {beside}")
+    } else {
+        format!("stop-first: created beside {beside}, starts once it stops")
+    };
+    ctx.events
+        .emit(EventKind::Created, &pass.service, &id, replica, why)
+        .await;
+    if start {
+        ctx.docker.start(&id).await?;
+        ctx.events
+            .emit(EventKind::Started, &pass.service, &id, replica, "")
+            .await;
+    }
+    // Stop-first: the next pass removes the old one and starts this one.
+    out.next = Next::After(Duration::from_millis(10));
+    Ok(())
+}
+
+/// A container whose spec changed and that does not run: made again. The
+/// image is pulled before anything stops, so a bad image never takes the
+/// old one down.
+async fn recreate(
+    ctx: &Ctx,
+    pass: &Pass,
+    st: &mut WorkerState,
+    out: &mut Outcome,
+    id: &str,
+    replica: u32,
+) -> Result<(), DockerError> {
+    let Some(spec) = pass.target(replica) else {
+        return Ok(());
+    };
+    if let Err(e) = ctx.docker.ensure_image(&spec.image, ctx.pull_timeout).await {
+        could_not_make(ctx, pass, st, out, id, replica, e).await;
+        return Ok(());
+    }
+    let service = &pass.service;
+    ctx.docker.remove(id, grace(ctx, spec)).await?;
+    ctx.events
+        .emit(EventKind::Removed, service, id, replica, "spec changed")
+        .await;
+    st.seen.remove(id);
+    let new_id = create(ctx, spec, replica, None).await?;
+    st.seen.insert(new_id.clone(), (ContainerState::Created, None));
+    st.failure = None;
+    st.restarts.remove(&replica);
+    st.exhausted.remove(&replica);
+    ctx.events
+        .emit(
+            EventKind::Recreated,
+            service,
+            &new_id,
+            replica,
+            format!("replaces {}", short(id)),
+        )
+        .await;
+    ctx.docker.start(&new_id).await?;
+    ctx.events.emit(EventKind::Started, service, &new_id, replica, "").await;
+    Ok(())
+}
+
+/// An exited container started again, or an unhealthy one restarted,
+/// within the restart budget and its backoff.
+async fn restart(
+    ctx: &Ctx,
+    pass: &Pass,
+    st: &mut WorkerState,
+    out: &mut Outcome,
+    id: &str,
+    replica: u32,
+) -> Result<(), DockerError> {
+    let service = &pass.service;
+    let unhealthy = pass.running(id);
+    let history = st.restarts.entry(replica).or_default();
+    match history.verdict(&ctx.restart, pass.now) {
+        RestartVerdict::Now => {
+            history.record(pass.now);
+            let n = history.count();
+            let reason = if unhealthy {
+                format!("unhealthy; restart {n} of {} allowed", ctx.restart.budget)
+            } else {
+                let code = pass.containers.iter().find(|c| c.id == id).map_or(0, |c| c.exit_code);
+                format!("exited with code {code}; restart {n} of {} allowed", ctx.restart.budget)
+            };
+            if unhealthy {
+                ctx.docker.restart(id, pass.grace(ctx)).await?;
+            } else {
+                ctx.docker.start(id).await?;
             }
-            Op::Remove { id, replica, why } => {
-                let g = spec.as_ref().map_or(ctx.stop_grace, |s| grace(ctx, s));
-                // A stop-first update: the container created beside it takes
-                // its place now (it is started next in this pass). The old
-                // one is only stopped here and removed after that start, so
-                // the gap is a stop and a start.
-                let successor = containers
-                    .iter()
-                    .find(|c| {
-                        c.replica == replica
-                            && c.id != id
-                            && c.state == ContainerState::Created
-                            && !c.spec_hash.is_empty()
-                    })
-                    .filter(|_| {
-                        containers
-                            .iter()
-                            .any(|c| c.id == id && c.state == ContainerState::Running)
-                    });
-                let Some(n) = successor else {
-                    plain_removals.push((id, replica, why));
-                    continue;
-                };
-                ctx.docker.stop(&id, g).await?;
-                removals.push(id.clone());
+            ctx.events
+                .emit(EventKind::Restarted, service, id, replica, reason)
+                .await;
+            out.next = Next::After(Duration::from_secs(2));
+        }
+        RestartVerdict::NotBefore(at) => {
+            out.next = Next::After(at.saturating_duration_since(pass.now) + Duration::from_millis(10));
+        }
+        RestartVerdict::Exhausted => {
+            if st.exhausted.insert(replica) {
+                let reason = format!(
+                    "{} restarts within {}s; not restarting until the window frees up",
+                    ctx.restart.budget,
+                    ctx.restart.window.as_secs()
+                );
+                ctx.events
+                    .emit(EventKind::RestartBudgetExhausted, service, id, replica, reason)
+                    .await;
+            }
+            out.next = Next::After(Duration::from_secs(30));
+        }
+    }
+    Ok(())
+}
+
+/// A container to go. In a stop-first update the container created beside
+/// it takes its place now (it is started next in this pass): the old one
+/// is only stopped here and removed after that start, so the gap is a stop
+/// and a start. Anything else joins the surplus removed at the end.
+async fn remove(
+    ctx: &Ctx,
+    pass: &Pass,
+    st: &mut WorkerState,
+    out: &mut Outcome,
+    id: String,
+    replica: u32,
+    why: decide::Removal,
+) -> Result<(), DockerError> {
+    let successor = pass
+        .containers
+        .iter()
+        .find(|c| c.replica == replica && c.id != id && c.state == ContainerState::Created && !c.spec_hash.is_empty())
+        .filter(|_| pass.running(&id));
+    let Some(n) = successor else {
+        out.surplus.push((id, replica, why));
+        return Ok(());
+    };
+    ctx.docker.stop(&id, pass.grace(ctx)).await?;
+    st.seen.remove(&id);
+    ctx.events
+        .emit(EventKind::Removed, &pass.service, &id, replica, why.to_string())
+        .await;
+    st.restarts.remove(&replica);
+    st.exhausted.remove(&replica);
+    ctx.events
+        .emit(
+            EventKind::Recreated,
+            &pass.service,
+            &n.id,
+            replica,
+            format!("replaces {}", short(&id)),
+        )
+        .await;
+    out.stopped.push(id);
+    Ok(())
+}
+
+/// Removes the surplus, [`PARALLEL_REMOVALS`] at a time, each with its
+/// anonymous volumes; the first error is the pass's, after every removal
+/// was tried.
+async fn remove_surplus(
+    ctx: &Ctx,
+    pass: &Pass,
+    st: &mut WorkerState,
+    surplus: Vec<(String, u32, decide::Removal)>,
+) -> Result<(), DockerError> {
+    if surplus.is_empty() {
+        return Ok(());
+    }
+    let g = pass.grace(ctx);
+    let done: Vec<(String, u32, decide::Removal, Result<(), DockerError>)> =
+        futures::stream::iter(surplus.into_iter().map(|(id, replica, why)| async move {
+            let r = ctx.docker.remove(&id, g).await;
+            (id, replica, why, r)
+        }))
+        .buffer_unordered(PARALLEL_REMOVALS)
+        .collect()
+        .await;
+    let mut first_error = None;
+    for (id, replica, why, r) in done {
+        match r {
+            Ok(()) => {
                 st.seen.remove(&id);
                 ctx.events
-                    .emit(EventKind::Removed, service, &id, replica, why.to_string())
+                    .emit(EventKind::Removed, &pass.service, &id, replica, why.to_string())
                     .await;
-                st.restarts.remove(&replica);
-                st.exhausted.remove(&replica);
-                ctx.events
-                    .emit(
-                        EventKind::Recreated,
-                        service,
-                        &n.id,
-                        replica,
-                        format!("replaces {}", short(&id)),
-                    )
-                    .await;
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
             }
         }
     }
+    first_error.map_or(Ok(()), Err)
+}
 
-    for id in removals {
-        ctx.docker.remove_stopped(&id).await?;
-    }
-    if !plain_removals.is_empty() {
-        let g = spec.as_ref().map_or(ctx.stop_grace, |s| grace(ctx, s));
-        let done: Vec<(String, u32, decide::Removal, Result<(), DockerError>)> =
-            futures::stream::iter(plain_removals.into_iter().map(|(id, replica, why)| async move {
-                let r = ctx.docker.remove(&id, g).await;
-                (id, replica, why, r)
-            }))
-            .buffer_unordered(PARALLEL_REMOVALS)
-            .collect()
-            .await;
-        let mut first_error = None;
-        for (id, replica, why, r) in done {
-            match r {
-                Ok(()) => {
-                    st.seen.remove(&id);
-                    ctx.events
-                        .emit(EventKind::Removed, service, &id, replica, why.to_string())
-                        .await;
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
-    }
-
+/// The end of a pass: what runs now, reported; for a service no longer
+/// wanted whose containers are gone, its volumes (only if asked), secrets
+/// and keys cleaned up; when to look again.
+async fn settle(ctx: &Ctx, pass: Pass, st: &mut WorkerState, mut next: Next, acted: bool) -> Result<Next, DockerError> {
+    let service = pass.service.as_str();
     let containers = if acted {
-        ctx.docker.list_owned(&ctx.host, &ctx.tier, Some(service)).await?
+        let now = ctx.docker.list_owned(&ctx.host, &ctx.tier, Some(service)).await?;
+        emit_changes(ctx, service, &now, st).await;
+        now
     } else {
-        containers
+        pass.containers
     };
-    if acted {
-        emit_changes(ctx, service, &containers, st).await;
-    }
-
-    // Desired absent and everything gone: clean up volumes if asked, then
-    // the keys.
-    if let Some(d) = desired.as_ref().filter(|d| d.absent)
+    if let Some(d) = pass.desired.as_ref().filter(|d| d.absent)
         && containers.is_empty()
     {
         if d.remove_volumes {
@@ -818,14 +943,13 @@ async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Resul
             tracing::warn!(error = %e, "could not delete desired state");
         }
     }
-
-    if loaded {
-        prune_secrets(ctx, service, desired.as_ref(), &containers);
+    if pass.loaded {
+        prune_secrets(ctx, service, pass.desired.as_ref(), &containers);
     }
-    publish_observed(ctx, service, desired.as_ref(), spec.as_ref(), &containers, st).await;
-
+    publish_observed(ctx, service, pass.desired.as_ref(), pass.spec.as_ref(), &containers, st).await;
     let settling = containers.iter().any(|c| {
-        matches!(decide::container_health(spec.as_ref(), c), Health::Starting) || c.state == ContainerState::Restarting
+        matches!(decide::container_health(pass.spec.as_ref(), c), Health::Starting)
+            || c.state == ContainerState::Restarting
     });
     if matches!(next, Next::Idle) && (settling || acted) {
         next = Next::After(Duration::from_secs(if settling { 5 } else { 1 }));
