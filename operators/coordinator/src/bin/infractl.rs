@@ -340,67 +340,12 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
         Ok::<Client, Box<dyn std::error::Error>>(CoordinatorServiceClient::with_interceptor(ch, bearer.clone()))
     };
     match cli.cmd {
-        Cmd::Validate { compose_dir, overrides } => {
-            let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
-            let opts = infra_compose::LoadOptions {
-                env_file: None,
-                env: env.clone(),
-                overrides,
-                secret_dirs: Vec::new(),
-            };
-            let catalog = infra_compose::load_catalog(&compose_dir, &opts)?;
-            let profiles: Vec<String> = catalog.profiles().into_iter().collect();
-            let sel = infra_compose::Selection {
-                all: true,
-                tiers: vec![],
-                profiles,
-                services: vec![],
-            };
-            let names = catalog.select(&sel)?;
-            let graph = catalog.graph(&names)?;
-            for name in graph.order() {
-                infra_coordinator::convert::to_spec(&catalog, "infra", &catalog.services[name], &env)?;
-            }
-            println!(
-                "{}: {} services in {} files, {} profiles, {} start levels: ok",
-                compose_dir.display(),
-                names.len(),
-                catalog.files.len(),
-                catalog.profiles().len(),
-                graph.levels().len()
-            );
-            Ok(true)
-        }
+        Cmd::Validate { compose_dir, overrides } => validate(compose_dir, overrides),
         Cmd::Lint {
             compose_dir,
             overrides,
             min_severity,
-        } => {
-            let opts = infra_compose::LoadOptions {
-                env_file: None,
-                env: std::env::vars().collect(),
-                overrides,
-                secret_dirs: Vec::new(),
-            };
-            let catalog = infra_compose::load_catalog(&compose_dir, &opts)?;
-            let findings: Vec<infra_compose::Finding> = infra_compose::lint(&catalog)
-                .into_iter()
-                .filter(|f| f.severity.is_at_least(min_severity))
-                .collect();
-            for f in &findings {
-                println!("{f}");
-            }
-            let count = |s: infra_compose::Severity| findings.iter().filter(|f| f.severity == s).count();
-            let errors = count(infra_compose::Severity::Error);
-            println!(
-                "{}: {} services linted: {errors} errors, {} warnings, {} info",
-                compose_dir.display(),
-                catalog.services.len(),
-                count(infra_compose::Severity::Warning),
-                count(infra_compose::Severity::Info),
-            );
-            Ok(errors == 0)
-        }
+        } => lint(compose_dir, overrides, min_severity),
         Cmd::Wait { operators, timeout } => {
             let deadline = Instant::now() + Duration::from_secs(timeout);
             loop {
@@ -426,81 +371,12 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 .get_status(api::GetStatusRequest { selection: None })
                 .await?
                 .into_inner();
-            let mut rows = vec![
-                [
-                    "SERVICE",
-                    "TIER",
-                    "HOST",
-                    "REPLICAS",
-                    "HEALTH",
-                    "SINCE",
-                    "CONTAINERS",
-                    "MESSAGE",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ];
-            let mut all_ok = true;
-            for s in r.services {
-                let h = if s.pending_replicas > 0 && s.host.is_empty() {
-                    "pending".to_string()
-                } else {
-                    health(s.health)
-                };
-                all_ok &= matches!(h.as_str(), "healthy" | "running" | "completed");
-                rows.push(vec![
-                    s.service,
-                    s.tier,
-                    if s.host.is_empty() { "-".into() } else { s.host },
-                    format!("{}/{}", s.healthy_replicas, s.desired_replicas),
-                    h,
-                    age(s.since),
-                    s.container_ids.join(","),
-                    s.message,
-                ]);
-            }
-            table(rows);
-            Ok(all_ok)
+            Ok(print_status(r))
         }
         Cmd::Hosts => {
             let mut c = connect().await?;
             let r = c.list_hosts(api::ListHostsRequest {}).await?.into_inner();
-            let mut rows = vec![
-                [
-                    "HOST",
-                    "STATE",
-                    "TIER",
-                    "VERSION",
-                    "SERVICES",
-                    "LAST HEARTBEAT",
-                    "GRPC",
-                    "METRICS",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ];
-            for h in r.hosts {
-                if h.operators.is_empty() {
-                    rows.push(vec![h.host.clone(), h.state.clone(), "-".into()]);
-                }
-                for o in h.operators {
-                    rows.push(vec![
-                        h.host.clone(),
-                        h.state.clone(),
-                        o.tier,
-                        o.version,
-                        o.services.to_string(),
-                        format!("{} ago", age(o.last_heartbeat)),
-                        o.grpc_addr,
-                        if o.metrics_addr.is_empty() {
-                            "-".into()
-                        } else {
-                            o.metrics_addr
-                        },
-                    ]);
-                }
-            }
-            table(rows);
+            print_hosts(r);
             Ok(true)
         }
         Cmd::Plan(sel) => {
@@ -511,44 +387,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 })
                 .await?
                 .into_inner();
-            let mut rows = vec![
-                [
-                    "LEVEL",
-                    "SERVICE",
-                    "TIER",
-                    "HOST",
-                    "ACTION",
-                    "IMAGE",
-                    "WAITS FOR",
-                    "NOT ACTED ON",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ];
-            for s in r.steps {
-                let action = api::Action::try_from(s.action).map_or("?".into(), |a| {
-                    a.as_str_name().trim_start_matches("ACTION_").to_lowercase()
-                });
-                let action = if s.changes.is_empty() {
-                    action
-                } else {
-                    format!("{action} ({})", s.changes.join(","))
-                };
-                rows.push(vec![
-                    s.level.to_string(),
-                    s.service,
-                    s.tier,
-                    s.host,
-                    action,
-                    s.image,
-                    s.waits_for.join(", "),
-                    s.unsupported_keys.join(", "),
-                ]);
-            }
-            table(rows);
-            for w in r.warnings {
-                println!("warning: {w}");
-            }
+            print_plan(r);
             Ok(true)
         }
         Cmd::Deploy { sel, timeout } => {
@@ -698,4 +537,193 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the status table; true when every service is up.
+fn print_status(r: api::GetStatusResponse) -> bool {
+    let mut rows = vec![
+        [
+            "SERVICE",
+            "TIER",
+            "HOST",
+            "REPLICAS",
+            "HEALTH",
+            "SINCE",
+            "CONTAINERS",
+            "MESSAGE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    let mut all_ok = true;
+    for s in r.services {
+        let h = if s.pending_replicas > 0 && s.host.is_empty() {
+            "pending".to_string()
+        } else {
+            health(s.health)
+        };
+        all_ok &= matches!(h.as_str(), "healthy" | "running" | "completed");
+        rows.push(vec![
+            s.service,
+            s.tier,
+            if s.host.is_empty() { "-".into() } else { s.host },
+            format!("{}/{}", s.healthy_replicas, s.desired_replicas),
+            h,
+            age(s.since),
+            s.container_ids.join(","),
+            s.message,
+        ]);
+    }
+    table(rows);
+    all_ok
+}
+
+/// Prints the hosts table.
+fn print_hosts(r: api::ListHostsResponse) {
+    let mut rows = vec![
+        [
+            "HOST",
+            "STATE",
+            "TIER",
+            "VERSION",
+            "SERVICES",
+            "LAST HEARTBEAT",
+            "GRPC",
+            "METRICS",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for h in r.hosts {
+        if h.operators.is_empty() {
+            rows.push(vec![h.host.clone(), h.state.clone(), "-".into()]);
+        }
+        for o in h.operators {
+            rows.push(vec![
+                h.host.clone(),
+                h.state.clone(),
+                o.tier,
+                o.version,
+                o.services.to_string(),
+                format!("{} ago", age(o.last_heartbeat)),
+                o.grpc_addr,
+                if o.metrics_addr.is_empty() {
+                    "-".into()
+                } else {
+                    o.metrics_addr
+                },
+            ]);
+        }
+    }
+    table(rows);
+}
+
+/// Prints the plan table and its warnings.
+fn print_plan(r: api::PlanResponse) {
+    let mut rows = vec![
+        [
+            "LEVEL",
+            "SERVICE",
+            "TIER",
+            "HOST",
+            "ACTION",
+            "IMAGE",
+            "WAITS FOR",
+            "NOT ACTED ON",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for s in r.steps {
+        let action = api::Action::try_from(s.action).map_or("?".into(), |a| {
+            a.as_str_name().trim_start_matches("ACTION_").to_lowercase()
+        });
+        let action = if s.changes.is_empty() {
+            action
+        } else {
+            format!("{action} ({})", s.changes.join(","))
+        };
+        rows.push(vec![
+            s.level.to_string(),
+            s.service,
+            s.tier,
+            s.host,
+            action,
+            s.image,
+            s.waits_for.join(", "),
+            s.unsupported_keys.join(", "),
+        ]);
+    }
+    table(rows);
+    for w in r.warnings {
+        println!("warning: {w}");
+    }
+}
+
+/// `infractl validate`: the whole catalog checked without a coordinator.
+fn validate(
+    compose_dir: std::path::PathBuf,
+    overrides: Vec<std::path::PathBuf>,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let env: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let opts = infra_compose::LoadOptions {
+        env_file: None,
+        env: env.clone(),
+        overrides,
+        secret_dirs: Vec::new(),
+    };
+    let catalog = infra_compose::load_catalog(&compose_dir, &opts)?;
+    let profiles: Vec<String> = catalog.profiles().into_iter().collect();
+    let sel = infra_compose::Selection {
+        all: true,
+        tiers: vec![],
+        profiles,
+        services: vec![],
+    };
+    let names = catalog.select(&sel)?;
+    let graph = catalog.graph(&names)?;
+    for name in graph.order() {
+        infra_coordinator::convert::to_spec(&catalog, "infra", &catalog.services[name], &env)?;
+    }
+    println!(
+        "{}: {} services in {} files, {} profiles, {} start levels: ok",
+        compose_dir.display(),
+        names.len(),
+        catalog.files.len(),
+        catalog.profiles().len(),
+        graph.levels().len()
+    );
+    Ok(true)
+}
+
+/// `infractl lint`: the catalog's lint findings, without a coordinator.
+fn lint(
+    compose_dir: std::path::PathBuf,
+    overrides: Vec<std::path::PathBuf>,
+    min_severity: infra_compose::Severity,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let opts = infra_compose::LoadOptions {
+        env_file: None,
+        env: std::env::vars().collect(),
+        overrides,
+        secret_dirs: Vec::new(),
+    };
+    let catalog = infra_compose::load_catalog(&compose_dir, &opts)?;
+    let findings: Vec<infra_compose::Finding> = infra_compose::lint(&catalog)
+        .into_iter()
+        .filter(|f| f.severity.is_at_least(min_severity))
+        .collect();
+    for f in &findings {
+        println!("{f}");
+    }
+    let count = |s: infra_compose::Severity| findings.iter().filter(|f| f.severity == s).count();
+    let errors = count(infra_compose::Severity::Error);
+    println!(
+        "{}: {} services linted: {errors} errors, {} warnings, {} info",
+        compose_dir.display(),
+        catalog.services.len(),
+        count(infra_compose::Severity::Warning),
+        count(infra_compose::Severity::Info),
+    );
+    Ok(errors == 0)
 }
