@@ -7,13 +7,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use infra_bus::testing::{NatsServer, free_port};
-use infra_proto::bus::v1::Event;
-use prost::Message;
 
 pub mod hosts;
 pub mod scenarios;
@@ -405,33 +401,4 @@ pub fn parse_json_stream(s: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Every event on the bus (any of the NATS servers `urls`) from now on,
-/// with the instant it arrived. Returns once the subscription is live.
-pub fn record_events(urls: &[String]) -> Arc<Mutex<Vec<(Instant, Event)>>> {
-    let seen: Arc<Mutex<Vec<(Instant, Event)>>> = Arc::default();
-    let sink = seen.clone();
-    let urls = urls.to_vec();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let servers: Vec<async_nats::ServerAddr> = urls.iter().filter_map(|u| u.parse().ok()).collect();
-            let nats = async_nats::connect(servers).await.expect("connect to NATS");
-            let mut sub = nats.subscribe("infra.events.>").await.expect("subscribe");
-            nats.flush().await.ok();
-            ready_tx.send(()).ok();
-            while let Some(m) = sub.next().await {
-                if let Ok(ev) = Event::decode(m.payload) {
-                    sink.lock().unwrap().push((Instant::now(), ev));
-                }
-            }
-        });
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("event subscriber ready");
-    seen
-}
+pub use infra_test_support::events::record_events;

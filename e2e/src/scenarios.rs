@@ -307,14 +307,7 @@ pub fn everywhere(c: &Cluster, service: &str) -> BTreeMap<String, Vec<Row>> {
         .collect()
 }
 
-pub fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    start.elapsed()
-}
+pub use infra_test_support::wait_for;
 
 /// The PostgreSQL HA stack of `compose/04-data/postgresql-cluster` on
 /// three hosts, as a test fixture: one etcd and one Patroni member per
@@ -470,81 +463,20 @@ pub fn psql(addr: &str, port: u16, sql: &str) -> Result<String, String> {
     }
 }
 
-/// What a [`Writer`] saw: values PostgreSQL acknowledged, failed attempts
-/// (one line each), and the longest gap between two acknowledged writes.
-#[derive(Clone, Debug, Default)]
-pub struct Writes {
-    pub acked: Vec<u64>,
-    pub failed: Vec<String>,
-    pub longest_gap: Duration,
-}
+pub use infra_test_support::load::{Load as Writer, Writes};
 
-/// A client that inserts a sequence of numbers through HAProxy's write
-/// port the whole time and records every write PostgreSQL acknowledged.
-pub struct Writer {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Writes>>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    /// Starts writing `first`, `first + 1`, ... into `acks(v)` (created by
-    /// the caller, a primary key) at `addr:port`.
-    pub fn start(addr: String, port: u16, first: u64) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen: Arc<Mutex<Writes>> = Arc::default();
-        let (s, out) = (stop.clone(), seen.clone());
-        let handle = std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(900);
-            let mut last_ok = Instant::now();
-            let mut n = first.saturating_sub(1);
-            while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
-                n += 1;
-                let t = Instant::now();
-                let r = psql(&addr, port, &format!("insert into acks(v) values ({n}) returning v"));
-                let mut g = out.lock().unwrap();
-                // A failed attempt says when it came (after the last
-                // acknowledged write) and how long it took: what a gap is
-                // made of.
-                let when = format!(
-                    "+{}ms, took {}ms",
-                    t.duration_since(last_ok).as_millis(),
-                    t.elapsed().as_millis()
-                );
-                match r {
-                    Ok(v) if v.lines().next() == Some(n.to_string().as_str()) => {
-                        let gap = last_ok.elapsed();
-                        g.longest_gap = g.longest_gap.max(gap);
-                        last_ok = Instant::now();
-                        g.acked.push(n);
-                    }
-                    Ok(v) => g.failed.push(format!("write {n} ({when}): unexpected answer {v:?}")),
-                    Err(e) => g.failed.push(format!("write {n} ({when}): {e}")),
-                }
-                drop(g);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        Self {
-            stop,
-            seen,
-            handle: Some(handle),
+/// A client that inserts a sequence of numbers (`first`, `first + 1`, ...)
+/// into `acks(v)` (created by the caller, a primary key) through HAProxy's
+/// write port at `addr:port` the whole time, and records every write
+/// PostgreSQL acknowledged.
+pub fn pg_writer(addr: String, port: u16, first: u64) -> Writer {
+    Writer::start(first, Duration::from_millis(20), move |n| {
+        match psql(&addr, port, &format!("insert into acks(v) values ({n}) returning v")) {
+            Ok(v) if v.lines().next() == Some(n.to_string().as_str()) => Ok(()),
+            Ok(v) => Err(format!("unexpected answer {v:?}")),
+            Err(e) => Err(e),
         }
-    }
-
-    /// What it saw so far, and reset (the gap restarts from now).
-    pub fn take(&self) -> Writes {
-        std::mem::take(&mut *self.seen.lock().unwrap())
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
+    })
 }
 
 // ------------------------------------------------------------- Valkey ---

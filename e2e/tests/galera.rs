@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use infra_e2e::{Options, Platform};
 use infra_proto::bus::v1::{Event, EventKind};
+use infra_test_support::wait_for;
 use prost::Message;
 
 const NODES: [&str; 3] = ["galera-1", "galera-2", "galera-3"];
@@ -85,15 +86,6 @@ fn docker(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    start.elapsed()
 }
 
 fn ts_nanos(t: &prost_types::Timestamp) -> i128 {

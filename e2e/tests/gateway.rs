@@ -128,15 +128,8 @@ fn get(gw: &str, host: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_for<T>(what: &str, limit: Duration, f: impl FnMut() -> Option<T>) -> T {
+    infra_test_support::eventually::poll(what, limit, Duration::from_millis(20), f)
 }
 
 fn first(events: &Mutex<Vec<(Instant, Event)>>, kind: EventKind, service: &str) -> Option<(Instant, Event)> {

@@ -189,19 +189,8 @@ fn query(prometheus: &str, q: &str) -> Option<f64> {
     v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
-fn wait_for<T>(what: &str, limit: Duration, c: &Cluster, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {limit:?}\n{}",
-            c.all_logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for<T>(what: &str, limit: Duration, c: &Cluster, f: impl FnMut() -> Option<T>) -> T {
+    infra_test_support::eventually::poll_with(what, limit, Duration::from_millis(100), f, || c.all_logs())
 }
 
 #[test]

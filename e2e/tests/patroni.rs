@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use infra_e2e::hosts::{Cluster, ClusterOptions};
 use infra_e2e::scenarios::{
-    Writer, Writes, described, patroni_catalog, patroni_catalog_with, psql, the_container, wait_for,
+    Writes, described, patroni_catalog, patroni_catalog_with, pg_writer, psql, the_container, wait_for,
 };
 use infra_proto::bus::v1::{Event, EventKind};
 
@@ -161,7 +161,7 @@ fn a_patroni_cluster_over_three_hosts_comes_up_in_order_rolls_with_one_switchove
     // Roll the members to a changed spec while a client writes the whole time.
     let leader_before = leader(&c).expect("a leader");
     let history_before = rest(&c, &hosts[0], "/history").as_array().map_or(0, Vec::len);
-    let writer = Writer::start(ips[0].clone(), 15432, 1);
+    let writer = pg_writer(ips[0].clone(), 15432, 1);
     std::thread::sleep(Duration::from_secs(2));
     patroni_catalog(dir.path(), &ips, "2");
     let t1 = Instant::now();
@@ -235,7 +235,7 @@ fn a_patroni_cluster_over_three_hosts_comes_up_in_order_rolls_with_one_switchove
     // stops the roll with a reason that names it; writes never stop, the
     // leader stays; Rollback puts it back, streaming again.
     let replica = (0..3).map(|i| format!("pg-{i}")).find(|n| *n != leader_after).unwrap();
-    let writer = Writer::start(ips[0].clone(), 15432, 1_000_000);
+    let writer = pg_writer(ips[0].clone(), 15432, 1_000_000);
     std::thread::sleep(Duration::from_secs(2));
     let progress = c.call(
         "Rollout",
@@ -424,7 +424,7 @@ fn a_patroni_leader_lost_with_its_host_fails_over_to_a_new_leader_the_operator_r
     });
 
     // Write the whole time; kill the leader's host in the middle.
-    let writer = Writer::start(ips[0].clone(), 15432, 1);
+    let writer = pg_writer(ips[0].clone(), 15432, 1);
     std::thread::sleep(Duration::from_secs(5));
     let before_kill = writer.take();
     let killed = Instant::now();

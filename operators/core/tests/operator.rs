@@ -30,22 +30,12 @@ use tokio_util::sync::CancellationToken;
 const IMAGE: &str = "infra-local/debian:bookworm";
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
-async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+async fn eventually<T, F, Fut>(limit: Duration, what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    infra_test_support::eventually::eventually_some(what, limit, f).await
 }
 
 struct Env {

@@ -376,7 +376,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::http::fake;
+    use infra_test_support::fake_http as fake;
 
     fn h100(used: u64, util: u32) -> GpuReading {
         GpuReading {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::http::fake;
+use infra_test_support::fake_http as fake;
 
 const ADMIN_PASSWORD: &str = "adm1n-pa55word-XYZ";
 const GRAFANA_SECRET: &str = "grafana-client-s3cret-QQQ";

@@ -6,9 +6,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
 use super::*;
 
 const C: &str = "cluster-1";
@@ -40,31 +37,15 @@ impl Fake {
 }
 
 async fn serve(fake: Arc<Mutex<Fake>>) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            let fake = fake.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let first = req.lines().next().unwrap_or("").to_string();
-                let (code, out) = answer(&fake, &first);
-                // Jetty answers HTTP/1.1 requests chunked.
-                let half = out.len() / 2;
-                let resp = format!(
-                    "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
-                    half,
-                    &out[..half],
-                    out.len() - half,
-                    &out[half..]
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
+    // Jetty answers HTTP/1.1 requests chunked.
+    let server = infra_test_support::fake_http::start_with(move |r| {
+        let (code, out) = answer(&fake, &format!("{} {} HTTP/1.1", r.method, r.path));
+        infra_test_support::fake_http::Reply::new(code, out).chunked()
+    })
+    .await;
+    let port = server.port;
+    // The fake lives as long as the test's runtime.
+    std::mem::forget(server);
     port
 }
 

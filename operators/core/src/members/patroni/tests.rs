@@ -4,9 +4,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
 use super::*;
 
 #[derive(Default)]
@@ -20,30 +17,13 @@ struct Fake {
 }
 
 async fn serve(fake: Arc<Mutex<Fake>>) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            let fake = fake.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let first = req.lines().next().unwrap_or("").to_string();
-                let body = req
-                    .split_once("\r\n\r\n")
-                    .map(|(_, b)| b.to_string())
-                    .unwrap_or_default();
-                let (code, out) = answer(&fake, &first, &body);
-                let resp = format!(
-                    "HTTP/1.0 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{out}",
-                    out.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
+    let server = infra_test_support::fake_http::start(move |r| {
+        answer(&fake, &format!("{} {} HTTP/1.1", r.method, r.path), &r.body)
+    })
+    .await;
+    let port = server.port;
+    // The fake lives as long as the test's runtime.
+    std::mem::forget(server);
     port
 }
 

@@ -5,9 +5,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
 use super::*;
 use crate::members::SecretReader;
 
@@ -39,25 +36,19 @@ struct Fake {
 }
 
 async fn serve_node(fake: Arc<Mutex<Fake>>, me: usize) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            let fake = fake.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let n = s.read(&mut buf).await.unwrap_or(0);
-                let req = String::from_utf8_lossy(&buf[..n]).into_owned();
-                let (code, out) = answer(&fake, me, &req);
-                let resp = format!(
-                    "HTTP/1.0 {code} X\r\ncontent-type: application/json\r\nserver: Cowboy\r\ncontent-length: {}\r\n\r\n{out}",
-                    out.len()
-                );
-                let _ = s.write_all(resp.as_bytes()).await;
-            });
+    let server = infra_test_support::fake_http::start_with(move |r| {
+        // The request as text: its first line, then its headers.
+        let mut req = format!("{} {} HTTP/1.1\r\n", r.method, r.path);
+        for (k, v) in &r.headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
         }
-    });
+        let (code, out) = answer(&fake, me, &req);
+        infra_test_support::fake_http::Reply::new(code, out).header("server", "Cowboy")
+    })
+    .await;
+    let port = server.port;
+    // The fake lives as long as the test's runtime.
+    std::mem::forget(server);
     port
 }
 

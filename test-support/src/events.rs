@@ -1,0 +1,45 @@
+//! Every event on the bus, seen by a raw NATS subscriber (not the
+//! platform's own code path), with the instant it arrived.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use infra_proto::bus::v1::Event;
+use prost::Message;
+
+/// Events seen so far, each with when it arrived.
+pub type Recorded = Arc<Mutex<Vec<(Instant, Event)>>>;
+
+/// Every event on the bus (any of the NATS servers `urls`) from now on.
+/// Returns once the subscription is live.
+pub fn record_events(urls: &[String]) -> Recorded {
+    let seen: Recorded = Arc::default();
+    let sink = seen.clone();
+    let urls = urls.to_vec();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the recorder");
+        rt.block_on(async move {
+            let servers: Vec<async_nats::ServerAddr> = urls.iter().filter_map(|u| u.parse().ok()).collect();
+            let nats = async_nats::connect(servers).await.expect("connect to NATS");
+            let mut sub = nats.subscribe("infra.events.>").await.expect("subscribe");
+            nats.flush().await.ok();
+            ready_tx.send(()).ok();
+            while let Some(m) = sub.next().await {
+                if let Ok(ev) = Event::decode(m.payload) {
+                    sink.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push((Instant::now(), ev));
+                }
+            }
+        });
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("event subscriber ready");
+    seen
+}
