@@ -220,6 +220,16 @@ impl Client {
     pub fn take(&self) -> Tally {
         std::mem::take(&mut *self.seen.lock().unwrap())
     }
+
+    /// Waits until it has sent `more` requests beyond those counted now
+    /// (a window of load before or after an operation, by requests, not
+    /// by time).
+    pub fn wait_sent(&self, more: u64) {
+        let from = self.seen.lock().unwrap().0;
+        wait_for("the client's requests", Duration::from_secs(60), || {
+            self.seen.lock().unwrap().0 >= from + more
+        });
+    }
 }
 
 impl Drop for Client {

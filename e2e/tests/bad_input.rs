@@ -165,7 +165,9 @@ fn a_missing_image_fails_that_service_and_what_needs_it_while_the_rest_comes_up(
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("grpcurl");
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut watcher = watcher;
+    let printed = follow_stdout(&mut watcher);
+    watching(&p, &printed);
     let progress = p.call("Deploy", r#"{"timeoutSeconds":60}"#);
     let phase = |svc: &str| -> Vec<String> {
         progress
@@ -210,11 +212,58 @@ fn a_missing_image_fails_that_service_and_what_needs_it_while_the_rest_comes_up(
 
     // The watch saw the operator's and the coordinator's events as they happened.
     let _ = Command::new("kill").arg("-INT").arg(watcher.id().to_string()).status();
-    let out = watcher.wait_with_output().unwrap();
-    let events = infra_e2e::parse_json_stream(&String::from_utf8_lossy(&out.stdout));
+    let _ = watcher.wait();
+    let events = infra_e2e::parse_json_stream(&printed.lock().unwrap());
     let seen = |kind: &str, svc: &str| events.iter().any(|e| e["kind"] == kind && e["service"] == svc);
     assert!(seen("EVENT_KIND_RECONCILE_FAILED", "broken"), "{events:#?}");
     assert!(seen("EVENT_KIND_SERVICE_FAILED", "broken"));
     assert!(seen("EVENT_KIND_SERVICE_BLOCKED", "needs-broken"));
     assert!(seen("EVENT_KIND_HEALTHY", "db"));
+}
+
+/// What a child prints on stdout, gathered as it comes.
+fn follow_stdout(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::Read;
+    let printed: std::sync::Arc<std::sync::Mutex<String>> = std::sync::Arc::default();
+    let (sink, mut out) = (printed.clone(), child.stdout.take().expect("piped stdout"));
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    printed
+}
+
+/// Returns once a `WatchEvents` stream printing into `printed` is live: a
+/// marker event published on the bus (again, until seen) comes out of it.
+fn watching(p: &Platform, printed: &std::sync::Mutex<String>) {
+    use prost::Message;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let nats = rt.block_on(async_nats::connect(p.nats.url())).expect("NATS");
+    let marker = infra_proto::bus::v1::Event {
+        id: "watch-marker".into(),
+        kind: infra_proto::bus::v1::EventKind::LeaderElected as i32,
+        host: "marker".into(),
+        tier: "marker".into(),
+        reason: "the watch is live".into(),
+        ..Default::default()
+    };
+    infra_test_support::eventually::poll(
+        "the WatchEvents stream live",
+        std::time::Duration::from_secs(15),
+        std::time::Duration::from_millis(200),
+        || {
+            rt.block_on(nats.publish(
+                "infra.events.marker.marker._.leader_elected",
+                marker.encode_to_vec().into(),
+            ))
+            .ok();
+            rt.block_on(nats.flush()).ok();
+            printed.lock().unwrap().contains("watch-marker").then_some(())
+        },
+    );
 }

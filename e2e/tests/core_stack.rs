@@ -203,7 +203,20 @@ async fn the_core_stack_comes_up_in_dependency_order_driven_with_grpcurl() {
     // from Docker's own start times and the operators' health events.
     // (Containers of waiting services are created early, held, and started
     // when the gate opens.)
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every service that is healthy has had its healthy event arrive.
+    let healthy: Vec<String> = services
+        .iter()
+        .filter(|s| s["health"] == "HEALTH_HEALTHY")
+        .filter_map(|s| s["service"].as_str().map(String::from))
+        .collect();
+    tokio::task::block_in_place(|| {
+        infra_e2e::scenarios::wait_for("the healthy events", Duration::from_secs(10), || {
+            let seen = events.lock().unwrap();
+            healthy
+                .iter()
+                .all(|h| seen.iter().any(|e| e.kind() == EventKind::Healthy && &e.service == h))
+        })
+    });
     let live = events.clone();
     let events = events.lock().unwrap().clone();
     let first = |kind: EventKind, svc: &str| -> Option<i128> {
