@@ -7,7 +7,7 @@
 pub mod catalog;
 pub mod convert;
 pub mod coordinator;
-mod deploy;
+pub mod deploy;
 pub mod error;
 pub mod hosts;
 pub mod leader;
