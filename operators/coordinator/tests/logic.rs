@@ -88,6 +88,13 @@ async fn fake_operator(bus: Bus, boot: Duration, stop: CancellationToken) -> See
                     return;
                 }
                 let hash = infra_proto::spec::spec_hash(&spec);
+                // During a rolling update, replicas past `updated` keep the
+                // previous spec.
+                let old = d.previous.as_ref().map(infra_proto::spec::spec_hash);
+                let hash_of = |r: u32| match &old {
+                    Some(o) if r > d.updated => o.clone(),
+                    _ => hash.clone(),
+                };
                 if !d.hold {
                     tokio::time::sleep(boot).await;
                 }
@@ -113,7 +120,7 @@ async fn fake_operator(bus: Bus, boot: Duration, stop: CancellationToken) -> See
                             replica: r,
                             state: state.into(),
                             health: health as i32,
-                            spec_hash: hash.clone(),
+                            spec_hash: hash_of(r),
                             ..Default::default()
                         })
                         .collect(),
@@ -368,4 +375,76 @@ async fn a_leader_that_stops_cleanly_hands_over_at_once_and_one_that_dies_after_
         "not before the lease ran out: {took:?}"
     );
     drop(stop_b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_interrupted_after_its_first_batch_is_finished_by_the_next_leader() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "04-data/app/docker-compose.yml",
+        "services:\n  web:\n    image: x/web:1\n    deploy:\n      replicas: 3\n      update_config:\n        parallelism: 1\n",
+    );
+    let stop = CancellationToken::new();
+    let seen = fake_operator(bus.clone(), Duration::from_millis(300), stop.clone()).await;
+    let c = coordinator(&bus, dir.path(), &stop).await;
+    let (r, _) = progress(|tx| {
+        let c = c.clone();
+        async move { c.deploy(api::DeployRequest::default(), tx).await }
+    })
+    .await;
+    r.unwrap();
+    // A rollout whose coordinator stops after its first batch.
+    let roll = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            progress(|tx| async move {
+                c.rollout_service(
+                    api::RolloutRequest {
+                        service: "web".into(),
+                        image: "x/web:2".into(),
+                        ..Default::default()
+                    },
+                    tx,
+                )
+                .await
+            })
+            .await
+        })
+    };
+    infra_test_support::eventually("the first batch written", Duration::from_secs(20), || {
+        let seen = seen.clone();
+        async move {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|(_, d)| d.previous.is_some() && d.updated >= 1)
+        }
+    })
+    .await;
+    roll.abort();
+    let _ = roll.await;
+    let d = bus.get_desired("h1", "data", "web").await.unwrap().unwrap();
+    assert!(
+        d.previous.is_some() && d.updated < 3,
+        "interrupted midway: {:?}",
+        d.updated
+    );
+    // The next leader takes it up from the store and finishes it.
+    let resumed = tokio::time::timeout(Duration::from_secs(60), c.resume_rollouts())
+        .await
+        .expect("the resumed rollout ended");
+    assert_eq!(resumed, vec![("web".to_string(), Ok(()))]);
+    let d = bus.get_desired("h1", "data", "web").await.unwrap().unwrap();
+    assert!(d.previous.is_none(), "settled");
+    assert_eq!(d.spec.unwrap().image, "x/web:2");
+    let rec = bus.get_record("data", "web").await.unwrap().unwrap();
+    assert_eq!(
+        rec.spec.unwrap().image,
+        "x/web:2",
+        "the record's spec is the new revision"
+    );
+    stop.cancel();
 }
