@@ -15,7 +15,6 @@ pub mod events;
 pub mod grpc;
 pub mod images;
 pub mod labels;
-pub mod members;
 pub mod metrics;
 pub mod reconcile;
 pub mod spec;

@@ -31,7 +31,7 @@ use operator_core::{Extension, Facts, TierContext};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{Body, Http, HttpError};
+use infra_products::http::{Body, Http, HttpError};
 
 /// This tier's extensions.
 pub const EXTENSIONS: &[Extension] = &[gpus_extension, models_extension];

@@ -43,7 +43,7 @@ use operator_core::{Extension, TierContext};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::http::{Body, Http, HttpError, encode};
+use infra_products::http::{Body, Http, HttpError, encode};
 
 /// This tier's extensions.
 pub const EXTENSIONS: &[Extension] = &[bootstrap_extension];
@@ -508,7 +508,7 @@ pub async fn ensure_vault(http: &Http, base: &str, store: &dyn SecretStore) -> R
 
 /// The healthy containers of this operator that carry `label`; an engine
 /// error is an empty answer (the next pass tries again).
-async fn endpoints(ctx: &TierContext, label: &str) -> Vec<crate::http::Endpoint> {
+async fn endpoints(ctx: &TierContext, label: &str) -> Vec<operator_core::docker::Endpoint> {
     match ctx.docker.healthy_endpoints(&ctx.host, ctx.tier, label).await {
         Ok(e) => e,
         Err(e) => {
@@ -557,7 +557,11 @@ fn bootstrap_extension(ctx: TierContext) -> BoxFuture<'static, ()> {
     .boxed()
 }
 
-async fn keycloak_pass(http: &Http, bus: &infra_bus::Bus, ep: &crate::http::Endpoint) -> Result<String, String> {
+async fn keycloak_pass(
+    http: &Http,
+    bus: &infra_bus::Bus,
+    ep: &operator_core::docker::Endpoint,
+) -> Result<String, String> {
     let text = secret_text(bus, KEYCLOAK_REALM_SECRET)
         .await
         .map_err(|e| e.to_string())?

@@ -6,7 +6,6 @@
 pub mod ai;
 pub mod auth;
 pub mod gateway;
-pub mod http;
 pub mod member_facts;
 pub mod observability;
 pub mod patroni;

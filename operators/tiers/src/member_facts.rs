@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use operator_core::members::{self, Member};
+use infra_products::Member;
 use operator_core::{Facts, TierContext};
 
 /// The members on this host whose spec carries `infra.update-order:
@@ -26,10 +26,10 @@ pub async fn local(ctx: &TierContext, kind: &str, default_port: u16) -> Vec<(BTr
     let mut out = Vec::new();
     for d in desired.iter().filter(|d| !d.absent) {
         let Some(s) = &d.spec else { continue };
-        if s.labels.get(members::ORDER_LABEL).map(String::as_str) != Some(kind) {
+        if s.labels.get(infra_products::ORDER_LABEL).map(String::as_str) != Some(kind) {
             continue;
         }
-        let target = members::port_from(&s.labels, default_port);
+        let target = infra_products::port_from(&s.labels, default_port);
         let Some(port) = s
             .ports
             .iter()

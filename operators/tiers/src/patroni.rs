@@ -29,8 +29,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use infra_products::patroni;
 use infra_proto::bus::v1::EventKind;
-use operator_core::members::{self, patroni};
 
 use crate::member_facts;
 use operator_core::{Extension, TierContext};
@@ -148,7 +148,7 @@ async fn run(ctx: TierContext) {
                         .iter()
                         .find(|m| m.name == me.name)
                         .map_or_else(|| "not a member of its cluster".to_string(), describe);
-                    let cluster = members::cluster_from(&labels).unwrap_or_else(|| "patroni".into());
+                    let cluster = infra_products::cluster_from(&labels).unwrap_or_else(|| "patroni".into());
                     let entry = views.entry(cluster).or_default();
                     entry.1.insert(me.name.clone());
                     // The first member's view with a leader stands for the cluster.

@@ -54,7 +54,7 @@
 //! announces its host's private address and publishes its client port and
 //! bus port (port + 10000) there. The rolling of a formed cluster (replicas
 //! first, `CLUSTER FAILOVER` before a primary restarts) is the coordinator's,
-//! with the `valkey` update-order hook (`operator_core::members::valkey`).
+//! with the `valkey` update-order hook (`infra_products::valkey`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -76,7 +76,7 @@ use infra_bus::facts::ADDR as ADDR_LABEL;
 pub const PORT: u16 = 6379;
 /// Label with a member's client port (the one the update-order hook talks
 /// to; its cluster bus port is that plus 10000).
-pub const PORT_LABEL: &str = operator_core::members::PORT_LABEL;
+pub const PORT_LABEL: &str = infra_products::PORT_LABEL;
 
 /// A full pass even without a change.
 const RESYNC: Duration = Duration::from_secs(5);

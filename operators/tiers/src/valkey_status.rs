@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use operator_core::members::{self, valkey};
+use infra_products::valkey;
 use operator_core::{Extension, TierContext};
 
 use crate::member_facts;
@@ -32,7 +32,7 @@ fn status(ctx: TierContext) -> futures::future::BoxFuture<'static, ()> {
 }
 
 async fn run(ctx: TierContext) {
-    let secrets = members::Secrets::from(Arc::new(ctx.bus.clone()));
+    let secrets = infra_products::Secrets::from(Arc::new(ctx.bus.clone()));
     let mut shown = member_facts::Shown::default();
     loop {
         let mut lines = Vec::new();

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use infra_products::{Member, UpdateOrder};
 use infra_proto::bus::v1::{EventKind, ServiceSpec, UpdatePolicy};
-use operator_core::members::{self, Member, UpdateOrder};
 
 use super::*;
 use crate::coordinator::{ADDR_LABEL, Coordinator};
@@ -125,7 +125,7 @@ impl Coordinator {
         deadline: Duration,
     ) -> RollEnd {
         let spec = if to_k >= from_k { new } else { old };
-        let cluster = members::cluster_from(&spec.labels).unwrap_or_else(|| hook.kind().to_owned());
+        let cluster = infra_products::cluster_from(&spec.labels).unwrap_or_else(|| hook.kind().to_owned());
         let hash = infra_proto::spec::spec_hash(spec);
         let base = slots(counts);
         let mut order: Vec<Slot> = base[..from_k.min(to_k)].to_vec();
@@ -226,10 +226,10 @@ impl Coordinator {
         let mut out = Vec::new();
         for d in desired.iter().filter(|d| !d.absent) {
             let Some(s) = &d.spec else { continue };
-            if members::cluster_from(&s.labels).as_deref() != Some(cluster) {
+            if infra_products::cluster_from(&s.labels).as_deref() != Some(cluster) {
                 continue;
             }
-            let target = members::port_from(&s.labels, default_port);
+            let target = infra_products::port_from(&s.labels, default_port);
             let port = s
                 .ports
                 .iter()

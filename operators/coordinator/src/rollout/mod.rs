@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use crate::error::Error;
 use infra_proto::bus::v1::{DesiredService, EventKind, Health, RolloutState, ServiceRecord, ServiceSpec, UpdatePolicy};
 use infra_proto::coordinator::v1 as api;
-use operator_core::members::{self};
+
 use tokio::sync::mpsc;
 
 use crate::coordinator::Coordinator;
@@ -159,15 +159,15 @@ impl Coordinator {
         let order = slots(counts);
         let total = order.len();
         let to_k = to_k.min(total);
-        let labels = if new.labels.contains_key(members::ORDER_LABEL) {
+        let labels = if new.labels.contains_key(infra_products::ORDER_LABEL) {
             &new.labels
         } else {
             &old.labels
         };
         // Hooks that authenticate to the members (Valkey, RabbitMQ) read the
         // password from the secrets bucket, as the operators do.
-        let secrets = members::Secrets::from(std::sync::Arc::new(self.bus().clone()));
-        match members::for_labels(labels, &secrets) {
+        let secrets = infra_products::Secrets::from(std::sync::Arc::new(self.bus().clone()));
+        match infra_products::for_labels(labels, &secrets) {
             Ok(None) => {}
             Ok(Some(hook)) => {
                 return self

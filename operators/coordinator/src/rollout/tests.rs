@@ -1,6 +1,6 @@
 //! Unit tests of the parent module.
 
-use operator_core::members::{self, Member, UpdateOrder};
+use infra_products::{Member, UpdateOrder};
 
 use super::member_rolls::ClusterLock;
 use super::*;
@@ -36,14 +36,14 @@ impl UpdateOrder for Fixed {
     fn default_port(&self) -> u16 {
         1
     }
-    fn order<'a>(&'a self, _: &'a [Member]) -> members::HookFuture<'a, Vec<usize>> {
+    fn order<'a>(&'a self, _: &'a [Member]) -> infra_products::HookFuture<'a, Vec<usize>> {
         Box::pin(async move { self.0.clone() })
     }
     fn before_restart<'a>(
         &'a self,
         _: &'a Member,
         _: &'a [Member],
-    ) -> members::HookFuture<'a, Result<(), members::HookError>> {
+    ) -> infra_products::HookFuture<'a, Result<(), infra_products::HookError>> {
         Box::pin(async { Ok(()) })
     }
     fn ready_for_next<'a>(
@@ -51,7 +51,7 @@ impl UpdateOrder for Fixed {
         _: &'a Member,
         _: &'a [Member],
         _: Duration,
-    ) -> members::HookFuture<'a, Result<(), members::HookError>> {
+    ) -> infra_products::HookFuture<'a, Result<(), infra_products::HookError>> {
         Box::pin(async { Ok(()) })
     }
 }

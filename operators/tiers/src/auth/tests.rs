@@ -63,7 +63,7 @@ async fn fake_keycloak() -> (fake::Server, Arc<Mutex<Kc>>) {
                 && r.body.contains("client_id=admin-cli")
                 && r.body.contains("username=admin")
                 && r.body
-                    .contains(&format!("password={}", crate::http::encode(ADMIN_PASSWORD)));
+                    .contains(&format!("password={}", infra_products::http::encode(ADMIN_PASSWORD)));
             return if ok {
                 (200, json!({"access_token": "tok-123", "expires_in": 60}).to_string())
             } else {

@@ -35,8 +35,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 /// Label that selects a service's update-order hook (`patroni`).
 pub const ORDER_LABEL: &str = "infra.update-order";
 /// Label that names the cluster a member belongs to (default: the kind).
@@ -269,9 +267,9 @@ pub async fn http(
 }
 
 /// [`http`] with extra request headers (`Authorization`: an error names the
-/// method, address and path, never a header). A body sent with
-/// `Transfer-Encoding: chunked` (RabbitMQ's cowboy, the Kafka REST Proxy's
-/// Jetty) is returned decoded.
+/// method, address and path, never a header). Through the one HTTP client
+/// ([`http::Http`]), which decodes chunked bodies (RabbitMQ's cowboy, the
+/// Kafka REST Proxy's Jetty).
 pub async fn http_with(
     addr: &str,
     port: u16,
@@ -281,64 +279,19 @@ pub async fn http_with(
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<(u16, String), HookError> {
-    let target = format!("{addr}:{port}");
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(&target)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let body = body.unwrap_or("");
-        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\nAccept: application/json\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.map_err(|e| format!("read: {e}"))?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse::<u16>().ok())
-            .ok_or_else(|| format!("not an HTTP response: {:?}", head.lines().next().unwrap_or("")))?;
-        let chunked = head.lines().any(|l| {
-            l.split_once(':').is_some_and(|(k, v)| {
-                k.trim().eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
-            })
-        });
-        let body = if chunked {
-            dechunk(rest).ok_or("a chunked body that does not decode")?
-        } else {
-            rest.to_owned()
-        };
-        Ok::<_, String>((status, body))
-    };
-    match tokio::time::timeout(timeout, fut).await {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(HookError(format!("{method} http://{target}{path}: {e}"))),
-        Err(_) => Err(HookError(format!(
-            "{method} http://{target}{path}: no answer within {}s",
-            timeout.as_secs()
-        ))),
-    }
+    let url = format!("http://{addr}:{port}{path}");
+    let method =
+        http::Method::from_bytes(method.as_bytes()).map_err(|_| HookError(format!("{method} is no HTTP method")))?;
+    let mut all: Vec<(&str, &str)> = vec![("accept", "application/json")];
+    all.extend_from_slice(headers);
+    let resp = http::Http::new(timeout)
+        .exchange(method, &url, &all, body.map(|b| http::Body::Raw(b.to_owned())))
+        .await
+        .map_err(|e| HookError(e.to_string()))?;
+    Ok((resp.status, String::from_utf8_lossy(&resp.body).into_owned()))
 }
 
-/// The payload of a chunked body, or `None` when it is not one.
-pub(crate) fn dechunk(body: &str) -> Option<String> {
-    let mut out = String::new();
-    let mut rest = body;
-    loop {
-        let (size, after) = rest.split_once("\r\n")?;
-        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
-        if size == 0 {
-            return Some(out);
-        }
-        out.push_str(after.get(..size)?);
-        rest = after.get(size..)?.strip_prefix("\r\n")?;
-    }
-}
-
+pub mod http;
 pub mod kafka;
 pub mod patroni;
 pub mod rabbitmq;

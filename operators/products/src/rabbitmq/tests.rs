@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::*;
-use crate::members::SecretReader;
+use crate::SecretReader;
 
 const PW: &str = "s3cret";
 

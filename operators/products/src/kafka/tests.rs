@@ -405,12 +405,3 @@ fn bad_labels_are_errors_naming_the_label_and_entry() {
     let e = bad(REST_PROXY_LABEL, "rest-proxy");
     assert!(e.contains(REST_PROXY_LABEL) && e.contains("rest-proxy"), "{e}");
 }
-
-#[test]
-fn chunked_bodies_are_read_whole() {
-    assert_eq!(
-        crate::members::dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").as_deref(),
-        Some("abcde")
-    );
-    assert_eq!(crate::members::dechunk("{\"a\":1}"), None);
-}

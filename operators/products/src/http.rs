@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
+pub use hyper::Method;
+use hyper::Request;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -92,9 +93,11 @@ pub enum Body {
     Json(serde_json::Value),
     /// `application/x-www-form-urlencoded` (OAuth token requests).
     Form(Vec<(String, String)>),
+    /// JSON already written out.
+    Raw(String),
 }
 
-/// A 2xx answer.
+/// An answer (2xx, from [`Http::call`]).
 #[derive(Debug)]
 pub struct Response {
     /// HTTP status.
@@ -149,8 +152,9 @@ impl Http {
         }
     }
 
-    /// One call; a non-2xx answer is an error.
-    pub async fn call(
+    /// One call, whatever status it answers with (for callers that read
+    /// the status themselves).
+    pub async fn exchange(
         &self,
         method: Method,
         url: &str,
@@ -171,6 +175,10 @@ impl Http {
             Some(Body::Form(pairs)) => {
                 req = req.header("content-type", "application/x-www-form-urlencoded");
                 Bytes::from(form(&pairs))
+            }
+            Some(Body::Raw(text)) => {
+                req = req.header("content-type", "application/json");
+                Bytes::from(text)
             }
         };
         let req = req.body(Full::new(bytes)).map_err(|e| HttpError::Request {
@@ -197,13 +205,25 @@ impl Http {
                 .to_bytes();
             Ok::<_, HttpError>(Response { status, body })
         };
-        let resp = tokio::time::timeout(self.timeout, call)
+        tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| HttpError::Timeout {
                 method: m.clone(),
                 url: url.to_owned(),
                 timeout: self.timeout,
-            })??;
+            })?
+    }
+
+    /// One call; a non-2xx answer is an error.
+    pub async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<Body>,
+    ) -> Result<Response, HttpError> {
+        let m = method.to_string();
+        let resp = self.exchange(method, url, headers, body).await?;
         if !(200..300).contains(&resp.status) {
             return Err(HttpError::Status {
                 method: m,
@@ -280,8 +300,6 @@ pub fn encode(s: &str) -> String {
     }
     out
 }
-
-pub use operator_core::docker::Endpoint;
 
 #[cfg(test)]
 mod tests {
