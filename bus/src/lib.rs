@@ -196,6 +196,10 @@ impl<T> Change<T> {
 /// The NATS message header that carries W3C trace context on events.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
 
+/// How long an operator gives one registry to answer an image check
+/// ([`Bus::check_images`]); the asker waits a little longer than this.
+pub const IMAGE_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A cheap, cloneable handle to the bus. Clones share one connection.
 #[derive(Clone)]
 pub struct Bus {

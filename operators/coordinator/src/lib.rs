@@ -29,8 +29,8 @@ use std::time::Duration;
 use infra_bus::Bus;
 use infra_proto::bus::v1::EventKind;
 use infra_proto::coordinator::v1::coordinator_service_server::CoordinatorServiceServer;
-use operator_core::app::{self, ConfigError};
-use operator_core::config::NatsConfig;
+use infra_runtime::app::{self, ConfigError};
+use infra_runtime::config::NatsConfig;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -94,7 +94,7 @@ pub struct CoordinatorConfig {
     /// leader). `""` turns the server off.
     pub metrics_listen: String,
     /// Logging.
-    pub log: operator_core::config::LogConfig,
+    pub log: infra_runtime::config::LogConfig,
 }
 
 impl Default for CoordinatorConfig {
@@ -117,8 +117,8 @@ impl Default for CoordinatorConfig {
             heartbeat_ttl_secs: 20,
             host_lost_secs: 30,
             shutdown_grace_secs: 10,
-            metrics_listen: format!("127.0.0.1:{}", operator_core::metrics::COORDINATOR_PORT),
-            log: operator_core::config::LogConfig::default(),
+            metrics_listen: format!("127.0.0.1:{}", infra_runtime::metrics::COORDINATOR_PORT),
+            log: infra_runtime::config::LogConfig::default(),
         }
     }
 }
@@ -249,7 +249,7 @@ impl CoordinatorConfig {
 
     /// The metrics address; `None` when turned off (`metrics_listen = ""`).
     pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
-        operator_core::metrics::parse_listen("metrics_listen", &self.metrics_listen)
+        infra_runtime::metrics::parse_listen("metrics_listen", &self.metrics_listen)
     }
 
     /// The election's settings: this coordinator's id, the address it
@@ -333,7 +333,7 @@ pub async fn run(
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<CoordinatorServiceServer<service::Api>>().await;
-    let (v1, v1alpha) = operator_core::grpc::reflection().expect("embedded descriptor sets are valid");
+    let (v1, v1alpha) = infra_runtime::grpc::reflection().expect("embedded descriptor sets are valid");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let drained = coordinator.clone();
     let api = service::Api {
@@ -342,8 +342,8 @@ pub async fn run(
         auth: serving.auth.clone(),
     };
     let mut server = tonic::transport::Server::builder().trace_fn(|req| {
-        let tp = req.headers().get(operator_core::trace::TRACEPARENT);
-        operator_core::trace::grpc_span(req.uri().path(), tp.and_then(|v| v.to_str().ok()))
+        let tp = req.headers().get(infra_runtime::trace::TRACEPARENT);
+        infra_runtime::trace::grpc_span(req.uri().path(), tp.and_then(|v| v.to_str().ok()))
     });
     if let Some(tls) = serving.tls.clone() {
         server = server.tls_config(tls)?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use infra_coordinator::CoordinatorConfig;
-use operator_core::app;
+use infra_runtime::app;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -118,13 +118,13 @@ fn main() -> ExitCode {
         let bus = infra_bus::Bus::connect(&bus_cfg)
             .await
             .map_err(|e| e.to_string())?
-            .with_trace_context(operator_core::trace::current);
-        let listener = operator_core::grpc::bind(listen).await.map_err(|e| e.to_string())?;
+            .with_trace_context(infra_runtime::trace::current);
+        let listener = infra_runtime::grpc::bind(listen).await.map_err(|e| e.to_string())?;
         // A taken metrics port is a warning, not a failed start: several
         // coordinators may share a machine (tests, benches), and metrics
         // must never keep a coordinator from leading.
         let metrics = match metrics_addr {
-            Some(a) => match operator_core::metrics::bind("metrics_listen", a).await {
+            Some(a) => match infra_runtime::metrics::bind("metrics_listen", a).await {
                 Ok(l) => {
                     tracing::info!(listen = %a, "metrics: serving /metrics");
                     Some(l)

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use infra_bus::Bus;
 use infra_proto::bus::v1::{Event, EventKind, Heartbeat, HostState, ObservedService};
-use operator_core::metrics::{HEALTHS, health_token};
+use infra_runtime::metrics::{HEALTHS, health_token};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -38,7 +38,7 @@ pub struct StepLabel {
 }
 
 // The `kind` and `health` labels are the operators' (one definition).
-pub use operator_core::metrics::{HealthLabel, KindLabel};
+pub use infra_runtime::metrics::{HealthLabel, KindLabel};
 
 /// A host `state` label: `up`, `drained` or `lost`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -243,7 +243,7 @@ impl CoordinatorMetrics {
 
     /// The text exposition (OpenMetrics).
     pub fn render(&self) -> String {
-        operator_core::metrics::render(&self.registry)
+        infra_runtime::metrics::render(&self.registry)
     }
 }
 
@@ -277,7 +277,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let m = metrics.clone();
-    tokio::spawn(operator_core::metrics::serve(
+    tokio::spawn(infra_runtime::metrics::serve(
         listener,
         move || m.render(),
         shutdown.clone(),
@@ -405,8 +405,8 @@ mod tests {
     /// Every series name the operators and the coordinator expose.
     fn exposed() -> BTreeSet<String> {
         let mut names =
-            operator_core::metrics::series_names(&operator_core::metrics::OperatorMetrics::exercised().render());
-        names.extend(operator_core::metrics::series_names(
+            infra_runtime::metrics::series_names(&operator_core::metrics::OperatorMetrics::exercised().render());
+        names.extend(infra_runtime::metrics::series_names(
             &CoordinatorMetrics::new().render(),
         ));
         names

@@ -344,7 +344,7 @@ impl Coordinator {
                     .push(name.clone());
             }
         }
-        let wait = operator_core::images::CHECK_TIMEOUT + Duration::from_secs(1);
+        let wait = infra_bus::IMAGE_CHECK_TIMEOUT + Duration::from_secs(1);
         let answers = futures::future::join_all(asks.into_iter().map(|((host, tier), images)| async move {
             let list: Vec<String> = images.keys().cloned().collect();
             let answer = self.bus.check_images(&host, &tier, list, wait).await;

@@ -2,7 +2,6 @@
 //! reflection (both `grpc.reflection.v1` and `v1alpha`, since the grpcurl
 //! people have may speak only the older one) and `grpc.health.v1`.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -18,27 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::reconcile::Ctx;
 
-/// The reflection services (v1 and v1alpha) for our protos and the health
-/// service's.
-pub fn reflection() -> Result<
-    (
-        tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
-        tonic_reflection::server::v1alpha::ServerReflectionServer<
-            impl tonic_reflection::server::v1alpha::ServerReflection,
-        >,
-    ),
-    tonic_reflection::server::Error,
-> {
-    let v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(infra_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(infra_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    Ok((v1, v1alpha))
-}
+pub use infra_runtime::grpc::{bind, reflection};
 
 /// The operator's inspection service.
 pub struct OperatorGrpc {
@@ -93,11 +72,4 @@ pub async fn serve_operator(
         .add_service(OperatorServiceServer::new(OperatorGrpc { ctx, version }))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
-}
-
-/// Binds `addr`, with a message that names it on failure.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }

@@ -20,7 +20,7 @@ use crate::docker::ImageAvailability;
 use crate::reconcile::Ctx;
 
 /// How long one registry may take to answer for an image.
-pub const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+pub use infra_bus::IMAGE_CHECK_TIMEOUT as CHECK_TIMEOUT;
 
 /// At most this many images are checked in one request.
 const MAX_IMAGES: usize = 256;

@@ -6,7 +6,6 @@
 //! service ([`grpc`]) are written once. A tier binary's `main` is one call
 //! to [`main`].
 
-pub mod app;
 pub mod changes;
 pub mod config;
 pub mod decide;
@@ -18,7 +17,7 @@ pub mod labels;
 pub mod metrics;
 pub mod reconcile;
 pub mod spec;
-pub mod trace;
+pub use infra_runtime::{app, trace};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
