@@ -5,10 +5,7 @@
 
 pub mod ai;
 pub mod auth;
+pub mod data;
 pub mod gateway;
-pub mod member_facts;
 pub mod observability;
-pub mod patroni;
 pub mod reach;
-pub mod valkey;
-pub mod valkey_status;

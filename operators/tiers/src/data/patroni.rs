@@ -32,14 +32,14 @@ use std::time::Duration;
 use infra_products::patroni;
 use infra_proto::bus::v1::EventKind;
 
-use crate::member_facts;
+use crate::data::member_facts;
 use operator_core::{Extension, TierContext};
 
 /// How often the members are asked (also how soon a new leader is told).
 const EVERY: Duration = Duration::from_secs(2);
 
 /// This tier's Patroni extension.
-pub const EXTENSIONS: &[Extension] = &[status];
+pub const REPORT: Extension = status;
 
 fn status(ctx: TierContext) -> futures::future::BoxFuture<'static, ()> {
     Box::pin(run(ctx))

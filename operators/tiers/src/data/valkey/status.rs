@@ -19,13 +19,13 @@ use std::time::Duration;
 use infra_products::valkey;
 use operator_core::{Extension, TierContext};
 
-use crate::member_facts;
+use crate::data::member_facts;
 
 /// How often the members are asked.
 const EVERY: Duration = Duration::from_secs(2);
 
 /// This tier's Valkey status extension.
-pub const EXTENSIONS: &[Extension] = &[status];
+pub const REPORT: Extension = status;
 
 fn status(ctx: TierContext) -> futures::future::BoxFuture<'static, ()> {
     Box::pin(run(ctx))

@@ -56,6 +56,8 @@
 //! first, `CLUSTER FAILOVER` before a primary restarts) is the coordinator's,
 //! with the `valkey` update-order hook (`infra_products::valkey`).
 
+pub mod status;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -96,7 +98,7 @@ const ROLES_WAIT: Duration = Duration::from_secs(15);
 const CREATE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// This tier's Valkey extension: the cluster creator.
-pub const EXTENSIONS: &[Extension] = &[clusters];
+pub const FORM_CLUSTERS: Extension = clusters;
 
 /// The cluster creator (see the module documentation).
 fn clusters(ctx: TierContext) -> futures::future::BoxFuture<'static, ()> {
