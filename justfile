@@ -25,6 +25,7 @@ check:
 
 # Every test that needs neither Docker nor NATS: the pure logic, on any machine.
 unit:
+    bash e2e/images/make-dev-secrets.sh
     cargo test --workspace --lib --bins
     cargo test -p infra-coordinator --test catalog --test lint
 

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::coordinator::Coordinator;
-use crate::placement::{self, Rules, Usage};
+use crate::placement::{self, Rules};
 
 /// What an evacuation did.
 #[derive(Debug, Default)]
@@ -202,6 +202,7 @@ impl Coordinator {
         let Ok(desired) = self.bus().list_desired(None).await else {
             return out;
         };
+        let others = placement::Ledger::from_state(&desired, &records).without_host(host);
         let hosts = self.eligible_hosts().await.unwrap_or_default();
         let hosts: Vec<_> = hosts.into_iter().filter(|h| h.name != host).collect();
         for rec in records {
@@ -242,7 +243,7 @@ impl Coordinator {
                     continue;
                 };
                 let rules = rules.reserving(placement::Reservation::of(&spec));
-                outcome = placement::place(&rules, &hosts, &current, &usage_without(&desired, &rec, host));
+                outcome = placement::place(&rules, &hosts, &current, &others.usage_for(&rec.tier, &rec.service));
                 for (h, n) in &outcome.hosts {
                     if current.get(h).copied().unwrap_or(0) != *n {
                         targets.push((h.clone(), *n));
@@ -439,27 +440,6 @@ impl Coordinator {
             }
         }
     }
-}
-
-/// Spreading load and CPU and memory reservations of everything but `rec`
-/// and the host it leaves.
-fn usage_without(desired: &[DesiredService], rec: &ServiceRecord, host: &str) -> Usage {
-    let mut u = Usage::default();
-    let mut seen: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for d in desired.iter().filter(|d| !d.absent && d.host != host) {
-        if let Some(s) = &d.spec
-            && s.tier == rec.tier
-            && s.name != rec.service
-        {
-            seen.entry(d.host.clone()).or_default().insert(s.name.clone());
-        }
-    }
-    for (h, names) in seen {
-        u.tier_load.insert(h, names.len());
-    }
-    let others: Vec<DesiredService> = desired.iter().filter(|d| d.host != host).cloned().collect();
-    u.reserved = placement::reserved_by_others(&others, &rec.service);
-    u
 }
 
 fn list(v: &[String]) -> String {

@@ -1,7 +1,7 @@
 //! Plan: what a deploy would do, and the preparation a deploy shares
 //! with it (specs, placement, secrets, the images each host lacks).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use crate::error::Error;
@@ -11,7 +11,7 @@ use infra_proto::coordinator::v1 as api;
 
 use crate::convert::{self, SecretContent};
 use crate::coordinator::*;
-use crate::placement::{self, Outcome, Rules, Usage};
+use crate::placement::{self, Outcome, Rules};
 use crate::reach::cross_host_reach;
 
 /// The largest spec one service may have once built (encoded). Twice it
@@ -127,35 +127,9 @@ impl Coordinator {
         let hosts = self.eligible_hosts().await?;
         let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
         let records = self.bus.list_records().await.map_err(unavailable)?;
-        // What the other services take where: tier load for spreading, GPUs.
-        let mut load: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
-        for d in desired.iter().filter(|d| !d.absent) {
-            if let Some(s) = &d.spec {
-                load.entry((d.host.clone(), s.tier.clone()))
-                    .or_default()
-                    .insert(s.name.clone());
-            }
-        }
-        let mut gpus: HashMap<String, BTreeMap<String, u32>> = HashMap::new();
-        for r in &records {
-            let per = r.rules.as_ref().map_or(0, |p| p.gpus);
-            for (h, n) in &r.placement {
-                if per > 0 {
-                    gpus.entry(h.clone()).or_default().insert(r.service.clone(), per * n);
-                }
-            }
-        }
-        // What every service reserves where (CPU, memory), kept current as
-        // this deploy places its services.
-        let mut reserved: HashMap<String, BTreeMap<String, placement::Reservation>> = HashMap::new();
-        for d in desired.iter().filter(|d| !d.absent) {
-            if let Some(s) = &d.spec {
-                reserved
-                    .entry(d.host.clone())
-                    .or_default()
-                    .insert(s.name.clone(), placement::Reservation::of(s).times(s.replicas.max(1)));
-            }
-        }
+        // What every service takes where, kept current as this deploy
+        // places its services.
+        let mut ledger = placement::Ledger::from_state(&desired, &records);
         let mut out = Vec::new();
         let mut secrets: BTreeMap<String, SecretContent> = BTreeMap::new();
         for name in graph.order() {
@@ -196,27 +170,7 @@ impl Coordinator {
                 .filter(|d| d.spec.as_ref().is_some_and(|s| s.name == *name))
                 .cloned()
                 .collect();
-            let usage = Usage {
-                tier_load: load
-                    .iter()
-                    .filter(|((_, t), _)| *t == spec.tier)
-                    .map(|((h, _), names)| (h.clone(), names.iter().filter(|n| *n != name).count()))
-                    .collect(),
-                gpus_used: gpus
-                    .iter()
-                    .map(|(h, by)| (h.clone(), by.iter().filter(|(n, _)| *n != name).map(|(_, g)| g).sum()))
-                    .collect(),
-                reserved: reserved
-                    .iter()
-                    .map(|(h, by)| {
-                        let sum = by
-                            .iter()
-                            .filter(|(n, _)| *n != name)
-                            .fold(placement::Reservation::default(), |a, (_, r)| a.plus(*r));
-                        (h.clone(), sum)
-                    })
-                    .collect(),
-            };
+            let usage = ledger.usage_for(&spec.tier, name);
             let mut p = Prepared {
                 spec,
                 rules,
@@ -230,23 +184,7 @@ impl Coordinator {
                 .map_err(invalid)?
                 .reserving(reserve);
             p.outcome = placement::place(&parsed, &hosts, &p.current(), &usage);
-            for by in reserved.values_mut() {
-                by.remove(name);
-            }
-            for (h, n) in &p.outcome.hosts {
-                reserved
-                    .entry(h.clone())
-                    .or_default()
-                    .insert(name.clone(), reserve.times(*n));
-                load.entry((h.clone(), p.spec.tier.clone()))
-                    .or_default()
-                    .insert(name.clone());
-                if p.rules.gpus > 0 {
-                    gpus.entry(h.clone())
-                        .or_default()
-                        .insert(name.clone(), p.rules.gpus * n);
-                }
-            }
+            ledger.set(name, &p.spec.tier, p.rules.gpus, reserve, &p.outcome.hosts);
             out.push((name.clone(), p));
         }
         cross_host_reach(catalog, &hosts, &mut out);

@@ -4,13 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
-use infra_proto::bus::v1::{DesiredService, EventKind};
+use infra_proto::bus::v1::{DesiredService, EventKind, ServiceRecord};
 use infra_proto::coordinator::v1 as api;
 use tokio::sync::{mpsc, watch};
 
 use crate::coordinator::*;
 use crate::deploy::{Board, Progress, Step};
-use crate::placement::{self, Outcome, Rules, Usage};
+use crate::placement::{self, Outcome, Rules};
 use crate::plan::Prepared;
 
 impl Coordinator {
@@ -25,6 +25,67 @@ impl Coordinator {
         req: api::ScaleRequest,
         tx: mpsc::Sender<Result<api::DeployProgress, Error>>,
     ) -> Result<(), Error> {
+        let target = self.scale_target(&req).await?;
+        let deployment = nuid::next().to_string();
+        if req.replicas == 0 {
+            return self.scale_to_zero(target, &deployment, &tx).await;
+        }
+        let now = target.now;
+        let mut p = target.prepared;
+        p.spec.replicas = req.replicas;
+        p.outcome = self.place_scaled(&p, req.replicas).await?;
+        if p.outcome.short_of_room {
+            return Err(Error::precondition(format!(
+                "{} cannot have {} replicas: {}; nothing was changed",
+                req.service, req.replicas, p.outcome.reason
+            )));
+        }
+        // This call now owns the service's count: an earlier Scale still
+        // waiting for its own count stops.
+        let superseded = self.claim(&req.service);
+        let tier = p.spec.tier.clone();
+        let change = format!("{now} -> {} (hosts {})", req.replicas, p.hosts_label());
+        self.event(EventKind::ServiceScaled, &req.service, &tier, &deployment, change)
+            .await;
+        let step = Step {
+            name: &req.service,
+            deps: Vec::new(),
+            deadline: if req.timeout_seconds > 0 {
+                Duration::from_secs(u64::from(req.timeout_seconds))
+            } else {
+                self.settings.deploy_timeout
+            },
+            wait_limit: Duration::ZERO,
+            deployment: &deployment,
+            board: Arc::new(watch::channel(Board::new()).0),
+            graph: None,
+            tx: &tx,
+            until_completed: false,
+        };
+        let outcome = tokio::select! {
+            o = self.deploy_one(step, p) => Some(o),
+            () = superseded.cancelled() => None,
+        };
+        let ok = matches!(outcome, Some(Progress::Healthy | Progress::Completed));
+        let message = match outcome {
+            Some(_) => format!("scaled {now} -> {}", req.replicas),
+            None => format!(
+                "superseded: a newer Scale of {} took over before {} replicas were ready",
+                req.service, req.replicas
+            ),
+        };
+        let done = api::DeployProgress {
+            ready: u32::from(ok),
+            failed: u32::from(!ok),
+            ..done(&deployment, &req.service, &tier, message)
+        };
+        let _ = tx.send(Ok(done)).await;
+        Ok(())
+    }
+
+    /// What a Scale starts from: the service's record and last applied
+    /// spec, after every check that can refuse it (nothing changed yet).
+    async fn scale_target(&self, req: &api::ScaleRequest) -> Result<ScaleTarget, Error> {
         if req.service.is_empty() {
             return Err(invalid("service: must name a service"));
         }
@@ -81,140 +142,92 @@ impl Coordinator {
                 spec.tier
             )));
         }
-        let deadline = if req.timeout_seconds > 0 {
-            Duration::from_secs(u64::from(req.timeout_seconds))
-        } else {
-            self.settings.deploy_timeout
-        };
-        let deployment = nuid::next().to_string();
-        let mut spec = spec;
-        spec.replicas = req.replicas;
-        let (update, back) = (
-            record.update.clone().unwrap_or_default(),
-            record.rollback.clone().unwrap_or_default(),
-        );
-        let mut p = Prepared {
+        let prepared = Prepared {
             spec,
             rules,
             outcome: Outcome::default(),
             existing,
-            update,
-            back,
+            update: record.update.clone().unwrap_or_default(),
+            back: record.rollback.clone().unwrap_or_default(),
         };
-        if req.replicas == 0 {
-            // Nothing to place: take it off every host, keep the record.
-            self.claim(&req.service).cancel();
-            for d in p.existing.iter().filter(|d| !d.absent) {
-                let mut gone = d.clone();
-                gone.absent = true;
-                gone.remove_volumes = false;
-                gone.generation += 1;
-                gone.deployment_id.clone_from(&deployment);
-                self.bus.put_desired(&gone).await.map_err(unavailable)?;
-            }
-            let mut r = record;
-            r.replicas = 0;
-            r.placement.clear();
-            r.pending_replicas = 0;
-            r.pending_reason.clear();
-            r.updated_at = Some(infra_proto::now());
-            r.deployment_id.clone_from(&deployment);
-            self.bus.put_record(&r).await.map_err(unavailable)?;
-            self.event(
-                EventKind::ServiceScaled,
-                &req.service,
-                &p.spec.tier,
-                &deployment,
-                format!("{now} -> 0"),
-            )
-            .await;
-            let _ = tx
-                .send(Ok(api::DeployProgress {
-                    deployment_id: deployment,
-                    service: req.service.clone(),
-                    tier: p.spec.tier.clone(),
-                    phase: api::Phase::Done as i32,
-                    message: format!("scaled {now} -> 0"),
-                    time: Some(infra_proto::now()),
-                    ..Default::default()
-                }))
-                .await;
-            return Ok(());
-        }
+        Ok(ScaleTarget { record, prepared, now })
+    }
+
+    /// Places `replicas` of `p` by its rules beside everything else.
+    async fn place_scaled(&self, p: &Prepared, replicas: u32) -> Result<Outcome, Error> {
         let hosts = self.eligible_hosts().await?;
-        let parsed = Rules::from_spec(&p.spec.tier, req.replicas, &p.rules)
+        let rules = Rules::from_spec(&p.spec.tier, replicas, &p.rules)
             .map_err(invalid)?
             .reserving(placement::Reservation::of(&p.spec));
-        let others = self.bus.list_records().await.map_err(unavailable)?;
-        let all_desired = self.bus.list_desired(None).await.map_err(unavailable)?;
-        let mut usage = Usage {
-            reserved: placement::reserved_by_others(&all_desired, &req.service),
-            ..Usage::default()
-        };
-        for r in others.iter().filter(|r| r.service != req.service) {
-            let per = r.rules.as_ref().map_or(0, |x| x.gpus);
-            for (h, n) in &r.placement {
-                if r.tier == p.spec.tier {
-                    *usage.tier_load.entry(h.clone()).or_default() += 1;
-                }
-                *usage.gpus_used.entry(h.clone()).or_default() += per * n;
-            }
+        let records = self.bus.list_records().await.map_err(unavailable)?;
+        let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
+        let usage = placement::Ledger::from_state(&desired, &records).usage_for(&p.spec.tier, &p.spec.name);
+        Ok(placement::place(&rules, &hosts, &p.current(), &usage))
+    }
+
+    /// Scale to 0: nothing to place; the service comes off every host and
+    /// its record stays (a later Scale brings it back).
+    async fn scale_to_zero(
+        &self,
+        target: ScaleTarget,
+        deployment: &str,
+        tx: &mpsc::Sender<Result<api::DeployProgress, Error>>,
+    ) -> Result<(), Error> {
+        let ScaleTarget {
+            record,
+            prepared: p,
+            now,
+        } = target;
+        self.claim(&record.service).cancel();
+        for d in p.existing.iter().filter(|d| !d.absent) {
+            let mut gone = d.clone();
+            gone.absent = true;
+            gone.remove_volumes = false;
+            gone.generation += 1;
+            gone.deployment_id = deployment.to_owned();
+            self.bus.put_desired(&gone).await.map_err(unavailable)?;
         }
-        p.outcome = placement::place(&parsed, &hosts, &p.current(), &usage);
-        if p.outcome.short_of_room {
-            return Err(Error::precondition(format!(
-                "{} cannot have {} replicas: {}; nothing was changed",
-                req.service, req.replicas, p.outcome.reason
-            )));
-        }
-        // This call now owns the service's count: an earlier Scale still
-        // waiting for its own count stops.
-        let superseded = self.claim(&req.service);
+        let mut r = record;
+        r.replicas = 0;
+        r.placement.clear();
+        r.pending_replicas = 0;
+        r.pending_reason.clear();
+        r.updated_at = Some(infra_proto::now());
+        r.deployment_id = deployment.to_owned();
+        self.bus.put_record(&r).await.map_err(unavailable)?;
+        let (service, tier) = (&r.service, &p.spec.tier);
         self.event(
             EventKind::ServiceScaled,
-            &req.service,
-            &p.spec.tier,
-            &deployment,
-            format!("{now} -> {} (hosts {})", req.replicas, p.hosts_label()),
+            service,
+            tier,
+            deployment,
+            format!("{now} -> 0"),
         )
         .await;
-        let tier = p.spec.tier.clone();
-        let step = Step {
-            name: &req.service,
-            deps: Vec::new(),
-            deadline,
-            wait_limit: Duration::ZERO,
-            deployment: &deployment,
-            board: Arc::new(watch::channel(Board::new()).0),
-            graph: None,
-            tx: &tx,
-            until_completed: false,
-        };
-        let outcome = tokio::select! {
-            o = self.deploy_one(step, p) => Some(o),
-            () = superseded.cancelled() => None,
-        };
-        let ok = matches!(outcome, Some(Progress::Healthy | Progress::Completed));
-        let message = match outcome {
-            Some(_) => format!("scaled {now} -> {}", req.replicas),
-            None => format!(
-                "superseded: a newer Scale of {} took over before {} replicas were ready",
-                req.service, req.replicas
-            ),
-        };
         let _ = tx
-            .send(Ok(api::DeployProgress {
-                deployment_id: deployment,
-                service: req.service.clone(),
-                tier,
-                phase: api::Phase::Done as i32,
-                message,
-                time: Some(infra_proto::now()),
-                ready: u32::from(ok),
-                failed: u32::from(!ok),
-                ..Default::default()
-            }))
+            .send(Ok(done(deployment, service, tier, format!("scaled {now} -> 0"))))
             .await;
         Ok(())
+    }
+}
+
+/// A deployed service a Scale may change.
+struct ScaleTarget {
+    record: ServiceRecord,
+    prepared: Prepared,
+    /// Replicas it has now.
+    now: u32,
+}
+
+/// The last progress message of a Scale.
+fn done(deployment: &str, service: &str, tier: &str, message: String) -> api::DeployProgress {
+    api::DeployProgress {
+        deployment_id: deployment.to_owned(),
+        service: service.to_owned(),
+        tier: tier.to_owned(),
+        phase: api::Phase::Done as i32,
+        message,
+        time: Some(infra_proto::now()),
+        ..Default::default()
     }
 }

@@ -29,7 +29,7 @@ mod constraint;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use infra_proto::bus::v1::{DesiredService, Heartbeat, PlacementSpec, ServiceSpec};
+use infra_proto::bus::v1::{DesiredService, Heartbeat, PlacementSpec, ServiceRecord, ServiceSpec};
 
 /// Host label that holds the number of GPUs a host has (published by the
 /// ai operator from NVML; absent means none).
@@ -236,17 +236,98 @@ pub struct Usage {
     pub reserved: HashMap<String, Reservation>,
 }
 
-/// Host -> what the services other than `except` reserve there, from the
-/// hosts' desired state.
-pub fn reserved_by_others(desired: &[DesiredService], except: &str) -> HashMap<String, Reservation> {
-    let mut out: HashMap<String, Reservation> = HashMap::new();
-    for d in desired.iter().filter(|d| !d.absent) {
-        if let Some(s) = d.spec.as_ref().filter(|s| s.name != except) {
-            let r = out.entry(d.host.clone()).or_default();
-            *r = r.plus(Reservation::of(s).times(s.replicas.max(1)));
+/// What every service takes on every host (its tier, GPUs, CPU and memory),
+/// from which the [`Usage`] for placing one service is read. A deploy
+/// keeps it current as it places its services one after the other.
+#[derive(Clone, Debug, Default)]
+pub struct Ledger {
+    /// Host -> service -> what it takes there.
+    by_host: HashMap<String, BTreeMap<String, Taken>>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Taken {
+    tier: String,
+    gpus: u32,
+    reserved: Reservation,
+}
+
+impl Ledger {
+    /// From the hosts' desired state (each host's share of each service)
+    /// and the services' records (GPUs per replica).
+    pub fn from_state(desired: &[DesiredService], records: &[ServiceRecord]) -> Self {
+        let gpus_per: HashMap<&str, u32> = records
+            .iter()
+            .map(|r| (r.service.as_str(), r.rules.as_ref().map_or(0, |x| x.gpus)))
+            .collect();
+        let mut l = Self::default();
+        for d in desired.iter().filter(|d| !d.absent) {
+            if let Some(s) = &d.spec {
+                let n = s.replicas.max(1);
+                let taken = Taken {
+                    tier: s.tier.clone(),
+                    gpus: gpus_per.get(s.name.as_str()).copied().unwrap_or(0) * n,
+                    reserved: Reservation::of(s).times(n),
+                };
+                l.by_host
+                    .entry(d.host.clone())
+                    .or_default()
+                    .insert(s.name.clone(), taken);
+            }
+        }
+        l
+    }
+
+    /// `service` (of `tier`) now takes `hosts` (host -> replicas), each
+    /// replica `gpus` GPUs and `each`; what it took before is forgotten.
+    pub fn set(&mut self, service: &str, tier: &str, gpus: u32, each: Reservation, hosts: &BTreeMap<String, u32>) {
+        for by in self.by_host.values_mut() {
+            by.remove(service);
+        }
+        for (h, n) in hosts {
+            let taken = Taken {
+                tier: tier.to_owned(),
+                gpus: gpus * n,
+                reserved: each.times(*n),
+            };
+            self.by_host
+                .entry(h.clone())
+                .or_default()
+                .insert(service.to_owned(), taken);
         }
     }
-    out
+
+    /// The same without what runs on `host` (a host being emptied).
+    pub fn without_host(mut self, host: &str) -> Self {
+        self.by_host.remove(host);
+        self
+    }
+
+    /// What everything but `service` takes, for placing `service` (of
+    /// `tier`: the spreading counts that tier's services only).
+    pub fn usage_for(&self, tier: &str, service: &str) -> Usage {
+        let mut u = Usage::default();
+        for (h, by) in &self.by_host {
+            let others = by.iter().filter(|(n, _)| n.as_str() != service);
+            let mut load = 0;
+            let (mut gpus, mut reserved) = (0, Reservation::default());
+            for (_, t) in others {
+                load += usize::from(t.tier == tier);
+                gpus += t.gpus;
+                reserved = reserved.plus(t.reserved);
+            }
+            if load > 0 {
+                u.tier_load.insert(h.clone(), load);
+            }
+            if gpus > 0 {
+                u.gpus_used.insert(h.clone(), gpus);
+            }
+            if !reserved.is_zero() {
+                u.reserved.insert(h.clone(), reserved);
+            }
+        }
+        u
+    }
 }
 
 /// Places `rules` on `hosts`, keeping `current` (host -> replicas now)

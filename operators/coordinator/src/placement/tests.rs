@@ -253,3 +253,76 @@ fn host_views_merge_every_operators_labels_and_tiers() {
     assert_eq!(v[0].labels["zone"], "a");
     assert_eq!(v[0].tiers, ["ai".to_string(), "data".into()].into());
 }
+
+fn desired_on(host: &str, name: &str, tier: &str, replicas: u32, memory: i64) -> DesiredService {
+    DesiredService {
+        host: host.into(),
+        spec: Some(ServiceSpec {
+            name: name.into(),
+            tier: tier.into(),
+            replicas,
+            resources: Some(infra_proto::bus::v1::Resources {
+                memory_reservation: memory,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_ledger_counts_everything_but_the_service_being_placed() {
+    let desired = vec![
+        desired_on("a", "web", "gateway", 2, 100),
+        desired_on("a", "db", "data", 1, 1000),
+        desired_on("b", "ollama", "ai", 1, 0),
+        desired_on("b", "proxy", "gateway", 1, 10),
+        DesiredService {
+            absent: true,
+            ..desired_on("b", "gone", "gateway", 1, 5)
+        },
+    ];
+    let records = vec![ServiceRecord {
+        service: "ollama".into(),
+        rules: Some(PlacementSpec {
+            gpus: 2,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    let ledger = Ledger::from_state(&desired, &records);
+    let u = ledger.usage_for("gateway", "web");
+    // web itself is not counted; db is another tier (no spreading load) but
+    // reserves memory; a removed service counts for nothing.
+    assert_eq!(u.tier_load.get("a"), None);
+    assert_eq!(u.tier_load.get("b"), Some(&1));
+    assert_eq!(u.reserved["a"].memory, 1000);
+    assert_eq!(u.reserved["b"].memory, 10);
+    assert_eq!(u.gpus_used.get("b"), Some(&2));
+    let u = ledger.usage_for("gateway", "proxy");
+    assert_eq!(u.tier_load.get("a"), Some(&1));
+    assert_eq!(u.reserved["a"].memory, 2 * 100 + 1000);
+
+    // A deploy places web on b now: it leaves a and is counted on b.
+    let mut ledger = ledger;
+    ledger.set(
+        "web",
+        "gateway",
+        0,
+        Reservation {
+            nano_cpus: 0,
+            memory: 100,
+        },
+        &[("b".to_string(), 3)].into(),
+    );
+    let u = ledger.usage_for("gateway", "proxy");
+    assert_eq!(u.tier_load.get("a"), None);
+    assert_eq!(u.tier_load.get("b"), Some(&1));
+    assert_eq!(u.reserved["a"].memory, 1000);
+    assert_eq!(u.reserved["b"].memory, 300);
+
+    // Without host a (a drain), nothing of a is counted.
+    let u = ledger.without_host("a").usage_for("data", "other");
+    assert!(!u.reserved.contains_key("a"));
+}
