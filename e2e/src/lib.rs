@@ -85,6 +85,39 @@ impl Options {
             operator_env: Vec::new(),
         }
     }
+
+    /// [`Options::local`] over a test's own `catalog` (no image override),
+    /// with only the operators of `tiers`.
+    pub fn over(name: &str, catalog: &Path, tiers: &[&str]) -> Self {
+        let mut o = Self::local(name);
+        o.compose_dir = catalog.to_owned();
+        o.overrides.clear();
+        o.tiers = tiers.iter().map(|t| (*t).to_owned()).collect();
+        o
+    }
+}
+
+/// Writes `text` to `root/rel`, making the folders on the way.
+pub fn write(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
+/// `docker exec NAME CMD…`, asserted to succeed; its trimmed stdout.
+pub fn docker_exec(name: &str, cmd: &[&str]) -> String {
+    let out = Command::new("docker")
+        .arg("exec")
+        .arg(name)
+        .args(cmd)
+        .output()
+        .expect("docker");
+    assert!(
+        out.status.success(),
+        "docker exec {name} {cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// A running platform.

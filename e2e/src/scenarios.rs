@@ -13,11 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::hosts::{Cluster, ClusterOptions};
 
-pub fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
+pub use crate::write;
 
 /// A web service (nginx serving its VERSION at /version, unhealthy when
 /// BROKEN=1), an api (nginx on 8081), and the gateway's Nginx on host1
@@ -724,83 +720,47 @@ pub fn valkey_failovers_ms(coordinator_log: &str) -> Vec<u64> {
         .collect()
 }
 
-/// One RESP reply, as the e2e client reads it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Resp {
-    /// `+...`
-    Simple(String),
-    /// `-...`
-    Error(String),
-    /// `:n`
-    Int(i64),
-    /// `$n` (`None`: `$-1`).
-    Bulk(Option<String>),
-}
+pub use infra_products::valkey::Reply;
 
-/// A blocking connection to one Valkey node (the e2e client: RESP2, no
-/// arrays in replies, which `SET`, `GET`, `WAIT`, `INFO` and `CLUSTER
-/// NODES` never send).
+/// A blocking connection to one Valkey node, for the tests' threads: the
+/// platform's own RESP client ([`infra_products::valkey::Conn`]) on a
+/// runtime of its own.
 pub struct ValkeyConn {
-    r: std::io::BufReader<std::net::TcpStream>,
-    w: std::net::TcpStream,
+    rt: tokio::runtime::Runtime,
+    conn: infra_products::valkey::Conn,
 }
 
 impl ValkeyConn {
-    /// Connects (2 s) and authenticates.
+    /// Connects (3 s) and authenticates. Not from inside a runtime.
     pub fn open(addr: &str, password: &str) -> Result<Self, String> {
-        let sa: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
-        let s =
-            std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2)).map_err(|e| format!("{addr}: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-        s.set_nodelay(true).ok();
-        let mut c = Self {
-            r: std::io::BufReader::new(s.try_clone().map_err(|e| e.to_string())?),
-            w: s,
-        };
-        match c.call(&["AUTH", password])? {
-            Resp::Simple(_) => Ok(c),
-            other => Err(format!("{addr}: AUTH answered {other:?}")),
-        }
+        let (host, port) = addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .ok_or_else(|| format!("{addr}: not host:port"))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let secret = infra_products::Secret(password.to_owned());
+        let conn = rt
+            .block_on(infra_products::valkey::Conn::open(host, port, Some(&secret)))
+            .map_err(|e| e.0)?;
+        Ok(Self { rt, conn })
     }
 
     /// One command and its reply.
-    pub fn call(&mut self, args: &[&str]) -> Result<Resp, String> {
-        use std::io::BufRead;
-        let mut out = format!("*{}\r\n", args.len());
-        for a in args {
-            out += &format!("${}\r\n{a}\r\n", a.len());
-        }
-        self.w.write_all(out.as_bytes()).map_err(|e| format!("write: {e}"))?;
-        let mut line = String::new();
-        if self.r.read_line(&mut line).map_err(|e| format!("read: {e}"))? == 0 {
-            return Err("connection closed".into());
-        }
-        let line = line.trim_end_matches(['\r', '\n']);
-        let (kind, rest) = line.split_at(line.len().min(1));
-        match kind {
-            "+" => Ok(Resp::Simple(rest.to_owned())),
-            "-" => Ok(Resp::Error(rest.to_owned())),
-            ":" => rest.parse().map(Resp::Int).map_err(|_| format!("bad integer {rest:?}")),
-            "$" => {
-                let n: i64 = rest.parse().map_err(|_| format!("bad length {rest:?}"))?;
-                if n < 0 {
-                    return Ok(Resp::Bulk(None));
-                }
-                let mut buf = vec![0u8; n as usize + 2];
-                self.r.read_exact(&mut buf).map_err(|e| format!("read: {e}"))?;
-                buf.truncate(n as usize);
-                Ok(Resp::Bulk(Some(String::from_utf8_lossy(&buf).into_owned())))
-            }
-            _ => Err(format!("unexpected reply {line:?}")),
-        }
+    pub fn call(&mut self, args: &[&str]) -> Result<Reply, String> {
+        self.rt.block_on(self.conn.call(args)).map_err(|e| e.0)
     }
 
-    /// A command whose reply is a bulk string (`INFO`, `CLUSTER NODES`).
+    /// A command whose reply is text (`INFO`, `CLUSTER NODES`).
     pub fn text(&mut self, args: &[&str]) -> Result<String, String> {
-        match self.call(args)? {
-            Resp::Bulk(Some(s)) => Ok(s),
-            other => Err(format!("{args:?}: {other:?}")),
-        }
+        self.rt.block_on(self.conn.text(args)).map_err(|e| e.0)
+    }
+
+    /// `INFO <section>` (or `CLUSTER INFO`) as its `key:value` fields.
+    pub fn fields(&mut self, args: &[&str]) -> Result<BTreeMap<String, String>, String> {
+        self.text(args).map(|t| infra_products::valkey::fields(&t))
     }
 }
 
@@ -883,7 +843,7 @@ impl ValkeyClient {
         key: &str,
         args: &[&str],
         then: Option<&[&str]>,
-    ) -> Result<(Resp, Option<Resp>), String> {
+    ) -> Result<(Reply, Option<Reply>), String> {
         let slot = valkey_slot(key);
         let mut tried_others = 0;
         for _ in 0..6 {
@@ -917,12 +877,12 @@ impl ValkeyClient {
                 }
             };
             match &r {
-                Resp::Error(e) if e.starts_with("MOVED ") => {
+                Reply::Error(e) if e.starts_with("MOVED ") => {
                     let to = e.split_whitespace().nth(2).unwrap_or("").to_owned();
                     self.by_tag.insert(slot, to);
                     continue;
                 }
-                Resp::Error(_) => return Ok((r, None)),
+                Reply::Error(_) => return Ok((r, None)),
                 _ => {}
             }
             self.by_tag.insert(slot, addr.clone());
@@ -944,89 +904,52 @@ impl ValkeyClient {
     /// `GET key`.
     pub fn get(&mut self, key: &str) -> Result<Option<String>, String> {
         match self.call_then(key, &["GET", key], None)?.0 {
-            Resp::Bulk(v) => Ok(v),
+            Reply::Bulk(v) => Ok(v.map(|b| String::from_utf8_lossy(&b).into_owned())),
             other => Err(format!("GET {key}: {other:?}")),
         }
     }
 }
 
 /// A client that writes `SET <key n> n` then `WAIT 1 <wait_ms>` the whole
-/// time, one writer thread per primary's slot range (key stream `n % 3`),
-/// so a primary that stalls does not stall the others, and records as
+/// time, one [`Writer`] per primary's slot range (key stream `n % 3`), so a
+/// primary that stalls does not stall the others, and records as
 /// acknowledged only the writes `WAIT` says reached a replica.
-/// [`Writes::longest_gap`] is the longest time without an acknowledged
-/// write on any primary; [`ValkeyWriter::gaps`] has it per key stream.
 pub struct ValkeyWriter {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<(Writes, [Duration; 3], Instant)>>,
-    handles: Vec<std::thread::JoinHandle<()>>,
+    loads: [Writer; 3],
+    started: Instant,
 }
 
 impl ValkeyWriter {
     /// Starts at sequence number `first` (then `first + 1`, ... over the
     /// three streams).
     pub fn start(nodes: Vec<String>, password: &str, first: u64, wait_ms: u64) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen: Arc<Mutex<(Writes, [Duration; 3], Instant)>> =
-            Arc::new(Mutex::new((Writes::default(), [Duration::ZERO; 3], Instant::now())));
-        let mut handles = Vec::new();
-        for t in 0..3u64 {
-            let (s, out, nodes, password) = (stop.clone(), seen.clone(), nodes.clone(), password.to_owned());
-            handles.push(std::thread::spawn(move || {
-                let tags = valkey_tags();
-                let mut client = ValkeyClient::new(nodes, &password);
-                let deadline = Instant::now() + Duration::from_secs(900);
-                let mut last_mine = Instant::now();
-                // The first number of this stream at or after `first`.
-                let mut n = first + (t + 3 - first % 3) % 3;
-                let wait = wait_ms.to_string();
-                while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
-                    let key = valkey_key(&tags, n);
-                    let val = n.to_string();
-                    let r = client.call_then(&key, &["SET", &key, &val], Some(&["WAIT", "1", &wait]));
-                    let mut g = out.lock().unwrap();
-                    match r {
-                        Ok((Resp::Simple(ok), Some(Resp::Int(k)))) if ok == "OK" && k >= 1 => {
-                            let i = t as usize;
-                            g.0.longest_gap = g.0.longest_gap.max(g.2.elapsed());
-                            g.1[i] = g.1[i].max(last_mine.elapsed());
-                            g.2 = Instant::now();
-                            last_mine = Instant::now();
-                            g.0.acked.push(n);
-                        }
-                        Ok((Resp::Simple(_), Some(Resp::Int(0)))) => {
-                            g.0.failed
-                                .push(format!("write {n}: WAIT 1: no replica within {wait}ms"));
-                        }
-                        Ok(other) => g.0.failed.push(format!("write {n}: {other:?}")),
-                        Err(e) => g.0.failed.push(format!("write {n}: {e}")),
-                    }
-                    drop(g);
-                    n += 3;
-                    std::thread::sleep(Duration::from_millis(10));
+        let started = Instant::now();
+        let loads = [0u64, 1, 2].map(|t| {
+            let mut client = ValkeyClient::new(nodes.clone(), password);
+            let tags = valkey_tags();
+            let wait = wait_ms.to_string();
+            // The first number of this stream at or after `first`.
+            let n0 = first + (t + 3 - first % 3) % 3;
+            Writer::stepping(n0, 3, Duration::from_millis(10), move |n| {
+                let key = valkey_key(&tags, n);
+                let val = n.to_string();
+                match client.call_then(&key, &["SET", &key, &val], Some(&["WAIT", "1", &wait]))? {
+                    (Reply::Simple(ok), Some(Reply::Int(k))) if ok == "OK" && k >= 1 => Ok(()),
+                    (Reply::Simple(_), Some(Reply::Int(0))) => Err(format!("WAIT 1: no replica within {wait}ms")),
+                    other => Err(format!("{other:?}")),
                 }
-            }));
-        }
-        Self { stop, seen, handles }
+            })
+        });
+        Self { loads, started }
     }
 
-    /// What it saw so far, and reset.
-    pub fn take(&self) -> Writes {
-        std::mem::take(&mut self.seen.lock().unwrap().0)
-    }
-
-    /// The longest gap per key stream so far (the primaries' slot ranges
-    /// in order).
-    pub fn gaps(&self) -> [Duration; 3] {
-        self.seen.lock().unwrap().1
-    }
-}
-
-impl Drop for ValkeyWriter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for h in self.handles.drain(..) {
-            let _ = h.join();
-        }
+    /// Stops, and says what it saw: every stream's writes as one
+    /// ([`Writes::longest_gap`]: the longest time without an acknowledged
+    /// write on any primary) and the longest gap of each stream (the
+    /// primaries' slot ranges in order).
+    pub fn finish(self) -> (Writes, [Duration; 3]) {
+        let parts = self.loads.each_ref().map(Writer::take);
+        let gaps = parts.each_ref().map(|w| w.longest_gap);
+        (Writes::merge(parts.into(), self.started), gaps)
     }
 }

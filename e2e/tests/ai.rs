@@ -13,17 +13,10 @@
 //!
 //! Image: `infra-local/debian:bookworm` from `e2e/images/build.sh`.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use infra_e2e::{Options, Platform};
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
+use infra_e2e::{Options, Platform, write};
 
 const AI: &str = r#"services:
   trainer:
@@ -46,10 +39,7 @@ const AI: &str = r#"services:
 fn platform(name: &str, operator_env: Vec<(String, String)>) -> (tempfile::TempDir, Platform) {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "08-ai/lab/docker-compose.yml", AI);
-    let mut o = Options::local(name);
-    o.compose_dir = dir.path().to_owned();
-    o.overrides.clear();
-    o.tiers = vec!["ai".into()];
+    let mut o = Options::over(name, dir.path(), &["ai"]);
     o.operator_env = operator_env;
     let p = Platform::start(o);
     (dir, p)

@@ -7,20 +7,11 @@
 use std::path::Path;
 use std::process::Command;
 
-use infra_e2e::{Options, Platform};
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
+use infra_e2e::{Options, Platform, write};
 
 /// A platform with only the data and gateway operators, over `catalog`.
 fn platform(name: &str, catalog: &Path) -> Platform {
-    let mut o = Options::local(name);
-    o.compose_dir = catalog.to_owned();
-    o.overrides.clear();
-    o.tiers = vec!["data".into(), "gateway".into()];
+    let o = Options::over(name, catalog, &["data", "gateway"]);
     Platform::start(o)
 }
 

@@ -8,34 +8,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt;
-use infra_e2e::{Options, Platform};
-use infra_proto::bus::v1::{Event, EventKind};
-use prost::Message;
+use infra_e2e::{Options, Platform, docker_exec};
+use infra_proto::bus::v1::EventKind;
 
 fn docker_inspect(name: &str, format: &str) -> String {
     let out = Command::new("docker")
         .args(["inspect", "-f", format, name])
         .output()
         .expect("docker");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn docker_exec(name: &str, cmd: &[&str]) -> String {
-    let out = Command::new("docker")
-        .arg("exec")
-        .arg(name)
-        .args(cmd)
-        .output()
-        .expect("docker");
-    assert!(
-        out.status.success(),
-        "docker exec {name} {cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
@@ -143,16 +125,7 @@ async fn the_core_stack_comes_up_in_dependency_order_driven_with_grpcurl() {
     // A subscriber outside the project's code path: a raw NATS client that
     // decodes the published protobuf events.
     let nats = async_nats::connect(p.nats.url()).await.unwrap();
-    let mut sub = nats.subscribe(format!("infra.events.{host}.>")).await.unwrap();
-    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
-    let sink = events.clone();
-    tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if let Ok(ev) = Event::decode(m.payload) {
-                sink.lock().unwrap().push(ev);
-            }
-        }
-    });
+    let events = infra_test_support::events::collect(&nats, format!("infra.events.{host}.>")).await;
 
     // Plan first: no side effects, and the order names the levels.
     let plan = p.call("Plan", r#"{"selection":{"named":"core"}}"#);

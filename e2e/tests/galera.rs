@@ -16,14 +16,11 @@
 //! `e2e/images/make-dev-secrets.sh`.
 
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use infra_e2e::{Options, Platform};
-use infra_proto::bus::v1::{Event, EventKind};
+use infra_proto::bus::v1::EventKind;
 use infra_test_support::wait_for;
-use prost::Message;
 
 const NODES: [&str; 3] = ["galera-1", "galera-2", "galera-3"];
 
@@ -105,16 +102,7 @@ async fn the_three_galera_nodes_form_one_synced_cluster_that_replicates_and_keep
     let secrets: Vec<(&str, String)> = SECRETS.iter().map(|s| (*s, secret(s))).collect();
 
     let nats = async_nats::connect(p.nats.url()).await.unwrap();
-    let mut sub = nats.subscribe(format!("infra.events.{host}.>")).await.unwrap();
-    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
-    let sink = events.clone();
-    tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if let Ok(ev) = Event::decode(m.payload) {
-                sink.lock().unwrap().push(ev);
-            }
-        }
-    });
+    let events = infra_test_support::events::collect(&nats, format!("infra.events.{host}.>")).await;
 
     // The profile is the three nodes and ProxySQL; ProxySQL keeps its
     // upstream image (no stand-in), so only the nodes are deployed.

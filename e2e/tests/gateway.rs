@@ -10,20 +10,14 @@
 //! `nginx` from `e2e/images/build.sh`.
 
 use std::io::{Read, Write};
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use infra_e2e::hosts::{Cluster, ClusterOptions};
+use infra_e2e::write;
 use infra_proto::bus::v1::{Event, EventKind};
 
 const DOMAIN: &str = "e2e.test";
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
 
 /// The gateway's Nginx (as compose/01-gateway/nginx, with its default
 /// server written by the command: a bind mount's source is a path on the

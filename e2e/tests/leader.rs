@@ -14,17 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use infra_bus::{Bus, BusConfig, LeaseEntry};
-use infra_e2e::{Options, Platform, call_at, grpcurl_at};
+use infra_e2e::{Options, Platform, call_at, grpcurl_at, write};
 use infra_proto::bus::v1::{Event, EventKind, LeaderLease};
 
 /// The lease the coordinators are given in these tests, seconds.
 const LEASE_SECS: u64 = 3;
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
 
 /// Three replicas of nginx rolled one at a time, each watched for 2 s.
 const WEB: &str = r#"services:
@@ -47,10 +41,7 @@ const WEB: &str = r#"services:
 "#;
 
 fn platform(name: &str, catalog: &Path, coordinators: usize) -> Platform {
-    let mut o = Options::local(name);
-    o.compose_dir = catalog.to_owned();
-    o.overrides.clear();
-    o.tiers = vec!["gateway".into()];
+    let mut o = Options::over(name, catalog, &["gateway"]);
     o.coordinators = coordinators;
     o.env.push(("INFRA_LEASE_SECS".into(), LEASE_SECS.to_string()));
     Platform::start(o)

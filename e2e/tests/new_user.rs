@@ -733,10 +733,7 @@ fn plan_says_which_images_a_host_lacks_and_cannot_pull_and_list_hosts_shows_each
             "services:\n  here:\n    image: {DEBIAN}\n  nowhere:\n    image: registry.invalid/nothing/at-all:1.0\n"
         ),
     );
-    let mut o = Options::local("images");
-    o.compose_dir = dir.path().to_owned();
-    o.overrides.clear();
-    o.tiers = vec!["data".into(), "gateway".into()];
+    let o = Options::over("images", dir.path(), &["data", "gateway"]);
     let p = Platform::start(o);
     let plan = p.call("Plan", "{}");
     let warnings: Vec<String> = plan[0]["warnings"]
@@ -803,10 +800,7 @@ fn a_new_leader_ends_every_deploy_record_it_finds_running_the_newest_and_superse
         "04-data/web/docker-compose.yml",
         &format!("services:\n  web:\n    image: {DEBIAN}\n    command: [\"sleep\", \"infinity\"]\n    init: true\n"),
     );
-    let mut o = Options::local("resume");
-    o.compose_dir = dir.path().to_owned();
-    o.overrides.clear();
-    o.tiers = vec!["data".into()];
+    let mut o = Options::over("resume", dir.path(), &["data"]);
     o.coordinators = 2;
     let mut p = Platform::start(o);
     wait_for("a leader", Duration::from_secs(30), || {

@@ -15,18 +15,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use infra_e2e::hosts::{Cluster, ClusterOptions};
+use infra_e2e::write;
 use infra_proto::bus::v1::EventKind;
 
 /// The scrape interval the test runs Prometheus with (the stack's is 15s).
 const SCRAPE_INTERVAL: Duration = Duration::from_secs(2);
 /// The stack's file_sd refresh interval (prometheus.yml).
 const FILE_SD_REFRESH: Duration = Duration::from_secs(5);
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
 
 /// Prometheus as compose/06-observability/prometheus runs it, with the
 /// stack's prometheus.yml (scrape interval shortened) written by the

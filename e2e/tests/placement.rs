@@ -10,24 +10,12 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
-use infra_e2e::{Options, Platform};
-use infra_proto::bus::v1::{Event, EventKind};
-use prost::Message;
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
+use infra_e2e::{Options, Platform, write};
+use infra_proto::bus::v1::EventKind;
 
 fn platform(name: &str, catalog: &Path) -> Platform {
-    let mut o = Options::local(name);
-    o.compose_dir = catalog.to_owned();
-    o.overrides.clear();
-    o.tiers = vec!["data".into(), "gateway".into()];
+    let o = Options::over(name, catalog, &["data", "gateway"]);
     Platform::start(o)
 }
 
@@ -103,16 +91,7 @@ async fn a_service_no_host_can_take_stays_pending_with_a_reason_and_the_rest_dep
     let host = p.opts.host.clone();
 
     let nats = async_nats::connect(p.nats.url()).await.unwrap();
-    let mut sub = nats.subscribe("infra.events.>").await.unwrap();
-    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
-    let sink = events.clone();
-    tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if let Ok(ev) = Event::decode(m.payload) {
-                sink.lock().unwrap().push(ev);
-            }
-        }
-    });
+    let events = infra_test_support::events::collect(&nats, "infra.events.>".into()).await;
 
     // Plan says so before anything happens.
     let plan = p.call("Plan", r#"{"selection":{"services":["web","lonely"]}}"#);

@@ -77,10 +77,7 @@ fn operators_serve_grpc_with_reflection_and_sigterm_drains_leaving_containers_ru
         "services:\n  keep:\n    image: infra-local/debian:bookworm\n    command: [sleep, infinity]\n    init: true\n    restart: unless-stopped\n",
     )
     .unwrap();
-    let mut o = Options::local("proc");
-    o.compose_dir = dir.path().to_owned();
-    o.overrides.clear();
-    o.tiers = vec!["data".into()];
+    let o = Options::over("proc", dir.path(), &["data"]);
     let mut p = Platform::start(o);
     let done = p.call("Deploy", r#"{"timeoutSeconds":60}"#);
     assert!(
@@ -128,10 +125,7 @@ async fn a_deploy_releases_containers_an_interrupted_deploy_left_created_and_hel
         "services:\n  held:\n    image: infra-local/debian:bookworm\n    command: [sleep, infinity]\n    init: true\n    restart: unless-stopped\n",
     )
     .unwrap();
-    let mut o = Options::local("held");
-    o.compose_dir = dir.path().to_owned();
-    o.overrides.clear();
-    o.tiers = vec!["data".into()];
+    let o = Options::over("held", dir.path(), &["data"]);
     let host = o.host.clone();
     let p = tokio::task::spawn_blocking(move || Platform::start(o)).await.unwrap();
     let p = std::sync::Arc::new(p);

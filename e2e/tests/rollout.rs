@@ -14,19 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use infra_e2e::{Options, Platform};
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
+use infra_e2e::{Options, Platform, write};
 
 fn platform(name: &str, catalog: &Path) -> Platform {
-    let mut o = Options::local(name);
-    o.compose_dir = catalog.to_owned();
-    o.overrides.clear();
-    o.tiers = vec!["gateway".into()];
+    let o = Options::over(name, catalog, &["gateway"]);
     Platform::start(o)
 }
 

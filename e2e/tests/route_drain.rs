@@ -7,19 +7,12 @@
 //! Images: `infra-local/nginx:1`.
 
 use std::io::{Read, Write};
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use infra_e2e::{Options, Platform};
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
+use infra_e2e::{Options, Platform, write};
 
 fn catalog(port: u16) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -87,10 +80,7 @@ fn docker(args: &[&str]) -> String {
 fn scaling_a_routed_service_down_takes_each_surplus_replica_out_of_the_gateway_before_it_stops() {
     let port = infra_bus::testing::free_port();
     let dir = catalog(port);
-    let mut o = Options::local("drain");
-    o.compose_dir = dir.path().to_owned();
-    o.overrides.clear();
-    o.tiers = vec!["gateway".into()];
+    let o = Options::over("drain", dir.path(), &["gateway"]);
     let p = Platform::start(o);
     let progress = p.call("Deploy", r#"{"timeoutSeconds":90}"#);
     assert_eq!(progress.last().unwrap()["ready"], 2, "{progress:#?}");

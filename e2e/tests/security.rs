@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use infra_bus::testing::{NatsServer, free_port};
 use infra_bus::{Bus, BusConfig, BusErrorKind, BusTls};
-use infra_e2e::{Options, Platform, bin_dir};
+use infra_e2e::{Options, Platform, bin_dir, write};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
@@ -60,12 +60,6 @@ impl Pki {
     fn arg(&self, name: &str) -> String {
         self.path(name).display().to_string()
     }
-}
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
 }
 
 const WEB: &str = r#"services:
@@ -123,10 +117,7 @@ fn nats_refuses_clients_without_credentials_or_tls_and_the_platform_runs_over_tl
     ];
     let catalog = tempfile::tempdir().unwrap();
     write(catalog.path(), "01-gateway/web/docker-compose.yml", WEB);
-    let mut o = Options::local("secnats");
-    o.compose_dir = catalog.path().to_owned();
-    o.overrides.clear();
-    o.tiers = vec!["gateway".into()];
+    let mut o = Options::over("secnats", catalog.path(), &["gateway"]);
     o.nats_args = nats_args;
     o.proc_env = vec![
         ("INFRA_NATS__CA_FILE".into(), pki.arg("ca.pem")),

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use infra_e2e::{Options, Platform};
+use infra_e2e::{Options, Platform, write};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -90,12 +90,6 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
-
 /// A cross-tier catalog: `web` (gateway tier) needs `cache` (data tier)
 /// healthy first.
 fn catalog(root: &Path) {
@@ -165,10 +159,7 @@ fn one_deploy_is_one_trace_across_the_coordinator_and_the_operators() {
 
     let dir = tempfile::tempdir().unwrap();
     catalog(dir.path());
-    let mut o = Options::local("traces");
-    o.compose_dir = dir.path().to_owned();
-    o.overrides.clear();
-    o.tiers = vec!["data".into(), "gateway".into()];
+    let mut o = Options::over("traces", dir.path(), &["data", "gateway"]);
     o.proc_env = vec![
         ("INFRA_LOG__OTLP_ENDPOINT".into(), format!("http://{otlp}")),
         // Export every 200 ms, not every 5 s, so the test need not wait.

@@ -11,10 +11,9 @@
 //! (and `host` for the hosts), `e2e/images/make-dev-secrets.sh`.
 
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt;
 use infra_e2e::hosts::{Cluster, ClusterOptions};
 use infra_e2e::scenarios::{
     ValkeyClient, ValkeyConn, ValkeyWriter, the_container, valkey_catalog, valkey_failovers_ms, valkey_host,
@@ -22,7 +21,6 @@ use infra_e2e::scenarios::{
 };
 use infra_e2e::{Options, Platform};
 use infra_proto::bus::v1::{Event, EventKind};
-use prost::Message;
 
 const NODES: [&str; 6] = [
     "valkey-node-0",
@@ -94,16 +92,7 @@ async fn the_data_operator_forms_the_six_valkey_nodes_into_one_cluster_once() {
     assert!(password.len() >= 8, "a real password to look for");
 
     let nats = async_nats::connect(p.nats.url()).await.unwrap();
-    let mut sub = nats.subscribe(format!("infra.events.{host}.>")).await.unwrap();
-    let events: Arc<Mutex<Vec<Event>>> = Arc::default();
-    let sink = events.clone();
-    tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            if let Ok(ev) = Event::decode(m.payload) {
-                sink.lock().unwrap().push(ev);
-            }
-        }
-    });
+    let events = infra_test_support::events::collect(&nats, format!("infra.events.{host}.>")).await;
 
     let selection = r#"{"selection":{"services":["valkey-node-0","valkey-node-1","valkey-node-2","valkey-node-3","valkey-node-4","valkey-node-5"]},"timeoutSeconds":180}"#;
     let progress = tokio::task::block_in_place(|| p.call("Deploy", selection));
@@ -305,12 +294,7 @@ async fn the_data_operator_forms_the_six_valkey_nodes_into_one_cluster_once() {
 
 /// `INFO replication` / `CLUSTER INFO` fields of node `addr`.
 fn info(addr: &str, password: &str, section: &[&str]) -> Result<std::collections::BTreeMap<String, String>, String> {
-    let text = ValkeyConn::open(addr, password)?.text(section)?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.trim().split_once(':'))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect())
+    ValkeyConn::open(addr, password)?.fields(section)
 }
 
 fn role(addr: &str, password: &str) -> String {
@@ -416,9 +400,7 @@ fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_pr
     let progress = c.call("Deploy", selection);
     let took = t1.elapsed();
     std::thread::sleep(Duration::from_secs(3));
-    let gaps = writer.gaps();
-    let w = writer.take();
-    drop(writer);
+    let (w, gaps) = writer.finish();
     let done = progress.last().unwrap();
     assert_eq!(done["ready"], 6, "{progress:#?}\n{}", c.all_logs());
     assert_eq!(done["failed"].as_u64().unwrap_or(0), 0, "{done}");

@@ -28,12 +28,7 @@ fn fault(what: &str, survived: &str) {
 
 /// `INFO <section>` fields of the node at `addr`.
 fn info(addr: &str, password: &str, section: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
-    let text = ValkeyConn::open(addr, password)?.text(&["INFO", section])?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.trim().split_once(':'))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect())
+    ValkeyConn::open(addr, password)?.fields(&["INFO", section])
 }
 
 /// The one primary of `addrs`, once there is exactly one and it lists two
@@ -169,8 +164,7 @@ fn a_valkey_primary_with_two_replicas_over_three_hosts_rolls_replicas_first_hand
     let progress = c.call("Deploy", selection);
     let took = t1.elapsed();
     std::thread::sleep(Duration::from_secs(3));
-    let w = writer.take();
-    drop(writer);
+    let (w, _) = writer.finish();
     let done = progress.last().unwrap();
     assert_eq!(done["ready"], 4, "{progress:#?}\n{}", c.all_logs());
     assert_eq!(done["failed"].as_u64().unwrap_or(0), 0, "{done}");
@@ -305,8 +299,7 @@ fn a_valkey_primary_with_two_replicas_over_three_hosts_rolls_replicas_first_hand
     let progress = c.call("Deploy", selection);
     let took2 = t2.elapsed();
     std::thread::sleep(Duration::from_secs(2));
-    let w2 = writer.take();
-    drop(writer);
+    let (w2, _) = writer.finish();
     let done = progress.last().unwrap();
     assert_eq!(done["ready"], 4, "{progress:#?}\n{}", c.all_logs());
     assert_eq!(done["failed"].as_u64().unwrap_or(0), 0, "{done}");

@@ -43,3 +43,24 @@ pub fn record_events(urls: &[String]) -> Recorded {
         .expect("event subscriber ready");
     seen
 }
+
+/// Events seen so far, in arrival order.
+pub type Collected = Arc<Mutex<Vec<Event>>>;
+
+/// Every event published on `subject` (e.g. `infra.events.HOST.>`) from now
+/// on, decoded by a raw subscriber on the caller's runtime. Returns once the
+/// subscription is live on the server.
+pub async fn collect(nats: &async_nats::Client, subject: String) -> Collected {
+    let mut sub = nats.subscribe(subject).await.expect("subscribe to events");
+    nats.flush().await.ok();
+    let seen: Collected = Arc::default();
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Ok(ev) = Event::decode(m.payload) {
+                sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(ev);
+            }
+        }
+    });
+    seen
+}

@@ -36,6 +36,81 @@ pub struct Evacuation {
     pub pending: Vec<String>,
 }
 
+/// One evacuation of `host`: what the moves share.
+struct Evacuating<'a> {
+    host: &'a str,
+    wait_healthy: bool,
+    deadline: Duration,
+    deployment: &'a str,
+    /// What the other hosts carry, without `host`.
+    others: placement::Ledger,
+    /// The hosts a replica may go to (not `host`).
+    hosts: Vec<placement::HostView>,
+    desired: &'a [DesiredService],
+}
+
+impl Evacuating<'_> {
+    /// Where `rec`'s replicas go without the host: the placement and the
+    /// hosts whose count changes. A global service stays where it runs
+    /// elsewhere. None when its rules no longer parse.
+    fn replace(
+        &self,
+        rec: &ServiceRecord,
+        rules_pb: &infra_proto::bus::v1::PlacementSpec,
+        spec: &ServiceSpec,
+    ) -> Option<(placement::Outcome, Vec<(String, u32)>)> {
+        let current: BTreeMap<String, u32> = self
+            .desired
+            .iter()
+            .filter(|d| !d.absent && d.host != self.host && d.spec.as_ref().is_some_and(|s| s.name == rec.service))
+            .map(|d| (d.host.clone(), d.spec.as_ref().map_or(1, |s| s.replicas.max(1))))
+            .collect();
+        if rules_pb.global {
+            let outcome = placement::Outcome {
+                hosts: current,
+                ..Default::default()
+            };
+            return Some((outcome, Vec::new()));
+        }
+        let rules = Rules::from_spec(&rec.tier, rec.replicas.max(1), rules_pb).ok()?;
+        let rules = rules.reserving(placement::Reservation::of(spec));
+        let usage = self.others.usage_for(&rec.tier, &rec.service);
+        let outcome = placement::place(&rules, &self.hosts, &current, &usage);
+        let targets = outcome
+            .hosts
+            .iter()
+            .filter(|(h, n)| current.get(*h).copied().unwrap_or(0) != **n)
+            .map(|(h, n)| (h.clone(), *n))
+            .collect();
+        Some((outcome, targets))
+    }
+}
+
+/// A drain's progress stream.
+struct Progress {
+    tx: mpsc::Sender<Result<api::DeployProgress, Error>>,
+    deployment: String,
+    host: String,
+}
+
+impl Progress {
+    /// Sends one progress line; a client that went away is no error.
+    async fn send(&self, phase: api::Phase, service: &str, message: String) {
+        let line = api::DeployProgress {
+            deployment_id: self.deployment.clone(),
+            service: service.to_owned(),
+            host: self.host.clone(),
+            phase: phase as i32,
+            message,
+            time: Some(infra_proto::now()),
+            ..Default::default()
+        };
+        if self.tx.send(Ok(line)).await.is_err() {
+            tracing::debug!(host = %self.host, "drain: the client went away");
+        }
+    }
+}
+
 fn with_replicas(spec: &ServiceSpec, n: u32) -> ServiceSpec {
     let mut s = spec.clone();
     s.replicas = n;
@@ -62,7 +137,9 @@ impl Coordinator {
         Ok(hosts)
     }
 
-    /// Drains a host (or makes it active again), streaming progress.
+    /// Drains `req.host` (or makes it active again with `undo`): no new
+    /// replicas go there, and its replicated stateless services move to
+    /// other hosts, healthy there before they are taken off it.
     pub async fn drain(
         &self,
         req: api::DrainRequest,
@@ -72,115 +149,96 @@ impl Coordinator {
             return Err(Error::invalid("host: must name a host"));
         }
         infra_bus::Token::new("host", &req.host).map_err(|e| Error::invalid(e.to_string()))?;
-        let deployment = nuid::next().to_string();
-        let send = |phase: api::Phase, service: String, message: String| {
-            let tx = tx.clone();
-            let deployment = deployment.clone();
-            let host = req.host.clone();
-            async move {
-                let _ = tx
-                    .send(Ok(api::DeployProgress {
-                        deployment_id: deployment,
-                        service,
-                        host,
-                        phase: phase as i32,
-                        message,
-                        time: Some(infra_proto::now()),
-                        ..Default::default()
-                    }))
-                    .await;
-            }
+        let progress = Progress {
+            tx,
+            deployment: nuid::next().to_string(),
+            host: req.host.clone(),
         };
         if req.undo {
-            self.bus()
-                .delete_host_state(&req.host)
-                .await
-                .map_err(|e| Error::unavailable(e.to_string()))?;
-            self.event(
-                EventKind::HostDrained,
-                "",
-                "",
-                &deployment,
-                format!("{} is active again", req.host),
-            )
-            .await;
-            send(
-                api::Phase::Done,
-                String::new(),
-                format!("{} is active again: new replicas may go there", req.host),
-            )
-            .await;
-            return Ok(());
+            return self.undrain(&progress).await;
         }
-        let known = self.heartbeats().await?.iter().any(|h| h.host == req.host)
+        self.mark_drained(&progress).await?;
+        let deadline = if req.timeout_seconds > 0 {
+            Duration::from_secs(u64::from(req.timeout_seconds))
+        } else {
+            Duration::from_secs(300)
+        };
+        let ev = self.evacuate(&req.host, true, deadline, &progress.deployment).await;
+        for m in &ev.moved {
+            progress.send(api::Phase::Ready, m, "moved".into()).await;
+        }
+        for s in &ev.stranded {
+            progress
+                .send(api::Phase::Blocked, s, "stateful: stays on the drained host".into())
+                .await;
+        }
+        for p in &ev.pending {
+            progress
+                .send(api::Phase::Failed, p, "could not be placed elsewhere".into())
+                .await;
+        }
+        let summary = format!(
+            "moved: {}; stranded (stateful): {}; pending: {}",
+            list(&ev.moved),
+            list(&ev.stranded),
+            list(&ev.pending)
+        );
+        progress.send(api::Phase::Done, "", summary).await;
+        Ok(())
+    }
+
+    /// Undo of a drain: the host takes new replicas again.
+    async fn undrain(&self, progress: &Progress) -> Result<(), Error> {
+        let host = &progress.host;
+        self.bus()
+            .delete_host_state(host)
+            .await
+            .map_err(|e| Error::unavailable(e.to_string()))?;
+        let what = format!("{host} is active again");
+        self.event(EventKind::HostDrained, "", "", &progress.deployment, what)
+            .await;
+        let msg = format!("{host} is active again: new replicas may go there");
+        progress.send(api::Phase::Done, "", msg).await;
+        Ok(())
+    }
+
+    /// Records the host as drained (a host nobody knows is refused).
+    async fn mark_drained(&self, progress: &Progress) -> Result<(), Error> {
+        let host = &progress.host;
+        let known = self.heartbeats().await?.iter().any(|h| &h.host == host)
             || self
                 .bus()
                 .list_desired(None)
                 .await
                 .map_err(|e| Error::unavailable(e.to_string()))?
                 .iter()
-                .any(|d| d.host == req.host);
+                .any(|d| &d.host == host);
         if !known {
             return Err(Error::not_found(format!(
-                "host: no host {:?} heartbeats or runs anything",
-                req.host
+                "host: no host {host:?} heartbeats or runs anything"
             )));
         }
+        let state = HostState {
+            host: host.clone(),
+            drained: true,
+            since: Some(infra_proto::now()),
+            reason: "drained on request".into(),
+            ..Default::default()
+        };
         self.bus()
-            .put_host_state(&HostState {
-                host: req.host.clone(),
-                drained: true,
-                since: Some(infra_proto::now()),
-                reason: "drained on request".into(),
-                ..Default::default()
-            })
+            .put_host_state(&state)
             .await
             .map_err(|e| Error::unavailable(e.to_string()))?;
         self.event(
             EventKind::HostDrained,
             "",
             "",
-            &deployment,
-            format!("{} drained", req.host),
+            &progress.deployment,
+            format!("{host} drained"),
         )
         .await;
-        send(
-            api::Phase::Planned,
-            String::new(),
-            format!("{} drained: no new replicas go there", req.host),
-        )
-        .await;
-        let deadline = if req.timeout_seconds > 0 {
-            Duration::from_secs(u64::from(req.timeout_seconds))
-        } else {
-            Duration::from_secs(300)
-        };
-        let ev = self.evacuate(&req.host, true, deadline, &deployment).await;
-        for m in &ev.moved {
-            send(api::Phase::Ready, m.clone(), "moved".into()).await;
-        }
-        for s in &ev.stranded {
-            send(
-                api::Phase::Blocked,
-                s.clone(),
-                "stateful: stays on the drained host".into(),
-            )
-            .await;
-        }
-        for p in &ev.pending {
-            send(api::Phase::Failed, p.clone(), "could not be placed elsewhere".into()).await;
-        }
-        send(
-            api::Phase::Done,
-            String::new(),
-            format!(
-                "moved: {}; stranded (stateful): {}; pending: {}",
-                list(&ev.moved),
-                list(&ev.stranded),
-                list(&ev.pending)
-            ),
-        )
-        .await;
+        let msg = format!("{host} drained: no new replicas go there");
+        progress.send(api::Phase::Planned, "", msg).await;
         Ok(())
     }
 
@@ -202,131 +260,131 @@ impl Coordinator {
         let Ok(desired) = self.bus().list_desired(None).await else {
             return out;
         };
-        let others = placement::Ledger::from_state(&desired, &records).without_host(host);
         let hosts = self.eligible_hosts().await.unwrap_or_default();
-        let hosts: Vec<_> = hosts.into_iter().filter(|h| h.name != host).collect();
-        for rec in records {
+        let ctx = Evacuating {
+            host,
+            wait_healthy,
+            deadline,
+            deployment,
+            others: placement::Ledger::from_state(&desired, &records).without_host(host),
+            hosts: hosts.into_iter().filter(|h| h.name != host).collect(),
+            desired: &desired,
+        };
+        for rec in &records {
             let Some(here) = desired
                 .iter()
                 .find(|d| d.host == host && !d.absent && d.spec.as_ref().is_some_and(|s| s.name == rec.service))
             else {
                 continue;
             };
-            let rules_pb = rec.rules.clone().unwrap_or_default();
-            if rules_pb.stateful {
-                let why = format!(
-                    "{} keeps its state in named volumes on {host}: reported, not moved",
-                    rec.service
-                );
-                self.event(EventKind::ServiceStranded, &rec.service, &rec.tier, deployment, why)
-                    .await;
-                out.stranded.push(rec.service.clone());
-                continue;
-            }
-            let spec = here.spec.clone().unwrap_or_default();
-            let spec = ServiceSpec {
-                replicas: 0,
-                ..here.previous.clone().filter(|_| here.updated == 0).unwrap_or(spec)
-            };
-            let current: BTreeMap<String, u32> = desired
-                .iter()
-                .filter(|d| !d.absent && d.host != host && d.spec.as_ref().is_some_and(|s| s.name == rec.service))
-                .map(|d| (d.host.clone(), d.spec.as_ref().map_or(1, |s| s.replicas.max(1))))
-                .collect();
-            let mut targets: Vec<(String, u32)> = Vec::new();
-            let mut outcome = placement::Outcome {
-                hosts: current.clone(),
-                ..Default::default()
-            };
-            if !rules_pb.global {
-                let Ok(rules) = Rules::from_spec(&rec.tier, rec.replicas.max(1), &rules_pb) else {
-                    continue;
-                };
-                let rules = rules.reserving(placement::Reservation::of(&spec));
-                outcome = placement::place(&rules, &hosts, &current, &others.usage_for(&rec.tier, &rec.service));
-                for (h, n) in &outcome.hosts {
-                    if current.get(h).copied().unwrap_or(0) != *n {
-                        targets.push((h.clone(), *n));
-                    }
-                }
-            }
-            // A drain keeps what no other host can take where it is: better
-            // on a drained host than nowhere.
-            if wait_healthy && outcome.pending > 0 {
-                out.pending.push(format!("{} stays: {}", rec.service, outcome.reason));
-                continue;
-            }
-            for (h, n) in &targets {
-                let existing = desired
-                    .iter()
-                    .find(|d| d.host == *h && d.spec.as_ref().is_some_and(|s| s.name == rec.service));
-                let d = DesiredService {
-                    spec: Some(with_replicas(&spec, *n)),
-                    host: h.clone(),
-                    generation: existing.map_or(0, |d| d.generation) + 1,
-                    deployment_id: deployment.to_owned(),
-                    ..Default::default()
-                };
-                self.write_or_log(&format!("desired state of {} on {h}", rec.service), || {
-                    self.bus().put_desired(&d)
-                })
-                .await;
-            }
-            if wait_healthy && !targets.is_empty() {
-                let ready = self
-                    .wait_ready(&rec.tier, &rec.service, &targets, &spec, deadline)
-                    .await;
-                if let Err(e) = ready {
-                    // Keep the host's replicas: better two than none.
-                    out.pending.push(format!("{} ({e})", rec.service));
-                    continue;
-                }
-            }
-            let mut gone = here.clone();
-            gone.absent = true;
-            gone.remove_volumes = false;
-            gone.generation += 1;
-            gone.deployment_id = deployment.to_owned();
-            self.write_or_log(&format!("{} taken off {host}", rec.service), || {
-                self.bus().put_desired(&gone)
-            })
-            .await;
-            let placed = ServiceRecord {
-                placement: outcome.hosts.clone().into_iter().collect(),
-                pending_replicas: outcome.pending,
-                pending_reason: outcome.reason.clone(),
-                updated_at: Some(infra_proto::now()),
-                ..rec.clone()
-            };
-            self.write_or_log(&format!("record of {}", rec.service), || self.bus().put_record(&placed))
-                .await;
-            let whereto = targets.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>().join(", ");
-            if outcome.pending > 0 {
-                self.event(
-                    EventKind::ServicePending,
-                    &rec.service,
-                    &rec.tier,
-                    deployment,
-                    format!("{} replicas pending: {}", outcome.pending, outcome.reason),
-                )
-                .await;
-                out.pending.push(format!("{} ({})", rec.service, outcome.reason));
-            }
-            if !targets.is_empty() {
-                self.event(
-                    EventKind::ServiceMoved,
-                    &rec.service,
-                    &rec.tier,
-                    deployment,
-                    format!("off {host}, to {whereto}"),
-                )
-                .await;
-                out.moved.push(format!("{} -> {whereto}", rec.service));
-            } else if outcome.pending == 0 {
-                out.moved.push(format!("{} (already elsewhere)", rec.service));
-            }
+            self.move_off(&ctx, rec, here, &mut out).await;
         }
         out
+    }
+
+    /// Moves one service's replicas off the host (see [`Self::evacuate`]).
+    async fn move_off(&self, ctx: &Evacuating<'_>, rec: &ServiceRecord, here: &DesiredService, out: &mut Evacuation) {
+        let (host, deployment) = (ctx.host, ctx.deployment);
+        let rules_pb = rec.rules.clone().unwrap_or_default();
+        if rules_pb.stateful {
+            let why = format!(
+                "{} keeps its state in named volumes on {host}: reported, not moved",
+                rec.service
+            );
+            self.event(EventKind::ServiceStranded, &rec.service, &rec.tier, deployment, why)
+                .await;
+            out.stranded.push(rec.service.clone());
+            return;
+        }
+        let spec = ServiceSpec {
+            replicas: 0,
+            ..here
+                .previous
+                .clone()
+                .filter(|_| here.updated == 0)
+                .unwrap_or_else(|| here.spec.clone().unwrap_or_default())
+        };
+        let Some((outcome, targets)) = ctx.replace(rec, &rules_pb, &spec) else {
+            return;
+        };
+        // A drain keeps what no other host can take where it is: better
+        // on a drained host than nowhere.
+        if ctx.wait_healthy && outcome.pending > 0 {
+            out.pending.push(format!("{} stays: {}", rec.service, outcome.reason));
+            return;
+        }
+        for (h, n) in &targets {
+            let existing = ctx
+                .desired
+                .iter()
+                .find(|d| d.host == *h && d.spec.as_ref().is_some_and(|s| s.name == rec.service));
+            let d = DesiredService {
+                spec: Some(with_replicas(&spec, *n)),
+                host: h.clone(),
+                generation: existing.map_or(0, |d| d.generation) + 1,
+                deployment_id: deployment.to_owned(),
+                ..Default::default()
+            };
+            self.write_or_log(&format!("desired state of {} on {h}", rec.service), || {
+                self.bus().put_desired(&d)
+            })
+            .await;
+        }
+        if ctx.wait_healthy && !targets.is_empty() {
+            let ready = self
+                .wait_ready(&rec.tier, &rec.service, &targets, &spec, ctx.deadline)
+                .await;
+            if let Err(e) = ready {
+                // Keep the host's replicas: better two than none.
+                out.pending.push(format!("{} ({e})", rec.service));
+                return;
+            }
+        }
+        let mut gone = here.clone();
+        gone.absent = true;
+        gone.remove_volumes = false;
+        gone.generation += 1;
+        gone.deployment_id = deployment.to_owned();
+        self.write_or_log(&format!("{} taken off {host}", rec.service), || {
+            self.bus().put_desired(&gone)
+        })
+        .await;
+        let placed = ServiceRecord {
+            placement: outcome.hosts.clone().into_iter().collect(),
+            pending_replicas: outcome.pending,
+            pending_reason: outcome.reason.clone(),
+            updated_at: Some(infra_proto::now()),
+            ..rec.clone()
+        };
+        self.write_or_log(&format!("record of {}", rec.service), || self.bus().put_record(&placed))
+            .await;
+        self.report_move(ctx, rec, &outcome, &targets, out).await;
+    }
+
+    /// The events and the evacuation's lists for one moved service.
+    async fn report_move(
+        &self,
+        ctx: &Evacuating<'_>,
+        rec: &ServiceRecord,
+        outcome: &placement::Outcome,
+        targets: &[(String, u32)],
+        out: &mut Evacuation,
+    ) {
+        if outcome.pending > 0 {
+            let why = format!("{} replicas pending: {}", outcome.pending, outcome.reason);
+            self.event(EventKind::ServicePending, &rec.service, &rec.tier, ctx.deployment, why)
+                .await;
+            out.pending.push(format!("{} ({})", rec.service, outcome.reason));
+        }
+        if !targets.is_empty() {
+            let whereto = targets.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>().join(", ");
+            let what = format!("off {}, to {whereto}", ctx.host);
+            self.event(EventKind::ServiceMoved, &rec.service, &rec.tier, ctx.deployment, what)
+                .await;
+            out.moved.push(format!("{} -> {whereto}", rec.service));
+        } else if outcome.pending == 0 {
+            out.moved.push(format!("{} (already elsewhere)", rec.service));
+        }
     }
 
     /// Waits until every `(host, replicas)` target runs `spec` healthy.

@@ -5,10 +5,17 @@ use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use infra_compose::{Catalog, Tier};
-use infra_proto::bus::v1::{DesiredService, EventKind, ServiceSpec};
+use infra_proto::bus::v1::{DesiredService, EventKind, ServiceRecord, ServiceSpec};
 use infra_proto::coordinator::v1 as api;
 
 use crate::coordinator::*;
+
+/// How long Remove waits for the operators to take one service down
+/// before it goes on to that service's dependencies.
+const TAKE_DOWN: Duration = Duration::from_secs(120);
+
+/// What runs (or is held) now, by name, with the spec it runs.
+type Deployed<'a> = BTreeMap<String, &'a ServiceSpec>;
 
 impl Coordinator {
     /// Stops and removes the selection's containers, dependents first.
@@ -23,21 +30,44 @@ impl Coordinator {
         }
         let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
         let records = self.bus.list_records().await.map_err(unavailable)?;
-        // What runs (or is held) now, with the spec it runs.
-        let deployed: BTreeMap<String, &ServiceSpec> = desired
+        let deployed: Deployed = desired
             .iter()
             .filter(|d| !d.absent)
             .filter_map(|d| d.spec.as_ref().map(|s| (s.name.clone(), s)))
             .collect();
+        let mut set = self.selected(&sel, &deployed, &records).await?;
+        with_dependents(&mut set, &deployed, req.cascade, req.force)?;
+        let mut removed = Vec::new();
+        for name in dependents_first(set, &deployed) {
+            if self
+                .take_down(name.as_str(), &desired, &records, req.remove_volumes)
+                .await?
+            {
+                removed.push(name);
+            }
+        }
+        Ok(api::RemoveResponse {
+            removed,
+            volumes_removed: req.remove_volumes,
+        })
+    }
+
+    /// The deployed (or recorded) services the selection names. A service
+    /// of the catalog that is not deployed has nothing to remove (so Remove
+    /// may be repeated); a name the catalog does not know either is a
+    /// mistake.
+    async fn selected(
+        &self,
+        sel: &api::Selection,
+        deployed: &Deployed<'_>,
+        records: &[ServiceRecord],
+    ) -> Result<BTreeSet<String>, Error> {
         let known = |n: &str| deployed.contains_key(n) || records.iter().any(|r| r.service == n);
         let mut set: BTreeSet<String> = BTreeSet::new();
         if sel.all {
             set.extend(deployed.keys().cloned());
             set.extend(records.iter().map(|r| r.service.clone()));
         }
-        // A service of the catalog that is not deployed has nothing to
-        // remove (so Remove may be repeated); a name the catalog does not
-        // know either is a mistake.
         let mut catalog: Option<Catalog> = None;
         for n in &sel.services {
             if known(n) {
@@ -74,110 +104,126 @@ impl Coordinator {
                     .filter(|n| known(n)),
             );
         }
-        // Deployed services outside the selection that need one in it.
-        let needs = |outside: &BTreeSet<String>| -> Vec<(String, String)> {
-            deployed
-                .iter()
-                .filter(|(n, _)| !outside.contains(*n))
-                .flat_map(|(n, s)| {
-                    s.depends_on
-                        .iter()
-                        .filter(|d| d.required && outside.contains(&d.service))
-                        .map(|d| (n.clone(), d.service.clone()))
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        };
-        loop {
-            let dependents = needs(&set);
-            if dependents.is_empty() || req.force {
-                break;
-            }
-            if !req.cascade {
-                let names: Vec<String> = dependents.iter().map(|(n, d)| format!("{n} needs {d}")).collect();
-                return Err(Error::precondition(format!(
-                    "other deployed services need what would be removed ({}): remove them too with cascade, or \
-                     leave them without it with force; nothing was removed",
-                    names.join(", ")
-                )));
-            }
-            set.extend(dependents.into_iter().map(|(n, _)| n));
-        }
-        // Dependents first: a service goes once nothing left in the set
-        // needs it.
-        let mut order: Vec<String> = Vec::new();
-        let mut left = set.clone();
-        while !left.is_empty() {
-            let ready: Vec<String> = left
-                .iter()
-                .filter(|n| {
-                    !left.iter().any(|o| {
-                        o != *n
-                            && deployed
-                                .get(o)
-                                .is_some_and(|s| s.depends_on.iter().any(|d| &d.service == *n))
-                    })
-                })
-                .cloned()
-                .collect();
-            // A cycle (the catalog refuses them; desired state from an old
-            // coordinator might not): take the rest in name order.
-            let ready = if ready.is_empty() {
-                left.iter().cloned().collect()
-            } else {
-                ready
-            };
-            for n in ready {
-                left.remove(&n);
-                order.push(n);
-            }
-        }
-        let mut removed = Vec::new();
-        for name in &order {
-            let here: Vec<&DesiredService> = desired
-                .iter()
-                .filter(|d| d.spec.as_ref().is_some_and(|s| s.name == *name))
-                .collect();
-            let Some(tier) = here.first().and_then(|d| d.spec.as_ref()).map(|s| s.tier.clone()) else {
-                // Never deployed, or only pending: forget the record.
-                if let Some(r) = records.iter().find(|r| &r.service == name) {
-                    self.bus.delete_record(&r.tier, name).await.map_err(unavailable)?;
-                    removed.push(name.clone());
-                }
-                continue;
-            };
-            for d in &here {
-                let mut d = (*d).clone();
-                d.absent = true;
-                d.remove_volumes = req.remove_volumes;
-                d.generation += 1;
-                self.bus.put_desired(&d).await.map_err(unavailable)?;
-            }
-            self.event(EventKind::ServiceRemoveRequested, name, &tier, "", String::new())
-                .await;
-            // Wait for the operators to take it down before its
-            // dependencies.
-            let start = Instant::now();
-            for d in &here {
-                while start.elapsed() < Duration::from_secs(120) {
-                    if self
-                        .bus
-                        .get_desired(&d.host, &tier, name)
-                        .await
-                        .map_err(unavailable)?
-                        .is_none()
-                    {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-            self.bus.delete_record(&tier, name).await.map_err(unavailable)?;
-            removed.push(name.clone());
-        }
-        Ok(api::RemoveResponse {
-            removed,
-            volumes_removed: req.remove_volumes,
-        })
+        Ok(set)
     }
+
+    /// Marks every placement of `name` absent, waits for the operators to
+    /// take it down, and forgets its record. False when there was nothing
+    /// to remove.
+    async fn take_down(
+        &self,
+        name: &str,
+        desired: &[DesiredService],
+        records: &[ServiceRecord],
+        remove_volumes: bool,
+    ) -> Result<bool, Error> {
+        let here: Vec<&DesiredService> = desired
+            .iter()
+            .filter(|d| d.spec.as_ref().is_some_and(|s| s.name == name))
+            .collect();
+        let Some(tier) = here.first().and_then(|d| d.spec.as_ref()).map(|s| s.tier.clone()) else {
+            // Never deployed, or only pending: forget the record.
+            let Some(r) = records.iter().find(|r| r.service == name) else {
+                return Ok(false);
+            };
+            self.bus.delete_record(&r.tier, name).await.map_err(unavailable)?;
+            return Ok(true);
+        };
+        for d in &here {
+            let mut d = (*d).clone();
+            d.absent = true;
+            d.remove_volumes = remove_volumes;
+            d.generation += 1;
+            self.bus.put_desired(&d).await.map_err(unavailable)?;
+        }
+        self.event(EventKind::ServiceRemoveRequested, name, &tier, "", String::new())
+            .await;
+        // Taken down before its dependencies: the operator deletes the
+        // desired entry once the containers are gone.
+        let start = Instant::now();
+        for d in &here {
+            while start.elapsed() < TAKE_DOWN {
+                if self
+                    .bus
+                    .get_desired(&d.host, &tier, name)
+                    .await
+                    .map_err(unavailable)?
+                    .is_none()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        self.bus.delete_record(&tier, name).await.map_err(unavailable)?;
+        Ok(true)
+    }
+}
+
+/// Adds the deployed services outside `set` that need one in it (with
+/// `cascade`), or refuses (without `cascade` or `force`).
+fn with_dependents(
+    set: &mut BTreeSet<String>,
+    deployed: &Deployed<'_>,
+    cascade: bool,
+    force: bool,
+) -> Result<(), Error> {
+    let needs = |outside: &BTreeSet<String>| -> Vec<(String, String)> {
+        deployed
+            .iter()
+            .filter(|(n, _)| !outside.contains(*n))
+            .flat_map(|(n, s)| {
+                s.depends_on
+                    .iter()
+                    .filter(|d| d.required && outside.contains(&d.service))
+                    .map(|d| (n.clone(), d.service.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    loop {
+        let dependents = needs(set);
+        if dependents.is_empty() || force {
+            return Ok(());
+        }
+        if !cascade {
+            let names: Vec<String> = dependents.iter().map(|(n, d)| format!("{n} needs {d}")).collect();
+            return Err(Error::precondition(format!(
+                "other deployed services need what would be removed ({}): remove them too with cascade, or \
+                 leave them without it with force; nothing was removed",
+                names.join(", ")
+            )));
+        }
+        set.extend(dependents.into_iter().map(|(n, _)| n));
+    }
+}
+
+/// `set` in removal order: a service goes once nothing left in the set
+/// needs it.
+fn dependents_first(set: BTreeSet<String>, deployed: &Deployed<'_>) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut left = set;
+    while !left.is_empty() {
+        let needed = |n: &String| {
+            left.iter().any(|o| {
+                o != n
+                    && deployed
+                        .get(o)
+                        .is_some_and(|s| s.depends_on.iter().any(|d| &d.service == n))
+            })
+        };
+        let ready: Vec<String> = left.iter().filter(|n| !needed(n)).cloned().collect();
+        // A cycle (the catalog refuses them; desired state from an old
+        // coordinator might not): take the rest in name order.
+        let ready = if ready.is_empty() {
+            left.iter().cloned().collect()
+        } else {
+            ready
+        };
+        for n in ready {
+            left.remove(&n);
+            order.push(n);
+        }
+    }
+    order
 }

@@ -194,7 +194,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
-    let start = std::time::Instant::now();
+    let start = tokio::time::Instant::now();
     loop {
         let why = match check().await {
             Ok(()) => return Ok(()),
@@ -326,6 +326,42 @@ mod tests {
             e.contains("no secret store") && e.contains("\"pw\"") && e.contains("lbl"),
             "{e}"
         );
+    }
+
+    /// On a paused clock: a ten-minute wait asking every 10 s asks 61
+    /// times (at 0, 10, …, 600 s), gives up at 600 s of the clock, not
+    /// before and not a poll later, and takes no real time.
+    #[tokio::test(start_paused = true)]
+    async fn poll_until_keeps_its_deadline_and_pace_on_the_clock() {
+        let t0 = tokio::time::Instant::now();
+        let real = std::time::Instant::now();
+        let mut asked = Vec::new();
+        let e = poll_until("r1 not back", Duration::from_secs(600), Duration::from_secs(10), || {
+            asked.push(t0.elapsed());
+            async { Err::<(), _>("still syncing".to_owned()) }
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+        assert_eq!(asked.len(), 61, "{asked:?}");
+        assert!(
+            asked.iter().enumerate().all(|(i, t)| t.as_secs() == 10 * i as u64),
+            "{asked:?}"
+        );
+        assert_eq!(t0.elapsed(), Duration::from_secs(600));
+        assert_eq!(e, "r1 not back within 600s: still syncing");
+        assert!(real.elapsed() < Duration::from_secs(5), "the clock was paused");
+        // Ready at the fourth question: returns then, 30 s in.
+        let t1 = tokio::time::Instant::now();
+        let mut n = 0;
+        poll_until("x", Duration::from_secs(600), Duration::from_secs(10), || {
+            n += 1;
+            let k = n;
+            async move { if k < 4 { Err(format!("try {k}")) } else { Ok(()) } }
+        })
+        .await
+        .unwrap();
+        assert_eq!(t1.elapsed(), Duration::from_secs(30));
     }
 
     #[tokio::test]

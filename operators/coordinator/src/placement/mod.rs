@@ -343,40 +343,76 @@ pub fn place(rules: &Rules, hosts: &[HostView], current: &BTreeMap<String, u32>,
             }
         }
     }
-    let cap = rules.max_per_host.unwrap_or(u32::MAX);
-    let mut out: BTreeMap<String, u32> = BTreeMap::new();
-
     if rules.global {
-        for h in &eligible {
-            out.insert(h.name.clone(), 1);
-        }
-        // A stateful global service keeps its replica on a silent host.
-        if rules.stateful {
-            for (h, n) in current {
-                if *n > 0 && !hosts.iter().any(|x| &x.name == h) {
-                    out.insert(h.clone(), 1);
-                }
+        return place_global(rules, hosts, current, &eligible, &why_not);
+    }
+    let mut out = kept(rules, hosts, current, &eligible, usage);
+    trim_to(&mut out, rules.replicas);
+    fill_to(&mut out, rules, &eligible, usage);
+    let placed: u32 = out.values().sum();
+    let pending = rules.replicas.saturating_sub(placed);
+    let reason = if pending == 0 {
+        String::new()
+    } else if eligible.is_empty() {
+        no_host_reason(rules, hosts, &why_not)
+    } else {
+        short_reason(rules, &eligible, &out, usage, &why_not)
+    };
+    let short_of_room = pending > 0 && !rules.reserve.is_zero() && {
+        let unlimited = rules.clone().reserving(Reservation::default());
+        place(&unlimited, hosts, current, usage).pending < pending
+    };
+    Outcome {
+        hosts: out,
+        pending,
+        reason,
+        short_of_room,
+    }
+}
+
+/// One replica on every eligible host; a stateful global service keeps
+/// its replica on a silent host.
+fn place_global(
+    rules: &Rules,
+    hosts: &[HostView],
+    current: &BTreeMap<String, u32>,
+    eligible: &[&HostView],
+    why_not: &BTreeMap<String, String>,
+) -> Outcome {
+    let mut out: BTreeMap<String, u32> = eligible.iter().map(|h| (h.name.clone(), 1)).collect();
+    if rules.stateful {
+        for (h, n) in current {
+            if *n > 0 && !hosts.iter().any(|x| &x.name == h) {
+                out.insert(h.clone(), 1);
             }
         }
-        let reason = if out.is_empty() {
-            no_host_reason(rules, hosts, &why_not)
-        } else {
-            String::new()
-        };
-        return Outcome {
-            pending: u32::from(out.is_empty()),
-            hosts: out,
-            reason,
-            short_of_room: false,
-        };
     }
+    let reason = if out.is_empty() {
+        no_host_reason(rules, hosts, why_not)
+    } else {
+        String::new()
+    };
+    Outcome {
+        pending: u32::from(out.is_empty()),
+        hosts: out,
+        reason,
+        short_of_room: false,
+    }
+}
 
-    // Keep what runs where it may still run (all of it for a stateful
-    // service on a host not heard from).
-    let want = rules.replicas;
+/// What runs now and may stay: as many as still fit on an eligible host,
+/// all of it for a stateful service on a host not heard from.
+fn kept(
+    rules: &Rules,
+    hosts: &[HostView],
+    current: &BTreeMap<String, u32>,
+    eligible: &[&HostView],
+    usage: &Usage,
+) -> BTreeMap<String, u32> {
+    let cap = rules.max_per_host.unwrap_or(u32::MAX);
+    let mut out = BTreeMap::new();
     for (h, n) in current {
         let keep = if let Some(e) = eligible.iter().find(|e| &e.name == h) {
-            // As many as still fit there.
             let mut k = (*n).min(cap);
             while k > 0 && room_for(rules, e, usage, k).is_err() {
                 k -= 1;
@@ -391,12 +427,16 @@ pub fn place(rules: &Rules, hosts: &[HostView], current: &BTreeMap<String, u32>,
             out.insert(h.clone(), keep);
         }
     }
-    // Too many: take from the hosts with the most first.
+    out
+}
+
+/// Too many: takes from the hosts with the most first.
+fn trim_to(out: &mut BTreeMap<String, u32>, want: u32) {
     while out.values().sum::<u32>() > want {
-        let (h, _) = out
+        let h = out
             .iter()
             .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
-            .map(|(h, n)| (h.clone(), *n))
+            .map(|(h, _)| h.clone())
             .expect("non-empty while over");
         let n = out.get_mut(&h).expect("present");
         *n -= 1;
@@ -404,16 +444,22 @@ pub fn place(rules: &Rules, hosts: &[HostView], current: &BTreeMap<String, u32>,
             out.remove(&h);
         }
     }
-    // Too few: add to the emptiest eligible host.
-    while out.values().sum::<u32>() < want {
+}
+
+/// Too few: adds to the emptiest eligible host that has room, until the
+/// rule's replicas are placed or no host can take one more.
+fn fill_to(out: &mut BTreeMap<String, u32>, rules: &Rules, eligible: &[&HostView], usage: &Usage) {
+    let cap = rules.max_per_host.unwrap_or(u32::MAX);
+    while out.values().sum::<u32>() < rules.replicas {
+        let there = |h: &HostView| out.get(&h.name).copied().unwrap_or(0);
         let next = eligible
             .iter()
-            .filter(|h| out.get(&h.name).copied().unwrap_or(0) < cap)
-            .filter(|h| gpus_fit(rules, h, usage, out.get(&h.name).copied().unwrap_or(0) + 1))
-            .filter(|h| room_for(rules, h, usage, out.get(&h.name).copied().unwrap_or(0) + 1).is_ok())
+            .filter(|h| there(h) < cap)
+            .filter(|h| gpus_fit(rules, h, usage, there(h) + 1))
+            .filter(|h| room_for(rules, h, usage, there(h) + 1).is_ok())
             .min_by_key(|h| {
                 (
-                    out.get(&h.name).copied().unwrap_or(0),
+                    there(h),
                     usage.tier_load.get(&h.name).copied().unwrap_or(0),
                     h.name.clone(),
                 )
@@ -423,59 +469,54 @@ pub fn place(rules: &Rules, hosts: &[HostView], current: &BTreeMap<String, u32>,
             None => break,
         }
     }
+}
+
+/// Why fewer replicas than asked were placed although some host is
+/// eligible: the per-host cap, the GPUs or the reservations, and which
+/// hosts were not eligible and why.
+fn short_reason(
+    rules: &Rules,
+    eligible: &[&HostView],
+    out: &BTreeMap<String, u32>,
+    usage: &Usage,
+    why_not: &BTreeMap<String, String>,
+) -> String {
     let placed: u32 = out.values().sum();
-    let pending = want.saturating_sub(placed);
-    let reason = if pending == 0 {
-        String::new()
-    } else if eligible.is_empty() {
-        no_host_reason(rules, hosts, &why_not)
-    } else {
-        let names: Vec<&str> = eligible.iter().map(|h| h.name.as_str()).collect();
-        let mut r = format!("{placed} of {want} replicas placed");
-        if let Some(c) = rules.max_per_host {
-            r.push_str(&format!(
-                ": deploy.placement.max_replicas_per_node is {c} and {} host{} eligible ({})",
-                names.len(),
-                if names.len() == 1 { " is" } else { "s are" },
-                names.join(", ")
-            ));
-        } else if rules.gpus > 0 {
-            r.push_str(&format!(
-                ": each replica needs {} GPU{} and the eligible hosts ({}) have no more free",
-                rules.gpus,
-                if rules.gpus == 1 { "" } else { "s" },
-                names.join(", ")
-            ));
-        } else if !rules.reserve.is_zero() {
-            let free: Vec<String> = eligible
-                .iter()
-                .map(|h| {
-                    let n = out.get(&h.name).copied().unwrap_or(0);
-                    format!("{} {}", h.name, free_room(h, usage, rules.reserve.times(n)))
-                })
-                .collect();
-            r.push_str(&format!(
-                ": each replica reserves {} (deploy.resources.reservations) and the eligible hosts have no room \
-                 for more ({})",
-                rules.reserve,
-                free.join("; ")
-            ));
-        }
-        if !why_not.is_empty() {
-            r.push_str(&format!("; not eligible: {}", explain(&why_not)));
-        }
-        r
-    };
-    let short_of_room = pending > 0 && !rules.reserve.is_zero() && {
-        let unlimited = rules.clone().reserving(Reservation::default());
-        place(&unlimited, hosts, current, usage).pending < pending
-    };
-    Outcome {
-        hosts: out,
-        pending,
-        reason,
-        short_of_room,
+    let names: Vec<&str> = eligible.iter().map(|h| h.name.as_str()).collect();
+    let mut r = format!("{placed} of {} replicas placed", rules.replicas);
+    if let Some(c) = rules.max_per_host {
+        r.push_str(&format!(
+            ": deploy.placement.max_replicas_per_node is {c} and {} host{} eligible ({})",
+            names.len(),
+            if names.len() == 1 { " is" } else { "s are" },
+            names.join(", ")
+        ));
+    } else if rules.gpus > 0 {
+        r.push_str(&format!(
+            ": each replica needs {} GPU{} and the eligible hosts ({}) have no more free",
+            rules.gpus,
+            if rules.gpus == 1 { "" } else { "s" },
+            names.join(", ")
+        ));
+    } else if !rules.reserve.is_zero() {
+        let free: Vec<String> = eligible
+            .iter()
+            .map(|h| {
+                let n = out.get(&h.name).copied().unwrap_or(0);
+                format!("{} {}", h.name, free_room(h, usage, rules.reserve.times(n)))
+            })
+            .collect();
+        r.push_str(&format!(
+            ": each replica reserves {} (deploy.resources.reservations) and the eligible hosts have no room for \
+             more ({})",
+            rules.reserve,
+            free.join("; ")
+        ));
     }
+    if !why_not.is_empty() {
+        r.push_str(&format!("; not eligible: {}", explain(why_not)));
+    }
+    r
 }
 
 /// Whether `replicas_there` replicas of the rule fit in what `h` reported,
