@@ -15,6 +15,20 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 #[derive(Parser)]
 #[command(version, about = "Client for the infra coordinator.")]
 struct Cli {
+    #[command(flatten)]
+    conn: Conn,
+    /// How long a write waits for a coordinator to lead (through a
+    /// takeover: a leader that died holds its lease until it expires),
+    /// seconds. 0: fail at once.
+    #[arg(long, env = "INFRA_LEADER_WAIT", default_value_t = 60)]
+    leader_wait: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// How to reach the coordinator.
+#[derive(clap::Args)]
+struct Conn {
     /// Coordinator address.
     #[arg(long, env = "INFRA_COORDINATOR", default_value = "http://127.0.0.1:50051")]
     addr: String,
@@ -32,13 +46,6 @@ struct Cli {
     /// `api_token_file`). Sent as `authorization: Bearer ...`; never printed.
     #[arg(long, env = "INFRA_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
-    /// How long a write waits for a coordinator to lead (through a
-    /// takeover: a leader that died holds its lease until it expires),
-    /// seconds. 0: fail at once.
-    #[arg(long, env = "INFRA_LEADER_WAIT", default_value_t = 60)]
-    leader_wait: u64,
-    #[command(subcommand)]
-    cmd: Cmd,
 }
 
 /// Whether a refused write may pass once a leader is in place: nobody
@@ -308,37 +315,101 @@ fn read(what: &str, p: &std::path::Path) -> Result<Vec<u8>, Box<dyn std::error::
     std::fs::read(p).map_err(|e| format!("{what}: cannot read {}: {e}", p.display()).into())
 }
 
+/// A call that streams progress, retried while no coordinator leads, its
+/// progress printed; whether it ended well.
+async fn streamed<R, F, Fut>(wait: Duration, c: &Client, req: R, call: F) -> Result<bool, Box<dyn std::error::Error>>
+where
+    R: Clone,
+    F: Fn(Client, R) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<tonic::Streaming<api::DeployProgress>>, tonic::Status>>,
+{
+    let mut stream = while_no_leader(wait, || call(c.clone(), req.clone()))
+        .await?
+        .into_inner();
+    progress(&mut stream).await
+}
+
+/// Waits until the coordinator answers and `operators` operators
+/// heartbeat, at most `timeout` seconds.
+async fn wait_up<F, Fut>(connect: F, operators: usize, timeout: u64) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Client, Box<dyn std::error::Error>>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    loop {
+        if let Ok(mut c) = connect().await
+            && let Ok(r) = c.list_hosts(api::ListHostsRequest {}).await
+        {
+            let n: usize = r.into_inner().hosts.iter().map(|h| h.operators.len()).sum();
+            if n >= operators {
+                println!("coordinator up; {n} operators heartbeating");
+                return true;
+            }
+        }
+        if Instant::now() > deadline {
+            eprintln!("timed out after {timeout}s waiting for the coordinator and {operators} operators");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The `Authorization` header from `--token-file`, if given.
+fn bearer(cli: &Conn) -> Result<Bearer, Box<dyn std::error::Error>> {
+    let Some(f) = &cli.token_file else {
+        return Ok(Bearer(None));
+    };
+    let token = String::from_utf8(read("--token-file", f)?).map_err(|_| "--token-file: not UTF-8")?;
+    let v = format!("Bearer {}", token.trim_end_matches(['\n', '\r']))
+        .parse()
+        .map_err(|_| "--token-file: the token is not a valid header value")?;
+    Ok(Bearer(Some(v)))
+}
+
+/// A client of the coordinator at `--addr`, over TLS when `--ca` is given
+/// (with a client certificate when `--cert` and `--key` are).
+async fn dial(cli: &Conn, bearer: Bearer) -> Result<Client, Box<dyn std::error::Error>> {
+    let mut addr = cli.addr.clone();
+    let mut endpoint;
+    if let Some(ca) = &cli.ca {
+        if let Some(rest) = addr.strip_prefix("http://") {
+            addr = format!("https://{rest}");
+        }
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca", ca)?));
+        if let (Some(cert), Some(key)) = (&cli.cert, &cli.key) {
+            tls = tls.identity(Identity::from_pem(read("--cert", cert)?, read("--key", key)?));
+        }
+        endpoint = Channel::from_shared(addr)?;
+        endpoint = endpoint.tls_config(tls)?;
+    } else {
+        endpoint = Channel::from_shared(addr)?;
+    }
+    let ch = endpoint.connect().await?;
+    Ok(CoordinatorServiceClient::with_interceptor(ch, bearer))
+}
+
+/// Remove, retried while no coordinator leads; prints what went.
+async fn remove(wait: Duration, c: &Client, req: api::RemoveRequest) -> Result<bool, Box<dyn std::error::Error>> {
+    let r = while_no_leader(wait, || {
+        let (mut c, req) = (c.clone(), req.clone());
+        async move { c.remove(req).await }
+    })
+    .await?
+    .into_inner();
+    let volumes = if r.volumes_removed {
+        " (and their volumes)"
+    } else {
+        " (volumes kept)"
+    };
+    println!("removed: {}{volumes}", r.removed.join(", "));
+    Ok(true)
+}
+
 async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
     let wait = Duration::from_secs(cli.leader_wait);
-    let bearer = match &cli.token_file {
-        Some(f) => {
-            let token = String::from_utf8(read("--token-file", f)?).map_err(|_| "--token-file: not UTF-8")?;
-            let v = format!("Bearer {}", token.trim_end_matches(['\n', '\r']))
-                .parse()
-                .map_err(|_| "--token-file: the token is not a valid header value")?;
-            Bearer(Some(v))
-        }
-        None => Bearer(None),
-    };
-    let connect = || async {
-        let mut addr = cli.addr.clone();
-        let mut endpoint;
-        if let Some(ca) = &cli.ca {
-            if let Some(rest) = addr.strip_prefix("http://") {
-                addr = format!("https://{rest}");
-            }
-            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca", ca)?));
-            if let (Some(cert), Some(key)) = (&cli.cert, &cli.key) {
-                tls = tls.identity(Identity::from_pem(read("--cert", cert)?, read("--key", key)?));
-            }
-            endpoint = Channel::from_shared(addr)?;
-            endpoint = endpoint.tls_config(tls)?;
-        } else {
-            endpoint = Channel::from_shared(addr)?;
-        }
-        let ch = endpoint.connect().await.map_err(Box::<dyn std::error::Error>::from)?;
-        Ok::<Client, Box<dyn std::error::Error>>(CoordinatorServiceClient::with_interceptor(ch, bearer.clone()))
-    };
+    let bearer = bearer(&cli.conn)?;
+    let connect = || dial(&cli.conn, bearer.clone());
     match cli.cmd {
         Cmd::Validate { compose_dir, overrides } => validate(compose_dir, overrides),
         Cmd::Lint {
@@ -346,25 +417,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             overrides,
             min_severity,
         } => lint(compose_dir, overrides, min_severity),
-        Cmd::Wait { operators, timeout } => {
-            let deadline = Instant::now() + Duration::from_secs(timeout);
-            loop {
-                if let Ok(mut c) = connect().await
-                    && let Ok(r) = c.list_hosts(api::ListHostsRequest {}).await
-                {
-                    let n: usize = r.into_inner().hosts.iter().map(|h| h.operators.len()).sum();
-                    if n >= operators {
-                        println!("coordinator up; {n} operators heartbeating");
-                        return Ok(true);
-                    }
-                }
-                if Instant::now() > deadline {
-                    eprintln!("timed out after {timeout}s waiting for the coordinator and {operators} operators");
-                    return Ok(false);
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-        }
+        Cmd::Wait { operators, timeout } => Ok(wait_up(connect, operators, timeout).await),
         Cmd::Status => {
             let mut c = connect().await?;
             let r = c
@@ -391,18 +444,17 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             Ok(true)
         }
         Cmd::Deploy { sel, timeout } => {
-            let c = connect().await?;
             let req = api::DeployRequest {
                 selection: Some(sel.to_api()),
                 timeout_seconds: timeout,
             };
-            let mut stream = while_no_leader(wait, || {
-                let (mut c, req) = (c.clone(), req.clone());
-                async move { c.deploy(req).await }
-            })
-            .await?
-            .into_inner();
-            progress(&mut stream).await
+            streamed(
+                wait,
+                &connect().await?,
+                req,
+                |mut c, r| async move { c.deploy(r).await },
+            )
+            .await
         }
         Cmd::Rollout {
             service,
@@ -417,68 +469,52 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                     .ok_or_else(|| format!("--env {kv:?}: expected KEY=VALUE"))?;
                 environment.insert(k.to_owned(), v.to_owned());
             }
-            let c = connect().await?;
             let req = api::RolloutRequest {
                 service,
                 image: image.unwrap_or_default(),
                 environment,
                 timeout_seconds: timeout,
             };
-            let mut stream = while_no_leader(wait, || {
-                let (mut c, req) = (c.clone(), req.clone());
-                async move { c.rollout(req).await }
-            })
-            .await?
-            .into_inner();
-            progress(&mut stream).await
+            streamed(
+                wait,
+                &connect().await?,
+                req,
+                |mut c, r| async move { c.rollout(r).await },
+            )
+            .await
         }
         Cmd::Rollback { service, timeout } => {
-            let c = connect().await?;
             let req = api::RollbackRequest {
                 service,
                 timeout_seconds: timeout,
             };
-            let mut stream = while_no_leader(wait, || {
-                let (mut c, req) = (c.clone(), req.clone());
-                async move { c.rollback(req).await }
-            })
-            .await?
-            .into_inner();
-            progress(&mut stream).await
+            streamed(
+                wait,
+                &connect().await?,
+                req,
+                |mut c, r| async move { c.rollback(r).await },
+            )
+            .await
         }
         Cmd::Drain { host, undo, timeout } => {
-            let c = connect().await?;
             let req = api::DrainRequest {
                 host,
                 undo,
                 timeout_seconds: timeout,
             };
-            let mut stream = while_no_leader(wait, || {
-                let (mut c, req) = (c.clone(), req.clone());
-                async move { c.drain(req).await }
-            })
-            .await?
-            .into_inner();
-            progress(&mut stream).await
+            streamed(wait, &connect().await?, req, |mut c, r| async move { c.drain(r).await }).await
         }
         Cmd::Scale {
             service,
             replicas,
             timeout,
         } => {
-            let c = connect().await?;
             let req = api::ScaleRequest {
                 service,
                 replicas,
                 timeout_seconds: timeout,
             };
-            let mut stream = while_no_leader(wait, || {
-                let (mut c, req) = (c.clone(), req.clone());
-                async move { c.scale(req).await }
-            })
-            .await?
-            .into_inner();
-            progress(&mut stream).await
+            streamed(wait, &connect().await?, req, |mut c, r| async move { c.scale(r).await }).await
         }
         Cmd::Remove {
             sel,
@@ -496,29 +532,13 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 );
                 return Ok(false);
             }
-            let c = connect().await?;
             let req = api::RemoveRequest {
                 selection: Some(selection),
                 remove_volumes: volumes,
                 force,
                 cascade,
             };
-            let r = while_no_leader(wait, || {
-                let (mut c, req) = (c.clone(), req.clone());
-                async move { c.remove(req).await }
-            })
-            .await?
-            .into_inner();
-            println!(
-                "removed: {}{}",
-                r.removed.join(", "),
-                if r.volumes_removed {
-                    " (and their volumes)"
-                } else {
-                    " (volumes kept)"
-                }
-            );
-            Ok(true)
+            remove(wait, &connect().await?, req).await
         }
     }
 }

@@ -104,6 +104,52 @@ pub fn to_spec(
         )
     })?;
 
+    let (secrets, contents) = secrets(catalog, svc, env)?;
+
+    let mut spec = ServiceSpec {
+        name: svc.name.clone(),
+        tier: svc.tier.as_str().to_owned(),
+        image,
+        command: svc.command.clone().map(|args| Args { args }),
+        entrypoint: svc.entrypoint.clone().map(|args| Args { args }),
+        environment: svc.environment.clone(),
+        ports: ports(svc),
+        mounts: mounts(catalog, project, svc),
+        networks: networks(catalog, project, svc),
+        healthcheck: healthcheck(svc),
+        depends_on: depends_on(catalog, svc),
+        restart: restart(svc),
+        labels: svc.labels.clone(),
+        secrets,
+        user: svc.user.clone().unwrap_or_default(),
+        read_only: svc.read_only,
+        security_opt: svc.security_opt.clone(),
+        cap_add: svc.cap_add.clone(),
+        cap_drop: svc.cap_drop.clone(),
+        replicas: svc.replicas(),
+        resources: Some(resources(svc)),
+        hostname: svc.hostname.clone().unwrap_or_default(),
+        working_dir: svc.working_dir.clone().unwrap_or_default(),
+        stop_signal: svc.stop_signal.clone().unwrap_or_default(),
+        stop_grace_period: dur(svc.stop_grace_period),
+        init: svc.init.unwrap_or(false),
+        shm_size: svc.shm_size.map_or(0, |s| s as i64),
+        tmpfs: svc.tmpfs.clone(),
+        sysctls: svc.sysctls.clone(),
+        extra_hosts: svc.extra_hosts.clone(),
+        source_file: svc.file.display().to_string(),
+        source_line: svc.line as u32,
+        project: project.to_owned(),
+        devices: device_requests(svc),
+    };
+    if let Some(models) = svc.extensions.get(OLLAMA_MODELS_KEY) {
+        spec.labels.insert(OLLAMA_MODELS_LABEL.into(), ollama_models(models));
+    }
+    Ok((spec, contents))
+}
+
+/// The mounts: named volumes under the project's names, binds and tmpfs.
+fn mounts(catalog: &Catalog, project: &str, svc: &Service) -> Vec<MountSpec> {
     let mut mounts = Vec::new();
     for m in &svc.volumes {
         let (kind, source) = match m.kind {
@@ -126,8 +172,12 @@ pub fn to_spec(
             read_only: m.read_only,
         });
     }
+    mounts
+}
 
-    let networks: Vec<NetworkSpec> = if svc.networks.is_empty() {
+/// The networks, the project's `default` when the service names none.
+fn networks(catalog: &Catalog, project: &str, svc: &Service) -> Vec<NetworkSpec> {
+    if svc.networks.is_empty() {
         vec![NetworkSpec {
             name: network_name(catalog, project, "default"),
             aliases: vec![],
@@ -140,9 +190,12 @@ pub fn to_spec(
                 aliases: n.aliases.clone(),
             })
             .collect()
-    };
+    }
+}
 
-    let healthcheck = svc.healthcheck.as_ref().and_then(|h| {
+/// The health check as Docker takes it; `None` inherits the image's.
+fn healthcheck(svc: &Service) -> Option<HealthcheckSpec> {
+    svc.healthcheck.as_ref().and_then(|h| {
         let test = match &h.test {
             HealthTest::None => vec!["NONE".to_string()],
             HealthTest::Inherit => return None,
@@ -157,8 +210,16 @@ pub fn to_spec(
             start_interval: dur(h.start_interval),
             retries: h.retries.unwrap_or(0),
         })
-    });
+    })
+}
 
+/// The secret mounts (each with its key and content hash) and their
+/// contents, from files, the environment or inline content.
+fn secrets(
+    catalog: &Catalog,
+    svc: &Service,
+    env: &BTreeMap<String, String>,
+) -> Result<(Vec<SecretMount>, Vec<SecretContent>), ConvertError> {
     let mut secrets = Vec::new();
     let mut contents = Vec::new();
     for s in &svc.secrets {
@@ -218,8 +279,12 @@ pub fn to_spec(
             content: content.into(),
         });
     }
+    Ok((secrets, contents))
+}
 
-    let resources = svc.deploy.as_ref().map_or_else(Resources::default, |d| {
+/// `deploy.resources`: limits and reservations.
+fn resources(svc: &Service) -> Resources {
+    svc.deploy.as_ref().map_or_else(Resources::default, |d| {
         let r = &d.resources;
         Resources {
             nano_cpus_limit: r.limits.cpus.map_or(0, |c| (c * 1e9) as i64),
@@ -228,18 +293,23 @@ pub fn to_spec(
             nano_cpus_reservation: r.reservations.cpus.map_or(0, |c| (c * 1e9) as i64),
             memory_reservation: r.reservations.memory.map_or(0, |m| m as i64),
         }
-    });
+    })
+}
 
-    let restart = match svc.restart {
+/// The restart policy as Docker names it.
+fn restart(svc: &Service) -> String {
+    match svc.restart {
         None | Some(RestartPolicy::No) => "no".to_string(),
         Some(RestartPolicy::Always) => "always".into(),
         Some(RestartPolicy::UnlessStopped) => "unless-stopped".into(),
         Some(RestartPolicy::OnFailure(None)) => "on-failure".into(),
         Some(RestartPolicy::OnFailure(Some(n))) => format!("on-failure:{n}"),
-    };
+    }
+}
 
-    let depends_on = svc
-        .depends_on
+/// The dependencies, each with its tier.
+fn depends_on(catalog: &Catalog, svc: &Service) -> Vec<DependencySpec> {
+    svc.depends_on
         .iter()
         .map(|d| DependencySpec {
             service: d.service.clone(),
@@ -251,57 +321,20 @@ pub fn to_spec(
             condition: condition(d.condition) as i32,
             required: d.required,
         })
-        .collect();
+        .collect()
+}
 
-    let mut spec = ServiceSpec {
-        name: svc.name.clone(),
-        tier: svc.tier.as_str().to_owned(),
-        image,
-        command: svc.command.clone().map(|args| Args { args }),
-        entrypoint: svc.entrypoint.clone().map(|args| Args { args }),
-        environment: svc.environment.clone(),
-        ports: svc
-            .ports
-            .iter()
-            .map(|p| PortSpec {
-                host_ip: p.host_ip.clone().unwrap_or_default(),
-                published: u32::from(p.published.unwrap_or(0)),
-                target: u32::from(p.target),
-                protocol: format!("{:?}", p.protocol).to_lowercase(),
-            })
-            .collect(),
-        mounts,
-        networks,
-        healthcheck,
-        depends_on,
-        restart,
-        labels: svc.labels.clone(),
-        secrets,
-        user: svc.user.clone().unwrap_or_default(),
-        read_only: svc.read_only,
-        security_opt: svc.security_opt.clone(),
-        cap_add: svc.cap_add.clone(),
-        cap_drop: svc.cap_drop.clone(),
-        replicas: svc.replicas(),
-        resources: Some(resources),
-        hostname: svc.hostname.clone().unwrap_or_default(),
-        working_dir: svc.working_dir.clone().unwrap_or_default(),
-        stop_signal: svc.stop_signal.clone().unwrap_or_default(),
-        stop_grace_period: dur(svc.stop_grace_period),
-        init: svc.init.unwrap_or(false),
-        shm_size: svc.shm_size.map_or(0, |s| s as i64),
-        tmpfs: svc.tmpfs.clone(),
-        sysctls: svc.sysctls.clone(),
-        extra_hosts: svc.extra_hosts.clone(),
-        source_file: svc.file.display().to_string(),
-        source_line: svc.line as u32,
-        project: project.to_owned(),
-        devices: device_requests(svc),
-    };
-    if let Some(models) = svc.extensions.get(OLLAMA_MODELS_KEY) {
-        spec.labels.insert(OLLAMA_MODELS_LABEL.into(), ollama_models(models));
-    }
-    Ok((spec, contents))
+/// The published ports.
+fn ports(svc: &Service) -> Vec<PortSpec> {
+    svc.ports
+        .iter()
+        .map(|p| PortSpec {
+            host_ip: p.host_ip.clone().unwrap_or_default(),
+            published: u32::from(p.published.unwrap_or(0)),
+            target: u32::from(p.target),
+            protocol: format!("{:?}", p.protocol).to_lowercase(),
+        })
+        .collect()
 }
 
 /// The bus form of a dependency condition.
