@@ -94,7 +94,10 @@ fn replicas_over_three_hosts_survive_rollouts_a_cut_a_nats_server_and_a_drain_wi
     // 7. Cut host3 off the network, heal it: its container ran throughout.
     let host3_before = containers(&c, "host3", "web");
     c.cut("host3");
-    std::thread::sleep(Duration::from_secs(8));
+    // The fault's length, not a wait for anything: a partition of 8 s,
+    // several heartbeats long and short of host_lost_secs (60).
+    let partition = Duration::from_secs(8);
+    std::thread::sleep(partition);
     c.heal("host3");
     wait_for("host3 heartbeats again", Duration::from_secs(30), || {
         c.list_hosts().is_some_and(|h| h.contains_key("host3"))
