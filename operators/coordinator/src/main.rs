@@ -51,37 +51,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut cfg: CoordinatorConfig = match app::load_config(cli.config.as_deref(), &cli) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("coordinator: {e}");
-            return ExitCode::from(app::EXIT_CONFIG as u8);
-        }
+        Err(e) => return app::config_exit("coordinator", e),
     };
     if let Some(url) = &cli.nats_url {
         cfg.nats.url.clone_from(url);
     }
     let listen = match cfg.validate() {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("coordinator: {e}");
-            return ExitCode::from(app::EXIT_CONFIG as u8);
-        }
+        Err(e) => return app::config_exit("coordinator", e),
     };
     let bus_cfg = match cfg.nats.bus_config(
         format!("coordinator@{}", cfg.id),
         Duration::from_secs(cfg.heartbeat_ttl_secs),
     ) {
         Ok(b) => b,
-        Err(e) => {
-            eprintln!("coordinator: {e}");
-            return ExitCode::from(app::EXIT_CONFIG as u8);
-        }
+        Err(e) => return app::config_exit("coordinator", e),
     };
     let (tls, auth) = match cfg.security() {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("coordinator: {e}");
-            return ExitCode::from(app::EXIT_CONFIG as u8);
-        }
+        Err(e) => return app::config_exit("coordinator", e),
     };
     let mut shown = cfg.clone();
     if shown.nats.token.is_some() {
@@ -92,22 +80,9 @@ fn main() -> ExitCode {
         println!("{shown}");
         return ExitCode::SUCCESS;
     }
-    let rt = match app::runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let telemetry = {
-        let _in_runtime = rt.enter();
-        match cfg.log.init("coordinator", &cfg.id) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("coordinator: {e}");
-                return ExitCode::from(app::EXIT_CONFIG as u8);
-            }
-        }
+    let (rt, telemetry) = match app::start("coordinator", &cfg.log, "coordinator", &cfg.id) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     tracing::info!(config = %shown, grpc = %listen, security = auth.describe(), traces = telemetry.exporting(), "starting coordinator");
     let grace = Duration::from_secs(cfg.shutdown_grace_secs);

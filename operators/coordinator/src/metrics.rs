@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use infra_bus::Bus;
 use infra_proto::bus::v1::{Event, EventKind, Heartbeat, HostState, ObservedService};
-use infra_runtime::metrics::{HEALTHS, health_token};
+use infra_runtime::metrics::{HEALTHS, health_token, register};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -123,47 +123,47 @@ impl CoordinatorMetrics {
     /// Registers every family, each label value at 0.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("infra_coordinator");
-        let deploy_steps = Family::<StepLabel, Counter>::default();
-        registry.register(
+        let deploy_steps = register(
+            &mut registry,
             "deploy_steps",
             "Deploy steps this coordinator took (started, dispatched, ready, failed, blocked, finished)",
-            deploy_steps.clone(),
+            Family::<StepLabel, Counter>::default(),
         );
-        let rollout_steps = Family::<StepLabel, Counter>::default();
-        registry.register(
+        let rollout_steps = register(
+            &mut registry,
             "rollout_steps",
             "Rollout steps this coordinator took (started, batch_done, finished, failed, paused, rollback_started, rollback_finished)",
-            rollout_steps.clone(),
+            Family::<StepLabel, Counter>::default(),
         );
-        let host_events = Family::<KindLabel, Counter>::default();
-        registry.register(
+        let host_events = register(
+            &mut registry,
             "host_events",
             "Hosts lost, returned and drained, and services moved or stranded because of it",
-            host_events.clone(),
+            Family::<KindLabel, Counter>::default(),
         );
-        let services = Family::<HealthLabel, Gauge>::default();
-        registry.register(
+        let services = register(
+            &mut registry,
             "services",
             "Services on hosts (one per service and host), by health, from the observed state",
-            services.clone(),
+            Family::<HealthLabel, Gauge>::default(),
         );
-        let hosts = Family::<StateLabel, Gauge>::default();
-        registry.register(
+        let hosts = register(
+            &mut registry,
             "hosts",
             "Hosts by state: up (heartbeating), drained, lost",
-            hosts.clone(),
+            Family::<StateLabel, Gauge>::default(),
         );
-        let bus_write_failures = Counter::default();
-        registry.register(
+        let bus_write_failures = register(
+            &mut registry,
             "bus_write_failures",
             "Bus writes that failed after their retries and did not stop the call that made them (each is logged with what it was and why)",
-            bus_write_failures.clone(),
+            Counter::default(),
         );
-        let leader = Gauge::default();
-        registry.register(
+        let leader = register(
+            &mut registry,
             "leader",
             "1 while this coordinator holds the leader lease, else 0",
-            leader.clone(),
+            Gauge::default(),
         );
         let info = Family::<Vec<(String, String)>, Gauge>::default();
         info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])

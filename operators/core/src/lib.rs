@@ -220,10 +220,7 @@ pub fn main(tier: Tier) -> ExitCode {
     let cli = Cli::parse();
     let mut cfg: OperatorConfig = match app::load_config(cli.config.as_deref(), &cli) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{tier}-operator: {e}", tier = tier.name);
-            return ExitCode::from(app::EXIT_CONFIG as u8);
-        }
+        Err(e) => return app::config_exit(&format!("{}-operator", tier.name), e),
     };
     if let Some(url) = &cli.nats_url {
         cfg.nats.url.clone_from(url);
@@ -232,41 +229,23 @@ pub fn main(tier: Tier) -> ExitCode {
     let metrics_addr = cfg.metrics_addr(tier.grpc_port).ok().flatten();
     let listen = match cfg.validate(tier.grpc_port) {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("{tier}-operator: {e}", tier = tier.name);
-            return ExitCode::from(app::EXIT_CONFIG as u8);
-        }
+        Err(e) => return app::config_exit(&format!("{}-operator", tier.name), e),
     };
     let bus_cfg = match cfg.nats.bus_config(
         format!("operator-{}@{}", tier.name, cfg.host),
         Duration::from_secs(cfg.heartbeat_ttl_secs),
     ) {
         Ok(b) => b,
-        Err(e) => {
-            eprintln!("{tier}-operator: {e}", tier = tier.name);
-            return ExitCode::from(app::EXIT_CONFIG as u8);
-        }
+        Err(e) => return app::config_exit(&format!("{}-operator", tier.name), e),
     };
     if cli.print_config {
         println!("{}", sanitized(&cfg));
         return ExitCode::SUCCESS;
     }
-    let rt = match app::runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let telemetry = {
-        let _in_runtime = rt.enter();
-        match cfg.log.init(&format!("operator-{}", tier.name), &cfg.host) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("{tier}-operator: {e}", tier = tier.name);
-                return ExitCode::from(app::EXIT_CONFIG as u8);
-            }
-        }
+    let who = format!("{}-operator", tier.name);
+    let (rt, telemetry) = match app::start(&who, &cfg.log, &format!("operator-{}", tier.name), &cfg.host) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     tracing::info!(
         tier = tier.name,

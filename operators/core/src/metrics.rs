@@ -73,11 +73,11 @@ impl OperatorMetrics {
     /// Registers every family. `version` goes into `infra_operator_info`.
     pub fn new(version: &str) -> Self {
         let mut registry = Registry::with_prefix("infra_operator");
-        let reconciles = Family::<ResultLabel, Counter>::default();
-        registry.register(
+        let reconciles = register(
+            &mut registry,
             "reconciles",
             "Reconcile passes of one service, by result (ok, error)",
-            reconciles.clone(),
+            Family::<ResultLabel, Counter>::default(),
         );
         let reconcile_duration = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
         registry.register(
@@ -85,31 +85,35 @@ impl OperatorMetrics {
             "How long one reconcile pass of one service took",
             reconcile_duration.clone(),
         );
-        let restarts = Counter::default();
-        registry.register(
+        let restarts = register(
+            &mut registry,
             "restarts",
             "Containers restarted by the operator (unhealthy or exited, within the restart budget)",
-            restarts.clone(),
+            Counter::default(),
         );
-        let events = Family::<KindLabel, Counter>::default();
-        registry.register("events", "Events published, by kind", events.clone());
-        let services = Family::<HealthLabel, Gauge>::default();
-        registry.register(
+        let events = register(
+            &mut registry,
+            "events",
+            "Events published, by kind",
+            Family::<KindLabel, Counter>::default(),
+        );
+        let services = register(
+            &mut registry,
             "services",
             "Services of this tier on this host, by health",
-            services.clone(),
+            Family::<HealthLabel, Gauge>::default(),
         );
-        let service_health = Family::<ServiceHealthLabel, Gauge>::default();
-        registry.register(
+        let service_health = register(
+            &mut registry,
             "service_health",
             "1 for each service (label name) of this tier on this host, labelled with its health",
-            service_health.clone(),
+            Family::<ServiceHealthLabel, Gauge>::default(),
         );
-        let containers = Family::<StateLabel, Gauge>::default();
-        registry.register(
+        let containers = register(
+            &mut registry,
             "containers",
             "Containers the operator owns on this host, by Docker state",
-            containers.clone(),
+            Family::<StateLabel, Gauge>::default(),
         );
         let info = Family::<VersionLabel, Gauge>::default();
         info.get_or_create(&VersionLabel {

@@ -115,6 +115,33 @@ pub fn absolute(p: &Path) -> PathBuf {
     }
 }
 
+/// A configuration error at start-up: printed as `who: error` on stderr,
+/// exit code [`EXIT_CONFIG`].
+pub fn config_exit(who: &str, e: impl std::fmt::Display) -> std::process::ExitCode {
+    eprintln!("{who}: {e}");
+    std::process::ExitCode::from(EXIT_CONFIG as u8)
+}
+
+/// The runtime and the logging/tracing of a binary that has its
+/// configuration: `service` and `instance` name it in logs and traces. On
+/// error, what to exit with (after saying why on stderr).
+pub fn start(
+    who: &str,
+    log: &crate::config::LogConfig,
+    service: &str,
+    instance: &str,
+) -> Result<(tokio::runtime::Runtime, crate::trace::Telemetry), std::process::ExitCode> {
+    let rt = runtime().map_err(|e| {
+        eprintln!("{who}: cannot start the runtime: {e}");
+        std::process::ExitCode::FAILURE
+    })?;
+    let telemetry = {
+        let _in_runtime = rt.enter();
+        log.init(service, instance).map_err(|e| config_exit(who, e))?
+    };
+    Ok((rt, telemetry))
+}
+
 /// The runtime every binary runs on: two worker threads are plenty for an
 /// operator or the coordinator, and keep their idle memory small.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
