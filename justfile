@@ -6,6 +6,12 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 up selection="core":
     bash e2e/local/up.sh {{selection}}
 
+# The install image (infra-local/operators:TAG) from the release build: run it on each host (docs/operating.md).
+image tag="dev":
+    cargo build --release -p infra-operators --bin infra-operator
+    bash e2e/images/build.sh debian
+    INFRA_OPERATORS_TAG={{tag}} bash e2e/images/build.sh operators
+
 # Take the local platform down (add --volumes to delete named volumes too).
 down *flags:
     bash e2e/local/down.sh {{flags}}
@@ -35,6 +41,8 @@ test: check
     bash e2e/images/build.sh
     bash e2e/images/make-dev-secrets.sh
     cargo build --workspace --bins
+    INFRA_PROFILE=debug bash e2e/images/build.sh operators
+    bash e2e/local/verify-units.sh
     cargo test --workspace --no-fail-fast
 
 # Bring-up benchmark against docker-compose 1.29 (prints medians, ratio, critical path, RSS).

@@ -3,6 +3,7 @@
 #
 #   e2e/images/build.sh                 # build every image
 #   e2e/images/build.sh postgres redis  # build only these
+#   e2e/images/build.sh debian operators  # also the opt-in install image (after cargo build)
 #   JOBS=1 e2e/images/build.sh          # no parallelism
 #   FORCE=1 e2e/images/build.sh nginx   # rebuild even if the recipe is unchanged
 #
@@ -61,8 +62,8 @@ base_hash() {
     | sha256sum | cut -c1-16
 }
 
-recipe_hash() { # $1 = image name
-  printf '%s\n' "$SCRIPT_VERSION" "$(base_hash)" "$(hash_dir "$RECIPES/$1")" | sha256sum | cut -c1-16
+recipe_hash() { # $1 = image name; HASH_EXTRA (set by its recipe.sh): what else it is made of
+  printf '%s\n' "$SCRIPT_VERSION" "$(base_hash)" "$(hash_dir "$RECIPES/$1")" "${HASH_EXTRA:-}" | sha256sum | cut -c1-16
 }
 
 # ------------------------------------------------------------- chroot bits ---
@@ -154,7 +155,7 @@ build_one() {
   local name="$1" t0=$SECONDS
   local rdir="$RECIPES/$name"
   [ -f "$rdir/recipe.sh" ] || die "no recipe for '$name'"
-  local TAG="" PACKAGES="" STOPSIGNAL="" KIND=rootfs; local -a CHANGES=()
+  local TAG="" PACKAGES="" STOPSIGNAL="" KIND=rootfs OPT_IN=0 HASH_EXTRA=""; local -a CHANGES=()
   # shellcheck disable=SC1090
   source "$rdir/recipe.sh"
   local h; h="$(recipe_hash "$name")"
@@ -234,8 +235,10 @@ build_one() {
   printf '%-18s %-7s %-34s %7s %4ss\n' "$name" built "$TAG" "$(image_size "$TAG")" "$((SECONDS - t0))"
 }
 
-all_images() {
-  find "$RECIPES" -mindepth 2 -maxdepth 2 -name recipe.sh | sed "s#^$RECIPES/##; s#/recipe.sh##" | LC_ALL=C sort
+all_images() { # every recipe but the opt-in ones (OPT_IN=1: built only when named)
+  find "$RECIPES" -mindepth 2 -maxdepth 2 -name recipe.sh | LC_ALL=C sort | while read -r r; do
+    grep -q '^OPT_IN=1' "$r" || basename "$(dirname "$r")"
+  done
 }
 
 main() {

@@ -23,6 +23,8 @@ command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 command -v htpasswd >/dev/null 2>&1 || need_apt+=(apache2-utils)
 # psql: the Patroni tests write and read through HAProxy with it
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+# systemd-analyze: e2e/local/verify-units.sh checks operators/systemd/ with it
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if ((${#need_apt[@]})); then
   echo "install-tools: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

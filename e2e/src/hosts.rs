@@ -440,6 +440,7 @@ impl Cluster {
     fn expected(&self) -> BTreeMap<String, BTreeSet<String>> {
         self.hosts
             .iter()
+            .filter(|h| !h.tiers.is_empty())
             .map(|h| (h.name.clone(), h.tiers.iter().cloned().collect()))
             .collect()
     }
@@ -897,6 +898,83 @@ impl Cluster {
         self.images_tar = Some(tar);
     }
 
+    /// The environment every operator of host `i` gets: the NATS cluster,
+    /// heartbeats, the host's private address, then the options' extra.
+    fn operator_env(&self, i: usize) -> Vec<(String, String)> {
+        let h = &self.hosts[i];
+        let mut env = vec![
+            ("INFRA_NATS__URL".to_owned(), self.nats_url()),
+            ("INFRA_NATS__REPLICAS".into(), NATS_SERVERS.to_string()),
+            ("INFRA_HEARTBEAT_SECS".into(), HEARTBEAT_SECS.to_string()),
+            ("INFRA_HEARTBEAT_TTL_SECS".into(), HEARTBEAT_TTL_SECS.to_string()),
+            ("INFRA_LOG__FORMAT".into(), "json".into()),
+            // The host's private address: where other hosts reach what it
+            // publishes (cross-host reach).
+            ("INFRA_LABELS__ADDR".into(), h.ip.clone()),
+        ];
+        env.extend(self.opts.operator_env.iter().cloned());
+        env
+    }
+
+    /// Installs the operators of `tiers` on `host` the way a user does: the
+    /// install image (`image`, loaded into the host's engine: name it in
+    /// the options' images) run on the host's own engine as the container
+    /// `infra-operators`, with the Docker socket, host networking, the
+    /// state directory at the same path on both sides and restart policy
+    /// `unless-stopped`. Replaces an `infra-operators` container there
+    /// (`docker stop`: its operators drain, what they run keeps running).
+    /// Returns when `ListHosts` shows the tiers (with a coordinator).
+    pub fn install_operators(&self, host: &str, tiers: &[&str], image: &str) {
+        let i = self.host_index(host);
+        let h = &self.hosts[i];
+        let _ = self.docker(host, &["stop", "-t", "30", "infra-operators"]);
+        let _ = self.docker(host, &["rm", "-f", "infra-operators"]);
+        let mut args: Vec<String> = [
+            "run",
+            "-d",
+            "--name",
+            "infra-operators",
+            "--restart",
+            "unless-stopped",
+            "--stop-timeout",
+            "30",
+            "--network",
+            "host",
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            "-v",
+            &format!("{STATE_DIR}:{STATE_DIR}"),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let mut env = self.operator_env(i);
+        env.push(("INFRA_HOST".into(), h.name.clone()));
+        env.push(("INFRA_STATE_DIR".into(), STATE_DIR.into()));
+        env.push(("INFRA_TIERS".into(), tiers.join(",")));
+        env.push(("INFRA_LABELS__OPERATOR_IMAGE".into(), image.into()));
+        for (k, v) in &env {
+            args.push("-e".into());
+            args.push(format!("{k}={v}"));
+        }
+        args.push(image.into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.docker(host, &args);
+        assert!(
+            out.status.success(),
+            "cannot install {image} on {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if self.coords.iter().any(|c| c.child.is_some()) {
+            let want: BTreeSet<String> = tiers.iter().map(|t| (*t).to_owned()).collect();
+            self.wait_hosts(
+                &format!("the operators installed on {host} heartbeat"),
+                Duration::from_secs(90),
+                |l| l.get(host).is_some_and(|t| t.is_superset(&want)),
+            );
+        }
+    }
+
     /// Starts `tier`'s operator in host `i` as a `docker exec -d` process
     /// that writes its pid (for [`Cluster::stop_operator`]) and appends to
     /// its log.
@@ -909,17 +987,7 @@ impl Cluster {
              --grpc-listen 0.0.0.0:{port} >> {LOG_MOUNT}/{tier}-operator.log 2>&1",
             host = h.name
         );
-        let mut env = vec![
-            ("INFRA_NATS__URL".to_owned(), self.nats_url()),
-            ("INFRA_NATS__REPLICAS".into(), NATS_SERVERS.to_string()),
-            ("INFRA_HEARTBEAT_SECS".into(), HEARTBEAT_SECS.to_string()),
-            ("INFRA_HEARTBEAT_TTL_SECS".into(), HEARTBEAT_TTL_SECS.to_string()),
-            ("INFRA_LOG__FORMAT".into(), "json".into()),
-            // The host's private address: where other hosts reach what it
-            // publishes (cross-host reach).
-            ("INFRA_LABELS__ADDR".into(), h.ip.clone()),
-        ];
-        env.extend(self.opts.operator_env.iter().cloned());
+        let env = self.operator_env(i);
         let mut cmd = Command::new("docker");
         cmd.args(["exec", "-d"]);
         for (k, v) in &env {

@@ -1,0 +1,171 @@
+//! The install artifact, on a simulated host: the operators image
+//! (`e2e/images/recipes/operators`, built from this checkout's
+//! `infra-operator` binary) run on the host's own Docker engine the way
+//! docs/operating.md tells a user to, with the socket, host networking and
+//! restart policy `unless-stopped`. What a user checks: the host's tiers
+//! heartbeat, a deploy runs there, the supervisor dying is repaired by
+//! Docker, replacing the image (an upgrade) restarts none of the
+//! containers it manages, and the new operators do manage them.
+//!
+//! Needs `bash e2e/images/build.sh host nats nginx debian` and, after
+//! `cargo build --workspace --bins`,
+//! `INFRA_PROFILE=debug bash e2e/images/build.sh operators` (`just test`
+//! does both).
+
+use std::time::Duration;
+
+use infra_e2e::hosts::{Cluster, ClusterOptions};
+use infra_e2e::scenarios::the_container;
+use infra_e2e::write;
+use infra_test_support::wait_for;
+
+const IMAGE: &str = "infra-local/operators:dev";
+const NEXT: &str = "infra-local/operators:next";
+
+const WEB: &str = r#"services:
+  web:
+    image: infra-local/nginx:1
+    ports: ["8080:80"]
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1/"]
+      interval: 1s
+      retries: 5
+"#;
+
+const DB: &str = r#"services:
+  db:
+    image: infra-local/debian:bookworm
+    command: ["sh", "-c", "echo kept > /data/mark; exec sleep infinity"]
+    init: true
+    volumes: ["db-data:/data"]
+volumes:
+  db-data: {}
+"#;
+
+fn inspect(c: &Cluster, what: &str, format: &str) -> String {
+    let out = c.docker("host1", &["inspect", "-f", format, what]);
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn host_label(c: &Cluster, label: &str) -> String {
+    let hosts = c.call("ListHosts", "{}");
+    hosts[0]["hosts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| h["host"] == "host1")
+        .and_then(|h| h["labels"][label].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn the_operators_image_runs_the_hosts_tiers_docker_restarts_it_and_an_upgrade_restarts_no_managed_container() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "01-gateway/web/compose.yml", WEB);
+    write(dir.path(), "04-data/db/compose.yml", DB);
+    let mut opts = ClusterOptions::new(1)
+        .images(&[IMAGE, "infra-local/nginx:1", "infra-local/debian:bookworm"])
+        .catalog(dir.path());
+    // No operator started by the harness: the image brings them.
+    opts.host_tiers.insert("host1".into(), Vec::new());
+    let c = Cluster::start(opts);
+
+    // 1. Installed: both tiers heartbeat, with the image as a host label.
+    c.install_operators("host1", &["gateway", "data"], IMAGE);
+    assert_eq!(host_label(&c, "operator_image"), IMAGE);
+    assert_eq!(
+        inspect(&c, "infra-operators", "{{.HostConfig.RestartPolicy.Name}}"),
+        "unless-stopped"
+    );
+    let ps = c.docker(
+        "host1",
+        &[
+            "exec",
+            "infra-operators",
+            "sh",
+            "-c",
+            r#"for p in /proc/[0-9]*; do tr '\0' ' ' < $p/cmdline; echo; done"#,
+        ],
+    );
+    let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+    assert!(
+        ps.lines().any(|l| l.starts_with("gateway-operator")) && ps.lines().any(|l| l.starts_with("data-operator")),
+        "one process per tier: {ps}"
+    );
+
+    // 2. A deploy runs there.
+    let progress = c.call(
+        "Deploy",
+        r#"{"selection":{"services":["web","db"]},"timeoutSeconds":120}"#,
+    );
+    let done = progress.last().expect("a DONE message");
+    assert_eq!(done["ready"].as_u64(), Some(2), "{progress:#?}\n{}", c.all_logs());
+    let web = the_container(&c, "host1", "web");
+    let db = the_container(&c, "host1", "db");
+
+    // 3. The supervisor dies (SIGKILL from the host): Docker starts it
+    //    again, and the containers it manages were never touched.
+    let pid = inspect(&c, "infra-operators", "{{.State.Pid}}");
+    let out = std::process::Command::new("docker")
+        .args(["exec", &c.container("host1"), "kill", "-KILL", &pid])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kill {pid}: {out:?}");
+    wait_for("Docker restarts the operators", Duration::from_secs(60), || {
+        inspect(&c, "infra-operators", "{{.RestartCount}} {{.State.Running}}") == "1 true"
+    });
+    assert_eq!(the_container(&c, "host1", "web"), web, "web untouched by the crash");
+    assert_eq!(the_container(&c, "host1", "db"), db, "db untouched by the crash");
+
+    // 4. Upgrade: the operators container replaced by another image (a new
+    //    tag here; a new build for a user). Its operators drain on SIGTERM,
+    //    the new ones adopt what runs: no container restarted.
+    let tagged = c.docker("host1", &["tag", IMAGE, NEXT]);
+    assert!(tagged.status.success(), "{tagged:?}");
+    c.install_operators("host1", &["gateway", "data"], NEXT);
+    wait_for("heartbeats name the new image", Duration::from_secs(30), || {
+        host_label(&c, "operator_image") == NEXT
+    });
+    assert_eq!(inspect(&c, "infra-operators", "{{.Config.Image}}"), NEXT);
+    assert_eq!(
+        the_container(&c, "host1", "web"),
+        web,
+        "web not restarted by the upgrade"
+    );
+    assert_eq!(the_container(&c, "host1", "db"), db, "db not restarted by the upgrade");
+
+    // 5. The new operators manage them: a web container removed by hand is
+    //    replaced, healthy; the db's volume kept its data throughout.
+    let gone = c.docker("host1", &["rm", "-f", &web.0]);
+    assert!(gone.status.success(), "{gone:?}");
+    wait_for(
+        "the installed operator starts web again",
+        Duration::from_secs(60),
+        || {
+            let o = c.docker(
+                "host1",
+                &[
+                    "ps",
+                    "-q",
+                    "--filter",
+                    "label=io.infra.service=web",
+                    "--filter",
+                    "health=healthy",
+                ],
+            );
+            let id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+            !id.is_empty() && id != web.0
+        },
+    );
+    let mark = c.docker("host1", &["exec", &db.0, "cat", "/data/mark"]);
+    assert_eq!(String::from_utf8_lossy(&mark.stdout).trim(), "kept");
+
+    // 6. Stopping the operators leaves what they run running.
+    let stopped = c.docker("host1", &["stop", "-t", "30", "infra-operators"]);
+    assert!(stopped.status.success(), "{stopped:?}");
+    assert_eq!(inspect(&c, &db.0, "{{.State.Running}}"), "true");
+    let logs = c.docker("host1", &["logs", "infra-operators"]);
+    let logs = String::from_utf8_lossy(&logs.stderr).into_owned() + &String::from_utf8_lossy(&logs.stdout);
+    assert!(logs.contains("operator drained"), "the operators drained: {logs}");
+}
