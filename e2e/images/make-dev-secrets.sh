@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create compose/secrets/<name> with a random value for every
-# compose/secrets/<name>.example that has no real file yet. Never overwrites.
+# compose/secrets/<name>.example that has no real file yet (or only the
+# example value, a placeholder written when a tool was missing). Never
+# overwrites a real value.
 #   e2e/images/make-dev-secrets.sh [SECRETS_DIR]
 # SECRETS_DIR defaults to compose/secrets of this checkout; a Compose root
 # (a folder whose secrets/ holds the *.example files) is accepted too.
@@ -177,7 +179,13 @@ ensure() {
   local name="$1"
   case "$seen" in *" $name "*) return 0 ;; esac
   seen="$seen$name "
-  if [ -e "$DIR/$name" ]; then kept=$((kept + 1)); check "$name"; return 0; fi
+  # A file still holding its example value is a placeholder this script
+  # wrote when a tool was missing (htpasswd, openssl): made again now, so
+  # installing the tool later is enough.
+  if [ -e "$DIR/$name" ] && ! cmp -s "$DIR/$name" "$DIR/$name.example"; then
+    kept=$((kept + 1)); check "$name"; return 0
+  fi
+  rm -f "$DIR/$name"
   placeholder=0
   gen "$name"
   if [ "$placeholder" = 1 ]; then echo "created $name (example value, see the warning)"; else echo "created $name"; fi

@@ -12,7 +12,8 @@
 //!   others, as on separate machines;
 //! - inside every host, the real tier operators (the binaries of
 //!   `target/<profile>`, bind-mounted read-only at `/opt/infra/bin`), each
-//!   talking to its host's inner engine and to all three NATS servers;
+//!   talking to its host's inner engine and to all three NATS servers over
+//!   TLS (clients and routes; a CA made per cluster, `Cluster::nats_ca`);
 //! - one or more coordinators as processes on the outer machine (it reaches
 //!   the containers' bridge addresses), driven with the real `grpcurl`.
 //!
@@ -40,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use infra_bus::testing::free_port;
 
+use crate::pki::Pki;
 use crate::{TIERS, bin_dir, call_at, grpcurl_at, repo_root};
 
 /// Label on every outer container and network a cluster creates; its value
@@ -104,6 +106,8 @@ const BIN_MOUNT: &str = "/opt/infra/bin";
 const LOG_MOUNT: &str = "/var/lib/infra/log";
 /// The operators' state directory in a host (its inner engine sees it).
 const STATE_DIR: &str = "/var/lib/infra/state";
+/// Where a host (and the operators image run on it) has the NATS CA.
+const TLS_DIR: &str = "/var/lib/infra/tls";
 /// Operator pid files (tmpfs: gone with a restart, as the processes are).
 const RUN_DIR: &str = "/run/infra";
 
@@ -252,6 +256,7 @@ impl Cluster {
                 tiers: Vec::new(),
             });
         }
+        me.make_pki();
         for i in 1..=me.opts.hosts {
             let name = format!("host{i}");
             let tiers = me.opts.host_tiers.get(&name).unwrap_or(&me.opts.tiers).clone();
@@ -678,6 +683,7 @@ impl Cluster {
             .env("INFRA_ID", &self.coords[i].id)
             .env("INFRA_NATS__URL", self.nats_url())
             .env("INFRA_NATS__REPLICAS", NATS_SERVERS.to_string())
+            .env("INFRA_NATS__CA_FILE", self.nats_ca())
             .env("INFRA_LOG__FORMAT", "json")
             .stdout(Stdio::null())
             .stderr(log)
@@ -743,6 +749,53 @@ impl Cluster {
         ]
     }
 
+    /// The NATS servers' certificates and their TLS settings (clients and
+    /// routes), in `<dir>/tls`, mounted into each server at `/tls`.
+    fn make_pki(&self) {
+        let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
+        for n in &self.nats {
+            names.push(n.name.clone());
+            names.push(n.ip.clone());
+        }
+        let pki = Pki::new(&self.tls_dir(), &names);
+        let tls =
+            r#"{ cert_file: "/tls/server.pem", key_file: "/tls/server.key", ca_file: "/tls/ca.pem", timeout: 5 }"#;
+        let conf =
+            format!("# Clients and routes over TLS (e2e/src/hosts.rs).\ntls {tls}\ncluster {{\n  tls {tls}\n}}\n");
+        std::fs::write(pki.dir.join("nats.conf"), conf).expect("nats.conf");
+    }
+
+    fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
+    }
+
+    /// The CA that signed the NATS servers' certificate: every client of
+    /// the bed's NATS needs it (the servers take TLS only).
+    pub fn nats_ca(&self) -> PathBuf {
+        self.tls_dir().join("ca.pem")
+    }
+
+    /// NATS server `i`'s `/varz` (its monitoring port, plain HTTP).
+    pub fn nats_varz(&self, i: usize) -> serde_json::Value {
+        let body = http_get(&self.nats[i].ip, 8222, "/varz").unwrap_or_default();
+        serde_json::from_str(&body).unwrap_or_default()
+    }
+
+    /// A bus configuration for the bed's NATS cluster (TLS with its CA).
+    pub fn bus_config(&self, name: &str) -> infra_bus::BusConfig {
+        infra_bus::BusConfig {
+            url: self.nats_url(),
+            name: name.to_owned(),
+            heartbeat_ttl: Duration::from_secs(HEARTBEAT_TTL_SECS),
+            replicas: NATS_SERVERS,
+            tls: infra_bus::BusTls {
+                ca_file: Some(self.nats_ca()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
     fn run_nats(&self, i: usize) {
         let n = &self.nats[i];
         let routes: Vec<String> = self
@@ -757,9 +810,12 @@ impl Cluster {
             .collect();
         args.extend(["--network".into(), self.id.clone(), "--ip".into(), n.ip.clone()]);
         args.extend(self.labels());
+        args.extend(["-v".into(), format!("{}:/tls:ro", self.tls_dir().display())]);
         args.push(NATS_IMAGE.into());
         args.extend(
             [
+                "--config",
+                "/tls/nats.conf",
                 "--server_name",
                 &n.name,
                 "-p",
@@ -800,13 +856,7 @@ impl Cluster {
     /// the first process to connect decides it, and the coordinator's is a
     /// fixed 20 s.
     fn create_buckets(&self) {
-        let cfg = infra_bus::BusConfig {
-            url: self.nats_url(),
-            name: format!("e2e-hosts@{}", self.id),
-            heartbeat_ttl: Duration::from_secs(HEARTBEAT_TTL_SECS),
-            replicas: NATS_SERVERS,
-            ..Default::default()
-        };
+        let cfg = self.bus_config(&format!("e2e-hosts@{}", self.id));
         // A thread of its own: a runtime cannot be made inside another.
         let res = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -851,6 +901,8 @@ impl Cluster {
             format!("{}:{BIN_MOUNT}:ro", self.opts.bin_dir.display()),
             "-v".into(),
             format!("{}:{LOG_MOUNT}", logs.display()),
+            "-v".into(),
+            format!("{}:{TLS_DIR}/ca.pem:ro", self.nats_ca().display()),
             "-e".into(),
             format!("DOCKERD_LOG={LOG_MOUNT}/dockerd.log"),
             HOST_IMAGE.into(),
@@ -905,6 +957,7 @@ impl Cluster {
         let mut env = vec![
             ("INFRA_NATS__URL".to_owned(), self.nats_url()),
             ("INFRA_NATS__REPLICAS".into(), NATS_SERVERS.to_string()),
+            ("INFRA_NATS__CA_FILE".into(), format!("{TLS_DIR}/ca.pem")),
             ("INFRA_HEARTBEAT_SECS".into(), HEARTBEAT_SECS.to_string()),
             ("INFRA_HEARTBEAT_TTL_SECS".into(), HEARTBEAT_TTL_SECS.to_string()),
             ("INFRA_LOG__FORMAT".into(), "json".into()),
@@ -944,6 +997,8 @@ impl Cluster {
             "/var/run/docker.sock:/var/run/docker.sock",
             "-v",
             &format!("{STATE_DIR}:{STATE_DIR}"),
+            "-v",
+            &format!("{TLS_DIR}:{TLS_DIR}:ro"),
         ]
         .iter()
         .map(|s| (*s).to_owned())

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use infra_bus::testing::{NatsServer, free_port};
 
 pub mod hosts;
+pub mod pki;
 pub mod scenarios;
 
 /// Every tier (the contracts' list, catalog folder order).

@@ -49,6 +49,26 @@ fn three_simulated_hosts_run_their_own_engines_and_every_operator_heartbeats_ove
         assert_eq!(ops.len(), 9, "nine operators on {}: {h:#?}", h["host"]);
     }
 
+    // Every NATS server takes TLS only, from clients and on its routes; a
+    // client that does not trust the bed's CA is refused, one that does
+    // gets in.
+    for i in 0..3 {
+        let v = c.nats_varz(i);
+        assert_eq!(v["tls_required"], true, "nats{} clients: {v:#}", i + 1);
+        assert_eq!(v["cluster"]["tls_required"], true, "nats{} routes: {v:#}", i + 1);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let plain = rt.block_on(async {
+        let opts = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
+        tokio::time::timeout(Duration::from_secs(10), opts.connect(c.nats_url())).await
+    });
+    assert!(!matches!(plain, Ok(Ok(_))), "a client without the CA is refused");
+    let trusted = rt.block_on(infra_bus::Bus::connect(&c.bus_config("e2e-tls-check")));
+    assert!(trusted.is_ok(), "with the CA: {:?}", trusted.err());
+
     // The second coordinator sees the same hosts.
     let other = c.call_on(1, "ListHosts", "{}");
     assert_eq!(other[0]["hosts"].as_array().map(Vec::len), Some(3), "{other:#?}");

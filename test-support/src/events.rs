@@ -11,12 +11,14 @@ use prost::Message;
 /// Events seen so far, each with when it arrived.
 pub type Recorded = Arc<Mutex<Vec<(Instant, Event)>>>;
 
-/// Every event on the bus (any of the NATS servers `urls`) from now on.
-/// Returns once the subscription is live.
-pub fn record_events(urls: &[String]) -> Recorded {
+/// Every event on the bus (any of the NATS servers `urls`; over TLS with
+/// `ca` when the servers take TLS only) from now on. Returns once the
+/// subscription is live.
+pub fn record_events(urls: &[String], ca: Option<&std::path::Path>) -> Recorded {
     let seen: Recorded = Arc::default();
     let sink = seen.clone();
     let urls = urls.to_vec();
+    let ca = ca.map(std::path::Path::to_owned);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -25,7 +27,11 @@ pub fn record_events(urls: &[String]) -> Recorded {
             .expect("a runtime for the recorder");
         rt.block_on(async move {
             let servers: Vec<async_nats::ServerAddr> = urls.iter().filter_map(|u| u.parse().ok()).collect();
-            let nats = async_nats::connect(servers).await.expect("connect to NATS");
+            let mut opts = async_nats::ConnectOptions::new();
+            if let Some(ca) = ca {
+                opts = opts.add_root_certificates(ca);
+            }
+            let nats = opts.connect(servers).await.expect("connect to NATS");
             let mut sub = nats.subscribe("infra.events.>").await.expect("subscribe");
             nats.flush().await.ok();
             ready_tx.send(()).ok();

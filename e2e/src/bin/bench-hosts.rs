@@ -68,7 +68,11 @@ async fn main() -> ExitCode {
     );
     let events: Arc<Mutex<Vec<Event>>> = Arc::default();
     let servers: Vec<async_nats::ServerAddr> = c.nats_urls().iter().filter_map(|u| u.parse().ok()).collect();
-    let nats = match async_nats::connect(servers).await {
+    let nats = match async_nats::ConnectOptions::new()
+        .add_root_certificates(c.nats_ca())
+        .connect(servers)
+        .await
+    {
         Ok(n) => n,
         Err(e) => {
             eprintln!("bench-hosts: cannot reach the cluster's NATS: {e}");

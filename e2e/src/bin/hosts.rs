@@ -99,7 +99,11 @@ fn up(n: usize, tiers: Vec<String>, images: Vec<String>, compose_dir: Option<std
             cluster.tiers_of(&h).join(",")
         );
     }
-    println!("  NATS   {}", cluster.nats_url());
+    println!(
+        "  NATS   {} (TLS only, CA {})",
+        cluster.nats_url(),
+        cluster.nats_ca().display()
+    );
     println!("  logs   {}", cluster.dir.path().display());
     println!();
     println!(
