@@ -974,7 +974,8 @@ impl Cluster {
     /// the options' images) run on the host's own engine as the container
     /// `infra-operators`, with the Docker socket, host networking, the
     /// state directory at the same path on both sides and restart policy
-    /// `unless-stopped`. Replaces an `infra-operators` container there
+    /// `unless-stopped`, finding the host's private address itself
+    /// (`labels.addr = "auto"`). Replaces an `infra-operators` container there
     /// (`docker stop`: its operators drain, what they run keeps running).
     /// Returns when `ListHosts` shows the tiers (with a coordinator).
     pub fn install_operators(&self, host: &str, tiers: &[&str], image: &str) {
@@ -1004,6 +1005,9 @@ impl Cluster {
         .map(|s| (*s).to_owned())
         .collect();
         let mut env = self.operator_env(i);
+        // The image finds the host's private address itself.
+        env.retain(|(k, _)| k != "INFRA_LABELS__ADDR");
+        env.push(("INFRA_LABELS__ADDR".into(), "auto".into()));
         env.push(("INFRA_HOST".into(), h.name.clone()));
         env.push(("INFRA_STATE_DIR".into(), STATE_DIR.into()));
         env.push(("INFRA_TIERS".into(), tiers.join(",")));

@@ -3,7 +3,8 @@
 //! `infra-operator` binary) run on the host's own Docker engine the way
 //! docs/operating.md tells a user to, with the socket, host networking and
 //! restart policy `unless-stopped`. What a user checks: the host's tiers
-//! heartbeat, a deploy runs there, the supervisor dying is repaired by
+//! heartbeat (with the private address the operators found), a deploy
+//! runs there, the supervisor dying is repaired by
 //! Docker, replacing the image (an upgrade) restarts none of the
 //! containers it manages, and the new operators do manage them.
 //!
@@ -74,6 +75,9 @@ fn the_operators_image_runs_the_hosts_tiers_docker_restarts_it_and_an_upgrade_re
     // 1. Installed: both tiers heartbeat, with the image as a host label.
     c.install_operators("host1", &["gateway", "data"], IMAGE);
     assert_eq!(host_label(&c, "operator_image"), IMAGE);
+    // `labels.addr = "auto"`: the host's private address, found on its
+    // interfaces (its inner engine's bridge left out).
+    assert_eq!(host_label(&c, "addr"), c.host_ip("host1"));
     assert_eq!(
         inspect(&c, "infra-operators", "{{.HostConfig.RestartPolicy.Name}}"),
         "unless-stopped"

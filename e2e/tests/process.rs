@@ -46,6 +46,24 @@ fn bad_configuration_exits_64_naming_the_key() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("resync_sec") && err.contains("op.toml"), "{err}");
 
+    // A public `addr` would publish data ports to the internet: refused
+    // unless allowed in so many words; allowed, the operator goes on (to
+    // --print-config here).
+    let (code, err) = run("data-operator", &[], &[("INFRA_LABELS__ADDR", "203.0.113.7")]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("labels.addr: 203.0.113.7 is not a private address"),
+        "{err}"
+    );
+    let out = Command::new(bin_dir("debug").join("data-operator"))
+        .args(["--print-config"])
+        .env("INFRA_LABELS__ADDR", "203.0.113.7")
+        .env("INFRA_ALLOW_PUBLIC_ADDR", "true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("203.0.113.7"));
+
     let (code, err) = run("coordinator", &["--config", "/nonexistent/coordinator.toml"], &[]);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("/nonexistent/coordinator.toml"), "{err}");

@@ -69,6 +69,10 @@ pub struct OperatorConfig {
     /// true` in TOML) is taken as its text.
     #[serde(deserialize_with = "label_values")]
     pub labels: BTreeMap<String, String>,
+    /// Accept a public address as the `addr` label (configured, or found by
+    /// `labels.addr = "auto"`): data ports published for other hosts are
+    /// published on it. See [`crate::addr`].
+    pub allow_public_addr: bool,
     /// Full resync interval, seconds. Events make the operator fast; this
     /// makes it correct even when an event is missed.
     pub resync_secs: u64,
@@ -107,6 +111,7 @@ impl Default for OperatorConfig {
             grpc_listen: String::new(),
             state_dir: PathBuf::from("/var/lib/infra-operator"),
             labels: BTreeMap::new(),
+            allow_public_addr: false,
             resync_secs: 30,
             heartbeat_secs: 5,
             heartbeat_ttl_secs: 20,

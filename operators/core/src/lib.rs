@@ -6,6 +6,7 @@
 //! service ([`grpc`]) are written once. A tier binary's `main` is one call
 //! to [`main`].
 
+pub mod addr;
 pub mod changes;
 pub mod config;
 pub mod decide;
@@ -231,6 +232,19 @@ pub fn main(tier: Tier) -> ExitCode {
         Ok(a) => a,
         Err(e) => return app::config_exit(&format!("{}-operator", tier.name), e),
     };
+    let configured = cfg.labels.get(infra_bus::facts::ADDR).cloned();
+    match addr::choose(
+        configured.as_deref(),
+        &addr::interfaces(),
+        addr::default_route(),
+        cfg.allow_public_addr,
+    ) {
+        Ok(Some(ip)) => {
+            cfg.labels.insert(infra_bus::facts::ADDR.into(), ip.to_string());
+        }
+        Ok(None) => {}
+        Err(e) => return app::config_exit(&format!("{}-operator", tier.name), e),
+    }
     let bus_cfg = match cfg.nats.bus_config(
         format!("operator-{}@{}", tier.name, cfg.host),
         Duration::from_secs(cfg.heartbeat_ttl_secs),

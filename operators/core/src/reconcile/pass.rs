@@ -58,7 +58,14 @@ pub(crate) struct Outcome {
 }
 
 pub(crate) async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Result<Next, DockerError> {
-    let desired = ctx.desired.read().await.get(service).cloned();
+    let mut desired = ctx.desired.read().await.get(service).cloned();
+    // What runs is taken down only on the bus's word, read now: a view
+    // that lost an entry (a listing that came back short at start, a watch
+    // that missed a write) must not remove a service.
+    let mut confirmed = true;
+    if desired.as_ref().is_none_or(|d| d.absent) {
+        (desired, confirmed) = confirm_removal(ctx, service, desired).await;
+    }
     let spec = desired.as_ref().filter(|d| !d.absent).and_then(|d| d.spec.clone());
     let mut containers = ctx.docker.list_owned(&ctx.host, &ctx.tier, Some(service)).await?;
     apply_probes(ctx, service, spec.as_ref(), &mut containers);
@@ -73,7 +80,7 @@ pub(crate) async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerStat
     emit_changes(ctx, service, &pass.containers, st).await;
 
     let mut ops = decide::decide(pass.desired.as_ref(), &pass.containers);
-    if !pass.loaded {
+    if !pass.loaded || !confirmed {
         ops.retain(|op| !matches!(op, Op::Remove { .. }));
     }
     drain_routes(ctx, &pass, &ops, st).await;
@@ -565,5 +572,30 @@ pub(crate) async fn warn_strays(
         ctx.events
             .emit(EventKind::StrayContainer, service, &c.id, c.replica, reason)
             .await;
+    }
+}
+
+/// Reads `service`'s desired state from the bus itself before a removal
+/// (the cache holds none, or `absent`). When the bus holds a newer entry
+/// than the cache, the cache takes it (and the pass goes on with it); when
+/// the bus cannot be read, the removal waits (`false`).
+async fn confirm_removal(ctx: &Ctx, service: &str, cached: Option<DesiredService>) -> (Option<DesiredService>, bool) {
+    match ctx.bus.get_desired(&ctx.host, &ctx.tier, service).await {
+        Ok(Some(stored)) if cached.as_ref().is_none_or(|c| stored.generation > c.generation) => {
+            if !stored.absent {
+                tracing::warn!(
+                    service,
+                    generation = stored.generation,
+                    "the desired state of this service was missing from this operator's view; taken from the bus"
+                );
+            }
+            ctx.desired.write().await.insert(service.to_owned(), stored.clone());
+            (Some(stored), true)
+        }
+        Ok(_) => (cached, true),
+        Err(e) => {
+            tracing::warn!(service, error = %e, "cannot confirm on the bus that this service is no longer desired; nothing removed for now");
+            (cached, false)
+        }
     }
 }
