@@ -9,6 +9,7 @@
 //!
 //! [`EVENTS_STREAM`]: subject::EVENTS_STREAM
 
+pub mod auth;
 pub mod facts;
 pub mod subject;
 #[cfg(any(test, feature = "testing"))]
@@ -109,6 +110,12 @@ pub struct BusConfig {
     pub token: Option<String>,
     /// User and password credentials, if the server wants them.
     pub user: Option<(String, String)>,
+    /// A NATS credential (the text of a `.creds` file: a user JWT and its
+    /// nkey seed), for servers in operator mode ([`auth`]).
+    pub creds: Option<String>,
+    /// Inbox prefix of this connection's replies (`_INBOX_<host>` for a
+    /// host's credential, which may subscribe to that prefix only).
+    pub inbox_prefix: Option<String>,
     /// TLS towards the servers.
     pub tls: BusTls,
     /// How long a heartbeat stays in the hosts bucket: an operator silent
@@ -128,6 +135,8 @@ impl fmt::Debug for BusConfig {
             .field("name", &self.name)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("user", &self.user.as_ref().map(|(u, _)| u))
+            .field("creds", &self.creds.as_ref().map(|_| "<redacted>"))
+            .field("inbox_prefix", &self.inbox_prefix)
             .field("tls", &self.tls)
             .field("heartbeat_ttl", &self.heartbeat_ttl)
             .field("events_max_age", &self.events_max_age)
@@ -143,6 +152,8 @@ impl Default for BusConfig {
             name: "infra".into(),
             token: None,
             user: None,
+            creds: None,
+            inbox_prefix: None,
             tls: BusTls::default(),
             heartbeat_ttl: Duration::from_secs(30),
             events_max_age: Duration::from_secs(7 * 24 * 3600),
@@ -277,7 +288,7 @@ impl Bus {
         let client = loop {
             let attempt = tokio::time::timeout_at(
                 deadline,
-                connect_options(cfg, connected.clone()).connect(servers.clone()),
+                connect_options(cfg, connected.clone())?.connect(servers.clone()),
             )
             .await;
             match attempt {
@@ -833,8 +844,18 @@ fn is_tls_failure(e: &async_nats::ConnectError) -> bool {
 fn connect_options(
     cfg: &BusConfig,
     connected: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
-) -> async_nats::ConnectOptions {
-    let mut opts = async_nats::ConnectOptions::new()
+) -> Result<async_nats::ConnectOptions> {
+    let opts = match &cfg.creds {
+        // The error names the problem, never the credential's text.
+        Some(c) => async_nats::ConnectOptions::with_credentials(c).map_err(|e| {
+            BusError::new(
+                BusErrorKind::Connect,
+                format!("the NATS credential cannot be read: {}", e.kind()),
+            )
+        })?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    let mut opts = opts
         .name(&cfg.name)
         .connection_timeout(Duration::from_secs(5))
         .event_callback(move |ev| {
@@ -865,7 +886,10 @@ fn connect_options(
     if cfg.tls.required {
         opts = opts.require_tls(true);
     }
-    opts
+    if let Some(prefix) = &cfg.inbox_prefix {
+        opts = opts.custom_inbox_prefix(prefix.clone());
+    }
+    Ok(opts)
 }
 
 fn record_key(tier: &str, service: &str) -> Result<String> {

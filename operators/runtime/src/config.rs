@@ -21,6 +21,10 @@ pub struct NatsConfig {
     pub user: Option<String>,
     /// File holding the password for `user`.
     pub password_file: Option<PathBuf>,
+    /// A NATS `.creds` file (a user JWT and its nkey seed) for servers in
+    /// operator mode; a host's credential reaches only that host's keys
+    /// (`infra_bus::auth`).
+    pub creds_file: Option<PathBuf>,
     /// JetStream replicas for the buckets and stream (3 on a NATS cluster).
     pub replicas: usize,
     /// PEM file of the CA that signed the NATS servers' certificates
@@ -44,6 +48,7 @@ impl Default for NatsConfig {
             token: None,
             user: None,
             password_file: None,
+            creds_file: None,
             replicas: 1,
             ca_file: None,
             cert_file: None,
@@ -64,6 +69,10 @@ impl NatsConfig {
             (Some(u), Some(f)) => Some((u.clone(), app::read_secret_file("nats.password_file", f)?)),
             (Some(_), None) => return Err(ConfigError("nats.user is set but nats.password_file is not".into())),
             _ => None,
+        };
+        let creds = match &self.creds_file {
+            Some(f) => Some(app::read_secret_file("nats.creds_file", f)?),
+            None => None,
         };
         if self.url.trim().is_empty() {
             return Err(ConfigError("nats.url is empty".into()));
@@ -93,6 +102,7 @@ impl NatsConfig {
             name,
             token,
             user,
+            creds,
             tls: infra_bus::BusTls {
                 ca_file,
                 client,

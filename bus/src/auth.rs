@@ -1,0 +1,303 @@
+//! NATS credentials that reach one host only, enforced by the NATS servers
+//! themselves (decentralized JWT authentication: an operator key signs the
+//! accounts, the platform's account key signs one user per host).
+//!
+//! Why JWTs and not auth callout: the servers check a JWT offline, so a
+//! host reconnects while no coordinator runs; a user is revoked by a new
+//! account JWT (its `revocations`) pushed to the servers' resolver, which
+//! closes the user's connections; no server is edited or restarted.
+//!
+//! What a host's user may do ([`host_permissions`]), by subject:
+//!
+//! - publish its heartbeats and events, write its observed state, its
+//!   heartbeat entries and its locks (`…<host>.>` keys only);
+//! - read its own desired state by key (`$JS.API.DIRECT.GET` names the
+//!   key in the subject, so the permission can name the host), and every
+//!   heartbeat (other hosts' addresses, for cross-host reach);
+//! - the JetStream API calls a client makes to bind to a stream
+//!   (`$JS.API.INFO`, `STREAM.INFO`), and replies on its own inbox prefix
+//!   (`_INBOX_<host>.`), so no other host can read its replies;
+//! - nothing else: no other host's keys, no stream creation, deletion,
+//!   purge or update, no consumer on a bucket it may not read.
+//!
+//! Watching keys needs a consumer, and the JetStream API's plain
+//! `CONSUMER.CREATE.<stream>` carries its filter in the request body, out
+//! of a permission's reach: it is refused, and a host's watch must create
+//! a named consumer with its filter in the subject
+//! (`CONSUMER.CREATE.<stream>.<name>.<filter>`), which the permissions allow
+//! for the host's own keys only.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use data_encoding::{BASE32_NOPAD, BASE64URL_NOPAD};
+use nkeys::KeyPair;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha512_256};
+
+use crate::subject::{self, Token};
+
+/// Inbox prefix of a host's connections: replies to its requests come
+/// there, and only its user may subscribe to it.
+pub fn inbox_prefix(host: &Token) -> String {
+    format!("_INBOX_{host}")
+}
+
+/// Subjects a user may publish and subscribe to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Permissions {
+    /// Subjects it may publish to.
+    pub publish: Vec<String>,
+    /// Subjects it may subscribe to.
+    pub subscribe: Vec<String>,
+}
+
+/// What the operators of `host` may do on the bus (see the module docs).
+pub fn host_permissions(host: &Token) -> Permissions {
+    let kv = |bucket: &str| format!("$KV.{bucket}.{host}.>");
+    let direct = |bucket: &str, keys: &str| format!("$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{keys}");
+    let watch = |bucket: &str| format!("$JS.API.CONSUMER.CREATE.KV_{bucket}.*.$KV.{bucket}.{host}.>");
+    let mut publish = vec![
+        format!("{}.heartbeat.{host}.>", subject::ROOT),
+        format!("{}.events.{host}.>", subject::ROOT),
+        kv(subject::OBSERVED_BUCKET),
+        kv(subject::HOSTS_BUCKET),
+        kv(subject::LOCKS_BUCKET),
+        direct(subject::DESIRED_BUCKET, &format!("{host}.>")),
+        direct(subject::OBSERVED_BUCKET, &format!("{host}.>")),
+        direct(subject::LOCKS_BUCKET, &format!("{host}.>")),
+        direct(subject::HOSTS_BUCKET, ">"),
+        watch(subject::DESIRED_BUCKET),
+        watch(subject::OBSERVED_BUCKET),
+        "$JS.API.INFO".to_owned(),
+        "$JS.API.STREAM.INFO.*".to_owned(),
+    ];
+    publish.sort();
+    Permissions {
+        publish,
+        subscribe: vec![
+            format!("{}.>", inbox_prefix(host)),
+            format!("{}.rpc.{host}.>", subject::ROOT),
+        ],
+    }
+}
+
+/// The signing keys of one platform: the NATS operator (signs accounts),
+/// the system account (the servers' own) and the platform's account (signs
+/// one user per host and the coordinator's).
+pub struct Authority {
+    operator: KeyPair,
+    system: KeyPair,
+    account: KeyPair,
+}
+
+impl std::fmt::Debug for Authority {
+    // Seeds are never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority")
+            .field("operator", &self.operator.public_key())
+            .field("system", &self.system.public_key())
+            .field("account", &self.account.public_key())
+            .finish()
+    }
+}
+
+/// A user's credential: its JWT and its nkey seed, in the `.creds` form
+/// every NATS client reads.
+pub struct Creds {
+    /// The user's public key (what a revocation names).
+    pub user: String,
+    /// The `.creds` text. A secret: never log it.
+    pub text: String,
+}
+
+impl std::fmt::Debug for Creds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Creds")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// New keys.
+    pub fn generate() -> Self {
+        Self {
+            operator: KeyPair::new_operator(),
+            system: KeyPair::new_account(),
+            account: KeyPair::new_account(),
+        }
+    }
+
+    /// The platform account's public key.
+    pub fn account(&self) -> String {
+        self.account.public_key()
+    }
+
+    /// The system account's public key.
+    pub fn system_account(&self) -> String {
+        self.system.public_key()
+    }
+
+    /// The operator JWT the servers trust.
+    pub fn operator_jwt(&self) -> String {
+        let nats = json!({"type": "operator", "version": 2, "system_account": self.system.public_key()});
+        sign(&self.operator, &self.operator.public_key(), "infra", nats)
+    }
+
+    /// The system account's JWT.
+    pub fn system_jwt(&self) -> String {
+        let nats = json!({"type": "account", "version": 2, "limits": unlimited(false)});
+        sign(&self.operator, &self.system.public_key(), "SYS", nats)
+    }
+
+    /// The platform account's JWT, JetStream enabled, revoking `revoked`
+    /// (user public keys: their credentials issued before now stop
+    /// working).
+    pub fn account_jwt(&self, revoked: &[String]) -> String {
+        let now = unix_now();
+        let revocations: serde_json::Map<String, Value> = revoked.iter().map(|u| (u.clone(), json!(now))).collect();
+        let mut nats = json!({"type": "account", "version": 2, "limits": unlimited(true)});
+        if !revocations.is_empty() {
+            nats["revocations"] = Value::Object(revocations);
+        }
+        sign(&self.operator, &self.account.public_key(), "infra", nats)
+    }
+
+    /// The servers' configuration for these keys (operator mode, the full
+    /// resolver keeping account JWTs in `resolver_dir`, both accounts
+    /// preloaded). Goes with the rest of a server's configuration.
+    pub fn server_config(&self, resolver_dir: &str) -> String {
+        format!(
+            "operator: {op}\nsystem_account: {sys}\nresolver: {{ type: full, dir: {dir:?}, allow_delete: false }}\n\
+             resolver_preload: {{\n  {sys}: {sysjwt}\n  {acc}: {accjwt}\n}}\n",
+            op = self.operator_jwt(),
+            sys = self.system.public_key(),
+            dir = resolver_dir,
+            sysjwt = self.system_jwt(),
+            acc = self.account.public_key(),
+            accjwt = self.account_jwt(&[]),
+        )
+    }
+
+    /// A credential for `name` in the platform account with `perms`
+    /// (`None`: everything, for the coordinator).
+    pub fn user(&self, name: &str, perms: Option<&Permissions>) -> Creds {
+        let user = KeyPair::new_user();
+        let mut nats = json!({"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1});
+        if let Some(p) = perms {
+            nats["pub"] = json!({ "allow": p.publish });
+            nats["sub"] = json!({ "allow": p.subscribe });
+        }
+        let jwt = sign(&self.account, &user.public_key(), name, nats);
+        let seed = user.seed().expect("a generated key has a seed");
+        Creds {
+            user: user.public_key(),
+            text: creds_text(&jwt, &seed),
+        }
+    }
+
+    /// A credential in the system account (pushes account JWTs to the
+    /// servers' resolver).
+    pub fn system_user(&self) -> Creds {
+        let user = KeyPair::new_user();
+        let nats = json!({"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1});
+        let jwt = sign(&self.system, &user.public_key(), "sys", nats);
+        let seed = user.seed().expect("a generated key has a seed");
+        Creds {
+            user: user.public_key(),
+            text: creds_text(&jwt, &seed),
+        }
+    }
+}
+
+/// Account limits: no limit, JetStream on or off.
+fn unlimited(jetstream: bool) -> Value {
+    let js = if jetstream { -1 } else { 0 };
+    json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true,
+        "conn": -1, "leaf": -1, "mem_storage": js, "disk_storage": js, "streams": js, "consumer": js
+    })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A JWT of `nats` claims about `subject`, signed by `issuer`. The `jti`
+/// is the SHA-512/256 of the claims without it, as NATS's own tools make
+/// it.
+fn sign(issuer: &KeyPair, subject: &str, name: &str, nats: Value) -> String {
+    let mut claims = json!({
+        "iat": unix_now(),
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let jti = BASE32_NOPAD.encode(&Sha512_256::digest(claims.to_string().as_bytes()));
+    claims["jti"] = json!(jti);
+    let header = BASE64URL_NOPAD.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let body = BASE64URL_NOPAD.encode(claims.to_string().as_bytes());
+    let signed = format!("{header}.{body}");
+    let sig = issuer
+        .sign(signed.as_bytes())
+        .expect("a generated key has a seed to sign with");
+    format!("{signed}.{}", BASE64URL_NOPAD.encode(&sig))
+}
+
+fn creds_text(jwt: &str, seed: &str) -> String {
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\
+         NKEYs are sensitive and should be treated as secrets.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n\n\
+         *************************************************************\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hosts_permissions_name_only_its_own_keys() {
+        let p = host_permissions(&Token::new("host", "host2").unwrap());
+        for s in p.publish.iter().chain(&p.subscribe) {
+            assert!(
+                s.contains("host2")
+                    || s.starts_with("$JS.API.INFO")
+                    || s.starts_with("$JS.API.STREAM.INFO")
+                    || s == "$JS.API.DIRECT.GET.KV_infra_hosts.$KV.infra_hosts.>",
+                "{s}"
+            );
+            assert!(!s.contains("host1"), "{s}");
+        }
+        assert!(
+            !p.publish
+                .iter()
+                .any(|s| s.contains("STREAM.CREATE") || s.contains("PURGE"))
+        );
+        assert!(p.subscribe.contains(&"_INBOX_host2.>".to_owned()));
+    }
+
+    #[test]
+    fn a_jwt_is_three_base64url_parts_signed_by_its_issuer() {
+        let a = Authority::generate();
+        let jwt = a.account_jwt(&["UABC".into()]);
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let claims: Value = serde_json::from_slice(&BASE64URL_NOPAD.decode(parts[1].as_bytes()).unwrap()).unwrap();
+        assert_eq!(claims["sub"], a.account());
+        assert_eq!(claims["nats"]["type"], "account");
+        assert!(claims["nats"]["revocations"]["UABC"].is_u64());
+        let sig = BASE64URL_NOPAD.decode(parts[2].as_bytes()).unwrap();
+        let issuer = KeyPair::from_public_key(claims["iss"].as_str().unwrap()).unwrap();
+        issuer
+            .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+            .unwrap();
+        let creds = a.user("host1", None);
+        assert!(creds.text.contains("BEGIN NATS USER JWT") && creds.text.contains("BEGIN USER NKEY SEED"));
+        assert!(!format!("{creds:?}").contains("SU"), "no seed in Debug: {creds:?}");
+    }
+}
