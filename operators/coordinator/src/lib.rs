@@ -26,6 +26,10 @@ mod status;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// This coordinator's version; operators heartbeating another one are
+/// reported (`ListHosts`, `infra_coordinator_operators_version_skew`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 use infra_bus::Bus;
 use infra_proto::bus::v1::EventKind;
 use infra_proto::coordinator::v1::coordinator_service_server::CoordinatorServiceServer;

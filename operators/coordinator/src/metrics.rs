@@ -109,6 +109,7 @@ pub struct CoordinatorMetrics {
     host_events: Family<KindLabel, Counter>,
     services: Family<HealthLabel, Gauge>,
     hosts: Family<StateLabel, Gauge>,
+    version_skew: Gauge,
     leader: Gauge,
     bus_write_failures: Counter,
 }
@@ -153,6 +154,12 @@ impl CoordinatorMetrics {
             "Hosts by state: up (heartbeating), drained, lost",
             Family::<StateLabel, Gauge>::default(),
         );
+        let version_skew = register(
+            &mut registry,
+            "operators_version_skew",
+            "Operators heartbeating with another version than this coordinator's (an upgrade left half done)",
+            Gauge::default(),
+        );
         let bus_write_failures = register(
             &mut registry,
             "bus_write_failures",
@@ -166,7 +173,7 @@ impl CoordinatorMetrics {
             Gauge::default(),
         );
         let info = Family::<Vec<(String, String)>, Gauge>::default();
-        info.get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
+        info.get_or_create(&vec![("version".into(), crate::VERSION.into())])
             .set(1);
         registry.register("info", "The coordinator's version (value 1)", info);
         for step in DEPLOY_STEPS {
@@ -193,6 +200,7 @@ impl CoordinatorMetrics {
             host_events,
             services,
             hosts,
+            version_skew,
             leader,
             bus_write_failures,
         }
@@ -230,6 +238,8 @@ impl CoordinatorMetrics {
                 })
                 .set(n as i64);
         }
+        let skewed = heartbeats.iter().filter(|h| h.version != crate::VERSION).count();
+        self.version_skew.set(skewed as i64);
         let (up, drained, lost) = host_counts(heartbeats, states);
         for (state, n) in [("up", up), ("drained", drained), ("lost", lost)] {
             self.hosts.get_or_create(&StateLabel { state }).set(n as i64);
@@ -478,6 +488,7 @@ mod tests {
         let m = CoordinatorMetrics::new();
         let hb = |h: &str| Heartbeat {
             host: h.into(),
+            version: crate::VERSION.into(),
             ..Default::default()
         };
         let st = |h: &str, drained: bool, lost: bool| HostState {
@@ -497,7 +508,15 @@ mod tests {
                 obs("grafana", Health::Healthy),
                 obs("minio", Health::Unhealthy),
             ],
-            &[hb("host1"), hb("host1"), hb("host2"), hb("host3")],
+            &[
+                hb("host1"),
+                hb("host1"),
+                hb("host2"),
+                Heartbeat {
+                    version: "0.0.1".into(),
+                    ..hb("host3")
+                },
+            ],
             &[st("host2", true, false), st("host4", false, true)],
         );
         m.leading(true);
@@ -508,5 +527,6 @@ mod tests {
         has(&text, "infra_coordinator_services{health=\"healthy\"} 2");
         has(&text, "infra_coordinator_services{health=\"unhealthy\"} 1");
         has(&text, "infra_coordinator_leader 1");
+        has(&text, "infra_coordinator_operators_version_skew 1");
     }
 }

@@ -108,6 +108,7 @@ impl Coordinator {
                 grpc_addr: hb.grpc_addr.clone(),
                 services: hb.services,
                 metrics_addr,
+                version_skew: version_skew(&hb.version),
             });
         }
         for st in self.host_states().await.into_values() {
@@ -125,6 +126,7 @@ impl Coordinator {
         }
         Ok(api::ListHostsResponse {
             hosts: by_host.into_values().collect(),
+            coordinator_version: crate::VERSION.to_owned(),
         })
     }
 
@@ -222,5 +224,15 @@ impl Coordinator {
                 .filter(|o| o.service == name)
                 .collect(),
         })
+    }
+}
+
+/// How an operator's `version` differs from this coordinator's, or empty
+/// when it does not.
+pub fn version_skew(version: &str) -> String {
+    if version == crate::VERSION {
+        String::new()
+    } else {
+        format!("operator {version}, coordinator {}", crate::VERSION)
     }
 }

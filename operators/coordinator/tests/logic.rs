@@ -448,3 +448,35 @@ async fn a_rollout_interrupted_after_its_first_batch_is_finished_by_the_next_lea
     );
     stop.cancel();
 }
+
+/// An operator heartbeating another version than the coordinator's (an
+/// upgrade left half done) is reported in `ListHosts`, not tolerated in
+/// silence; one on the same version is not.
+#[tokio::test]
+async fn list_hosts_reports_an_operator_on_another_version() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let c = coordinator(&bus, dir.path(), &stop).await;
+    for (tier, version) in [("data", infra_coordinator::VERSION), ("gateway", "0.0.1")] {
+        bus.heartbeat(&Heartbeat {
+            host: "h1".into(),
+            tier: tier.into(),
+            version: version.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let hosts = c.hosts().await.unwrap();
+    assert_eq!(hosts.coordinator_version, infra_coordinator::VERSION);
+    let ops = &hosts.hosts[0].operators;
+    let skew = |tier: &str| ops.iter().find(|o| o.tier == tier).unwrap().version_skew.clone();
+    assert_eq!(skew("data"), "");
+    assert_eq!(
+        skew("gateway"),
+        format!("operator 0.0.1, coordinator {}", infra_coordinator::VERSION)
+    );
+    stop.cancel();
+}

@@ -614,16 +614,24 @@ fn print_hosts(r: api::ListHostsResponse) {
         .map(String::from)
         .to_vec(),
     ];
+    let mut skewed = Vec::new();
     for h in r.hosts {
         if h.operators.is_empty() {
             rows.push(vec![h.host.clone(), h.state.clone(), "-".into()]);
         }
         for o in h.operators {
+            if !o.version_skew.is_empty() {
+                skewed.push(format!("{} {}: {}", h.host, o.tier, o.version_skew));
+            }
             rows.push(vec![
                 h.host.clone(),
                 h.state.clone(),
                 o.tier,
-                o.version,
+                if o.version_skew.is_empty() {
+                    o.version
+                } else {
+                    format!("{} (!)", o.version)
+                },
                 o.services.to_string(),
                 format!("{} ago", age(o.last_heartbeat)),
                 o.grpc_addr,
@@ -636,6 +644,13 @@ fn print_hosts(r: api::ListHostsResponse) {
         }
     }
     table(rows);
+    if !skewed.is_empty() {
+        println!(
+            "\nversion skew with coordinator {} (finish the upgrade): {}",
+            r.coordinator_version,
+            skewed.join("; ")
+        );
+    }
 }
 
 /// Prints the plan table and its warnings.
