@@ -442,6 +442,51 @@ impl Cluster {
         }
     }
 
+    /// Waits (bounded by `limit`) until every operator the harness started
+    /// has heartbeated again since this call (its `lastHeartbeat` in
+    /// `ListHosts` changed): after a partition or a NATS server's restart,
+    /// an entry still listed may be an old one, not a live connection.
+    pub fn wait_heartbeats_again(&self, what: &str, limit: Duration) {
+        let snapshot = || -> BTreeMap<(String, String), String> {
+            let mut out = BTreeMap::new();
+            let v = self.call("ListHosts", "{}");
+            for h in v[0]["hosts"].as_array().into_iter().flatten() {
+                for o in h["operators"].as_array().into_iter().flatten() {
+                    let key = (
+                        h["host"].as_str().unwrap_or_default().to_owned(),
+                        o["tier"].as_str().unwrap_or_default().to_owned(),
+                    );
+                    out.insert(key, o["lastHeartbeat"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+            out
+        };
+        let before = snapshot();
+        let want: Vec<(String, String)> = self
+            .expected()
+            .into_iter()
+            .flat_map(|(h, tiers)| tiers.into_iter().map(move |t| (h.clone(), t)))
+            .collect();
+        let deadline = Instant::now() + limit;
+        loop {
+            let now = snapshot();
+            let stale: Vec<&(String, String)> = want
+                .iter()
+                .filter(|k| now.get(*k).is_none_or(|t| before.get(*k) == Some(t)))
+                .collect();
+            if stale.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cluster {}: not within {limit:?}: {what}; no new heartbeat from {stale:?}\n{}",
+                self.id,
+                self.all_logs()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
     fn expected(&self) -> BTreeMap<String, BTreeSet<String>> {
         self.hosts
             .iter()

@@ -99,9 +99,7 @@ fn replicas_over_three_hosts_survive_rollouts_a_cut_a_nats_server_and_a_drain_wi
     let partition = Duration::from_secs(8);
     std::thread::sleep(partition);
     c.heal("host3");
-    wait_for("host3 heartbeats again", Duration::from_secs(30), || {
-        c.list_hosts().is_some_and(|h| h.contains_key("host3"))
-    });
+    c.wait_heartbeats_again("host3 heartbeats again", Duration::from_secs(30));
     client.wait_sent(50);
     let (n, failed, _) = client.take();
     let host3_after = containers(&c, "host3", "web");
@@ -136,6 +134,12 @@ fn replicas_over_three_hosts_survive_rollouts_a_cut_a_nats_server_and_a_drain_wi
     assert_eq!(progress.last().unwrap()["ready"], 1, "{progress:#?}");
     assert_eq!(everywhere(&c, "cache").len(), 1);
     c.start_nats(1);
+    // The operators that were on it are back on the bus before the drain
+    // counts on them.
+    c.wait_heartbeats_again(
+        "every operator heartbeats after the NATS restart",
+        Duration::from_secs(30),
+    );
     fault(
         "stop one of three NATS servers as a deploy starts",
         "the deploy finished; the service runs",
