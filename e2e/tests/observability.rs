@@ -363,7 +363,7 @@ fn promtool_accepts_the_stacks_prometheus_config_and_the_platform_alert_rules() 
         "/etc/prometheus/rules/alerts.yml",
     ]);
     println!("{rules}");
-    assert!(rules.contains("SUCCESS: 6 rules found"), "{rules}");
+    assert!(rules.contains("SUCCESS: 7 rules found"), "{rules}");
     let config = promtool(&["check", "config", "/etc/prometheus/prometheus.yml"]);
     println!("{config}");
     assert!(config.contains("SUCCESS"), "{config}");
