@@ -59,15 +59,16 @@ pub(crate) struct Outcome {
 
 pub(crate) async fn reconcile_once(ctx: &Ctx, service: &str, st: &mut WorkerState) -> Result<Next, DockerError> {
     let mut desired = ctx.desired.read().await.get(service).cloned();
+    let mut containers = ctx.docker.list_owned(&ctx.host, &ctx.tier, Some(service)).await?;
     // What runs is taken down only on the bus's word, read now: a view
     // that lost an entry (a listing that came back short at start, a watch
-    // that missed a write) must not remove a service.
+    // that missed a write) must not remove a service. Nothing runs, nothing
+    // to confirm.
     let mut confirmed = true;
-    if desired.as_ref().is_none_or(|d| d.absent) {
+    if !containers.is_empty() && desired.as_ref().is_none_or(|d| d.absent) {
         (desired, confirmed) = confirm_removal(ctx, service, desired).await;
     }
     let spec = desired.as_ref().filter(|d| !d.absent).and_then(|d| d.spec.clone());
-    let mut containers = ctx.docker.list_owned(&ctx.host, &ctx.tier, Some(service)).await?;
     apply_probes(ctx, service, spec.as_ref(), &mut containers);
     let pass = Pass {
         service: service.to_owned(),
