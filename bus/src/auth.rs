@@ -10,22 +10,26 @@
 //! What a host's user may do ([`host_permissions`]), by subject:
 //!
 //! - publish its heartbeats and events, write its observed state, its
-//!   heartbeat entries and its locks (`…<host>.>` keys only);
-//! - read its own desired state by key (`$JS.API.DIRECT.GET` names the
-//!   key in the subject, so the permission can name the host), and every
-//!   heartbeat (other hosts' addresses, for cross-host reach);
+//!   heartbeat entries, its locks and its own secrets (`…<host>.>` keys
+//!   only; the auth operator keeps Vault's unseal keys there);
+//! - read its own desired state and its own secrets, and the views every
+//!   host shares because none of them holds a secret: the directory (the
+//!   public part of every desired service, for cross-host reach),
+//!   observed state and heartbeats;
 //! - the JetStream API calls a client makes to bind to a stream
-//!   (`$JS.API.INFO`, `STREAM.INFO`), and replies on its own inbox prefix
-//!   (`_INBOX_<host>.`), so no other host can read its replies;
-//! - nothing else: no other host's keys, no stream creation, deletion,
-//!   purge or update, no consumer on a bucket it may not read.
+//!   (`$JS.API.INFO`, `STREAM.INFO`), replies on its own inbox prefix
+//!   (`_INBOX_<host>.`), so no other host can read its replies, and one
+//!   answer to each request it receives (image checks);
+//! - nothing else: no other host's desired state or secrets, no write to
+//!   another host's keys, no stream creation, deletion, purge or update,
+//!   no consumer on keys it may not read.
 //!
-//! Watching keys needs a consumer, and the JetStream API's plain
+//! Reading keys by a consumer needs care: the JetStream API's plain
 //! `CONSUMER.CREATE.<stream>` carries its filter in the request body, out
-//! of a permission's reach: it is refused, and a host's watch must create
-//! a named consumer with its filter in the subject
-//! (`CONSUMER.CREATE.<stream>.<name>.<filter>`), which the permissions allow
-//! for the host's own keys only.
+//! of a permission's reach, so it is refused; the bus creates named
+//! consumers with the filter in the subject
+//! (`CONSUMER.CREATE.<stream>.<name>.<filter>`, which the server checks
+//! against the body), and the permissions name the keys.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -49,28 +53,54 @@ pub struct Permissions {
     pub publish: Vec<String>,
     /// Subjects it may subscribe to.
     pub subscribe: Vec<String>,
+    /// Whether it may answer the requests it receives (one reply each,
+    /// within a minute), whatever their reply subject.
+    pub respond: bool,
 }
 
 /// What the operators of `host` may do on the bus (see the module docs).
 pub fn host_permissions(host: &Token) -> Permissions {
-    let kv = |bucket: &str| format!("$KV.{bucket}.{host}.>");
+    use subject::{DESIRED_BUCKET, DIRECTORY_BUCKET, HOSTS_BUCKET, LOCKS_BUCKET, OBSERVED_BUCKET, SECRETS_BUCKET};
+    let kv = |bucket: &str, keys: &str| format!("$KV.{bucket}.{keys}");
     let direct = |bucket: &str, keys: &str| format!("$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.{keys}");
-    let watch = |bucket: &str| format!("$JS.API.CONSUMER.CREATE.KV_{bucket}.*.$KV.{bucket}.{host}.>");
+    let read = |bucket: &str, keys: &str| format!("$JS.API.CONSUMER.CREATE.KV_{bucket}.*.$KV.{bucket}.{keys}");
+    let own = format!("{host}.>");
     let mut publish = vec![
         format!("{}.heartbeat.{host}.>", subject::ROOT),
         format!("{}.events.{host}.>", subject::ROOT),
-        kv(subject::OBSERVED_BUCKET),
-        kv(subject::HOSTS_BUCKET),
-        kv(subject::LOCKS_BUCKET),
-        direct(subject::DESIRED_BUCKET, &format!("{host}.>")),
-        direct(subject::OBSERVED_BUCKET, &format!("{host}.>")),
-        direct(subject::LOCKS_BUCKET, &format!("{host}.>")),
-        direct(subject::HOSTS_BUCKET, ">"),
-        watch(subject::DESIRED_BUCKET),
-        watch(subject::OBSERVED_BUCKET),
+        // Writes: its own keys.
+        kv(OBSERVED_BUCKET, &own),
+        kv(HOSTS_BUCKET, &own),
+        kv(LOCKS_BUCKET, &own),
+        kv(SECRETS_BUCKET, &own),
+        // A cluster's formation lock, shared by the hosts of its members.
+        kv(LOCKS_BUCKET, "cluster.>"),
+        // Reads: its own desired state and secrets; the shared, secret-free
+        // views (directory, observed state, heartbeats) whole.
+        direct(DESIRED_BUCKET, &own),
+        direct(SECRETS_BUCKET, &own),
+        direct(OBSERVED_BUCKET, &own),
+        direct(LOCKS_BUCKET, &own),
+        direct(LOCKS_BUCKET, "cluster.>"),
+        direct(HOSTS_BUCKET, ">"),
+        read(DESIRED_BUCKET, &own),
+        read(SECRETS_BUCKET, &own),
+        read(OBSERVED_BUCKET, ">"),
+        read(DIRECTORY_BUCKET, ">"),
+        read(HOSTS_BUCKET, ">"),
         "$JS.API.INFO".to_owned(),
         "$JS.API.STREAM.INFO.*".to_owned(),
     ];
+    // Flow control answers of the consumers above.
+    for b in [
+        DESIRED_BUCKET,
+        SECRETS_BUCKET,
+        OBSERVED_BUCKET,
+        DIRECTORY_BUCKET,
+        HOSTS_BUCKET,
+    ] {
+        publish.push(format!("$JS.FC.KV_{b}.>"));
+    }
     publish.sort();
     Permissions {
         publish,
@@ -78,6 +108,7 @@ pub fn host_permissions(host: &Token) -> Permissions {
             format!("{}.>", inbox_prefix(host)),
             format!("{}.rpc.{host}.>", subject::ROOT),
         ],
+        respond: true,
     }
 }
 
@@ -187,6 +218,9 @@ impl Authority {
         if let Some(p) = perms {
             nats["pub"] = json!({ "allow": p.publish });
             nats["sub"] = json!({ "allow": p.subscribe });
+            if p.respond {
+                nats["resp"] = json!({ "max": 1, "ttl": 60_000_000_000u64 });
+            }
         }
         let jwt = sign(&self.account, &user.public_key(), name, nats);
         let seed = user.seed().expect("a generated key has a seed");
@@ -263,20 +297,32 @@ mod tests {
     #[test]
     fn a_hosts_permissions_name_only_its_own_keys() {
         let p = host_permissions(&Token::new("host", "host2").unwrap());
+        // Whatever does not name host2 is one of the shared, secret-free
+        // views, a cluster lock or binding to a stream.
+        let shared = ["infra_observed.>", "infra_directory.>", "infra_hosts.>", "cluster.>"];
         for s in p.publish.iter().chain(&p.subscribe) {
             assert!(
                 s.contains("host2")
                     || s.starts_with("$JS.API.INFO")
                     || s.starts_with("$JS.API.STREAM.INFO")
-                    || s == "$JS.API.DIRECT.GET.KV_infra_hosts.$KV.infra_hosts.>",
+                    || s.starts_with("$JS.FC.")
+                    || shared.iter().any(|v| s.ends_with(v)),
                 "{s}"
             );
             assert!(!s.contains("host1"), "{s}");
+            // Writes outside its own keys: only the cluster locks.
+            if s.starts_with("$KV.") {
+                assert!(s.contains(".host2.") || s == "$KV.infra_locks.cluster.>", "{s}");
+            }
+            // Desired state and secrets: its own only.
+            if (s.contains("infra_desired") || s.contains("infra_secrets")) && !s.starts_with("$JS.FC.") {
+                assert!(s.contains(".host2."), "{s}");
+            }
         }
         assert!(
             !p.publish
                 .iter()
-                .any(|s| s.contains("STREAM.CREATE") || s.contains("PURGE"))
+                .any(|s| s.contains("STREAM.CREATE") || s.contains("PURGE") || s.contains("DELETE"))
         );
         assert!(p.subscribe.contains(&"_INBOX_host2.>".to_owned()));
     }

@@ -24,7 +24,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use infra_proto::bus::v1::{
     DeploymentInProgress, DesiredService, Event, EventKind, Heartbeat, HostState, ImageCheck, ImageCheckReply,
-    LeaderLease, ObservedService, ServiceRecord,
+    LeaderLease, ObservedService, ServiceRecord, ServiceSpec,
 };
 use prost::Message;
 
@@ -217,9 +217,11 @@ pub struct Bus {
     client: async_nats::Client,
     js: jetstream::Context,
     desired: kv::Store,
+    directory: kv::Store,
     observed: kv::Store,
     hosts: kv::Store,
     secrets: kv::Store,
+    secret_sources: kv::Store,
     locks: kv::Store,
     services: kv::Store,
     host_state: kv::Store,
@@ -347,9 +349,11 @@ impl Bus {
             ..Default::default()
         };
         let desired = ensure_bucket(&js, bucket(subject::DESIRED_BUCKET, 5, Duration::ZERO)).await?;
+        let directory = ensure_bucket(&js, bucket(subject::DIRECTORY_BUCKET, 1, Duration::ZERO)).await?;
         let observed = ensure_bucket(&js, bucket(subject::OBSERVED_BUCKET, 1, Duration::ZERO)).await?;
         let hosts = ensure_bucket(&js, bucket(subject::HOSTS_BUCKET, 1, cfg.heartbeat_ttl)).await?;
         let secrets = ensure_bucket(&js, bucket(subject::SECRETS_BUCKET, 1, Duration::ZERO)).await?;
+        let secret_sources = ensure_bucket(&js, bucket(subject::SECRET_SOURCES_BUCKET, 1, Duration::ZERO)).await?;
         // A lock whose holder died expires with the bucket's max age.
         let locks = ensure_bucket(&js, bucket(subject::LOCKS_BUCKET, 1, Duration::from_secs(30))).await?;
         let services = ensure_bucket(&js, bucket(subject::SERVICES_BUCKET, 5, Duration::ZERO)).await?;
@@ -362,9 +366,11 @@ impl Bus {
             client,
             js,
             desired,
+            directory,
             observed,
             hosts,
             secrets,
+            secret_sources,
             locks,
             services,
             host_state,
@@ -469,6 +475,20 @@ impl Bus {
             .as_ref()
             .ok_or_else(|| BusError::new(BusErrorKind::InvalidName, "desired state without a spec"))?;
         let key = service_key(&d.host, &spec.tier, &spec.name)?;
+        // The directory first: an entry there without desired state is
+        // harmless (nothing runs it), desired state missing from the
+        // directory would hide a service from the other hosts.
+        let public = DesiredService {
+            spec: Some(infra_proto::spec::public_part(spec)),
+            host: d.host.clone(),
+            generation: d.generation,
+            absent: d.absent,
+            ..Default::default()
+        };
+        put(&self.directory, &key, &public).await?;
+        if !d.absent {
+            self.deliver_secrets(&d.host, spec).await?;
+        }
         // A write belongs to the trace of the caller's span, or to none: a
         // rewrite outside a traced operation (a host evacuated) must not
         // add its reconciles to the trace of an older deploy.
@@ -488,14 +508,108 @@ impl Bus {
         get(&self.desired, &service_key(host, tier, service)?).await
     }
 
-    /// Deletes the desired state of one service.
+    /// Deletes the desired state of one service (and its directory entry),
+    /// and the host's copies of the secrets nothing else there uses.
     pub async fn delete_desired(&self, host: &str, tier: &str, service: &str) -> Result<()> {
-        delete(&self.desired, &service_key(host, tier, service)?).await
+        let key = service_key(host, tier, service)?;
+        delete(&self.desired, &key).await?;
+        delete(&self.directory, &key).await?;
+        self.prune_secrets(host).await
     }
 
-    /// Every desired service, or those of one tier on one host.
+    /// Gives `host` its copy of every secret `spec` uses, from the
+    /// sources the coordinator stored ([`Bus::put_secret`]). Done with
+    /// every desired-state write, so a service placed on a host (by a
+    /// deploy, a scale, a move after host loss) finds its secrets there.
+    async fn deliver_secrets(&self, host: &str, spec: &ServiceSpec) -> Result<()> {
+        for s in &spec.secrets {
+            let name = Token::new("secret", &s.key)?;
+            let source = self
+                .secret_sources
+                .get(name.as_str())
+                .await
+                .map_err(|e| BusError::with(BusErrorKind::Io, format!("get secret {name}"), e))?;
+            // No source: a secret the host wrote itself, or one the
+            // operator will report missing.
+            let Some(content) = source else { continue };
+            if self.get_secret(host, &s.key).await?.as_ref() != Some(&content) {
+                let key = secret_key(host, &s.key)?;
+                self.secrets
+                    .put(key.as_str(), content)
+                    .await
+                    .map_err(|e| BusError::with(BusErrorKind::Io, format!("put secret {key}"), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes `host`'s copies of catalog secrets that no desired service
+    /// on it uses any more (what the host wrote itself stays).
+    pub async fn prune_secrets(&self, host: &str) -> Result<()> {
+        let h = Token::new("host", host)?;
+        let used: std::collections::HashSet<String> =
+            list::<DesiredService>(&self.client, &self.desired, &format!("{h}.>"))
+                .await?
+                .iter()
+                .flat_map(|d| d.spec.iter().chain(d.previous.iter()))
+                .flat_map(|s| s.secrets.iter().map(|m| m.key.clone()))
+                .collect();
+        let sources: std::collections::HashSet<String> = scan(&self.client, &self.secret_sources, ">", true)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        for name in self.list_secret_names(host).await? {
+            if sources.contains(&name) && !used.contains(&name) {
+                self.delete_secret(host, &name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every desired service, or those of one tier on one host (a host's
+    /// credential reads its own only).
     pub async fn list_desired(&self, scope: Option<(&str, &str)>) -> Result<Vec<DesiredService>> {
-        list(&self.desired, scope).await
+        list(&self.client, &self.desired, &scope_filter(scope)?).await
+    }
+
+    /// The directory: every desired service with only the public part of
+    /// its spec ([`infra_proto::spec::public_part`]). What a host reads to
+    /// reach services on other hosts.
+    pub async fn list_directory(&self) -> Result<Vec<DesiredService>> {
+        list(&self.client, &self.directory, ">").await
+    }
+
+    /// Writes the directory entry of every desired service that lacks one
+    /// or holds an older generation (desired state written before the
+    /// directory existed). Returns how many were written.
+    pub async fn sync_directory(&self) -> Result<usize> {
+        let have: std::collections::HashMap<(String, String, String), u64> = self
+            .list_directory()
+            .await?
+            .into_iter()
+            .filter_map(|d| {
+                let s = d.spec?;
+                Some(((d.host, s.tier, s.name), d.generation))
+            })
+            .collect();
+        let mut written = 0;
+        for d in self.list_desired(None).await? {
+            let Some(spec) = &d.spec else { continue };
+            let k = (d.host.clone(), spec.tier.clone(), spec.name.clone());
+            if have.get(&k) != Some(&d.generation) {
+                let public = DesiredService {
+                    spec: Some(infra_proto::spec::public_part(spec)),
+                    host: d.host.clone(),
+                    generation: d.generation,
+                    absent: d.absent,
+                    ..Default::default()
+                };
+                put(&self.directory, &service_key(&d.host, &spec.tier, &spec.name)?, &public).await?;
+                written += 1;
+            }
+        }
+        Ok(written)
     }
 
     /// Changes to the desired state of one tier on one host, from now on.
@@ -505,7 +619,7 @@ impl Bus {
         tier: &str,
     ) -> Result<BoxStream<'static, Result<Change<DesiredService>>>> {
         let filter = subject::tier_keys(&Token::new("host", host)?, &Token::new("tier", tier)?);
-        watch(&self.desired, &filter, self.connections.clone()).await
+        watch(&self.client, &self.desired, &filter, self.connections.clone()).await
     }
 
     /// Writes the observed state of one service.
@@ -520,12 +634,12 @@ impl Bus {
 
     /// Every observed service, or those of one tier on one host.
     pub async fn list_observed(&self, scope: Option<(&str, &str)>) -> Result<Vec<ObservedService>> {
-        list(&self.observed, scope).await
+        list(&self.client, &self.observed, &scope_filter(scope)?).await
     }
 
     /// Every change to observed state, from now on.
     pub async fn watch_observed(&self) -> Result<BoxStream<'static, Result<Change<ObservedService>>>> {
-        watch(&self.observed, ">", self.connections.clone()).await
+        watch(&self.client, &self.observed, ">", self.connections.clone()).await
     }
 
     /// Writes the coordinator's record of one service.
@@ -545,7 +659,7 @@ impl Bus {
 
     /// Every service record.
     pub async fn list_records(&self) -> Result<Vec<ServiceRecord>> {
-        list(&self.services, None).await
+        list(&self.client, &self.services, ">").await
     }
 
     /// Writes what the coordinator holds about a host.
@@ -555,7 +669,7 @@ impl Bus {
 
     /// Every host state record.
     pub async fn list_host_states(&self) -> Result<Vec<HostState>> {
-        list(&self.host_state, None).await
+        list(&self.client, &self.host_state, ">").await
     }
 
     /// Forgets a host's state (it is active again).
@@ -626,17 +740,56 @@ impl Bus {
 
     /// The latest heartbeat of every operator heard from within the TTL.
     pub async fn list_heartbeats(&self) -> Result<Vec<Heartbeat>> {
-        list(&self.hosts, None).await
+        list(&self.client, &self.hosts, ">").await
     }
 
-    /// Stores a secret's content. Never logged.
+    /// Stores a secret's content as the catalog gives it. Hosts get their
+    /// copies with the desired state of the services that use it. Never
+    /// logged.
     pub async fn put_secret(&self, name: &str, content: Bytes) -> Result<()> {
         let key = Token::new("secret", name)?;
+        self.secret_sources
+            .put(key.as_str(), content)
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Io, format!("put secret {key}"), e))?;
+        Ok(())
+    }
+
+    /// A secret as the catalog gave it (the coordinator's credential only).
+    pub async fn get_secret_source(&self, name: &str) -> Result<Option<Bytes>> {
+        let key = Token::new("secret", name)?;
+        self.secret_sources
+            .get(key.as_str())
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Io, format!("get secret {key}"), e))
+    }
+
+    /// Stores `host`'s own copy of a secret (what a host's operator keeps
+    /// for itself: Vault's unseal keys). Never logged.
+    pub async fn put_host_secret(&self, host: &str, name: &str, content: Bytes) -> Result<()> {
+        let key = secret_key(host, name)?;
         self.secrets
             .put(key.as_str(), content)
             .await
             .map_err(|e| BusError::with(BusErrorKind::Io, format!("put secret {key}"), e))?;
         Ok(())
+    }
+
+    /// Deletes `host`'s copy of a secret.
+    pub async fn delete_secret(&self, host: &str, name: &str) -> Result<()> {
+        delete(&self.secrets, &secret_key(host, name)?).await
+    }
+
+    /// The names of the secrets held for `host`.
+    pub async fn list_secret_names(&self, host: &str) -> Result<Vec<String>> {
+        let prefix = format!("{}.", Token::new("host", host)?);
+        let mut names: Vec<String> = scan(&self.client, &self.secrets, &format!("{prefix}>"), true)
+            .await?
+            .into_iter()
+            .filter_map(|(k, _)| k.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     /// Takes the lock `what` on `host` if nobody holds it: `Ok(true)` when
@@ -658,9 +811,9 @@ impl Bus {
         delete(&self.locks, &key).await
     }
 
-    /// Reads a secret's content.
-    pub async fn get_secret(&self, name: &str) -> Result<Option<Bytes>> {
-        let key = Token::new("secret", name)?;
+    /// Reads `host`'s copy of a secret.
+    pub async fn get_secret(&self, host: &str, name: &str) -> Result<Option<Bytes>> {
+        let key = secret_key(host, name)?;
         self.secrets
             .get(key.as_str())
             .await
@@ -749,19 +902,7 @@ impl Bus {
 
     /// Every recorded term, by term number.
     pub async fn list_terms(&self) -> Result<Vec<LeaderLease>> {
-        let keys: Vec<String> = match self.leader.keys().await {
-            Ok(keys) => keys
-                .try_collect()
-                .await
-                .map_err(|e| BusError::with(BusErrorKind::Io, "list keys of the leader bucket", e))?,
-            Err(e) => return Err(BusError::with(BusErrorKind::Io, "list keys of the leader bucket", e)),
-        };
-        let mut out: Vec<LeaderLease> = Vec::new();
-        for key in keys.iter().filter(|k| k.starts_with("term.")) {
-            if let Some(t) = get(&self.leader, key).await? {
-                out.push(t);
-            }
-        }
+        let mut out: Vec<LeaderLease> = list(&self.client, &self.leader, &subject::term_keys()).await?;
         out.sort_by_key(|t| t.term);
         Ok(out)
     }
@@ -778,7 +919,7 @@ impl Bus {
 
     /// Every deploy started and not finished.
     pub async fn list_deployments(&self) -> Result<Vec<DeploymentInProgress>> {
-        list(&self.deployments, None).await
+        list(&self.client, &self.deployments, ">").await
     }
 }
 
@@ -945,46 +1086,137 @@ async fn delete(store: &kv::Store, key: &str) -> Result<()> {
         .map_err(|e| BusError::with(BusErrorKind::Io, format!("delete {key}"), e))
 }
 
-async fn list<M: Message + Default>(store: &kv::Store, scope: Option<(&str, &str)>) -> Result<Vec<M>> {
-    let prefix = match scope {
-        Some((h, t)) => Some(format!(
-            "{}.",
-            subject::operator_key(&Token::new("host", h)?, &Token::new("tier", t)?)
-        )),
-        None => None,
-    };
-    let keys: Vec<String> = match store.keys().await {
-        Ok(keys) => keys
-            .try_collect()
-            .await
-            .map_err(|e| BusError::with(BusErrorKind::Io, "list keys", e))?,
-        Err(e) => return Err(BusError::with(BusErrorKind::Io, "list keys", e)),
-    };
+/// The key pattern of `scope` (one tier on one host), or every key.
+fn scope_filter(scope: Option<(&str, &str)>) -> Result<String> {
+    Ok(match scope {
+        Some((h, t)) => subject::tier_keys(&Token::new("host", h)?, &Token::new("tier", t)?),
+        None => ">".to_owned(),
+    })
+}
+
+fn secret_key(host: &str, name: &str) -> Result<String> {
+    Ok(format!("{}.{}", Token::new("host", host)?, Token::new("secret", name)?))
+}
+
+/// The latest value of every key matching `keys` (a key pattern).
+async fn list<M: Message + Default>(client: &async_nats::Client, store: &kv::Store, keys: &str) -> Result<Vec<M>> {
+    scan(client, store, keys, false)
+        .await?
+        .into_iter()
+        .map(|(key, value)| {
+            M::decode(value).map_err(|e| BusError::with(BusErrorKind::Decode, format!("value of {key}"), e))
+        })
+        .collect()
+}
+
+/// The key and latest value of every live key matching `keys`, read by a
+/// consumer on the bucket's stream (from the stream's leader, in one
+/// pass) rather than the client's key listing: the consumer is named and
+/// its filter is in the request's subject
+/// (`CONSUMER.CREATE.<stream>.<name>.<filter>`), so a credential whose
+/// permissions name the keys it may read can list them (see
+/// [`auth::host_permissions`]).
+async fn scan(
+    client: &async_nats::Client,
+    store: &kv::Store,
+    keys: &str,
+    headers_only: bool,
+) -> Result<Vec<(String, Bytes)>> {
+    let what = || format!("list {} {keys}", store.name);
+    let consumer = ordered_consumer(
+        client,
+        store,
+        keys,
+        jetstream::consumer::DeliverPolicy::LastPerSubject,
+        headers_only,
+    )
+    .await
+    .map_err(|e| BusError::with(BusErrorKind::Io, what(), e))?;
     let mut out = Vec::new();
-    for key in keys {
-        if prefix.as_ref().is_some_and(|p| !key.starts_with(p.as_str())) {
-            continue;
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| BusError::with(BusErrorKind::Io, what(), e))?;
+    while let Some(m) = messages.next().await {
+        let m = m.map_err(|e| BusError::with(BusErrorKind::Io, what(), e))?;
+        let info = m
+            .info()
+            .map_err(|e| BusError::new(BusErrorKind::Io, format!("{}: {e}", what())))?;
+        let pending = info.pending;
+        if let Some(key) = m.subject.strip_prefix(store.prefix.as_str())
+            && kv_operation(&m.message) == kv::Operation::Put
+        {
+            out.push((key.to_owned(), m.payload.clone()));
         }
-        if let Some(v) = get(store, &key).await? {
-            out.push(v);
+        if pending == 0 {
+            break;
         }
     }
     Ok(out)
+}
+
+/// An ordered push consumer on `store`'s stream for the keys matching
+/// `keys`, named, so that its filter travels in the request's subject.
+async fn ordered_consumer(
+    client: &async_nats::Client,
+    store: &kv::Store,
+    keys: &str,
+    deliver_policy: jetstream::consumer::DeliverPolicy,
+    headers_only: bool,
+) -> std::result::Result<
+    jetstream::consumer::Consumer<jetstream::consumer::push::OrderedConfig>,
+    jetstream::stream::ConsumerError,
+> {
+    store
+        .stream
+        .create_consumer(jetstream::consumer::push::OrderedConfig {
+            name: Some(nuid::next().to_string()),
+            deliver_subject: client.new_inbox(),
+            description: Some("infra key-value read".to_owned()),
+            filter_subject: format!("{}{keys}", store.prefix),
+            replay_policy: jetstream::consumer::ReplayPolicy::Instant,
+            deliver_policy,
+            headers_only,
+            ..Default::default()
+        })
+        .await
+}
+
+/// What a key-value message records: a put, a delete or a purge (the
+/// `KV-Operation` header; none means a put).
+fn kv_operation(m: &async_nats::Message) -> kv::Operation {
+    match m
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("KV-Operation"))
+        .map(|v| v.as_str())
+    {
+        Some("DEL") => kv::Operation::Delete,
+        Some("PURGE") => kv::Operation::Purge,
+        _ => kv::Operation::Put,
+    }
 }
 
 /// A watch that ends with an error as soon as the client reconnects, so
 /// that its caller lists and watches again at once instead of waiting for
 /// the consumer to notice it was lost.
 async fn watch<M: Message + Default + 'static>(
+    client: &async_nats::Client,
     store: &kv::Store,
     filter: &str,
     mut connections: tokio::sync::watch::Receiver<u64>,
 ) -> Result<BoxStream<'static, Result<Change<M>>>> {
     connections.borrow_and_update();
-    let w = store
-        .watch(filter)
+    let what = format!("watch {} {filter}", store.name);
+    let w = ordered_consumer(client, store, filter, jetstream::consumer::DeliverPolicy::New, false)
         .await
-        .map_err(|e| BusError::with(BusErrorKind::Io, format!("watch {filter}"), e))?;
+        .map_err(|e| BusError::with(BusErrorKind::Io, what.clone(), e))?
+        .messages()
+        .await
+        .map_err(|e| BusError::with(BusErrorKind::Io, what, e))?;
     let reconnected = async move {
         // A closed sender (the bus is gone) ends the watch too.
         let _ = connections.changed().await;
@@ -995,20 +1227,22 @@ async fn watch<M: Message + Default + 'static>(
             "watch ended: the connection to NATS was made again (or the watch closed); watch again",
         ))
     });
+    let prefix = store.prefix.clone();
     Ok(w.take_until(reconnected)
-        .map(|entry| {
-            let entry = entry.map_err(|e| BusError::with(BusErrorKind::Io, "watch", e))?;
-            match entry.operation {
+        .map(move |m| {
+            let m = m.map_err(|e| BusError::with(BusErrorKind::Io, "watch", e))?;
+            let revision = m
+                .info()
+                .map_err(|e| BusError::new(BusErrorKind::Io, format!("watch: {e}")))?
+                .stream_sequence;
+            let key = m.subject.strip_prefix(prefix.as_str()).unwrap_or(&m.subject).to_owned();
+            match kv_operation(&m.message) {
                 kv::Operation::Put => {
-                    let value = M::decode(entry.value)
-                        .map_err(|e| BusError::with(BusErrorKind::Decode, format!("value of {}", entry.key), e))?;
-                    Ok(Change::Put {
-                        key: entry.key,
-                        value,
-                        revision: entry.revision,
-                    })
+                    let value = M::decode(m.payload.clone())
+                        .map_err(|e| BusError::with(BusErrorKind::Decode, format!("value of {key}"), e))?;
+                    Ok(Change::Put { key, value, revision })
                 }
-                kv::Operation::Delete | kv::Operation::Purge => Ok(Change::Delete { key: entry.key }),
+                kv::Operation::Delete | kv::Operation::Purge => Ok(Change::Delete { key }),
             }
         })
         .chain(ended)

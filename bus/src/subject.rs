@@ -15,6 +15,11 @@ pub const ROOT: &str = "infra";
 pub const EVENTS_STREAM: &str = "INFRA_EVENTS";
 /// Key-value bucket of desired state, `<host>.<tier>.<service>`.
 pub const DESIRED_BUCKET: &str = "infra_desired";
+/// The secret-free part of every desired service
+/// ([`infra_proto::spec::public_part`]), by the desired state's key: what
+/// every host may read for cross-host reach, while the desired state
+/// itself is readable by its own host only.
+pub const DIRECTORY_BUCKET: &str = "infra_directory";
 /// Key-value bucket of observed state, `<host>.<tier>.<service>`.
 pub const OBSERVED_BUCKET: &str = "infra_observed";
 /// Key-value bucket of the coordinator's service records (replicas,
@@ -25,8 +30,14 @@ pub const SERVICES_BUCKET: &str = "infra_services";
 pub const HOST_STATE_BUCKET: &str = "infra_host_state";
 /// Key-value bucket of operator heartbeats, `<host>.<tier>`.
 pub const HOSTS_BUCKET: &str = "infra_hosts";
-/// Key-value bucket of secret contents, `<name>`.
+/// Key-value bucket of secret contents, `<host>.<name>`: a secret is
+/// written for each host that runs a service using it, and each host may
+/// read its own keys only.
 pub const SECRETS_BUCKET: &str = "infra_secrets";
+/// Key-value bucket of the secrets as the catalog gives them, `<name>`:
+/// the coordinator's source for the per-host copies in
+/// [`SECRETS_BUCKET`]; no host may read it.
+pub const SECRET_SOURCES_BUCKET: &str = "infra_secret_sources";
 /// Key-value bucket of short-lived locks between processes, `<host>.<what>`.
 pub const LOCKS_BUCKET: &str = "infra_locks";
 /// Key-value bucket of the coordinators' leader lease: the lease itself

@@ -525,12 +525,15 @@ fn a_patroni_leader_lost_with_its_host_fails_over_to_a_new_leader_the_operator_r
 
     // The host returns with an empty engine: its operator recreates the
     // member, which Patroni makes a replica of the new leader (a fresh
-    // copy) streaming on the new timeline.
+    // copy) streaming on the new timeline. The leader lists the member as
+    // streaming already while its base backup copies (the backup's WAL
+    // stream carries the member's name), so the wait is also for the
+    // cluster's own view: the member running on the new timeline.
     let back = Instant::now();
     c.start_host(&lead_host);
     let new_ip = c.host_ip(&new_host);
     wait_for(
-        &format!("{lead} streaming from {new_lead} again"),
+        &format!("{lead} streaming from {new_lead} again, running on timeline {timeline}"),
         Duration::from_secs(240),
         || {
             let addr = format!("{new_ip}:8008");
@@ -538,10 +541,16 @@ fn a_patroni_leader_lost_with_its_host_fails_over_to_a_new_leader_the_operator_r
                 .ok()
                 .and_then(|b| serde_json::from_str(&b).ok())
                 .unwrap_or(serde_json::Value::Null);
-            doc["replication"].as_array().is_some_and(|r| {
+            let streaming = doc["replication"].as_array().is_some_and(|r| {
                 r.iter()
                     .any(|x| x["application_name"] == lead.as_str() && x["state"] == "streaming")
-            })
+            });
+            streaming
+                && members(&c, &hosts).iter().any(|x| {
+                    x["name"] == lead.as_str()
+                        && (x["state"] == "running" || x["state"] == "streaming")
+                        && x["timeline"].as_u64() == Some(timeline)
+                })
         },
     );
     let rejoined = back.elapsed();

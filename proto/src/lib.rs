@@ -69,6 +69,26 @@ pub mod spec {
         let digest = Sha256::digest(s.encode_to_vec());
         hex::encode(&digest[..8])
     }
+
+    /// The part of a spec that other hosts may read (the bus's directory):
+    /// what reaching the service needs (name, tier, image, ports, networks,
+    /// labels, replicas, hostname, project) and nothing that may carry a
+    /// credential (environment, command, entrypoint, health check, mounts,
+    /// secrets, ...).
+    pub fn public_part(spec: &ServiceSpec) -> ServiceSpec {
+        ServiceSpec {
+            name: spec.name.clone(),
+            tier: spec.tier.clone(),
+            image: spec.image.clone(),
+            ports: spec.ports.clone(),
+            networks: spec.networks.clone(),
+            labels: spec.labels.clone(),
+            replicas: spec.replicas,
+            hostname: spec.hostname.clone(),
+            project: spec.project.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 /// Cross-host placeholders in a spec. The coordinator writes them so that

@@ -402,6 +402,17 @@ async fn on_elected(coordinator: Coordinator, election: Election, shutdown: Canc
                 format!("{id} leads (term {term})"),
             )
             .await;
+        // Desired state written before the directory existed (an upgrade
+        // from an older coordinator) gets its directory entry, so that the
+        // other hosts keep reaching it.
+        match coordinator.bus().sync_directory().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                entries = n,
+                "directory: wrote the entries desired state had and it lacked"
+            ),
+            Err(e) => tracing::warn!(error = %e, "directory: cannot bring it up to date with desired state"),
+        }
         let c = coordinator.clone();
         let l = leading.clone();
         coordinator.spawn(async move {

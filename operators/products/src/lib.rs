@@ -109,8 +109,8 @@ pub trait UpdateOrder: Send + Sync {
     ) -> HookFuture<'a, Result<(), HookError>>;
 }
 
-/// Where hooks read the secrets they log in with (the coordinator: its
-/// bus's secrets bucket, which a deploy fills for the operators).
+/// Where hooks read the secrets they log in with (the coordinator: the
+/// secrets as the catalog gave them, which a deploy stores on the bus).
 pub trait SecretReader: Send + Sync {
     /// The content of secret `name`, `None` when there is none.
     fn read<'a>(&'a self, name: &'a str) -> HookFuture<'a, Result<Option<Vec<u8>>, String>>;
@@ -119,7 +119,7 @@ pub trait SecretReader: Send + Sync {
 impl SecretReader for infra_bus::Bus {
     fn read<'a>(&'a self, name: &'a str) -> HookFuture<'a, Result<Option<Vec<u8>>, String>> {
         Box::pin(async move {
-            self.get_secret(name)
+            self.get_secret_source(name)
                 .await
                 .map(|o| o.map(|b| b.to_vec()))
                 .map_err(|e| e.to_string())

@@ -76,10 +76,20 @@ pub trait SecretStore: Send + Sync {
     fn put<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<(), String>>;
 }
 
-impl SecretStore for infra_bus::Bus {
+/// One host's secrets on the bus: what its auth operator may read and
+/// write (`<host>.<name>` keys; see `infra_bus::auth`).
+pub struct HostSecrets<'a> {
+    /// The bus.
+    pub bus: &'a infra_bus::Bus,
+    /// This host.
+    pub host: &'a str,
+}
+
+impl SecretStore for HostSecrets<'_> {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, String>> {
         async move {
-            self.get_secret(key)
+            self.bus
+                .get_secret(self.host, key)
                 .await
                 .map(|o| o.map(|b| b.to_vec()))
                 .map_err(|e| e.to_string())
@@ -88,7 +98,13 @@ impl SecretStore for infra_bus::Bus {
     }
 
     fn put<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<(), String>> {
-        async move { self.put_secret(key, value.into()).await.map_err(|e| e.to_string()) }.boxed()
+        async move {
+            self.bus
+                .put_host_secret(self.host, key, value.into())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .boxed()
     }
 }
 
@@ -530,14 +546,18 @@ fn bootstrap_extension(ctx: TierContext) -> BoxFuture<'static, ()> {
                 _ = ctx.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            let store = HostSecrets {
+                bus: &ctx.bus,
+                host: &ctx.host,
+            };
             let pass = async {
                 for ep in endpoints(&ctx, KEYCLOAK_REALM_LABEL).await {
-                    let outcome = keycloak_pass(&http, &ctx.bus, &ep).await;
+                    let outcome = keycloak_pass(&http, &store, &ep).await;
                     note(&mut last, &ep.service, outcome);
                 }
                 for ep in endpoints(&ctx, VAULT_LABEL).await {
                     let base = format!("http://{}:{VAULT_PORT}", ep.ip);
-                    let outcome = match ensure_vault(&http, &base, &ctx.bus).await {
+                    let outcome = match ensure_vault(&http, &base, &store).await {
                         Ok(r) if r.initialised => Ok(format!(
                             "vault initialised (keys in the secrets bucket under {VAULT_INIT_SECRET})"
                         )),
@@ -559,10 +579,10 @@ fn bootstrap_extension(ctx: TierContext) -> BoxFuture<'static, ()> {
 
 async fn keycloak_pass(
     http: &Http,
-    bus: &infra_bus::Bus,
+    store: &HostSecrets<'_>,
     ep: &operator_core::docker::Endpoint,
 ) -> Result<String, String> {
-    let text = secret_text(bus, KEYCLOAK_REALM_SECRET)
+    let text = secret_text(store, KEYCLOAK_REALM_SECRET)
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| AuthError::MissingSecret(KEYCLOAK_REALM_SECRET.into()).to_string())?;
@@ -584,7 +604,7 @@ async fn keycloak_pass(
     ]);
     let decl = RealmDecl::parse(&text, &vars).map_err(|e| e.to_string())?;
     let base = format!("http://{}:{KEYCLOAK_PORT}", ep.ip);
-    let r = ensure_keycloak(http, &base, &decl, bus)
+    let r = ensure_keycloak(http, &base, &decl, store)
         .await
         .map_err(|e| e.to_string())?;
     Ok(if r.changed() {

@@ -72,11 +72,13 @@ pub fn reach(from: From<'_>, d: &DesiredService, c: &ContainerStatus, port: u16)
 }
 
 /// What the gateway and the scrape targets read from the bus on each pass:
-/// every host's desired and observed state, the heartbeats, and each
-/// host's private address (this host's own from its configured labels, so
-/// it is known before its first heartbeat).
+/// the directory (every host's desired state, public part only: a host's
+/// credential reads no other host's desired state), observed state, the
+/// heartbeats, and each host's private address (this host's own from its
+/// configured labels, so it is known before its first heartbeat).
 pub struct Snapshot {
-    /// Desired state of every service on every host.
+    /// The directory: desired state of every service on every host, with
+    /// only the public part of its spec (`infra_proto::spec::public_part`).
     pub desired: Vec<DesiredService>,
     /// Observed state of every service on every host.
     pub observed: Vec<infra_proto::bus::v1::ObservedService>,
@@ -91,7 +93,7 @@ impl Snapshot {
     pub async fn read(ctx: &operator_core::TierContext, timeout: std::time::Duration) -> Result<Self, String> {
         let listed = tokio::time::timeout(timeout, async {
             Ok::<_, infra_bus::BusError>((
-                ctx.bus.list_desired(None).await?,
+                ctx.bus.list_directory().await?,
                 ctx.bus.list_observed(None).await?,
                 ctx.bus.list_heartbeats().await?,
             ))

@@ -33,7 +33,7 @@ pub(crate) async fn write_secrets(ctx: &Ctx, spec: &ServiceSpec) -> Result<(), D
         // A name is a file name here: never a path that leaves the tree.
         infra_bus::Token::new("secret", &s.name).map_err(|e| secret_error(&spec.name, &s.name, e.to_string()))?;
         let path = spec::secret_path(&ctx.state_dir, &spec.name, &s.name);
-        let content = match ctx.bus.get_secret(&s.key).await {
+        let content = match ctx.bus.get_secret(&ctx.host, &s.key).await {
             Ok(Some(c)) => c,
             // NATS away or the secret gone: a file written before still serves.
             Ok(None) | Err(_) if path.exists() => continue,

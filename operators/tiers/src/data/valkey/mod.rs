@@ -451,7 +451,7 @@ pub async fn run(ctx: TierContext) {
 
 async fn pass(ctx: &TierContext, st: &mut State) {
     let listed = tokio::time::timeout(BUS_TIMEOUT, async {
-        Ok::<_, infra_bus::BusError>((ctx.bus.list_desired(None).await?, ctx.bus.list_observed(None).await?))
+        Ok::<_, infra_bus::BusError>((ctx.bus.list_directory().await?, ctx.bus.list_observed(None).await?))
     })
     .await;
     let (desired, observed) = match listed {
