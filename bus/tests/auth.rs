@@ -365,7 +365,7 @@ async fn a_hosts_operators_work_through_the_bus_on_its_own_credential_and_nothin
         not_allowed("an event as host1", bus.publish_event(&event1)),
         not_allowed("the service records", bus.list_records()),
         not_allowed("purging a bucket", async {
-            let mut s = js.get_stream("KV_infra_desired").await.map_err(|e| e.to_string())?;
+            let s = js.get_stream("KV_infra_desired").await.map_err(|e| e.to_string())?;
             s.purge().await.map(|p| p.purged).map_err(|e| e.to_string())
         }),
         not_allowed("deleting a bucket", async {
