@@ -216,6 +216,11 @@ pub struct Cluster {
     hosts: Vec<Node>,
     coords: Vec<Coord>,
     images_tar: Option<PathBuf>,
+    /// The NATS operator, system and platform account keys: every
+    /// credential of the bed is signed with them.
+    authority: infra_bus::auth::Authority,
+    /// The harness's own credential (everything, as the coordinator's).
+    admin_creds: String,
 }
 
 impl Cluster {
@@ -246,6 +251,8 @@ impl Cluster {
             hosts: Vec::new(),
             coords: Vec::new(),
             images_tar: None,
+            authority: infra_bus::auth::Authority::generate(),
+            admin_creds: String::new(),
         };
         let prefix = me.create_network();
         for i in 1..=NATS_SERVERS {
@@ -256,7 +263,6 @@ impl Cluster {
                 tiers: Vec::new(),
             });
         }
-        me.make_pki();
         for i in 1..=me.opts.hosts {
             let name = format!("host{i}");
             let tiers = me.opts.host_tiers.get(&name).unwrap_or(&me.opts.tiers).clone();
@@ -267,6 +273,7 @@ impl Cluster {
                 tiers,
             });
         }
+        me.make_pki();
         for i in 0..NATS_SERVERS {
             me.run_nats(i);
         }
@@ -729,6 +736,7 @@ impl Cluster {
             .env("INFRA_NATS__URL", self.nats_url())
             .env("INFRA_NATS__REPLICAS", NATS_SERVERS.to_string())
             .env("INFRA_NATS__CA_FILE", self.nats_ca())
+            .env("INFRA_NATS__CREDS_FILE", self.creds_dir().join("coordinator.creds"))
             .env("INFRA_LOG__FORMAT", "json")
             .stdout(Stdio::null())
             .stderr(log)
@@ -794,9 +802,14 @@ impl Cluster {
         ]
     }
 
-    /// The NATS servers' certificates and their TLS settings (clients and
-    /// routes), in `<dir>/tls`, mounted into each server at `/tls`.
-    fn make_pki(&self) {
+    /// The NATS servers' certificates, credentials and configuration, in
+    /// `<dir>/tls` (mounted into each server at `/tls`): TLS for clients
+    /// and routes; decentralized JWT authentication (operator mode, the
+    /// full resolver), so each host's operators hold a credential that
+    /// reaches only that host's keys (`infra_bus::auth`); JetStream
+    /// encryption at rest, so no server's store holds a secret in plain
+    /// text.
+    fn make_pki(&mut self) {
         let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
         for n in &self.nats {
             names.push(n.name.clone());
@@ -805,9 +818,64 @@ impl Cluster {
         let pki = Pki::new(&self.tls_dir(), &names);
         let tls =
             r#"{ cert_file: "/tls/server.pem", key_file: "/tls/server.key", ca_file: "/tls/ca.pem", timeout: 5 }"#;
-        let conf =
-            format!("# Clients and routes over TLS (e2e/src/hosts.rs).\ntls {tls}\ncluster {{\n  tls {tls}\n}}\n");
+        let key: String = (0..4).map(|_| format!("{:016x}", rand_u64())).collect();
+        let conf = format!(
+            "# Clients and routes over TLS, JWT authentication, JetStream encrypted at rest (e2e/src/hosts.rs).
+             tls {tls}
+cluster {{
+  tls {tls}
+}}
+jetstream {{ cipher: chachapoly, key: \"{key}\" }}
+{}",
+            self.authority.server_config("/data/resolver")
+        );
         std::fs::write(pki.dir.join("nats.conf"), conf).expect("nats.conf");
+        self.admin_creds = self.authority.user("e2e-harness", None).text;
+        std::fs::create_dir_all(self.creds_dir()).expect("creds dir");
+        write_private(
+            &self.creds_dir().join("coordinator.creds"),
+            &self.authority.user("coordinator", None).text,
+        );
+        for h in &self.hosts {
+            let token = infra_bus::Token::new("host", &h.name).expect("a host name is a token");
+            let creds = self
+                .authority
+                .user(&h.name, Some(&infra_bus::auth::host_permissions(&token)));
+            write_private(&self.host_creds_file(&h.name), &creds.text);
+        }
+    }
+
+    /// Where the credential of `host`'s operators is, on this machine (a
+    /// host has it at `/var/lib/infra/tls/host.creds`).
+    pub fn host_creds_file(&self, host: &str) -> PathBuf {
+        self.creds_dir().join(format!("{host}.creds"))
+    }
+
+    /// The coordinators' credential (everything but the servers' own
+    /// system account), on this machine.
+    pub fn coordinator_creds_file(&self) -> PathBuf {
+        self.creds_dir().join("coordinator.creds")
+    }
+
+    /// Credentials, apart from what the NATS servers mount.
+    fn creds_dir(&self) -> PathBuf {
+        self.dir.path().join("creds")
+    }
+
+    /// The text of `host`'s credential.
+    pub fn host_creds(&self, host: &str) -> String {
+        std::fs::read_to_string(self.host_creds_file(host)).expect("host credential")
+    }
+
+    /// The harness's credential: everything, as the coordinator's.
+    pub fn admin_creds(&self) -> &str {
+        &self.admin_creds
+    }
+
+    /// The keys the bed's credentials are signed with (to make another
+    /// credential, or revoke one).
+    pub fn authority(&self) -> &infra_bus::auth::Authority {
+        &self.authority
     }
 
     fn tls_dir(&self) -> PathBuf {
@@ -818,6 +886,24 @@ impl Cluster {
     /// the bed's NATS needs it (the servers take TLS only).
     pub fn nats_ca(&self) -> PathBuf {
         self.tls_dir().join("ca.pem")
+    }
+
+    /// Whether any NATS server's store directory holds `needle` (its
+    /// files' bytes, as `docker cp` reads them: a tar of `/data`).
+    pub fn nats_store_holds(&self, needle: &[u8]) -> bool {
+        self.nats.iter().any(|n| {
+            let out = Command::new("docker")
+                .args(["cp", &format!("{}:/data", n.container), "-"])
+                .output()
+                .expect("docker");
+            assert!(
+                out.status.success(),
+                "docker cp {}:/data: {}",
+                n.container,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout.windows(needle.len()).any(|w| w == needle)
+        })
     }
 
     /// NATS server `i`'s `/varz` (its monitoring port, plain HTTP).
@@ -837,6 +923,7 @@ impl Cluster {
                 ca_file: Some(self.nats_ca()),
                 ..Default::default()
             },
+            creds: Some(self.admin_creds.clone()),
             ..Default::default()
         }
     }
@@ -948,6 +1035,8 @@ impl Cluster {
             format!("{}:{LOG_MOUNT}", logs.display()),
             "-v".into(),
             format!("{}:{TLS_DIR}/ca.pem:ro", self.nats_ca().display()),
+            "-v".into(),
+            format!("{}:{TLS_DIR}/host.creds:ro", self.host_creds_file(&h.name).display()),
             "-e".into(),
             format!("DOCKERD_LOG={LOG_MOUNT}/dockerd.log"),
             HOST_IMAGE.into(),
@@ -1003,6 +1092,7 @@ impl Cluster {
             ("INFRA_NATS__URL".to_owned(), self.nats_url()),
             ("INFRA_NATS__REPLICAS".into(), NATS_SERVERS.to_string()),
             ("INFRA_NATS__CA_FILE".into(), format!("{TLS_DIR}/ca.pem")),
+            ("INFRA_NATS__CREDS_FILE".into(), format!("{TLS_DIR}/host.creds")),
             ("INFRA_HEARTBEAT_SECS".into(), HEARTBEAT_SECS.to_string()),
             ("INFRA_HEARTBEAT_TTL_SECS".into(), HEARTBEAT_TTL_SECS.to_string()),
             ("INFRA_LOG__FORMAT".into(), "json".into()),
@@ -1307,4 +1397,26 @@ fn tail(s: &str, n: usize) -> String {
 /// Path of a fixture catalog under `e2e/fixtures/`.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// Writes a credential readable by its owner only.
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    f.write_all(text.as_bytes()).expect("write credential");
+}
+
+/// 64 random bits from the kernel.
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .expect("/dev/urandom");
+    u64::from_le_bytes(b)
 }

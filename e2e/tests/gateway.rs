@@ -148,7 +148,7 @@ fn the_gateways_nginx_routes_by_label_to_another_host_and_drops_a_removed_servic
     let gw = format!("{}:8080", c.host_ip("host1"));
     let grafana = format!("grafana.{DOMAIN}");
     let status = format!("status.{DOMAIN}");
-    let events = infra_e2e::record_events(&c.nats_urls(), Some(&c.nats_ca()));
+    let events = infra_e2e::record_events(&c.nats_urls(), Some(&c.nats_ca()), Some(c.admin_creds()));
 
     // The gateway first: nothing routed yet, every host name gets 404.
     let progress = c.call("Deploy", r#"{"selection":{"services":["nginx"]},"timeoutSeconds":90}"#);

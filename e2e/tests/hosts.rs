@@ -66,8 +66,88 @@ fn three_simulated_hosts_run_their_own_engines_and_every_operator_heartbeats_ove
         tokio::time::timeout(Duration::from_secs(10), opts.connect(c.nats_url())).await
     });
     assert!(!matches!(plain, Ok(Ok(_))), "a client without the CA is refused");
-    let trusted = rt.block_on(infra_bus::Bus::connect(&c.bus_config("e2e-tls-check")));
-    assert!(trusted.is_ok(), "with the CA: {:?}", trusted.err());
+    let admin = rt
+        .block_on(infra_bus::Bus::connect(&c.bus_config("e2e-tls-check")))
+        .unwrap_or_else(|e| panic!("with the CA (and the harness's credential): {e}"));
+
+    // The bed's default: each host's operators hold a credential that
+    // reaches only that host (their heartbeats above came through it).
+    // With host2's, NATS itself refuses everything that is not host2's.
+    rt.block_on(admin.put_host_secret("host1", "e2e_probe", "probe-secret-4f1c9a".into()))
+        .expect("a secret for host1");
+    let host2 = rt
+        .block_on(infra_bus::Bus::connect(&infra_bus::BusConfig {
+            creds: Some(c.host_creds("host2")),
+            inbox_prefix: Some("_INBOX_host2".into()),
+            ..c.bus_config("e2e-as-host2")
+        }))
+        .expect("host2's credential binds to the buckets");
+    rt.block_on(async {
+        assert!(
+            host2.list_heartbeats().await.expect("every heartbeat").len() >= 27,
+            "host2 reads the heartbeats"
+        );
+        host2
+            .list_desired(Some(("host2", "data")))
+            .await
+            .expect("host2 reads its own desired state");
+        let refused = |what: &'static str, r: Result<Result<String, String>, tokio::time::error::Elapsed>| {
+            assert!(
+                !matches!(r, Ok(Ok(_))),
+                "with host2's credential, {what} must be refused: {r:?}"
+            );
+        };
+        let t = Duration::from_secs(3);
+        let fmt = |r: infra_bus::Result<String>| r.map_err(|e| e.to_string());
+        let beat = infra_proto::bus::v1::Heartbeat {
+            host: "host1".into(),
+            tier: "data".into(),
+            ..Default::default()
+        };
+        let event = infra_proto::bus::v1::Event {
+            host: "host1".into(),
+            tier: "data".into(),
+            kind: infra_proto::bus::v1::EventKind::Started as i32,
+            ..Default::default()
+        };
+        let (a, b, d, e, f, g) = tokio::join!(
+            tokio::time::timeout(t, async {
+                fmt(host2.list_desired(None).await.map(|v| format!("{v:?}")))
+            }),
+            tokio::time::timeout(t, async {
+                fmt(host2.get_secret("host1", "e2e_probe").await.map(|v| format!("{v:?}")))
+            }),
+            tokio::time::timeout(t, async { fmt(host2.heartbeat(&beat).await.map(|()| "sent".into())) }),
+            tokio::time::timeout(t, async {
+                fmt(host2.publish_event(&event).await.map(|()| "sent".into()))
+            }),
+            tokio::time::timeout(t, async {
+                host2
+                    .jetstream()
+                    .delete_key_value("infra_desired")
+                    .await
+                    .map(|d| format!("{}", d.success))
+                    .map_err(|e| e.to_string())
+            }),
+            tokio::time::timeout(t, async {
+                fmt(host2
+                    .get_desired("host1", "gateway", "any")
+                    .await
+                    .map(|v| format!("{v:?}")))
+            }),
+        );
+        refused("reading every host's desired state", a);
+        refused("reading host1's secret", b);
+        refused("a heartbeat as host1", d);
+        refused("an event as host1", e);
+        refused("deleting a bucket", f);
+        refused("reading host1's desired state", g);
+    });
+    // JetStream is encrypted at rest: no server's store holds the secret.
+    assert!(
+        !c.nats_store_holds(b"probe-secret-4f1c9a"),
+        "a NATS server's store holds a secret in plain text"
+    );
 
     // The second coordinator sees the same hosts.
     let other = c.call_on(1, "ListHosts", "{}");

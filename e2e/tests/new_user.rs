@@ -420,7 +420,7 @@ fn a_restarted_container_is_starting_until_a_probe_of_its_new_run_passes() {
     let p = platform("restartprobe", dir.path(), &["data"], &[]);
     let (ok, out, err) = grpcurl(&p, "Deploy", "{}", 120);
     assert!(ok && out.contains("1 ready"), "{err}\n{out}");
-    let seen = record_events(&[p.nats.url()], None);
+    let seen = record_events(&[p.nats.url()], None, None);
     let c = format!("{}-slow-1", p.opts.project);
     let killed = Instant::now();
     docker(&["kill", &c]);
@@ -471,7 +471,7 @@ fn remove_takes_exactly_what_it_names_and_refuses_to_strand_a_dependent() {
         ),
     );
     let p = platform("remove", dir.path(), &["data"], &[]);
-    let seen = record_events(&[p.nats.url()], None);
+    let seen = record_events(&[p.nats.url()], None, None);
     let (ok, out, err) = grpcurl(&p, "Deploy", "{}", 120);
     assert!(ok && out.contains("4 ready"), "{err}\n{out}");
 
@@ -524,7 +524,7 @@ fn a_container_with_our_labels_that_we_did_not_make_is_removed_with_a_warning_na
     let p = platform("stray", dir.path(), &["data"], &[]);
     let (ok, out, err) = grpcurl(&p, "Deploy", "{}", 120);
     assert!(ok && out.contains("1 ready"), "{err}\n{out}");
-    let seen = record_events(&[p.nats.url()], None);
+    let seen = record_events(&[p.nats.url()], None, None);
     let real = format!("{}-web-1", p.opts.project);
     let real_id = docker(&["inspect", "-f", "{{.Id}}", &real]);
     let stray = format!("{}-impostor", p.opts.project);
@@ -807,7 +807,7 @@ fn a_new_leader_ends_every_deploy_record_it_finds_running_the_newest_and_superse
         std::panic::catch_unwind(|| leader(&p)).is_ok()
     });
     let lead = leader(&p);
-    let seen = record_events(&[p.nats.url()], None);
+    let seen = record_events(&[p.nats.url()], None, None);
     // Two deploys a leader recorded and never finished: an older one (an
     // hour old, as if hung) and a newer one over the same service.
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -230,7 +230,7 @@ fn prometheus_scrapes_every_operator_the_coordinator_and_a_labelled_service_on_a
     ));
     c.stop_operator("host1", "observability");
     c.start_operator("host1", "observability");
-    let events = infra_e2e::record_events(&c.nats_urls(), Some(&c.nats_ca()));
+    let events = infra_e2e::record_events(&c.nats_urls(), Some(&c.nats_ca()), Some(c.admin_creds()));
     let prometheus = format!("{host1}:9090");
 
     let progress = c.call(

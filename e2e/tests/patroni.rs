@@ -341,7 +341,7 @@ fn a_patroni_leader_lost_with_its_host_fails_over_to_a_new_leader_the_operator_r
     let (c, _dir) = start_with("{bootstrap: {dcs: {synchronous_mode: true}}}");
     let ips: Vec<String> = c.hosts().iter().map(|h| c.host_ip(h)).collect();
     let hosts = c.hosts();
-    let events = infra_e2e::record_events(&c.nats_urls(), Some(&c.nats_ca()));
+    let events = infra_e2e::record_events(&c.nats_urls(), Some(&c.nats_ca()), Some(c.admin_creds()));
     let progress = c.call(
         "Deploy",
         r#"{"selection":{"services":["pg-router"]},"timeoutSeconds":300}"#,

@@ -366,6 +366,12 @@ fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_pr
         std::thread::sleep(Duration::from_millis(250));
     }
     let formed = t0.elapsed();
+    // The cluster's password went to the hosts over the bus, and no NATS
+    // server's store holds it in plain text (JetStream encrypted at rest).
+    assert!(
+        !c.nats_store_holds(password.as_bytes()),
+        "a NATS server's store holds the valkey password in plain text"
+    );
     // Every node announces its host's private address and its own port.
     for a in &addrs {
         assert!(nodes.contains(&format!(" {a}@")), "{a} announced: {nodes}");

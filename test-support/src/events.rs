@@ -12,13 +12,15 @@ use prost::Message;
 pub type Recorded = Arc<Mutex<Vec<(Instant, Event)>>>;
 
 /// Every event on the bus (any of the NATS servers `urls`; over TLS with
-/// `ca` when the servers take TLS only) from now on. Returns once the
-/// subscription is live.
-pub fn record_events(urls: &[String], ca: Option<&std::path::Path>) -> Recorded {
+/// `ca` when the servers take TLS only; with the NATS credential `creds`,
+/// the text of a `.creds` file, when they authenticate) from now on.
+/// Returns once the subscription is live.
+pub fn record_events(urls: &[String], ca: Option<&std::path::Path>, creds: Option<&str>) -> Recorded {
     let seen: Recorded = Arc::default();
     let sink = seen.clone();
     let urls = urls.to_vec();
     let ca = ca.map(std::path::Path::to_owned);
+    let creds = creds.map(str::to_owned);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -27,7 +29,10 @@ pub fn record_events(urls: &[String], ca: Option<&std::path::Path>) -> Recorded 
             .expect("a runtime for the recorder");
         rt.block_on(async move {
             let servers: Vec<async_nats::ServerAddr> = urls.iter().filter_map(|u| u.parse().ok()).collect();
-            let mut opts = async_nats::ConnectOptions::new();
+            let mut opts = match creds {
+                Some(c) => async_nats::ConnectOptions::with_credentials(&c).expect("a valid credential"),
+                None => async_nats::ConnectOptions::new(),
+            };
             if let Some(ca) = ca {
                 opts = opts.add_root_certificates(ca);
             }

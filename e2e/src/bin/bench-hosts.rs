@@ -68,11 +68,14 @@ async fn main() -> ExitCode {
     );
     let events: Arc<Mutex<Vec<Event>>> = Arc::default();
     let servers: Vec<async_nats::ServerAddr> = c.nats_urls().iter().filter_map(|u| u.parse().ok()).collect();
-    let nats = match async_nats::ConnectOptions::new()
-        .add_root_certificates(c.nats_ca())
-        .connect(servers)
-        .await
-    {
+    let opts = match async_nats::ConnectOptions::with_credentials(c.admin_creds()) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("bench-hosts: the harness's NATS credential: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let nats = match opts.add_root_certificates(c.nats_ca()).connect(servers).await {
         Ok(n) => n,
         Err(e) => {
             eprintln!("bench-hosts: cannot reach the cluster's NATS: {e}");

@@ -100,9 +100,10 @@ fn up(n: usize, tiers: Vec<String>, images: Vec<String>, compose_dir: Option<std
         );
     }
     println!(
-        "  NATS   {} (TLS only, CA {})",
+        "  NATS   {} (TLS only, CA {}; credential {}; each host's operators hold one that reaches only that host)",
         cluster.nats_url(),
-        cluster.nats_ca().display()
+        cluster.nats_ca().display(),
+        cluster.coordinator_creds_file().display()
     );
     println!("  logs   {}", cluster.dir.path().display());
     println!();

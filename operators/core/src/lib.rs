@@ -245,13 +245,19 @@ pub fn main(tier: Tier) -> ExitCode {
         Ok(None) => {}
         Err(e) => return app::config_exit(&format!("{}-operator", tier.name), e),
     }
-    let bus_cfg = match cfg.nats.bus_config(
+    let mut bus_cfg = match cfg.nats.bus_config(
         format!("operator-{}@{}", tier.name, cfg.host),
         Duration::from_secs(cfg.heartbeat_ttl_secs),
     ) {
         Ok(b) => b,
         Err(e) => return app::config_exit(&format!("{}-operator", tier.name), e),
     };
+    // Replies come to this host's own inbox prefix: the only one a host's
+    // credential may subscribe to (infra_bus::auth).
+    match infra_bus::Token::new("host", &cfg.host) {
+        Ok(h) => bus_cfg.inbox_prefix = Some(infra_bus::auth::inbox_prefix(&h)),
+        Err(e) => return app::config_exit(&format!("{}-operator", tier.name), format!("host: {e}")),
+    }
     if cli.print_config {
         println!("{}", sanitized(&cfg));
         return ExitCode::SUCCESS;
