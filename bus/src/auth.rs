@@ -112,6 +112,27 @@ pub fn host_permissions(host: &Token) -> Permissions {
     }
 }
 
+/// What a join credential may do: ask for `host`'s own credential on
+/// `infra.join.<host>` and read the answer on its own inbox prefix;
+/// nothing else. It expires with its token.
+pub fn join_permissions(host: &Token) -> Permissions {
+    Permissions {
+        publish: vec![subject::join(host)],
+        subscribe: vec![format!("{}.>", join_inbox_prefix(host))],
+        respond: false,
+    }
+}
+
+/// Whether `key` is a user's public nkey.
+pub fn is_user_key(key: &str) -> bool {
+    key.starts_with('U') && KeyPair::from_public_key(key).is_ok()
+}
+
+/// Inbox prefix of a joining host's connection.
+pub fn join_inbox_prefix(host: &Token) -> String {
+    format!("_INBOX_join_{host}")
+}
+
 /// The signing keys of one platform: the NATS operator (signs accounts),
 /// the system account (the servers' own) and the platform's account (signs
 /// one user per host and the coordinator's).
@@ -213,7 +234,25 @@ impl Authority {
     /// A credential for `name` in the platform account with `perms`
     /// (`None`: everything, for the coordinator).
     pub fn user(&self, name: &str, perms: Option<&Permissions>) -> Creds {
+        self.user_until(name, perms, None)
+    }
+
+    /// As [`Authority::user`], expiring at `expires` (Unix seconds): the
+    /// servers refuse it afterwards.
+    pub fn user_until(&self, name: &str, perms: Option<&Permissions>, expires: Option<u64>) -> Creds {
         let user = KeyPair::new_user();
+        let jwt = self.user_jwt(name, &user.public_key(), perms, expires);
+        let seed = user.seed().expect("a generated key has a seed");
+        Creds {
+            user: user.public_key(),
+            text: creds_text(&jwt, &seed),
+        }
+    }
+
+    /// A user JWT for the public key `user` (whose seed the caller never
+    /// sees: a joining host keeps its own), named `name`, with `perms`
+    /// (`None`: everything), expiring at `expires` (Unix seconds).
+    pub fn user_jwt(&self, name: &str, user: &str, perms: Option<&Permissions>, expires: Option<u64>) -> String {
         let mut nats = json!({"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1});
         if let Some(p) = perms {
             nats["pub"] = json!({ "allow": p.publish });
@@ -222,12 +261,53 @@ impl Authority {
                 nats["resp"] = json!({ "max": 1, "ttl": 60_000_000_000u64 });
             }
         }
-        let jwt = sign(&self.account, &user.public_key(), name, nats);
-        let seed = user.seed().expect("a generated key has a seed");
-        Creds {
-            user: user.public_key(),
-            text: creds_text(&jwt, &seed),
+        sign_until(&self.account, user, name, nats, expires)
+    }
+
+    /// The three seeds, one `name: seed` line each: what a coordinator
+    /// keeps (a secret file) to make and revoke credentials.
+    pub fn seeds(&self) -> String {
+        let seed = |k: &KeyPair| k.seed().expect("an authority's keys have seeds");
+        format!(
+            "operator: {}\nsystem: {}\naccount: {}\n",
+            seed(&self.operator),
+            seed(&self.system),
+            seed(&self.account)
+        )
+    }
+
+    /// Reads what [`Authority::seeds`] wrote. The error names the line,
+    /// never a seed.
+    pub fn from_seeds(text: &str) -> Result<Self, String> {
+        let mut keys: std::collections::BTreeMap<&str, KeyPair> = std::collections::BTreeMap::new();
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let (name, seed) = line
+                .split_once(':')
+                .ok_or_else(|| format!("line {}: expected `name: seed`", n + 1))?;
+            let name = name.trim();
+            if !["operator", "system", "account"].contains(&name) {
+                return Err(format!(
+                    "line {}: {name:?} is not one of operator, system, account",
+                    n + 1
+                ));
+            }
+            let key =
+                KeyPair::from_seed(seed.trim()).map_err(|_| format!("line {}: the {name} seed is not valid", n + 1))?;
+            let want = match name {
+                "operator" => "O",
+                _ => "A",
+            };
+            if !key.public_key().starts_with(want) {
+                return Err(format!("line {}: the {name} seed is not an {name} key", n + 1));
+            }
+            keys.insert(name, key);
         }
+        let mut take = |name: &str| keys.remove(name).ok_or_else(|| format!("no {name} seed"));
+        Ok(Self {
+            operator: take("operator")?,
+            system: take("system")?,
+            account: take("account")?,
+        })
     }
 
     /// A credential in the system account (pushes account JWTs to the
@@ -253,7 +333,8 @@ fn unlimited(jetstream: bool) -> Value {
     })
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
@@ -261,6 +342,11 @@ fn unix_now() -> u64 {
 /// is the SHA-512/256 of the claims without it, as NATS's own tools make
 /// it.
 fn sign(issuer: &KeyPair, subject: &str, name: &str, nats: Value) -> String {
+    sign_until(issuer, subject, name, nats, None)
+}
+
+/// As [`sign`], expiring at `expires` (Unix seconds).
+fn sign_until(issuer: &KeyPair, subject: &str, name: &str, nats: Value, expires: Option<u64>) -> String {
     let mut claims = json!({
         "iat": unix_now(),
         "iss": issuer.public_key(),
@@ -268,6 +354,9 @@ fn sign(issuer: &KeyPair, subject: &str, name: &str, nats: Value) -> String {
         "sub": subject,
         "nats": nats,
     });
+    if let Some(exp) = expires {
+        claims["exp"] = json!(exp);
+    }
     let jti = BASE32_NOPAD.encode(&Sha512_256::digest(claims.to_string().as_bytes()));
     claims["jti"] = json!(jti);
     let header = BASE64URL_NOPAD.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
@@ -279,7 +368,8 @@ fn sign(issuer: &KeyPair, subject: &str, name: &str, nats: Value) -> String {
     format!("{signed}.{}", BASE64URL_NOPAD.encode(&sig))
 }
 
-fn creds_text(jwt: &str, seed: &str) -> String {
+/// The `.creds` text of a user JWT and its seed, as NATS's tools write it.
+pub fn creds_text(jwt: &str, seed: &str) -> String {
     format!(
         "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
          ************************* IMPORTANT *************************\n\

@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod facts;
+pub mod join;
 pub mod subject;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -24,7 +25,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use infra_proto::bus::v1::{
     DeploymentInProgress, DesiredService, Event, EventKind, Heartbeat, HostState, ImageCheck, ImageCheckReply,
-    LeaderLease, ObservedService, ServiceRecord, ServiceSpec,
+    JoinTicket, LeaderLease, ObservedService, ServiceRecord, ServiceSpec,
 };
 use prost::Message;
 
@@ -227,6 +228,7 @@ pub struct Bus {
     host_state: kv::Store,
     leader: kv::Store,
     deployments: kv::Store,
+    join: kv::Store,
     /// The W3C `traceparent` of the caller's current span, when the process
     /// exports traces (see [`Bus::with_trace_context`]).
     trace: Option<TraceContext>,
@@ -362,6 +364,7 @@ impl Bus {
         // near a takeover stays auditable; term records keep the rest.
         let leader = ensure_bucket(&js, bucket(subject::LEADER_BUCKET, 64, Duration::ZERO)).await?;
         let deployments = ensure_bucket(&js, bucket(subject::DEPLOYMENTS_BUCKET, 1, Duration::ZERO)).await?;
+        let join = ensure_bucket(&js, bucket(subject::JOIN_BUCKET, 1, Duration::ZERO)).await?;
         Ok(Self {
             client,
             js,
@@ -376,6 +379,7 @@ impl Bus {
             host_state,
             leader,
             deployments,
+            join,
             trace: None,
             connections,
         })
@@ -917,6 +921,58 @@ impl Bus {
         delete(&self.deployments, Token::new("deployment", id)?.as_str()).await
     }
 
+    /// Keeps a join ticket (replacing one for the same host).
+    pub async fn put_join_ticket(&self, t: &JoinTicket) -> Result<u64> {
+        put(&self.join, Token::new("host", &t.host)?.as_str(), t).await
+    }
+
+    /// The join ticket of `host` and its revision.
+    pub async fn get_join_ticket(&self, host: &str) -> Result<Option<(JoinTicket, u64)>> {
+        let key = Token::new("host", host)?;
+        let entry = self
+            .join
+            .entry(key.as_str())
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Io, format!("get join ticket {key}"), e))?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let t = JoinTicket::decode(e.value)
+                    .map_err(|e| BusError::with(BusErrorKind::Decode, format!("join ticket {key}"), e))?;
+                Ok(Some((t, e.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes `t` only if its key is still at `revision`: `Ok(false)` when
+    /// another write came first (a ticket is used once).
+    pub async fn update_join_ticket(&self, t: &JoinTicket, revision: u64) -> Result<bool> {
+        let key = Token::new("host", &t.host)?;
+        match self
+            .join
+            .update(key.as_str(), Bytes::from(t.encode_to_vec()), revision)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(BusError::with(BusErrorKind::Io, format!("update join ticket {key}"), e)),
+        }
+    }
+
+    /// Forgets `host`'s join ticket.
+    pub async fn delete_join_ticket(&self, host: &str) -> Result<()> {
+        delete(&self.join, Token::new("host", host)?.as_str()).await
+    }
+
+    /// Join requests, shared among the coordinators (a queue group: each
+    /// request reaches one of them).
+    pub async fn join_requests(&self) -> Result<async_nats::Subscriber> {
+        self.client
+            .queue_subscribe(subject::joins_all(), "infra-coordinators".to_owned())
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Io, "subscribe to join requests", e))
+    }
+
     /// Every deploy started and not finished.
     pub async fn list_deployments(&self) -> Result<Vec<DeploymentInProgress>> {
         list(&self.client, &self.deployments, ">").await
@@ -965,6 +1021,9 @@ pub fn event_kind_token(kind: EventKind) -> &'static str {
                 "LEADER_ELECTED" => "leader_elected",
                 "MEMBER_LEADER_CHANGED" => "member_leader_changed",
                 "STRAY_CONTAINER" => "stray_container",
+                "HOST_JOIN_TOKEN" => "host_join_token",
+                "HOST_JOINED" => "host_joined",
+                "HOST_JOIN_REFUSED" => "host_join_refused",
                 _ => "unspecified",
             }
         })

@@ -49,6 +49,8 @@ pub const LEASE_KEY: &str = "lease";
 /// Key-value bucket of the deploys the leader has started and not
 /// finished, `<deployment id>`, so a new leader can run them again.
 pub const DEPLOYMENTS_BUCKET: &str = "infra_deployments";
+/// Key-value bucket of join tickets, `<host>` (coordinators only).
+pub const JOIN_BUCKET: &str = "infra_join";
 
 /// A validated subject token.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -110,6 +112,16 @@ pub fn events_all() -> String {
 /// Subject of a heartbeat: `infra.heartbeat.<host>.<tier>`.
 pub fn heartbeat(host: &Token, tier: &Token) -> String {
     format!("{ROOT}.heartbeat.{host}.{tier}")
+}
+
+/// Where a joining host asks for its credential.
+pub fn join(host: &Token) -> String {
+    format!("{ROOT}.join.{host}")
+}
+
+/// Every join request (the coordinators' queue subscription).
+pub fn joins_all() -> String {
+    format!("{ROOT}.join.*")
 }
 
 /// Every heartbeat subject.

@@ -52,6 +52,9 @@ pub const CLUSTER_LABEL: &str = "io.infra.e2e.cluster";
 pub const ORIGIN_LABEL: &str = "io.infra.e2e.origin";
 /// The simulated host's image (`e2e/images/recipes/host`).
 pub const HOST_IMAGE: &str = "infra-local/host:1";
+/// The install image of the operators (`e2e/images/recipes/operators`),
+/// as `just test` builds it.
+pub const OPERATORS_IMAGE: &str = "infra-local/operators:dev";
 /// The NATS image (`e2e/images/recipes/nats`).
 pub const NATS_IMAGE: &str = "infra-local/nats:2.15";
 /// The NATS cluster's name.
@@ -737,6 +740,9 @@ impl Cluster {
             .env("INFRA_NATS__REPLICAS", NATS_SERVERS.to_string())
             .env("INFRA_NATS__CA_FILE", self.nats_ca())
             .env("INFRA_NATS__CREDS_FILE", self.creds_dir().join("coordinator.creds"))
+            // Hosts join by token (AddHost), with the install image.
+            .env("INFRA_JOIN__AUTHORITY_FILE", self.creds_dir().join("authority.seeds"))
+            .env("INFRA_JOIN__OPERATOR_IMAGE", OPERATORS_IMAGE)
             .env("INFRA_LOG__FORMAT", "json")
             .stdout(Stdio::null())
             .stderr(log)
@@ -832,6 +838,7 @@ jetstream {{ cipher: chachapoly, key: \"{key}\" }}
         std::fs::write(pki.dir.join("nats.conf"), conf).expect("nats.conf");
         self.admin_creds = self.authority.user("e2e-harness", None).text;
         std::fs::create_dir_all(self.creds_dir()).expect("creds dir");
+        write_private(&self.creds_dir().join("authority.seeds"), &self.authority.seeds());
         write_private(
             &self.creds_dir().join("coordinator.creds"),
             &self.authority.user("coordinator", None).text,

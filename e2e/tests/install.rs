@@ -15,12 +15,12 @@
 
 use std::time::{Duration, Instant};
 
-use infra_e2e::hosts::{Cluster, ClusterOptions};
+use infra_e2e::hosts::{Cluster, ClusterOptions, OPERATORS_IMAGE};
 use infra_e2e::scenarios::the_container;
 use infra_e2e::write;
 use infra_test_support::wait_for;
 
-const IMAGE: &str = "infra-local/operators:dev";
+const IMAGE: &str = OPERATORS_IMAGE;
 const NEXT: &str = "infra-local/operators:next";
 
 const WEB: &str = r#"services:
@@ -184,5 +184,154 @@ fn the_operators_image_runs_the_hosts_tiers_docker_restarts_it_and_an_upgrade_re
         installed.as_secs_f64(),
         restarted.as_secs_f64(),
         upgraded.as_secs_f64()
+    );
+}
+
+/// Runs `infra-operator join --token TOKEN` (the install image) on host1's
+/// engine, in the foreground; the output once it exits.
+fn join_on_host1(c: &Cluster, token: &str, state_dir: &str) -> std::process::Output {
+    c.docker(
+        "host1",
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "host",
+            "-v",
+            "/var/run/docker.sock:/var/run/docker.sock",
+            "-v",
+            "/var/lib/infra:/var/lib/infra",
+            "-v",
+            "/tmp:/tmp",
+            IMAGE,
+            "join",
+            "--token",
+            token,
+            "--state-dir",
+            state_dir,
+        ],
+    )
+}
+
+/// Whether `path` exists in host1 (its own file system).
+fn exists_on_host1(c: &Cluster, path: &str) -> bool {
+    std::process::Command::new("docker")
+        .args(["exec", &c.container("host1"), "test", "-e", path])
+        .status()
+        .expect("docker")
+        .success()
+}
+
+fn refused(out: &std::process::Output, why: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "refused with exit 64: {err}");
+    assert!(err.contains(why), "the reason names {why:?}: {err}");
+}
+
+#[test]
+fn a_host_joins_with_a_one_time_token_and_an_expired_a_forged_an_altered_and_a_used_token_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "01-gateway/web/compose.yml", WEB);
+    let mut opts = ClusterOptions::new(1)
+        .images(&[IMAGE, "infra-local/nginx:1"])
+        .catalog(dir.path());
+    // host1 is a bare VPS: nothing of the platform runs there yet.
+    opts.host_tiers.insert("host1".into(), Vec::new());
+    let c = Cluster::start(opts);
+    let add = |ttl: u32| {
+        let r = c.call(
+            "AddHost",
+            &format!(r#"{{"host":"host1","labels":{{"zone":"a"}},"tiers":["gateway"],"ttlSeconds":{ttl}}}"#),
+        );
+        r[0].clone()
+    };
+    const STATE: &str = "/var/lib/infra/state";
+
+    // Expired: refused before anything is asked.
+    let expired = add(1)["token"].as_str().expect("a token").to_owned();
+    std::thread::sleep(Duration::from_millis(2500)); // the token's life, not a synchronisation
+    refused(&join_on_host1(&c, &expired, STATE), "expired");
+    // Forged: a token signed by keys that are not the platform's is
+    // refused by NATS itself.
+    let good = add(600);
+    let token = good["token"].as_str().expect("a token").to_owned();
+    let mut forged = infra_bus::join::JoinToken::decode(&token).unwrap();
+    let other = infra_bus::auth::Authority::generate();
+    let host1 = infra_bus::Token::new("host", "host1").unwrap();
+    let fake = other.user_until(
+        "join-host1",
+        Some(&infra_bus::auth::join_permissions(&host1)),
+        Some(forged.expires_at),
+    );
+    let parts: Vec<&str> = fake.text.lines().collect();
+    forged.jwt = parts[1].to_owned();
+    forged.seed = fake
+        .text
+        .lines()
+        .skip_while(|l| !l.contains("NKEY SEED"))
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    refused(
+        &join_on_host1(&c, &forged.encode(), STATE),
+        "NATS refused the join token",
+    );
+    // Altered: the platform's credential with another secret.
+    let mut altered = infra_bus::join::JoinToken::decode(&token).unwrap();
+    altered.secret = infra_bus::join::new_secret();
+    refused(&join_on_host1(&c, &altered.encode(), STATE), "does not match");
+    // Nothing was kept by any of them, and no operator runs.
+    assert!(
+        !exists_on_host1(&c, &format!("{STATE}/bus")),
+        "a refused join leaves nothing"
+    );
+    assert!(!c.list_hosts().unwrap_or_default().contains_key("host1"));
+
+    // The good token: the command AddHost printed, run as is on host1.
+    let t0 = Instant::now();
+    let command = good["command"].as_str().expect("a command").to_owned();
+    assert!(command.contains(&token) && command.contains(IMAGE), "{command}");
+    let out = std::process::Command::new("docker")
+        .args(["exec", &c.container("host1"), "sh", "-c", &command])
+        .output()
+        .expect("docker");
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_hosts(
+        "host1 joined, its gateway operator heartbeats",
+        Duration::from_secs(90),
+        |h| h.get("host1").is_some_and(|t| t.contains("gateway")),
+    );
+    let joined = t0.elapsed();
+    assert_eq!(host_label(&c, "zone"), "a", "the labels given at AddHost");
+    let listed = c.list_hosts().unwrap_or_default();
+    assert_eq!(listed["host1"].len(), 1, "the tiers given at AddHost only: {listed:?}");
+    // Its own credential, readable by root only; the token's is not kept.
+    let out = std::process::Command::new("docker")
+        .args([
+            "exec",
+            &c.container("host1"),
+            "stat",
+            "-c",
+            "%a",
+            &format!("{STATE}/bus/host.creds"),
+        ])
+        .output()
+        .expect("docker");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "600");
+
+    // Used: the same token again (on a clean state directory) is refused.
+    refused(&join_on_host1(&c, &token, "/tmp/again"), "used already");
+    assert!(!exists_on_host1(&c, "/tmp/again/bus"));
+
+    // The joined host takes work on its scoped credential.
+    let progress = c.call("Deploy", r#"{"selection":{"services":["web"]},"timeoutSeconds":120}"#);
+    assert_eq!(progress.last().unwrap()["ready"], 1, "{progress:#?}");
+    println!(
+        "BENCH | join: AddHost -> host1 in ListHosts with its tier heartbeating {:.1}s (docker run of the install image included)",
+        joined.as_secs_f64()
     );
 }

@@ -40,6 +40,8 @@ pub struct Settings {
     pub host_lost_after: Duration,
     /// How long a heartbeat counts (the hosts bucket's max age).
     pub heartbeat_ttl: Duration,
+    /// Joining hosts by token (`None`: not configured).
+    pub join: Option<Arc<crate::join::JoinSettings>>,
 }
 
 impl Settings {

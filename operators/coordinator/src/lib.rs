@@ -10,6 +10,7 @@ pub mod coordinator;
 pub mod deploy;
 pub mod error;
 pub mod hosts;
+pub mod join;
 pub mod leader;
 pub mod metrics;
 pub mod placement;
@@ -97,6 +98,8 @@ pub struct CoordinatorConfig {
     /// deploy and rollout steps, services by health, hosts by state,
     /// leader). `""` turns the server off.
     pub metrics_listen: String,
+    /// Joining hosts by token (`AddHost`).
+    pub join: join::JoinConfig,
     /// Logging.
     pub log: infra_runtime::config::LogConfig,
 }
@@ -122,6 +125,7 @@ impl Default for CoordinatorConfig {
             host_lost_secs: 30,
             shutdown_grace_secs: 10,
             metrics_listen: format!("127.0.0.1:{}", infra_runtime::metrics::COORDINATOR_PORT),
+            join: join::JoinConfig::default(),
             log: infra_runtime::config::LogConfig::default(),
         }
     }
@@ -283,6 +287,7 @@ impl CoordinatorConfig {
             max_replicas: self.max_replicas,
             host_lost_after: Duration::from_secs(self.host_lost_secs),
             heartbeat_ttl: Duration::from_secs(self.heartbeat_ttl_secs),
+            join: None,
         }
     }
 }
@@ -333,6 +338,7 @@ pub async fn run(
         .with_leadership(election.leading())
         .with_write_failures(metered.bus_write_failures());
     tasks.spawn(coordinator.clone().watch_hosts(shutdown.clone()));
+    tasks.spawn(join::serve(coordinator.clone(), shutdown.clone()));
     tasks.spawn(on_elected(coordinator.clone(), election.clone(), shutdown.clone()));
 
     let (reporter, health) = tonic_health::server::health_reporter();

@@ -45,10 +45,58 @@ struct Cli {
     #[arg(long)]
     #[serde(skip)]
     print_config: bool,
+    /// Make the platform's NATS keys in this directory and exit:
+    /// `authority.seeds` (for `join.authority_file`; a secret),
+    /// `nats-auth.conf` (include it in every NATS server's configuration)
+    /// and `coordinator.creds` (for `nats.creds_file`; a secret). Refuses
+    /// to overwrite.
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip)]
+    init_auth: Option<PathBuf>,
+}
+
+/// `--init-auth DIR`: see [`Cli::init_auth`].
+fn init_auth(dir: &std::path::Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let a = infra_bus::auth::Authority::generate();
+    let files = [
+        ("authority.seeds", a.seeds(), 0o600),
+        ("nats-auth.conf", a.server_config("./jwt"), 0o644),
+        ("coordinator.creds", a.user("coordinator", None).text, 0o600),
+    ];
+    for (name, _, _) in &files {
+        if dir.join(name).exists() {
+            return Err(format!(
+                "{} exists; not overwriting the platform's keys",
+                dir.join(name).display()
+            ));
+        }
+    }
+    for (name, text, mode) in files {
+        let path = dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        f.write_all(text.as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(dir) = &cli.init_auth {
+        return match init_auth(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => app::config_exit("coordinator", e),
+        };
+    }
     let mut cfg: CoordinatorConfig = match app::load_config(cli.config.as_deref(), &cli) {
         Ok(c) => c,
         Err(e) => return app::config_exit("coordinator", e),
@@ -65,6 +113,10 @@ fn main() -> ExitCode {
         Duration::from_secs(cfg.heartbeat_ttl_secs),
     ) {
         Ok(b) => b,
+        Err(e) => return app::config_exit("coordinator", e),
+    };
+    let join = match cfg.join.settings(&cfg.nats) {
+        Ok(j) => j.map(std::sync::Arc::new),
         Err(e) => return app::config_exit("coordinator", e),
     };
     let (tls, auth) = match cfg.security() {
@@ -118,7 +170,9 @@ fn main() -> ExitCode {
             auth,
             metrics,
         };
-        infra_coordinator::run(cfg.settings(), bus, listener, shutdown, serving)
+        let mut settings = cfg.settings();
+        settings.join = join;
+        infra_coordinator::run(settings, bus, listener, shutdown, serving)
             .await
             .map_err(|e| e.to_string())
     });

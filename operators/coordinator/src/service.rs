@@ -357,6 +357,15 @@ impl CoordinatorService for Api {
         .await
     }
 
+    async fn add_host(&self, req: Request<api::AddHostRequest>) -> Result<Response<api::AddHostResponse>, Status> {
+        self.may_write(&req)?;
+        self.coordinator
+            .add_host(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
     type DrainStream = Streamed<api::DeployProgress>;
 
     async fn drain(&self, req: Request<api::DrainRequest>) -> Result<Response<Self::DrainStream>, Status> {

@@ -42,6 +42,7 @@ fn settings(catalog: &std::path::Path) -> Settings {
         max_replicas: 10,
         host_lost_after: Duration::from_secs(30),
         heartbeat_ttl: Duration::from_secs(30),
+        join: None,
     }
 }
 

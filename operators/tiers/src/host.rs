@@ -56,13 +56,23 @@ pub struct Cli {
     pub operator_args: Vec<String>,
 }
 
-/// The supervisor's `main`: exit 64 on a bad tier list.
+/// The supervisor's `main`: exit 64 on a bad tier list. `infra-operator
+/// join ...` joins the host first ([`crate::join`]).
 pub fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "join") {
+        return crate::join::main();
+    }
     let cli = Cli::parse();
     let tiers = match tiers(&cli.tiers) {
         Ok(t) => t,
         Err(e) => return app::config_exit("infra-operator", e),
     };
+    run(&tiers, Duration::from_secs(cli.grace_secs), &cli.operator_args, &[])
+}
+
+/// Runs the operators of `tiers` until SIGTERM or SIGINT, each with
+/// `args` and the supervisor's environment plus `env`.
+pub fn run(tiers: &[String], grace: Duration, args: &[String], env: &[(String, String)]) -> ExitCode {
     let exe = match std::env::current_exe() {
         Ok(p) => p,
         Err(e) => {
@@ -71,7 +81,12 @@ pub fn main() -> ExitCode {
         }
     };
     let log = operator_core::config::LogConfig::default();
-    let instance = std::env::var("INFRA_HOST").unwrap_or_default();
+    let instance = env
+        .iter()
+        .find(|(k, _)| k == "INFRA_HOST")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("INFRA_HOST").ok())
+        .unwrap_or_default();
     let (rt, _telemetry) = match app::start("infra-operator", &log, "infra-host", &instance) {
         Ok(started) => started,
         Err(code) => return code,
@@ -80,14 +95,7 @@ pub fn main() -> ExitCode {
         let shutdown = CancellationToken::new();
         app::cancel_on_signals(shutdown.clone());
         tracing::info!(tiers = %tiers.join(","), version = operator_core::VERSION, "starting the host's operators");
-        supervise(
-            &exe,
-            &tiers,
-            &cli.operator_args,
-            Duration::from_secs(cli.grace_secs),
-            shutdown,
-        )
-        .await;
+        supervise(&exe, tiers, args, env, grace, shutdown).await;
         tracing::info!("every operator stopped");
     });
     ExitCode::SUCCESS
@@ -118,6 +126,7 @@ pub async fn supervise(
     exe: &std::path::Path,
     tiers: &[String],
     args: &[String],
+    env: &[(String, String)],
     grace: Duration,
     shutdown: CancellationToken,
 ) {
@@ -127,6 +136,7 @@ pub async fn supervise(
             exe: exe.to_owned(),
             tier: tier.clone(),
             args: args.to_vec(),
+            env: env.to_vec(),
             grace,
         };
         running.spawn(keep.run(shutdown.clone()));
@@ -139,6 +149,7 @@ struct Keep {
     exe: PathBuf,
     tier: String,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     grace: Duration,
 }
 
@@ -201,6 +212,8 @@ impl Keep {
             .args(&self.args)
             .env_remove("INFRA_TIERS")
             .env_remove("INFRA_GRACE_SECS")
+            .env_remove("INFRA_JOIN_TOKEN")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .kill_on_drop(true)
             .spawn()
     }
@@ -281,6 +294,7 @@ mod tests {
                     std::path::Path::new("/bin/sh"),
                     &tiers,
                     &args,
+                    &[],
                     Duration::from_secs(5),
                     shutdown,
                 )

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod data;
 pub mod gateway;
 pub mod host;
+pub mod join;
 pub mod observability;
 pub mod reach;
 

@@ -216,6 +216,11 @@ enum Cmd {
         #[arg(long)]
         volumes: bool,
     },
+    /// Hosts joining and leaving the platform.
+    Host {
+        #[command(subcommand)]
+        cmd: HostCmd,
+    },
     /// Wait until the coordinator answers and `operators` operators heartbeat.
     Wait {
         /// How many operators to wait for.
@@ -224,6 +229,25 @@ enum Cmd {
         /// Seconds.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostCmd {
+    /// Make a one-time token with which a new host joins; prints the
+    /// command to run on it.
+    Add {
+        /// The new host's name.
+        host: String,
+        /// A label (repeatable): KEY=VALUE, e.g. --label zone=a.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// The tiers it carries, comma-separated (default: every tier).
+        #[arg(long, value_delimiter = ',')]
+        tiers: Vec<String>,
+        /// How long the token may be used, seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u32,
     },
 }
 
@@ -425,6 +449,48 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 .await?
                 .into_inner();
             Ok(print_status(r))
+        }
+        Cmd::Host {
+            cmd:
+                HostCmd::Add {
+                    host,
+                    labels,
+                    tiers,
+                    ttl,
+                },
+        } => {
+            let mut map = std::collections::BTreeMap::new();
+            for kv in labels {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| format!("--label {kv:?}: expected KEY=VALUE"))?;
+                map.insert(k.to_owned(), v.to_owned());
+            }
+            let mut c = connect().await?;
+            let r = c
+                .add_host(api::AddHostRequest {
+                    host: host.clone(),
+                    labels: map,
+                    tiers,
+                    ttl_seconds: ttl,
+                })
+                .await?
+                .into_inner();
+            let left = r
+                .expires_at
+                .map_or(0, |t| t.seconds - infra_proto::now().seconds)
+                .max(0);
+            println!(
+                "join token for {host} (valid {}m, usable once; a secret: whoever holds it joins as {host}):",
+                left / 60
+            );
+            println!();
+            println!("  {}", r.token);
+            println!();
+            println!("on {host}, run:");
+            println!();
+            println!("  {}", r.command);
+            Ok(true)
         }
         Cmd::Hosts => {
             let mut c = connect().await?;
