@@ -380,6 +380,47 @@ pub fn creds_text(jwt: &str, seed: &str) -> String {
     )
 }
 
+/// Pushes `account_jwt` to the NATS servers' resolver as the system
+/// account's user `system` (`$SYS.REQ.CLAIMS.UPDATE`): the servers take
+/// the account's new claims (its revocations close the revoked users'
+/// connections) with no restart. `url` and `ca_file` as the platform's
+/// clients use them.
+pub async fn push_account_jwt(
+    url: &str,
+    ca_file: &std::path::Path,
+    system: &Creds,
+    account_jwt: &str,
+) -> Result<(), String> {
+    let servers: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| format!("NATS address {s:?} is not valid")))
+        .collect::<Result<_, _>>()?;
+    let client = async_nats::ConnectOptions::with_credentials(&system.text)
+        .map_err(|e| format!("the system credential: {}", e.kind()))?
+        .add_root_certificates(ca_file.to_owned())
+        .require_tls(true)
+        .connection_timeout(std::time::Duration::from_secs(10))
+        .name("infra-account-update")
+        .connect(servers)
+        .await
+        .map_err(|e| format!("connect as the system account: {e}"))?;
+    let reply = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.request("$SYS.REQ.CLAIMS.UPDATE", account_jwt.to_owned().into()),
+    )
+    .await
+    .map_err(|_| "the NATS resolver did not answer the account update within 10s".to_owned())?
+    .map_err(|e| format!("the account update: {e}"))?;
+    let text = String::from_utf8_lossy(&reply.payload).into_owned();
+    let v: Value = serde_json::from_str(&text).unwrap_or_default();
+    if v.get("error").is_some() || v["data"]["code"].as_u64().is_some_and(|c| c >= 300) {
+        return Err(format!("the NATS resolver refused the account update: {text}"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

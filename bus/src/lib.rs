@@ -491,7 +491,8 @@ impl Bus {
         };
         put(&self.directory, &key, &public).await?;
         if !d.absent {
-            self.deliver_secrets(&d.host, spec).await?;
+            // Boxed: a rare path that should not grow every caller's future.
+            Box::pin(self.deliver_secrets(&d.host, spec)).await?;
         }
         // A write belongs to the trace of the caller's span, or to none: a
         // rewrite outside a traced operation (a host evacuated) must not
@@ -518,7 +519,7 @@ impl Bus {
         let key = service_key(host, tier, service)?;
         delete(&self.desired, &key).await?;
         delete(&self.directory, &key).await?;
-        self.prune_secrets(host).await
+        Box::pin(self.prune_secrets(host)).await
     }
 
     /// Gives `host` its copy of every secret `spec` uses, from the
@@ -964,6 +965,77 @@ impl Bus {
         delete(&self.join, Token::new("host", host)?.as_str()).await
     }
 
+    /// The user keys revoked so far (what the platform account's JWT
+    /// names), kept under `revoked.users` in the join bucket (a key no
+    /// host name can take: names have no dots).
+    pub async fn revoked_users(&self) -> Result<(Vec<String>, u64)> {
+        let entry = self
+            .join
+            .entry(REVOKED_KEY)
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Io, "get the revoked users", e))?;
+        Ok(match entry {
+            Some(e) if e.operation == kv::Operation::Put => (
+                String::from_utf8_lossy(&e.value).lines().map(str::to_owned).collect(),
+                e.revision,
+            ),
+            Some(e) => (Vec::new(), e.revision),
+            None => (Vec::new(), 0),
+        })
+    }
+
+    /// Adds `users` to the revoked list (compare-and-set, retried) and
+    /// returns the whole list.
+    pub async fn add_revoked_users(&self, users: &[String]) -> Result<Vec<String>> {
+        for _ in 0..10 {
+            let (mut all, revision) = self.revoked_users().await?;
+            for u in users {
+                if !all.contains(u) {
+                    all.push(u.clone());
+                }
+            }
+            let value = Bytes::from(all.join("\n"));
+            let written = if revision == 0 {
+                self.join.create(REVOKED_KEY, value).await.is_ok()
+            } else {
+                self.join.update(REVOKED_KEY, value, revision).await.is_ok()
+            };
+            if written {
+                return Ok(all);
+            }
+        }
+        Err(BusError::new(
+            BusErrorKind::Io,
+            "the revoked users changed ten times in a row; try again",
+        ))
+    }
+
+    /// Deletes every key of `host`: its desired state (and directory
+    /// entries), observed state, heartbeats, secrets, host state and join
+    /// ticket. For a host leaving the platform, once its credential is
+    /// revoked.
+    pub async fn forget_host(&self, host: &str) -> Result<usize> {
+        let h = Token::new("host", host)?;
+        let all = format!("{h}.>");
+        let mut n = 0;
+        for store in [
+            &self.desired,
+            &self.directory,
+            &self.observed,
+            &self.hosts,
+            &self.secrets,
+            &self.locks,
+        ] {
+            for (key, _) in scan(&self.client, store, &all, true).await? {
+                delete(store, &key).await?;
+                n += 1;
+            }
+        }
+        self.delete_host_state(host).await?;
+        self.delete_join_ticket(host).await?;
+        Ok(n)
+    }
+
     /// Join requests, shared among the coordinators (a queue group: each
     /// request reaches one of them).
     pub async fn join_requests(&self) -> Result<async_nats::Subscriber> {
@@ -1024,10 +1096,14 @@ pub fn event_kind_token(kind: EventKind) -> &'static str {
                 "HOST_JOIN_TOKEN" => "host_join_token",
                 "HOST_JOINED" => "host_joined",
                 "HOST_JOIN_REFUSED" => "host_join_refused",
+                "HOST_REMOVED" => "host_removed",
                 _ => "unspecified",
             }
         })
 }
+
+/// Key of the revoked user list in the join bucket.
+const REVOKED_KEY: &str = "revoked.users";
 
 const TLS_FAILED: &str = "TLS failed (is nats.ca_file the CA of the server's certificate?)";
 
@@ -1159,7 +1235,9 @@ fn secret_key(host: &str, name: &str) -> Result<String> {
 
 /// The latest value of every key matching `keys` (a key pattern).
 async fn list<M: Message + Default>(client: &async_nats::Client, store: &kv::Store, keys: &str) -> Result<Vec<M>> {
-    scan(client, store, keys, false)
+    // Boxed: the consumer's setup is a large future, and every list of
+    // the bus would carry it inline.
+    Box::pin(scan(client, store, keys, false))
         .await?
         .into_iter()
         .map(|(key, value)| {
@@ -1270,12 +1348,18 @@ async fn watch<M: Message + Default + 'static>(
 ) -> Result<BoxStream<'static, Result<Change<M>>>> {
     connections.borrow_and_update();
     let what = format!("watch {} {filter}", store.name);
-    let w = ordered_consumer(client, store, filter, jetstream::consumer::DeliverPolicy::New, false)
-        .await
-        .map_err(|e| BusError::with(BusErrorKind::Io, what.clone(), e))?
-        .messages()
-        .await
-        .map_err(|e| BusError::with(BusErrorKind::Io, what, e))?;
+    let w = Box::pin(ordered_consumer(
+        client,
+        store,
+        filter,
+        jetstream::consumer::DeliverPolicy::New,
+        false,
+    ))
+    .await
+    .map_err(|e| BusError::with(BusErrorKind::Io, what.clone(), e))?
+    .messages()
+    .await
+    .map_err(|e| BusError::with(BusErrorKind::Io, what, e))?;
     let reconnected = async move {
         // A closed sender (the bus is gone) ends the watch too.
         let _ = connections.changed().await;

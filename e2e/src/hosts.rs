@@ -913,6 +913,24 @@ jetstream {{ cipher: chachapoly, key: \"{key}\" }}
         })
     }
 
+    /// The names of the clients connected to any NATS server now
+    /// (`operator-gateway@host1`, ...), from each server's `/connz`.
+    pub fn nats_connection_names(&self) -> Vec<String> {
+        self.nats
+            .iter()
+            .filter_map(|n| http_get(&n.ip, 8222, "/connz?limit=1024"))
+            .filter_map(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+            .flat_map(|v| {
+                v["connections"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// NATS server `i`'s `/varz` (its monitoring port, plain HTTP).
     pub fn nats_varz(&self, i: usize) -> serde_json::Value {
         let body = http_get(&self.nats[i].ip, 8222, "/varz").unwrap_or_default();

@@ -229,7 +229,8 @@ fn refused(out: &std::process::Output, why: &str) {
 }
 
 #[test]
-fn a_host_joins_with_a_one_time_token_and_an_expired_a_forged_an_altered_and_a_used_token_are_refused() {
+fn a_host_joins_with_a_one_time_token_refuses_expired_forged_altered_and_used_tokens_and_once_removed_cannot_come_back()
+{
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "01-gateway/web/compose.yml", WEB);
     let mut opts = ClusterOptions::new(1)
@@ -330,8 +331,58 @@ fn a_host_joins_with_a_one_time_token_and_an_expired_a_forged_an_altered_and_a_u
     // The joined host takes work on its scoped credential.
     let progress = c.call("Deploy", r#"{"selection":{"services":["web"]},"timeoutSeconds":120}"#);
     assert_eq!(progress.last().unwrap()["ready"], 1, "{progress:#?}");
+
+    // Removed: drained (web has nowhere to go: force), its credentials
+    // revoked, its keys deleted; NATS closes its connections.
+    assert!(
+        c.nats_connection_names().iter().any(|n| n.ends_with("@host1")),
+        "host1's operators are connected before: {:?}",
+        c.nats_connection_names()
+    );
+    let t1 = Instant::now();
+    let out = c.call("RemoveHost", r#"{"host":"host1","force":true,"timeoutSeconds":30}"#);
+    let done = out.last().expect("a DONE line");
+    assert_eq!(done["phase"], "PHASE_DONE", "{out:#?}");
+    let summary = done["message"].as_str().unwrap_or_default();
+    assert!(summary.contains("2 credential(s) revoked"), "{summary}");
+    wait_for(
+        "host1's operators disconnected from every NATS server",
+        Duration::from_secs(30),
+        || !c.nats_connection_names().iter().any(|n| n.ends_with("@host1")),
+    );
+    let cut = t1.elapsed();
+    // The credential it kept is refused from now on.
+    let kept = std::process::Command::new("docker")
+        .args(["exec", &c.container("host1"), "cat", &format!("{STATE}/bus/host.creds")])
+        .output()
+        .expect("docker");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let again = rt.block_on(infra_bus::Bus::connect(&infra_bus::BusConfig {
+        creds: Some(String::from_utf8_lossy(&kept.stdout).into_owned()),
+        inbox_prefix: Some("_INBOX_host1".into()),
+        ..c.bus_config("e2e-revoked-host1")
+    }));
+    let e = again.expect_err("a revoked credential is refused").to_string();
+    assert!(e.contains("refused the credentials"), "{e}");
+    // Its keys are gone, and it stays out: its operators, restarted by
+    // Docker as after a reboot, cannot come back. (A bounded wait for
+    // what must not happen: two heartbeat lifetimes.)
+    let admin = rt
+        .block_on(infra_bus::Bus::connect(&c.bus_config("e2e-admin")))
+        .unwrap();
+    let left = rt.block_on(admin.list_desired(None)).unwrap();
+    assert!(!left.iter().any(|d| d.host == "host1"), "{left:?}");
+    let out = c.docker("host1", &["restart", "infra-operators"]);
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(Duration::from_secs(2 * infra_e2e::hosts::HEARTBEAT_TTL_SECS));
+    assert!(!c.list_hosts().unwrap_or_default().contains_key("host1"));
+    assert!(!c.nats_connection_names().iter().any(|n| n.ends_with("@host1")));
     println!(
-        "BENCH | join: AddHost -> host1 in ListHosts with its tier heartbeating {:.1}s (docker run of the install image included)",
-        joined.as_secs_f64()
+        "BENCH | join: AddHost -> host1 in ListHosts with its tier heartbeating {:.1}s (docker run of the install image included); RemoveHost -> its connections closed {:.1}s",
+        joined.as_secs_f64(),
+        cut.as_secs_f64()
     );
 }

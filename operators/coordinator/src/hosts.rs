@@ -87,15 +87,15 @@ impl Evacuating<'_> {
 }
 
 /// A drain's progress stream.
-struct Progress {
-    tx: mpsc::Sender<Result<api::DeployProgress, Error>>,
-    deployment: String,
-    host: String,
+pub(crate) struct Progress {
+    pub(crate) tx: mpsc::Sender<Result<api::DeployProgress, Error>>,
+    pub(crate) deployment: String,
+    pub(crate) host: String,
 }
 
 impl Progress {
     /// Sends one progress line; a client that went away is no error.
-    async fn send(&self, phase: api::Phase, service: &str, message: String) {
+    pub(crate) async fn send(&self, phase: api::Phase, service: &str, message: String) {
         let line = api::DeployProgress {
             deployment_id: self.deployment.clone(),
             service: service.to_owned(),
@@ -203,7 +203,7 @@ impl Coordinator {
     }
 
     /// Records the host as drained (a host nobody knows is refused).
-    async fn mark_drained(&self, progress: &Progress) -> Result<(), Error> {
+    pub(crate) async fn mark_drained(&self, progress: &Progress) -> Result<(), Error> {
         let host = &progress.host;
         let known = self.heartbeats().await?.iter().any(|h| &h.host == host)
             || self

@@ -32,8 +32,10 @@ pub struct JoinSettings {
     pub authority: Authority,
     /// NATS addresses the hosts use.
     pub nats_url: String,
-    /// The CA the hosts trust (PEM).
+    /// The CA the hosts trust (PEM), and its file.
     pub ca_pem: String,
+    /// The CA's file (the system account's connection uses it).
+    pub ca_file: PathBuf,
     /// The install image the command names.
     pub operator_image: String,
 }
@@ -87,6 +89,7 @@ impl JoinConfig {
                 self.nats_url.clone()
             },
             ca_pem,
+            ca_file: ca.clone(),
             operator_image: if self.operator_image.is_empty() {
                 "infra-local/operators:dev".into()
             } else {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod hosts;
 pub mod join;
 pub mod leader;
+mod leave;
 pub mod metrics;
 pub mod placement;
 mod plan;

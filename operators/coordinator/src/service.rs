@@ -366,6 +366,20 @@ impl CoordinatorService for Api {
             .map_err(Status::from)
     }
 
+    type RemoveHostStream = Streamed<api::DeployProgress>;
+
+    async fn remove_host(
+        &self,
+        req: Request<api::RemoveHostRequest>,
+    ) -> Result<Response<Self::RemoveHostStream>, Status> {
+        self.may_write(&req)?;
+        let c = self.coordinator.clone();
+        progress_stream(&self.coordinator, self.leading(), move |tx| async move {
+            c.remove_host(req.into_inner(), tx).await
+        })
+        .await
+    }
+
     type DrainStream = Streamed<api::DeployProgress>;
 
     async fn drain(&self, req: Request<api::DrainRequest>) -> Result<Response<Self::DrainStream>, Status> {

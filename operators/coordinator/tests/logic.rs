@@ -155,7 +155,9 @@ where
         }
         out
     });
-    let r = tokio::time::timeout(Duration::from_secs(60), call(tx))
+    // On the heap, as the gRPC service runs a call (a task): a deploy's
+    // future is too large for a test thread's stack in a debug build.
+    let r = tokio::time::timeout(Duration::from_secs(60), Box::pin(call(tx)))
         .await
         .expect("the call ended")
         .map_err(|e| e.to_string());

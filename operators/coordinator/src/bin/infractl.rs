@@ -249,6 +249,18 @@ enum HostCmd {
         #[arg(long, default_value_t = 3600)]
         ttl: u32,
     },
+    /// Take a host out: drain it, revoke its credential (NATS closes its
+    /// connections) and delete its keys.
+    Remove {
+        /// The host.
+        host: String,
+        /// Remove it even though services that cannot move run there.
+        #[arg(long)]
+        force: bool,
+        /// Seconds moved replicas may take to become healthy.
+        #[arg(long, default_value_t = 300)]
+        timeout: u32,
+    },
 }
 
 fn health(h: i32) -> String {
@@ -560,6 +572,19 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
                 req,
                 |mut c, r| async move { c.rollback(r).await },
             )
+            .await
+        }
+        Cmd::Host {
+            cmd: HostCmd::Remove { host, force, timeout },
+        } => {
+            let req = api::RemoveHostRequest {
+                host,
+                force,
+                timeout_seconds: timeout,
+            };
+            streamed(wait, &connect().await?, req, |mut c, r| async move {
+                c.remove_host(r).await
+            })
             .await
         }
         Cmd::Drain { host, undo, timeout } => {
