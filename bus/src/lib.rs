@@ -25,10 +25,11 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use infra_proto::bus::v1::{
     DeploymentInProgress, DesiredService, Event, EventKind, Heartbeat, HostState, ImageCheck, ImageCheckReply,
-    JoinTicket, LeaderLease, ObservedService, ServiceRecord, ServiceSpec,
+    JoinTicket, LeaderLease, ObservedService, OperatorsUpgrade, OperatorsUpgradeReply, ServiceRecord, ServiceSpec,
 };
 use prost::Message;
 
+pub use async_nats::Subscriber;
 pub use subject::Token;
 
 /// What went wrong, for callers that branch on it.
@@ -693,7 +694,20 @@ impl Bus {
         timeout: Duration,
     ) -> Result<ImageCheckReply> {
         let subject = subject::image_check(&Token::new("host", host)?, &Token::new("tier", tier)?);
-        let ask = ImageCheck { images };
+        self.ask_operator(host, tier, subject, &ImageCheck { images }, timeout)
+            .await
+    }
+
+    /// One request to the `tier` operator on `host` on `subject`, and its
+    /// decoded answer; `Err` when none came within `timeout`.
+    async fn ask_operator<Q: Message, A: Message + Default>(
+        &self,
+        host: &str,
+        tier: &str,
+        subject: String,
+        ask: &Q,
+        timeout: Duration,
+    ) -> Result<A> {
         let reply = tokio::time::timeout(
             timeout,
             self.client.request(subject.clone(), Bytes::from(ask.encode_to_vec())),
@@ -709,18 +723,48 @@ impl Bus {
             )
         })?
         .map_err(|e| BusError::with(BusErrorKind::Io, format!("ask the {tier} operator on {host}"), e))?;
-        ImageCheckReply::decode(reply.payload)
-            .map_err(|e| BusError::with(BusErrorKind::Decode, format!("answer on {subject}"), e))
+        A::decode(reply.payload).map_err(|e| BusError::with(BusErrorKind::Decode, format!("answer on {subject}"), e))
+    }
+
+    /// Subscribes to `subject` (requests asked of this operator).
+    async fn requests(&self, subject: String) -> Result<async_nats::Subscriber> {
+        self.client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| BusError::with(BusErrorKind::Io, format!("subscribe {subject}"), e))
     }
 
     /// The image checks asked of the `tier` operator on `host`: each
     /// message's `reply` subject takes an [`ImageCheckReply`].
     pub async fn image_checks(&self, host: &str, tier: &str) -> Result<async_nats::Subscriber> {
-        let subject = subject::image_check(&Token::new("host", host)?, &Token::new("tier", tier)?);
-        self.client
-            .subscribe(subject.clone())
-            .await
-            .map_err(|e| BusError::with(BusErrorKind::Io, format!("subscribe {subject}"), e))
+        self.requests(subject::image_check(
+            &Token::new("host", host)?,
+            &Token::new("tier", tier)?,
+        ))
+        .await
+    }
+
+    /// Asks the `tier` operator on `host` to replace the host's install
+    /// container with one of `image`; `Err` when no answer came within
+    /// `timeout`.
+    pub async fn upgrade_operators(
+        &self,
+        host: &str,
+        tier: &str,
+        ask: &OperatorsUpgrade,
+        timeout: Duration,
+    ) -> Result<OperatorsUpgradeReply> {
+        let subject = subject::operators_upgrade(&Token::new("host", host)?, &Token::new("tier", tier)?);
+        self.ask_operator(host, tier, subject, ask, timeout).await
+    }
+
+    /// The upgrade requests asked of the `tier` operator on `host`.
+    pub async fn upgrade_requests(&self, host: &str, tier: &str) -> Result<async_nats::Subscriber> {
+        self.requests(subject::operators_upgrade(
+            &Token::new("host", host)?,
+            &Token::new("tier", tier)?,
+        ))
+        .await
     }
 
     /// Answers a request with `msg`.
@@ -1097,6 +1141,7 @@ pub fn event_kind_token(kind: EventKind) -> &'static str {
                 "HOST_JOINED" => "host_joined",
                 "HOST_JOIN_REFUSED" => "host_join_refused",
                 "HOST_REMOVED" => "host_removed",
+                "OPERATORS_UPGRADED" => "operators_upgraded",
                 _ => "unspecified",
             }
         })

@@ -91,6 +91,11 @@ pub fn image_check(host: &Token, tier: &Token) -> String {
     format!("{ROOT}.rpc.{host}.{tier}.images")
 }
 
+/// Where one operator of a host is asked to upgrade the host's operators.
+pub fn operators_upgrade(host: &Token, tier: &Token) -> String {
+    format!("{ROOT}.rpc.{host}.{tier}.upgrade")
+}
+
 /// Subject of one event: `infra.events.<host>.<tier>.<service>.<kind>`.
 /// Events that are not about one service use `_` as the service.
 pub fn event(host: &Token, tier: &Token, service: Option<&Token>, kind: &str) -> String {

@@ -24,6 +24,7 @@ pub mod selections;
 pub mod service;
 pub mod state;
 mod status;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -380,6 +380,20 @@ impl CoordinatorService for Api {
         .await
     }
 
+    type UpgradeOperatorsStream = Streamed<api::DeployProgress>;
+
+    async fn upgrade_operators(
+        &self,
+        req: Request<api::UpgradeOperatorsRequest>,
+    ) -> Result<Response<Self::UpgradeOperatorsStream>, Status> {
+        self.may_write(&req)?;
+        let c = self.coordinator.clone();
+        progress_stream(&self.coordinator, self.leading(), move |tx| async move {
+            c.upgrade_operators(req.into_inner(), tx).await
+        })
+        .await
+    }
+
     type DrainStream = Streamed<api::DeployProgress>;
 
     async fn drain(&self, req: Request<api::DrainRequest>) -> Result<Response<Self::DrainStream>, Status> {

@@ -25,14 +25,28 @@ pub use infra_bus::IMAGE_CHECK_TIMEOUT as CHECK_TIMEOUT;
 /// At most this many images are checked in one request.
 const MAX_IMAGES: usize = 256;
 
-/// Serves image checks for this operator's host and tier until `shutdown`;
-/// subscribes again when the subscription ends.
-pub async fn answer_checks(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+/// The requests asked of this operator on one subject, answered until
+/// `shutdown`: `subscribe` opens the subscription (again when it ends or
+/// fails, after a pause), `answer` turns each request's payload into its
+/// answer (each in a task of its own), sent to the request's reply subject.
+pub(crate) async fn serve<S, SF, A, AF, R>(
+    ctx: Arc<Ctx>,
+    shutdown: CancellationToken,
+    what: &str,
+    subscribe: S,
+    answer: A,
+) where
+    S: Fn(Arc<Ctx>) -> SF,
+    SF: std::future::Future<Output = infra_bus::Result<infra_bus::Subscriber>>,
+    A: Fn(Arc<Ctx>, bytes::Bytes) -> AF,
+    AF: std::future::Future<Output = Option<R>> + Send + 'static,
+    R: Message + Send + 'static,
+{
     loop {
-        let mut sub = match ctx.bus.image_checks(&ctx.host, &ctx.tier).await {
+        let mut sub = match subscribe(ctx.clone()).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot answer image checks; retrying");
+                tracing::warn!(error = %e, "cannot answer {what}; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_secs(2)) => continue,
@@ -46,36 +60,50 @@ pub async fn answer_checks(ctx: Arc<Ctx>, shutdown: CancellationToken) {
             };
             let Some(msg) = msg else { break };
             let Some(reply_to) = msg.reply else { continue };
-            let Ok(ask) = ImageCheck::decode(msg.payload) else {
-                continue;
-            };
+            let answering = answer(ctx.clone(), msg.payload);
             let ctx = ctx.clone();
             tokio::spawn(async move {
-                let images: Vec<String> = ask.images.into_iter().take(MAX_IMAGES).collect();
-                let statuses = futures::future::join_all(images.into_iter().map(|image| {
-                    let docker = ctx.docker.clone();
-                    async move {
-                        let mut st = ImageStatus {
-                            image: image.clone(),
-                            ..Default::default()
-                        };
-                        match docker.image_availability(&image, CHECK_TIMEOUT).await {
-                            ImageAvailability::Present => st.present = true,
-                            ImageAvailability::Pullable => st.pullable = true,
-                            ImageAvailability::Unavailable(why) => st.reason = why,
-                        }
-                        st
-                    }
-                }))
-                .await;
-                let reply = ImageCheckReply {
-                    host: ctx.host.clone(),
-                    images: statuses,
-                };
-                if let Err(e) = ctx.bus.reply(reply_to, &reply).await {
-                    tracing::debug!(error = %e, "could not answer an image check");
+                if let Some(reply) = answering.await
+                    && let Err(e) = ctx.bus.reply(reply_to, &reply).await
+                {
+                    tracing::debug!(error = %e, "could not answer a request");
                 }
             });
         }
     }
+}
+
+/// Serves image checks for this operator's host and tier until `shutdown`.
+pub async fn answer_checks(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    serve(
+        ctx,
+        shutdown,
+        "image checks",
+        |ctx| async move { ctx.bus.image_checks(&ctx.host, &ctx.tier).await },
+        |ctx, payload| async move {
+            let ask = ImageCheck::decode(payload).ok()?;
+            let images: Vec<String> = ask.images.into_iter().take(MAX_IMAGES).collect();
+            let statuses = futures::future::join_all(images.into_iter().map(|image| {
+                let docker = ctx.docker.clone();
+                async move {
+                    let mut st = ImageStatus {
+                        image: image.clone(),
+                        ..Default::default()
+                    };
+                    match docker.image_availability(&image, CHECK_TIMEOUT).await {
+                        ImageAvailability::Present => st.present = true,
+                        ImageAvailability::Pullable => st.pullable = true,
+                        ImageAvailability::Unavailable(why) => st.reason = why,
+                    }
+                    st
+                }
+            }))
+            .await;
+            Some(ImageCheckReply {
+                host: ctx.host.clone(),
+                images: statuses,
+            })
+        },
+    )
+    .await;
 }

@@ -18,6 +18,7 @@ pub mod labels;
 pub mod metrics;
 pub mod reconcile;
 pub mod spec;
+pub mod upgrade;
 pub use infra_runtime::{app, trace};
 
 use std::path::PathBuf;
@@ -398,6 +399,7 @@ pub async fn run_with(
     }
     tasks.spawn(reconcile::run_controller(ctx.clone(), shutdown.clone()));
     tasks.spawn(images::answer_checks(ctx.clone(), shutdown.clone()));
+    tasks.spawn(upgrade::answer_upgrades(ctx.clone(), shutdown.clone()));
     tasks.spawn(heartbeat_loop(
         ctx.clone(),
         cfg.clone(),

@@ -59,8 +59,10 @@ pub struct Cli {
 /// The supervisor's `main`: exit 64 on a bad tier list. `infra-operator
 /// join ...` joins the host first ([`crate::join`]).
 pub fn main() -> ExitCode {
-    if std::env::args_os().nth(1).is_some_and(|a| a == "join") {
-        return crate::join::main();
+    match std::env::args_os().nth(1) {
+        Some(a) if a == "join" => return crate::join::main(),
+        Some(a) if a == "upgrade-self" => return operator_core::upgrade::helper_main(),
+        _ => {}
     }
     let cli = Cli::parse();
     let tiers = match tiers(&cli.tiers) {

@@ -139,8 +139,12 @@ enum Cmd {
     },
     /// Status of every deployed service.
     Status,
-    /// Hosts and their operators.
-    Hosts,
+    /// Hosts and their operators; `hosts upgrade IMAGE` rolls a new
+    /// operators image over them, one host at a time.
+    Hosts {
+        #[command(subcommand)]
+        cmd: Option<HostsCmd>,
+    },
     /// What a deploy would do.
     Plan(Sel),
     /// Deploy, printing progress; fails if any service failed.
@@ -229,6 +233,23 @@ enum Cmd {
         /// Seconds.
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostsCmd {
+    /// Roll a new operators image over the hosts installed with the
+    /// install image, one at a time; stops at a host that does not come
+    /// back.
+    Upgrade {
+        /// The new image.
+        image: String,
+        /// Only these hosts, in this order (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Seconds one host may take to heartbeat from the new image.
+        #[arg(long, default_value_t = 120)]
+        timeout: u32,
     },
 }
 
@@ -504,7 +525,20 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             println!("  {}", r.command);
             Ok(true)
         }
-        Cmd::Hosts => {
+        Cmd::Hosts {
+            cmd: Some(HostsCmd::Upgrade { image, hosts, timeout }),
+        } => {
+            let req = api::UpgradeOperatorsRequest {
+                image,
+                hosts,
+                timeout_seconds: timeout,
+            };
+            streamed(wait, &connect().await?, req, |mut c, r| async move {
+                c.upgrade_operators(r).await
+            })
+            .await
+        }
+        Cmd::Hosts { cmd: None } => {
             let mut c = connect().await?;
             let r = c.list_hosts(api::ListHostsRequest {}).await?.into_inner();
             print_hosts(r);
