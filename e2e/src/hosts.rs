@@ -898,19 +898,30 @@ jetstream {{ cipher: chachapoly, key: \"{key}\" }}
     /// Whether any NATS server's store directory holds `needle` (its
     /// files' bytes, as `docker cp` reads them: a tar of `/data`).
     pub fn nats_store_holds(&self, needle: &[u8]) -> bool {
-        self.nats.iter().any(|n| {
-            let out = Command::new("docker")
-                .args(["cp", &format!("{}:/data", n.container), "-"])
-                .output()
-                .expect("docker");
-            assert!(
-                out.status.success(),
-                "docker cp {}:/data: {}",
-                n.container,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            out.stdout.windows(needle.len()).any(|w| w == needle)
-        })
+        self.nats_stores()
+            .iter()
+            .any(|s| s.windows(needle.len()).any(|w| w == needle))
+    }
+
+    /// Every NATS server's store directory, as the bytes of a tar of
+    /// `/data` (`docker cp`): what is on its disk.
+    pub fn nats_stores(&self) -> Vec<Vec<u8>> {
+        self.nats
+            .iter()
+            .map(|n| {
+                let out = Command::new("docker")
+                    .args(["cp", &format!("{}:/data", n.container), "-"])
+                    .output()
+                    .expect("docker");
+                assert!(
+                    out.status.success(),
+                    "docker cp {}:/data: {}",
+                    n.container,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                out.stdout
+            })
+            .collect()
     }
 
     /// The names of the clients connected to any NATS server now
