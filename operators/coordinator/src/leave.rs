@@ -55,14 +55,8 @@ impl Coordinator {
         }
         // 2. Revoke every credential issued to it.
         let t0 = Instant::now();
-        let users: Vec<String> = match self.bus.get_join_ticket(&host).await.map_err(unavailable)? {
-            Some((t, _)) => [t.host_user, t.join_user]
-                .into_iter()
-                .filter(|u| !u.is_empty())
-                .collect(),
-            None => Vec::new(),
-        };
-        if users.is_empty() {
+        let revoked = self.revoke_host(&host, &js).await?;
+        if revoked == 0 {
             progress
                 .send(
                     api::Phase::Blocked,
@@ -70,12 +64,6 @@ impl Coordinator {
                     format!("no credential of {host} is on record (it did not join by token): none revoked"),
                 )
                 .await;
-        } else {
-            let revoked = self.bus.add_revoked_users(&users).await.map_err(unavailable)?;
-            let jwt = js.authority.account_jwt(&revoked);
-            infra_bus::auth::push_account_jwt(&js.nats_url, &js.ca_file, &js.authority.system_user(), &jwt)
-                .await
-                .map_err(Error::unavailable)?;
         }
         let revoke_took = t0.elapsed();
         // 3. Delete its keys.
@@ -87,7 +75,7 @@ impl Coordinator {
             } else {
                 ev.moved.join(", ")
             },
-            users.len(),
+            revoked,
             revoke_took.as_secs_f64(),
             if stuck.is_empty() {
                 String::new()
@@ -102,5 +90,27 @@ impl Coordinator {
             .await;
         progress.send(api::Phase::Done, "", summary).await;
         Ok(())
+    }
+
+    /// Revokes the credentials issued to `host` (its own and its join
+    /// token's): the platform account's JWT, naming every user revoked so
+    /// far, pushed to the servers' resolver. How many were revoked.
+    async fn revoke_host(&self, host: &str, js: &crate::join::JoinSettings) -> Result<usize, Error> {
+        let users: Vec<String> = match self.bus.get_join_ticket(host).await.map_err(unavailable)? {
+            Some((t, _)) => [t.host_user, t.join_user]
+                .into_iter()
+                .filter(|u| !u.is_empty())
+                .collect(),
+            None => Vec::new(),
+        };
+        if users.is_empty() {
+            return Ok(0);
+        }
+        let revoked = self.bus.add_revoked_users(&users).await.map_err(unavailable)?;
+        let jwt = js.authority.account_jwt(&revoked);
+        infra_bus::auth::push_account_jwt(&js.nats_url, &js.ca_file, &js.authority.system_user(), &jwt)
+            .await
+            .map_err(Error::unavailable)?;
+        Ok(users.len())
     }
 }
