@@ -127,6 +127,27 @@ impl SecretReader for infra_bus::Bus {
     }
 }
 
+/// One host's copies of the secrets on the bus: what an operator reads
+/// (a host's credential reads no other secret; `infra_bus::auth`).
+pub struct HostSecrets {
+    /// The bus.
+    pub bus: infra_bus::Bus,
+    /// This host.
+    pub host: String,
+}
+
+impl SecretReader for HostSecrets {
+    fn read<'a>(&'a self, name: &'a str) -> HookFuture<'a, Result<Option<Vec<u8>>, String>> {
+        Box::pin(async move {
+            self.bus
+                .get_secret(&self.host, name)
+                .await
+                .map(|o| o.map(|b| b.to_vec()))
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 /// The secret store a hook is given ([`for_labels`]); `Secrets::default()`
 /// has none (a hook that needs a secret then says so).
 #[derive(Clone, Default)]

@@ -32,7 +32,10 @@ fn status(ctx: TierContext) -> futures::future::BoxFuture<'static, ()> {
 }
 
 async fn run(ctx: TierContext) {
-    let secrets = infra_products::Secrets::from(Arc::new(ctx.bus.clone()));
+    let secrets = infra_products::Secrets::from(Arc::new(infra_products::HostSecrets {
+        bus: ctx.bus.clone(),
+        host: ctx.host.clone(),
+    }));
     let mut shown = member_facts::Shown::default();
     loop {
         let mut lines = Vec::new();
