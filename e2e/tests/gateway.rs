@@ -222,6 +222,15 @@ fn the_gateways_nginx_routes_by_label_to_another_host_and_drops_a_removed_servic
     // routed; the status page still is.
     let t0 = Instant::now();
     c.call("Remove", r#"{"selection":{"services":["grafana"]}}"#);
+    // Remove returns once grafana is down and its desired entry gone (the
+    // operators here may not delete desired state: the coordinator does).
+    let removed = t0.elapsed();
+    let rows = c.call("GetStatus", r#"{"selection":{"services":["grafana"]}}"#);
+    assert!(
+        rows[0]["services"].as_array().is_none_or(Vec::is_empty),
+        "nothing of grafana left: {rows:#?}"
+    );
+    assert!(removed < Duration::from_secs(60), "Remove took {removed:?}");
     let code = wait_for("grafana's route is gone", Duration::from_secs(30), || {
         get(&gw, &grafana).map(|r| r.0).filter(|c| *c == 404 || *c == 502)
     });

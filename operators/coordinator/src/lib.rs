@@ -341,6 +341,7 @@ pub async fn run(
         .with_write_failures(metered.bus_write_failures());
     tasks.spawn(coordinator.clone().watch_hosts(shutdown.clone()));
     tasks.spawn(join::serve(coordinator.clone(), shutdown.clone()));
+    tasks.spawn(remove::reap(coordinator.clone(), shutdown.clone()));
     tasks.spawn(on_elected(coordinator.clone(), election.clone(), shutdown.clone()));
 
     let (reporter, health) = tonic_health::server::health_reporter();

@@ -138,8 +138,10 @@ impl Coordinator {
         }
         self.event(EventKind::ServiceRemoveRequested, name, &tier, "", String::new())
             .await;
-        // Taken down before its dependencies: the operator deletes the
-        // desired entry once the containers are gone.
+        // Taken down before its dependencies: done once the operator has
+        // deleted its observed state (its containers are gone); the entry
+        // is deleted then (by the operator where its credential may, else
+        // here).
         let start = Instant::now();
         for d in &here {
             while start.elapsed() < TAKE_DOWN {
@@ -150,6 +152,13 @@ impl Coordinator {
                     .map_err(unavailable)?
                     .is_none()
                 {
+                    break;
+                }
+                if self.cache.get(&d.host, &tier, name).await.is_none() {
+                    self.bus
+                        .delete_desired(&d.host, &tier, name)
+                        .await
+                        .map_err(unavailable)?;
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -226,4 +235,45 @@ fn dependents_first(set: BTreeSet<String>, deployed: &Deployed<'_>) -> Vec<Strin
         }
     }
     order
+}
+
+impl Coordinator {
+    /// Deletes the desired entries of removed replicas (`absent`) whose
+    /// host reports them gone (no observed state): what a host's operator
+    /// does itself where its credential may write desired state, and
+    /// cannot on a scoped one. Returns how many went.
+    pub async fn reap_removed(&self) -> Result<usize, Error> {
+        let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
+        let mut n = 0;
+        for d in desired.iter().filter(|d| d.absent) {
+            let Some(s) = d.spec.as_ref() else { continue };
+            if self.cache.get(&d.host, &s.tier, &s.name).await.is_none() {
+                self.bus
+                    .delete_desired(&d.host, &s.tier, &s.name)
+                    .await
+                    .map_err(unavailable)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Runs [`Coordinator::reap_removed`] every few seconds while this
+/// coordinator leads, until `shutdown`.
+pub async fn reap(c: Coordinator, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(3)) => {}
+        }
+        if !c.is_leader() {
+            continue;
+        }
+        match c.reap_removed().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(entries = n, "deleted the desired entries of removed replicas"),
+            Err(e) => tracing::debug!(error = %e, "cannot reap removed desired entries; retrying"),
+        }
+    }
 }

@@ -378,6 +378,8 @@ struct WorkerState {
     /// passes have joined it (bounded: a service that never settles must
     /// not grow its deploy's trace forever).
     traced: Option<(u64, u32)>,
+    /// The removed entry's generation whose deletion this worker tried.
+    tombstone_tried: Option<u64>,
 }
 
 /// Passes of one desired write that join its trace.

@@ -483,14 +483,31 @@ pub(crate) async fn settle(
             }
         }
         prune_secrets(ctx, service, None, &containers);
-        if let Err(e) = ctx.bus.delete_desired(&ctx.host, &ctx.tier, service).await {
-            tracing::warn!(error = %e, "could not delete desired state");
-        }
     }
     if pass.loaded {
         prune_secrets(ctx, service, pass.desired.as_ref(), &containers);
     }
     publish_observed(ctx, service, pass.desired.as_ref(), pass.spec.as_ref(), &containers, st).await;
+    // The removal is done (its observed state deleted above): the desired
+    // entry goes too. A host's scoped credential may not write desired
+    // state; the coordinator deletes such an entry once the observed
+    // state is gone. So: once per entry, bounded.
+    if let Some(d) = pass.desired.as_ref().filter(|d| d.absent)
+        && containers.is_empty()
+        && st.tombstone_tried != Some(d.generation)
+    {
+        st.tombstone_tried = Some(d.generation);
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            ctx.bus.delete_desired(&ctx.host, &ctx.tier, service),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "desired state not deleted here; the coordinator deletes it"),
+            Err(_) => tracing::debug!("desired state not deleted here (no answer); the coordinator deletes it"),
+        }
+    }
     let settling = containers.iter().any(|c| {
         matches!(decide::container_health(pass.spec.as_ref(), c), Health::Starting)
             || c.state == ContainerState::Restarting
