@@ -20,6 +20,9 @@
 //!   (`$JS.API.INFO`, `STREAM.INFO`), replies on its own inbox prefix
 //!   (`_INBOX_<host>.`), so no other host can read its replies, and one
 //!   answer to each request it receives (image checks);
+//! - deleting consumers of the buckets it reads (an ordered consumer
+//!   deletes its lost predecessor before it makes it again; names are
+//!   random and a host cannot list them, so in practice its own);
 //! - nothing else: no other host's desired state or secrets, no write to
 //!   another host's keys, no stream creation, deletion, purge or update,
 //!   no consumer on keys it may not read.
@@ -91,7 +94,10 @@ pub fn host_permissions(host: &Token) -> Permissions {
         "$JS.API.INFO".to_owned(),
         "$JS.API.STREAM.INFO.*".to_owned(),
     ];
-    // Flow control answers of the consumers above.
+    // Flow control answers of the consumers above, and their deletion: an
+    // ordered consumer whose server went away deletes it before it makes
+    // it again, and waits out a refused request first. Names are random
+    // and a host may not list consumers, so it deletes its own only.
     for b in [
         DESIRED_BUCKET,
         SECRETS_BUCKET,
@@ -100,6 +106,7 @@ pub fn host_permissions(host: &Token) -> Permissions {
         HOSTS_BUCKET,
     ] {
         publish.push(format!("$JS.FC.KV_{b}.>"));
+        publish.push(format!("$JS.API.CONSUMER.DELETE.KV_{b}.*"));
     }
     publish.sort();
     Permissions {
@@ -437,6 +444,7 @@ mod tests {
                     || s.starts_with("$JS.API.INFO")
                     || s.starts_with("$JS.API.STREAM.INFO")
                     || s.starts_with("$JS.FC.")
+                    || s.starts_with("$JS.API.CONSUMER.DELETE.")
                     || shared.iter().any(|v| s.ends_with(v)),
                 "{s}"
             );
@@ -446,14 +454,17 @@ mod tests {
                 assert!(s.contains(".host2.") || s == "$KV.infra_locks.cluster.>", "{s}");
             }
             // Desired state and secrets: its own only.
-            if (s.contains("infra_desired") || s.contains("infra_secrets")) && !s.starts_with("$JS.FC.") {
+            if (s.contains("infra_desired") || s.contains("infra_secrets"))
+                && !s.starts_with("$JS.FC.")
+                && !s.starts_with("$JS.API.CONSUMER.DELETE.")
+            {
                 assert!(s.contains(".host2."), "{s}");
             }
         }
         assert!(
             !p.publish
                 .iter()
-                .any(|s| s.contains("STREAM.CREATE") || s.contains("PURGE") || s.contains("DELETE"))
+                .any(|s| (s.contains("STREAM.") && !s.contains("STREAM.INFO")) || s.contains("PURGE"))
         );
         assert!(p.subscribe.contains(&"_INBOX_host2.>".to_owned()));
     }
