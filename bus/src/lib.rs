@@ -1147,6 +1147,9 @@ pub fn event_kind_token(kind: EventKind) -> &'static str {
         })
 }
 
+/// The longest one list of a bucket may take.
+const LIST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Key of the revoked user list in the join bucket.
 const REVOKED_KEY: &str = "revoked.users";
 
@@ -1322,19 +1325,32 @@ async fn scan(
         .messages()
         .await
         .map_err(|e| BusError::with(BusErrorKind::Io, what(), e))?;
-    while let Some(m) = messages.next().await {
-        let m = m.map_err(|e| BusError::with(BusErrorKind::Io, what(), e))?;
-        let info = m
-            .info()
-            .map_err(|e| BusError::new(BusErrorKind::Io, format!("{}: {e}", what())))?;
-        let pending = info.pending;
-        if let Some(key) = m.subject.strip_prefix(store.prefix.as_str())
-            && kv_operation(&m.message) == kv::Operation::Put
-        {
-            out.push((key.to_owned(), m.payload.clone()));
+    // Bounded: a list that stops arriving is an error, never a hang.
+    let read = async {
+        while let Some(m) = messages.next().await {
+            let m = m.map_err(|e| BusError::with(BusErrorKind::Io, what(), e))?;
+            let info = m
+                .info()
+                .map_err(|e| BusError::new(BusErrorKind::Io, format!("{}: {e}", what())))?;
+            let pending = info.pending;
+            if let Some(key) = m.subject.strip_prefix(store.prefix.as_str())
+                && kv_operation(&m.message) == kv::Operation::Put
+            {
+                out.push((key.to_owned(), m.payload.clone()));
+            }
+            if pending == 0 {
+                break;
+            }
         }
-        if pending == 0 {
-            break;
+        Ok::<_, BusError>(())
+    };
+    match tokio::time::timeout(LIST_TIMEOUT, read).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(BusError::new(
+                BusErrorKind::Io,
+                format!("{}: not complete within {}s", what(), LIST_TIMEOUT.as_secs()),
+            ));
         }
     }
     Ok(out)

@@ -413,15 +413,18 @@ async fn on_elected(coordinator: Coordinator, election: Election, shutdown: Canc
             .await;
         // Desired state written before the directory existed (an upgrade
         // from an older coordinator) gets its directory entry, so that the
-        // other hosts keep reaching it.
-        match coordinator.bus().sync_directory().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                entries = n,
-                "directory: wrote the entries desired state had and it lacked"
-            ),
-            Err(e) => tracing::warn!(error = %e, "directory: cannot bring it up to date with desired state"),
-        }
+        // other hosts keep reaching it. Beside the rest, not before it.
+        let c = coordinator.clone();
+        coordinator.spawn(async move {
+            match c.bus().sync_directory().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    entries = n,
+                    "directory: wrote the entries desired state had and it lacked"
+                ),
+                Err(e) => tracing::warn!(error = %e, "directory: cannot bring it up to date with desired state"),
+            }
+        });
         let c = coordinator.clone();
         let l = leading.clone();
         coordinator.spawn(async move {
