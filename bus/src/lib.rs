@@ -483,14 +483,7 @@ impl Bus {
         // The directory first: an entry there without desired state is
         // harmless (nothing runs it), desired state missing from the
         // directory would hide a service from the other hosts.
-        let public = DesiredService {
-            spec: Some(infra_proto::spec::public_part(spec)),
-            host: d.host.clone(),
-            generation: d.generation,
-            absent: d.absent,
-            ..Default::default()
-        };
-        put(&self.directory, &key, &public).await?;
+        put(&self.directory, &key, &directory_entry(d, spec)).await?;
         if !d.absent {
             // Boxed: a rare path that should not grow every caller's future.
             Box::pin(self.deliver_secrets(&d.host, spec)).await?;
@@ -604,14 +597,8 @@ impl Bus {
             let Some(spec) = &d.spec else { continue };
             let k = (d.host.clone(), spec.tier.clone(), spec.name.clone());
             if have.get(&k) != Some(&d.generation) {
-                let public = DesiredService {
-                    spec: Some(infra_proto::spec::public_part(spec)),
-                    host: d.host.clone(),
-                    generation: d.generation,
-                    absent: d.absent,
-                    ..Default::default()
-                };
-                put(&self.directory, &service_key(&d.host, &spec.tier, &spec.name)?, &public).await?;
+                let key = service_key(&d.host, &spec.tier, &spec.name)?;
+                put(&self.directory, &key, &directory_entry(&d, spec)).await?;
                 written += 1;
             }
         }
@@ -1267,6 +1254,18 @@ async fn delete(store: &kv::Store, key: &str) -> Result<()> {
         .delete(key)
         .await
         .map_err(|e| BusError::with(BusErrorKind::Io, format!("delete {key}"), e))
+}
+
+/// The directory's entry of desired state `d` with spec `spec`: its
+/// public part only.
+fn directory_entry(d: &DesiredService, spec: &ServiceSpec) -> DesiredService {
+    DesiredService {
+        spec: Some(infra_proto::spec::public_part(spec)),
+        host: d.host.clone(),
+        generation: d.generation,
+        absent: d.absent,
+        ..Default::default()
+    }
 }
 
 /// The key pattern of `scope` (one tier on one host), or every key.

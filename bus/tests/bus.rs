@@ -216,3 +216,42 @@ async fn after_a_restart_whose_jetstream_comes_back_late_a_watch_sees_writes_wit
         assert!(*d < Duration::from_secs(3), "seen after {d:?}: {delays:?}");
     }
 }
+
+#[tokio::test]
+async fn the_directory_follows_desired_state_and_a_missing_entry_is_written_again() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let mut d = desired("h1", "data", "db");
+    let spec = d.spec.as_mut().unwrap();
+    spec.environment.insert("PASSWORD".into(), "inline".into());
+    spec.labels.insert("io.infra.cluster".into(), "c1".into());
+    bus.put_desired(&d).await.unwrap();
+    bus.put_desired(&desired("h2", "data", "web")).await.unwrap();
+    let dir = bus.list_directory().await.unwrap();
+    assert_eq!(dir.len(), 2);
+    let db = dir
+        .iter()
+        .find(|e| e.host == "h1")
+        .and_then(|e| e.spec.clone())
+        .unwrap();
+    assert!(db.environment.is_empty(), "no environment in the directory: {db:?}");
+    assert_eq!(db.labels["io.infra.cluster"], "c1");
+    // Desired state written before the directory existed: the entry is
+    // missing, and sync writes it again (once).
+    let kv = bus.jetstream().get_key_value("infra_directory").await.unwrap();
+    kv.purge("h2.data.web").await.unwrap();
+    assert_eq!(bus.list_directory().await.unwrap().len(), 1);
+    assert_eq!(bus.sync_directory().await.unwrap(), 1);
+    assert_eq!(bus.sync_directory().await.unwrap(), 0);
+    assert_eq!(bus.list_directory().await.unwrap().len(), 2);
+    // Deleting desired state deletes its entry.
+    bus.delete_desired("h1", "data", "db").await.unwrap();
+    let left: Vec<String> = bus
+        .list_directory()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.host)
+        .collect();
+    assert_eq!(left, ["h2"]);
+}
