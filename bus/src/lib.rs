@@ -10,6 +10,7 @@
 //! [`EVENTS_STREAM`]: subject::EVENTS_STREAM
 
 pub mod auth;
+pub mod catalog;
 pub mod facts;
 pub mod join;
 pub mod subject;
@@ -516,13 +517,18 @@ impl Bus {
         Box::pin(self.prune_secrets(host)).await
     }
 
-    /// Gives `host` its copy of every secret `spec` uses, from the
+    /// Gives `host` its copy of every secret and catalog file `spec` uses, from the
     /// sources the coordinator stored ([`Bus::put_secret`]). Done with
     /// every desired-state write, so a service placed on a host (by a
     /// deploy, a scale, a move after host loss) finds its secrets there.
     async fn deliver_secrets(&self, host: &str, spec: &ServiceSpec) -> Result<()> {
-        for s in &spec.secrets {
-            let name = Token::new("secret", &s.key)?;
+        let keys: std::collections::BTreeSet<&str> = infra_proto::spec::content_keys(spec).collect();
+        for key in keys {
+            let name = Token::new("secret", key)?;
+            // A catalog file's key names its content: a copy there is it.
+            if key.starts_with("config_") && self.get_secret(host, key).await?.is_some() {
+                continue;
+            }
             let source = self
                 .secret_sources
                 .get(name.as_str())
@@ -531,8 +537,8 @@ impl Bus {
             // No source: a secret the host wrote itself, or one the
             // operator will report missing.
             let Some(content) = source else { continue };
-            if self.get_secret(host, &s.key).await?.as_ref() != Some(&content) {
-                let key = secret_key(host, &s.key)?;
+            if self.get_secret(host, key).await?.as_ref() != Some(&content) {
+                let key = secret_key(host, key)?;
                 self.secrets
                     .put(key.as_str(), content)
                     .await
@@ -551,7 +557,11 @@ impl Bus {
                 .await?
                 .iter()
                 .flat_map(|d| d.spec.iter().chain(d.previous.iter()))
-                .flat_map(|s| s.secrets.iter().map(|m| m.key.clone()))
+                .flat_map(|s| {
+                    infra_proto::spec::content_keys(s)
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
                 .collect();
         let sources: std::collections::HashSet<String> = scan(&self.client, &self.secret_sources, ">", true)
             .await?
@@ -1218,7 +1228,7 @@ fn service_key(host: &str, tier: &str, service: &str) -> Result<String> {
     ))
 }
 
-async fn ensure_bucket(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store> {
+pub(crate) async fn ensure_bucket(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store> {
     let name = cfg.bucket.clone();
     if let Ok(store) = js.get_key_value(&name).await {
         return Ok(store);

@@ -6,10 +6,12 @@
 //! each host holds copies of only the secrets its services use, and no
 //! NATS server's store holds any secret of the catalog in plain text.
 //!
+//! The hosts hold no copy of the catalog: the files its stacks mount (init
+//! scripts, prometheus.yml, alertmanager.yml, the nginx templates) reach
+//! them through the bus, and each host holds only those of its services.
+//!
 //! Needs every image of `bash e2e/images/build.sh` and the operators image
-//! (`just test` builds them). What stands in: the catalog's bind-mounted
-//! files are copied to each host by the test (they do not travel through
-//! the bus yet, issue 15).
+//! (`just test` builds them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -41,30 +43,6 @@ fn three_hosts_join_by_token_and_run_the_core_selection_with_each_secret_only_wh
     }
     let c = Cluster::start(opts);
     let hosts = c.hosts();
-    // Stand-in until config files travel through the bus (issue 15): the
-    // core stacks bind-mount files of the catalog (init scripts,
-    // prometheus.yml, alertmanager.yml, the nginx configuration), which
-    // each host's engine must find at the coordinator's path; a user copies
-    // the catalog to each VPS today, and so does this test.
-    let compose = infra_e2e::repo_root().join("compose");
-    for h in &hosts {
-        let parent = compose.parent().unwrap().display().to_string();
-        let mk = std::process::Command::new("docker")
-            .args(["exec", &c.container(h), "mkdir", "-p", &parent])
-            .status()
-            .expect("docker");
-        assert!(mk.success());
-        let cp = std::process::Command::new("docker")
-            .args([
-                "cp",
-                &compose.display().to_string(),
-                &format!("{}:{parent}/", c.container(h)),
-            ])
-            .output()
-            .expect("docker");
-        assert!(cp.status.success(), "{}", String::from_utf8_lossy(&cp.stderr));
-    }
-
     // Each bare host joins with the command AddHost printed, as is.
     let t0 = Instant::now();
     for (i, h) in hosts.iter().enumerate() {
@@ -123,7 +101,34 @@ fn three_hosts_join_by_token_and_run_the_core_selection_with_each_secret_only_wh
     }
     assert!(on.len() >= 2, "core spread over the joined hosts: {on:?}");
 
-    // Secrets: each host holds copies of only those its services use.
+    // No host has the catalog; its files reached them through the bus.
+    let compose = infra_e2e::repo_root().join("compose");
+    for h in &hosts {
+        let out = std::process::Command::new("docker")
+            .args(["exec", &c.container(h), "test", "-e", &compose.display().to_string()])
+            .status()
+            .expect("docker");
+        assert!(!out.success(), "{h} has no copy of the catalog");
+    }
+    let prom = rows
+        .iter()
+        .find(|r| r["name"] == "prometheus" || r["service"] == "prometheus")
+        .and_then(|r| r["host"].as_str())
+        .expect("prometheus placed")
+        .to_owned();
+    let cfg = c.docker(
+        &prom,
+        &["exec", "infra-prometheus-1", "cat", "/etc/prometheus/prometheus.yml"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&cfg.stdout),
+        std::fs::read_to_string(compose.join("06-observability/prometheus/prometheus.yml")).unwrap(),
+        "prometheus on {prom} reads the catalog's prometheus.yml: {}",
+        String::from_utf8_lossy(&cfg.stderr)
+    );
+
+    // Secrets and catalog files: each host holds copies of only those its
+    // services use.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -136,10 +141,17 @@ fn three_hosts_join_by_token_and_run_the_core_selection_with_each_secret_only_wh
         let used: BTreeSet<String> = desired
             .iter()
             .filter(|d| &d.host == h && !d.absent)
-            .flat_map(|d| d.spec.iter().flat_map(|s| s.secrets.iter().map(|m| m.key.clone())))
+            .flat_map(|d| {
+                d.spec
+                    .iter()
+                    .flat_map(|s| infra_proto::spec::content_keys(s).map(str::to_owned))
+            })
             .collect();
         let held: BTreeSet<String> = rt.block_on(bus.list_secret_names(h)).unwrap().into_iter().collect();
-        assert_eq!(held, used, "{h} holds the secrets of its services and no other");
+        assert_eq!(
+            held, used,
+            "{h} holds the secrets and files of its services and no other"
+        );
     }
     // No secret of the catalog in any server's store, in plain text.
     let stores = c.nats_stores();

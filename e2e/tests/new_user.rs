@@ -836,6 +836,7 @@ fn a_new_leader_ends_every_deploy_record_it_finds_running_the_newest_and_superse
                 nanos: 0,
             }),
             holder: "a-coordinator-that-died".into(),
+            catalog_revision: 1,
         }))
         .unwrap();
     }

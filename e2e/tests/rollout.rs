@@ -315,3 +315,98 @@ fn a_paused_rollout_keeps_serving_and_rollback_undoes_it() {
     let d = p.call("DescribeService", r#"{"name":"web"}"#);
     assert!(d[0]["summary"].get("rollout").is_none(), "{d:?}");
 }
+
+#[test]
+fn a_changed_catalog_file_rolls_the_service_one_replica_at_a_time_and_every_replica_reads_the_new_content() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "01-gateway/web/docker-compose.yml",
+        r#"services:
+  web:
+    image: infra-local/nginx:1
+    volumes:
+      - ./site/index.html:/usr/share/nginx/html/index.html:ro
+      - ./site/extra:/usr/share/nginx/html/extra:ro
+    deploy:
+      replicas: 2
+      update_config:
+        parallelism: 1
+        order: start-first
+        monitor: 1s
+    healthcheck:
+      test: ["CMD-SHELL", "wget -q -O /dev/null http://127.0.0.1/"]
+      interval: 1s
+      timeout: 2s
+      retries: 2
+"#,
+    );
+    write(dir.path(), "01-gateway/web/site/index.html", "version one\n");
+    write(dir.path(), "01-gateway/web/site/extra/a/b.txt", "deep\n");
+    let p = platform("rollconfig", dir.path());
+    let progress = p.call("Deploy", r#"{"timeoutSeconds":60}"#);
+    assert_eq!(progress.last().unwrap()["ready"], 1, "{progress:#?}");
+    let read = |path: &str| -> Vec<String> {
+        let mut out: Vec<String> = replicas(&p)
+            .iter()
+            .map(|r| {
+                let o = Command::new("docker")
+                    .args(["exec", &r.0, "cat", path])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    assert_eq!(read("/usr/share/nginx/html/index.html"), ["version one\n"; 2]);
+    assert_eq!(read("/usr/share/nginx/html/extra/a/b.txt"), ["deep\n"; 2]);
+    // The file came through the bus: the bind source is the operator's
+    // copy, not the catalog's.
+    let first = replicas(&p)[0].0.clone();
+    let src = Command::new("docker")
+        .args(["inspect", "-f", "{{range .Mounts}}{{.Source}} {{end}}", &first])
+        .output()
+        .unwrap();
+    let src = String::from_utf8_lossy(&src.stdout).into_owned();
+    assert!(
+        !src.contains(&dir.path().display().to_string()) && src.contains("/configs/web/"),
+        "mounted from the operator's state: {src}"
+    );
+
+    // Nothing changed: a deploy leaves the containers alone.
+    let ids = || {
+        let o = Command::new("docker")
+            .args([
+                "ps",
+                "-q",
+                "--no-trunc",
+                "--filter",
+                &format!("label=io.infra.project={}", p.opts.project),
+                "--filter",
+                "label=io.infra.service=web",
+            ])
+            .output()
+            .unwrap();
+        let mut v: Vec<String> = String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    };
+    let before = ids();
+    let progress = p.call("Deploy", r#"{"timeoutSeconds":60}"#);
+    assert_eq!(progress.last().unwrap()["ready"], 1, "{progress:#?}");
+    assert_eq!(ids(), before, "an unchanged catalog recreates nothing");
+
+    // A changed file rolls the service by its update order.
+    write(dir.path(), "01-gateway/web/site/index.html", "version two\n");
+    let progress = p.call("Deploy", r#"{"timeoutSeconds":60}"#);
+    assert_eq!(progress.last().unwrap()["ready"], 1, "{progress:#?}");
+    let batches = phases(&progress, "PHASE_UPDATING");
+    assert_eq!(batches.len(), 2, "one batch per replica: {progress:#?}");
+    assert_eq!(read("/usr/share/nginx/html/index.html"), ["version two\n"; 2]);
+    assert_eq!(read("/usr/share/nginx/html/extra/a/b.txt"), ["deep\n"; 2]);
+}

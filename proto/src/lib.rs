@@ -70,6 +70,32 @@ pub mod spec {
         hex::encode(&digest[..8])
     }
 
+    /// The bucket key of a catalog file's content: `config_` and the first
+    /// 32 hex digits of its SHA-256, so equal files share one entry and a
+    /// changed file has a new key.
+    pub fn config_key(sha256_hex: &str) -> String {
+        format!("config_{}", &sha256_hex[..sha256_hex.len().min(32)])
+    }
+
+    /// Every key of the secrets bucket a spec needs on its host: its
+    /// secrets' and its catalog files'.
+    pub fn content_keys(spec: &ServiceSpec) -> impl Iterator<Item = &str> {
+        spec.secrets
+            .iter()
+            .map(|s| s.key.as_str())
+            .chain(spec.configs.iter().flat_map(|c| c.files.iter().map(|f| f.key.as_str())))
+    }
+
+    /// A name for one config mount's content on a host, the same for the
+    /// same target, files and owner: where the operator materialises it,
+    /// so an old container keeps its files while a new one gets the new.
+    pub fn config_mount_id(mount: &crate::bus::v1::ConfigMount) -> String {
+        let mut m = mount.clone();
+        m.source.clear();
+        let digest = Sha256::digest(m.encode_to_vec());
+        hex::encode(&digest[..8])
+    }
+
     /// The part of a spec that other hosts may read (the bus's directory):
     /// what reaching the service needs (name, tier, image, ports, networks,
     /// labels, replicas, hostname, project) and nothing that may carry a

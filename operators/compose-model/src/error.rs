@@ -13,7 +13,8 @@ pub enum LoadErrorKind {
     Yaml,
     /// A variable is unset without a default, or an expression is malformed.
     Interpolation,
-    /// A value has the wrong type or an impossible value.
+    /// A value has the wrong type or an impossible value (a malformed or
+    /// cyclic `include` too).
     InvalidValue,
     /// A key we act on is misspelled (`depend_on`); the message suggests the fix.
     UnknownKey,
@@ -21,13 +22,16 @@ pub enum LoadErrorKind {
     UnknownDependency,
     /// A service uses a volume, network, secret or config that is not declared.
     UndeclaredReference,
-    /// A service name is defined twice across the catalog.
+    /// A service name is defined twice across the catalog, or a file and a
+    /// file it includes define one name differently.
     Duplicate,
-    /// A file the catalog points at (secret, `env_file`) does not exist.
+    /// A file the catalog points at (secret, `env_file`, an included file)
+    /// does not exist.
     MissingFile,
     /// A catalog folder does not name a tier.
     UnknownTier,
-    /// An override file names a service that does not exist, or is malformed.
+    /// An override file names a service that does not exist, is malformed,
+    /// or has an `include`.
     Override,
     /// A `.env` or `env_file` line is malformed.
     EnvFile,

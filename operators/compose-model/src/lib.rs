@@ -4,8 +4,8 @@
 //! with our own types, because off-the-shelf Compose types reject keys we
 //! act on (`deploy.rollback_config`, `gpus`, `configs`). It interpolates
 //! variables (strictly: an unset variable without a default is an error),
-//! resolves relative paths, merges override files, and yields plain domain
-//! types plus the cross-tier dependency graph.
+//! resolves relative paths, follows `include`, merges override files, and
+//! yields plain domain types plus the cross-tier dependency graph.
 //!
 //! Nothing here touches Docker or the network, so operators, the
 //! coordinator and tools can all load the same catalog and agree on it.
@@ -21,10 +21,12 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod checks;
 mod convert;
 mod envfile;
 mod error;
 mod graph;
+mod include;
 mod interp;
 mod keypath;
 mod lint;
@@ -47,5 +49,7 @@ pub use select::Selection;
 pub use tier::{ParseTierError, Tier};
 pub use units::{UnitError, parse_duration, parse_size};
 
+#[cfg(test)]
+mod include_tests;
 #[cfg(test)]
 mod tests;

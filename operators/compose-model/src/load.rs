@@ -1,18 +1,21 @@
-//! Reading the catalog: discovery, YAML, interpolation, overrides,
-//! conversion and cross-file checks.
+//! Reading the catalog: discovery, YAML, interpolation, includes (see the
+//! `include` module), overrides, conversion and cross-file checks.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use serde_norway::{Mapping, Value};
 
 use crate::Tier;
+use crate::checks::{check_references, check_sources};
 use crate::convert::{self, SvcCtx};
 use crate::envfile::parse_env;
 use crate::error::{LoadError, LoadErrorKind};
+use crate::include;
 use crate::interp::interpolate;
 use crate::keypath::{KeyPath, LineIndex};
-use crate::model::{MountKind, NetworkDef, SecretDef, Service, VolumeDef};
+use crate::model::{NetworkDef, SecretDef, Service, VolumeDef};
 use crate::paths::{absolute_dir, absolutize_file_entry, absolutize_service};
 use crate::values::{ConvError, closest, strip_tags, suggest, to_json};
 
@@ -69,7 +72,9 @@ pub struct LoadOptions {
     pub secret_dirs: Vec<PathBuf>,
 }
 
-/// An `include` entry, kept so the plan can report that we do not follow it.
+/// The top-level `include` of one file, as written (after interpolation),
+/// kept as a record of what the loader followed (see the `include`
+/// module).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Include {
     /// The file that has it.
@@ -95,11 +100,13 @@ pub struct Catalog {
     pub configs: BTreeMap<String, SecretDef>,
     /// Top-level `x-*` keys.
     pub extensions: BTreeMap<String, serde_json::Value>,
-    /// `include` entries (not followed).
+    /// The `include` lists of the files read, as written; every one was
+    /// followed, and the files it named are in `files`.
     pub includes: Vec<Include>,
     /// Unknown top-level keys.
     pub unsupported: BTreeMap<String, serde_json::Value>,
-    /// Files read: the catalog's, then the overrides.
+    /// Files read, each once: the catalog's (each stack followed by the
+    /// files it includes), then the overrides.
     pub files: Vec<PathBuf>,
     /// For each service, the lines of its keys and list items in the file
     /// that defines it, by path relative to the service (`image`,
@@ -136,16 +143,33 @@ fn service_key_lines(lines: &LineIndex, base: &KeyPath, raw: &Value) -> BTreeMap
     out
 }
 
-struct Doc {
-    path: PathBuf,
-    dir: PathBuf,
-    lines: LineIndex,
-    doc: Mapping,
+/// The interpolation variables of a file.
+pub(crate) type Vars = BTreeMap<String, String>;
+
+/// One file read: its interpolated top level and where it came from.
+pub(crate) struct Doc {
+    pub path: PathBuf,
+    /// Relative paths in it resolve against this (absolute) directory: its
+    /// own, or the `project_directory` it was included with.
+    pub dir: PathBuf,
+    pub lines: LineIndex,
+    pub doc: Mapping,
+    /// What `${VAR}` and bare `environment` keys read in this file.
+    pub vars: Rc<Vars>,
+    /// The file and line of the `include` entry that brought it in.
+    pub included_from: Option<(PathBuf, usize)>,
 }
 
-struct RawService {
+impl Doc {
+    /// Looks a variable up in the file's interpolation environment.
+    pub fn var(&self, k: &str) -> Option<String> {
+        self.vars.get(k).cloned()
+    }
+}
+
+pub(crate) struct RawService {
     value: Value,
-    doc: usize,
+    pub doc: usize,
     tier: Tier,
 }
 
@@ -192,7 +216,7 @@ fn common_dir<'a>(paths: impl Iterator<Item = &'a Path>) -> PathBuf {
     common.unwrap_or_default()
 }
 
-fn io_err(path: &Path, e: std::io::Error) -> LoadError {
+pub(crate) fn io_err(path: &Path, e: std::io::Error) -> LoadError {
     let kind = match e.kind() {
         std::io::ErrorKind::NotFound => LoadErrorKind::MissingFile,
         std::io::ErrorKind::FileTooLarge => LoadErrorKind::TooLarge,
@@ -248,7 +272,7 @@ fn discover(root: &Path) -> Result<Vec<(PathBuf, Tier)>, LoadError> {
     Ok(files)
 }
 
-fn read_vars(default_env: Option<PathBuf>, opts: &LoadOptions) -> Result<BTreeMap<String, String>, LoadError> {
+fn read_vars(default_env: Option<PathBuf>, opts: &LoadOptions) -> Result<Vars, LoadError> {
     let mut vars = BTreeMap::new();
     let env_file = match (&opts.env_file, default_env) {
         (Some(f), _) => Some(f.clone()),
@@ -273,7 +297,10 @@ fn service_of(path: &KeyPath) -> Option<&str> {
     }
 }
 
-fn read_doc(path: &Path, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Doc, LoadError> {
+/// Reads and interpolates one file with `vars`; its `dir` is its own
+/// directory until an `include` sets another.
+pub(crate) fn read_doc(path: &Path, vars: &Rc<Vars>) -> Result<Doc, LoadError> {
+    let lookup = |k: &str| vars.get(k).cloned();
     let text = read_text(path, MAX_FILE_BYTES).map_err(|e| io_err(path, e))?;
     let mut value: Value = serde_norway::from_str(&text).map_err(|e| yaml_err(path, &text, e))?;
     value.apply_merge().map_err(|e| yaml_err(path, &text, e))?;
@@ -292,7 +319,7 @@ fn read_doc(path: &Path, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Doc,
         }
     };
     let mut doc = Value::Mapping(doc);
-    interpolate_tree(&mut doc, &KeyPath::root(), lookup).map_err(|(p, e)| {
+    interpolate_tree(&mut doc, &KeyPath::root(), &lookup).map_err(|(p, e)| {
         let mut err = LoadError::new(LoadErrorKind::Interpolation, path, e.message)
             .at(lines.line(&p))
             .key(&p);
@@ -310,6 +337,8 @@ fn read_doc(path: &Path, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Doc,
         dir: absolute_dir(path.parent().unwrap_or(Path::new("."))),
         lines,
         doc,
+        vars: vars.clone(),
+        included_from: None,
     })
 }
 
@@ -452,14 +481,9 @@ struct Raw {
 
 impl Raw {
     /// Adds one document's top level; `tier` is `None` for override files.
-    fn add(
-        &mut self,
-        docs: &[Doc],
-        di: usize,
-        tier: Option<Tier>,
-        lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<(), LoadError> {
+    fn add(&mut self, docs: &[Doc], di: usize, tier: Option<Tier>) -> Result<(), LoadError> {
         let d = &docs[di];
+        let lookup = &|k: &str| d.var(k);
         for (k, v) in &d.doc {
             let top = key_of(k, &d.path, &d.lines, &KeyPath::root())?;
             let tp = KeyPath::root().key(&top);
@@ -475,8 +499,8 @@ impl Raw {
                                     &d.path,
                                     format!(
                                         "service {name:?} is defined both in {} and in {}; service names must be unique across the catalog",
-                                        docs[prev.doc].path.display(),
-                                        d.path.display()
+                                        include::label(&docs[prev.doc]),
+                                        include::label(d)
                                     ),
                                 )
                                 .at(line)
@@ -530,7 +554,8 @@ impl Raw {
                                 // A secret's relative `file` must stay tied to
                                 // the file that declared it.
                                 if matches!(top.as_str(), "secrets" | "configs") && tier.is_some() {
-                                    absolutize_file_entry(&mut prev.value, &docs[prev.doc].dir, lookup);
+                                    let pd = &docs[prev.doc];
+                                    absolutize_file_entry(&mut prev.value, &pd.dir, &|k: &str| pd.var(k));
                                     absolutize_file_entry(&mut ev, &d.dir, lookup);
                                 }
                                 merge(&mut prev.value, ev);
@@ -541,6 +566,7 @@ impl Raw {
                         }
                     }
                 }
+                "include" if tier.is_none() => return Err(include::in_override(d, &tp)),
                 "include" => self.includes.push(Include {
                     file: d.path.clone(),
                     value: to_json(v),
@@ -573,17 +599,18 @@ fn load(
     default_env: Option<PathBuf>,
     opts: &LoadOptions,
 ) -> Result<Catalog, LoadError> {
-    let vars = read_vars(default_env, opts)?;
-    let lookup = |k: &str| vars.get(k).cloned();
+    let vars = Rc::new(read_vars(default_env, opts)?);
     let mut docs = Vec::new();
     let mut raw = Raw::default();
+    let abs_root = absolute_dir(&root);
     for (path, tier) in files {
-        docs.push(read_doc(path, &lookup)?);
-        raw.add(&docs, docs.len() - 1, Some(*tier), &lookup)?;
+        for (di, t) in include::read_stack(path, *tier, &vars, &abs_root, &mut docs)? {
+            raw.add(&docs, di, Some(t))?;
+        }
     }
     for path in &opts.overrides {
-        docs.push(read_doc(path, &lookup)?);
-        raw.add(&docs, docs.len() - 1, None, &lookup)?;
+        docs.push(read_doc(path, &vars)?);
+        raw.add(&docs, docs.len() - 1, None)?;
     }
 
     let mut services = BTreeMap::new();
@@ -591,6 +618,7 @@ fn load(
     for (name, rs) in &raw.services {
         let d = &docs[rs.doc];
         let base = KeyPath::root().key("services").key(name);
+        let lookup = |k: &str| d.var(k);
         let ctx = SvcCtx {
             name,
             tier: rs.tier,
@@ -627,6 +655,7 @@ fn load(
         for (name, e) in entries {
             let d = &docs[e.doc];
             let base = def_path(kind, name);
+            let lookup = |k: &str| d.var(k);
             // The `file:` line when there is one: what a secret's errors
             // point at.
             let line = d
@@ -669,185 +698,10 @@ fn load(
         extensions: raw.extensions,
         includes: raw.includes,
         unsupported: raw.unsupported,
-        files: docs.iter().map(|d| d.path.clone()).collect(),
+        files: include::distinct_files(&docs),
         key_lines,
     };
     check_references(&catalog, &raw.services, &docs)?;
     check_sources(&catalog, opts)?;
     Ok(catalog)
-}
-
-/// Secret and config files must be regular files inside the catalog, the
-/// override files' directories or `opts.secret_dirs` (symlinks resolved),
-/// and no larger than [`MAX_SECRET_BYTES`]. The error names the file and
-/// line of the definition and the services that use it.
-fn check_sources(cat: &Catalog, opts: &LoadOptions) -> Result<(), LoadError> {
-    let mut allowed: Vec<PathBuf> = vec![cat.root.clone()];
-    allowed.extend(opts.overrides.iter().filter_map(|o| o.parent().map(Path::to_path_buf)));
-    allowed.extend(opts.secret_dirs.iter().cloned());
-    let allowed: Vec<PathBuf> = allowed.iter().filter_map(|d| d.canonicalize().ok()).collect();
-    for (kind, defs) in [("secret", &cat.secrets), ("config", &cat.configs)] {
-        for (name, def) in defs {
-            let crate::model::SecretSource::File(path) = &def.source else {
-                continue;
-            };
-            let users: Vec<&str> = cat
-                .services
-                .values()
-                .filter(|s| {
-                    let refs = if kind == "secret" { &s.secrets } else { &s.configs };
-                    refs.iter().any(|r| &r.source == name)
-                })
-                .map(|s| s.name.as_str())
-                .collect();
-            let fail = |kind_: LoadErrorKind, why: String| {
-                let used = if users.is_empty() {
-                    "no service uses it".to_owned()
-                } else {
-                    format!("used by service {}", users.join(", "))
-                };
-                let mut e = LoadError::new(kind_, &def.file, format!("{kind} {name:?}: {why} ({used})"))
-                    .at(Some(def.line))
-                    .key(format!("{kind}s.{name}.file"));
-                if let Some(s) = users.first() {
-                    e = e.service(s);
-                }
-                e
-            };
-            let real = path.canonicalize().map_err(|e| {
-                fail(
-                    LoadErrorKind::MissingFile,
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            if !allowed.iter().any(|a| real.starts_with(a)) {
-                let via = if &real == path {
-                    String::new()
-                } else {
-                    format!(" (it resolves to {})", real.display())
-                };
-                return Err(fail(
-                    LoadErrorKind::OutsideCatalog,
-                    format!(
-                        "file {}{via} is outside the catalog ({}); secret and config files must live in it, \
-                         beside an override file, or in a directory named by the coordinator's secret_dirs",
-                        path.display(),
-                        cat.root.display()
-                    ),
-                ));
-            }
-            let meta = std::fs::metadata(&real)
-                .map_err(|e| fail(LoadErrorKind::Io, format!("cannot read {}: {e}", path.display())))?;
-            if !meta.is_file() {
-                return Err(fail(
-                    LoadErrorKind::InvalidValue,
-                    format!("{} is not a regular file", path.display()),
-                ));
-            }
-            if meta.len() > MAX_SECRET_BYTES {
-                return Err(fail(
-                    LoadErrorKind::TooLarge,
-                    format!(
-                        "file {} is {} bytes; a {kind} may be at most {MAX_SECRET_BYTES} bytes",
-                        path.display(),
-                        meta.len()
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Cross-file checks that need the whole catalog: dependency targets and
-/// the volumes, networks, secrets and configs services use.
-fn check_references(cat: &Catalog, raw: &BTreeMap<String, RawService>, docs: &[Doc]) -> Result<(), LoadError> {
-    for (name, svc) in &cat.services {
-        let Some(rs) = raw.get(name) else { continue };
-        let d = &docs[rs.doc];
-        let base = KeyPath::root().key("services").key(name);
-        let at = |rel: KeyPath| {
-            let mut full = base.clone();
-            full.0.extend(rel.0);
-            (d.lines.line(&full), full)
-        };
-        let undeclared = |rel: KeyPath, msg: String| {
-            let (line, full) = at(rel);
-            LoadError::new(LoadErrorKind::UndeclaredReference, &d.path, msg)
-                .at(line)
-                .service(name)
-                .key(&full)
-        };
-        for (i, dep) in svc.depends_on.iter().enumerate() {
-            // An optional dependency may name a service this catalog does
-            // not have (Compose only warns): it is simply not waited for.
-            if cat.services.contains_key(&dep.service) || !dep.required {
-                continue;
-            }
-            let dp = KeyPath::root().key("depends_on");
-            let rel = if d
-                .lines
-                .exact(&{
-                    let mut f = base.clone();
-                    f.0.extend(dp.key(&dep.service).0);
-                    f
-                })
-                .is_some()
-            {
-                dp.key(&dep.service)
-            } else {
-                dp.index(i)
-            };
-            let (line, full) = at(rel);
-            let hint = suggest(&dep.service, cat.services.keys().map(String::as_str))
-                .map(|s| format!("; did you mean {s:?}?"))
-                .unwrap_or_default();
-            return Err(LoadError::new(
-                LoadErrorKind::UnknownDependency,
-                &d.path,
-                format!("depends on unknown service {:?}{hint}", dep.service),
-            )
-            .at(line)
-            .service(name)
-            .key(&full));
-        }
-        for (i, m) in svc.volumes.iter().enumerate() {
-            let undeclared_src = match (m.kind, &m.source) {
-                (MountKind::Volume, Some(src)) if !cat.volumes.contains_key(src) => Some(src),
-                _ => None,
-            };
-            if let Some(src) = undeclared_src {
-                return Err(undeclared(
-                    KeyPath::root().key("volumes").index(i),
-                    format!("named volume {src:?} is not declared in the top-level `volumes`"),
-                ));
-            }
-        }
-        for n in &svc.networks {
-            if n.name != "default" && !cat.networks.contains_key(&n.name) {
-                return Err(undeclared(
-                    KeyPath::root().key("networks").key(&n.name),
-                    format!("network {:?} is not declared in the top-level `networks`", n.name),
-                ));
-            }
-        }
-        for (kind, refs, defs) in [
-            ("secrets", &svc.secrets, &cat.secrets),
-            ("configs", &svc.configs, &cat.configs),
-        ] {
-            for (i, r) in refs.iter().enumerate() {
-                if !defs.contains_key(&r.source) {
-                    return Err(undeclared(
-                        KeyPath::root().key(kind).index(i),
-                        format!(
-                            "{} {:?} is not declared in the top-level `{kind}`",
-                            &kind[..kind.len() - 1],
-                            r.source
-                        ),
-                    ));
-                }
-            }
-        }
-    }
-    Ok(())
 }

@@ -790,9 +790,16 @@ fn build_context_is_kept_and_made_absolute() {
 
 #[test]
 fn include_name_and_version_are_accepted() {
-    let cat = ok("version: \"3.9\"\nname: infra\ninclude: [../other.yml]\nservices:\n  a: {image: x}\n");
+    let f = Fixture::new();
+    f.write(
+        "04-data/stack/docker-compose.yml",
+        "version: \"3.9\"\nname: infra\ninclude: [../other.yml]\nservices:\n  a: {image: x}\n",
+    );
+    f.write("04-data/other.yml", "services:\n  b: {image: y}\n");
+    let cat = f.load().expect("load");
     assert_eq!(cat.includes.len(), 1);
     assert!(cat.unsupported.is_empty());
+    assert!(cat.services.contains_key("b"));
 }
 
 // ---------------------------------------------------------------- overrides

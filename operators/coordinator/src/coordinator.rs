@@ -23,12 +23,16 @@ pub struct Settings {
     pub id: String,
     /// Compose project name: prefix of container, network and volume names.
     pub project: String,
-    /// The catalog root (`compose/`).
-    pub compose_dir: PathBuf,
-    /// Override files merged onto the catalog (the local image map).
+    /// A catalog folder this coordinator publishes as a new revision
+    /// whenever its files change (`None`: it reads only what was pushed).
+    pub compose_dir: Option<PathBuf>,
+    /// Override files published with `compose_dir` (the local image map).
     pub overrides: Vec<PathBuf>,
-    /// `.env` file; default `<compose_dir>/.env` when it exists.
+    /// `.env` file published with `compose_dir`; default
+    /// `<compose_dir>/.env` when it exists.
     pub env_file: Option<PathBuf>,
+    /// JetStream replicas of the catalog's bucket and object store.
+    pub catalog_replicas: usize,
     /// Directories beside the catalog that secret and config files may
     /// come from.
     pub secret_dirs: Vec<PathBuf>,
@@ -67,6 +71,8 @@ pub struct Coordinator {
     /// Bus writes that failed after their retries without failing their
     /// call (a metric).
     pub(crate) failed_writes: prometheus_client::metrics::counter::Counter,
+    /// The catalog revisions unpacked here.
+    pub(crate) revisions: Arc<crate::catalog::revision::Revisions>,
 }
 
 /// Where a long call (Deploy, Scale, Rollout, Rollback, Drain) streams its
@@ -83,8 +89,14 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
 
 impl Coordinator {
     /// A coordinator over `bus`, with `cache` kept current by the caller.
+    ///
+    /// # Panics
+    /// When no temporary folder can be made for the catalog revisions.
     pub fn new(settings: Settings, bus: Bus, cache: ObservedCache) -> Self {
+        let revisions = crate::catalog::revision::Revisions::new(settings.catalog_replicas.max(1))
+            .expect("a temporary folder for the catalog revisions");
         Self {
+            revisions,
             settings: Arc::new(settings),
             bus,
             cache,

@@ -74,8 +74,11 @@ pub struct CoordinatorConfig {
     /// is replaced (it stops leading a little before). Every coordinator
     /// on one bus should use the same value.
     pub lease_secs: u64,
-    /// The catalog root.
-    pub compose_dir: PathBuf,
+    /// A catalog folder this coordinator publishes as a new revision on the
+    /// bus whenever its files change (one machine, or a folder kept in
+    /// step by other means). Unset: it plans and deploys only from what
+    /// `infractl catalog push` published.
+    pub compose_dir: Option<PathBuf>,
     /// Override files merged onto the catalog, in order.
     pub overrides: Vec<PathBuf>,
     /// `.env` for interpolation (default: `<compose_dir>/.env` if present).
@@ -117,7 +120,7 @@ impl Default for CoordinatorConfig {
             grpc_tls: GrpcTlsConfig::default(),
             api_token_file: None,
             lease_secs: 10,
-            compose_dir: PathBuf::from("compose"),
+            compose_dir: None,
             overrides: Vec::new(),
             env_file: None,
             secret_dirs: Vec::new(),
@@ -209,10 +212,10 @@ impl CoordinatorConfig {
     pub fn validate(&self) -> Result<std::net::SocketAddr, ConfigError> {
         infra_bus::Token::new("id", &self.id).map_err(|e| ConfigError(format!("id: {e}")))?;
         infra_bus::Token::new("project", &self.project).map_err(|e| ConfigError(format!("project: {e}")))?;
-        if !self.compose_dir.is_dir() {
+        if let Some(dir) = self.compose_dir.as_ref().filter(|d| !d.is_dir()) {
             return Err(ConfigError(format!(
                 "compose_dir: {} is not a directory",
-                self.compose_dir.display()
+                dir.display()
             )));
         }
         for o in &self.overrides {
@@ -281,7 +284,8 @@ impl CoordinatorConfig {
         Settings {
             id: self.id.clone(),
             project: self.project.clone(),
-            compose_dir: app::absolute(&self.compose_dir),
+            compose_dir: self.compose_dir.as_ref().map(|d| app::absolute(d)),
+            catalog_replicas: self.nats.replicas.max(1),
             overrides: self.overrides.iter().map(|p| app::absolute(p)).collect(),
             env_file: self.env_file.as_ref().map(|p| app::absolute(p)),
             secret_dirs: self.secret_dirs.iter().map(|p| app::absolute(p)).collect(),
@@ -365,7 +369,11 @@ pub async fn run(
         .add_service(health)
         .add_service(v1)
         .add_service(v1alpha)
-        .add_service(CoordinatorServiceServer::new(api))
+        // A pushed catalog is one message: allow a large one (the catalog
+        // store caps it at 64 MiB).
+        .add_service(CoordinatorServiceServer::new(api).max_decoding_message_size(
+            usize::try_from(infra_bus::catalog::MAX_BYTES).unwrap_or(usize::MAX) + 1024 * 1024,
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
         .await;
     tasks.close();

@@ -193,7 +193,7 @@ impl Coordinator {
 
     /// What a deploy would do. No side effects.
     pub async fn plan(&self, sel: Option<&api::Selection>) -> Result<api::PlanResponse, Error> {
-        let catalog = self.load().await?;
+        let (catalog, head) = self.load_revision().await?;
         let (_, graph) = self.resolve(&catalog, sel)?;
         let (prepared, _) = self.prepare(&catalog, &graph).await?;
         let level_of: HashMap<&str, usize> = graph
@@ -264,7 +264,11 @@ impl Coordinator {
         }
         steps.sort_by(|a, b| (a.level, &a.service).cmp(&(b.level, &b.service)));
         warnings.extend(self.image_warnings(&prepared).await);
-        Ok(api::PlanResponse { steps, warnings })
+        Ok(api::PlanResponse {
+            steps,
+            warnings,
+            catalog: Some(head),
+        })
     }
 
     /// What the target hosts say of the images the plan needs: one warning

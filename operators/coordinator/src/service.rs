@@ -306,7 +306,7 @@ impl CoordinatorService for Api {
         let req = req.into_inner();
         // Validate everything before answering: a bad catalog or selection
         // is an error status, not a stream.
-        let catalog = self.coordinator.load().await?;
+        let (catalog, head) = self.coordinator.load_revision().await?;
         self.coordinator.resolve(&catalog, req.selection.as_ref())?;
         // Recorded before the first write, so a successor can finish it.
         let record = DeploymentInProgress {
@@ -314,6 +314,7 @@ impl CoordinatorService for Api {
             request: req.encode_to_vec(),
             started_at: Some(infra_proto::now()),
             holder: self.coordinator.settings().id.clone(),
+            catalog_revision: head.number,
         };
         self.coordinator
             .bus()
@@ -453,6 +454,26 @@ impl CoordinatorService for Api {
         _req: Request<api::ListHostsRequest>,
     ) -> Result<Response<api::ListHostsResponse>, Status> {
         self.coordinator.hosts().await.map(Response::new).map_err(Status::from)
+    }
+
+    async fn push_catalog(
+        &self,
+        req: Request<api::PushCatalogRequest>,
+    ) -> Result<Response<api::PushCatalogResponse>, Status> {
+        self.may_write(&req)?;
+        let (head, new) = self.coordinator.push_catalog(req.into_inner()).await?;
+        Ok(Response::new(api::PushCatalogResponse {
+            catalog: Some(head),
+            unchanged: !new,
+        }))
+    }
+
+    async fn get_catalog(
+        &self,
+        _req: Request<api::GetCatalogRequest>,
+    ) -> Result<Response<api::GetCatalogResponse>, Status> {
+        let (current, history) = self.coordinator.catalog_history().await?;
+        Ok(Response::new(api::GetCatalogResponse { current, history }))
     }
 
     async fn lint(&self, req: Request<api::LintRequest>) -> Result<Response<api::LintResponse>, Status> {

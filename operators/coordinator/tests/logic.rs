@@ -34,7 +34,8 @@ fn settings(catalog: &std::path::Path) -> Settings {
     Settings {
         id: "coordinator".into(),
         project: "logic".into(),
-        compose_dir: catalog.to_owned(),
+        compose_dir: Some(catalog.to_owned()),
+        catalog_replicas: 1,
         overrides: Vec::new(),
         env_file: None,
         secret_dirs: Vec::new(),
@@ -315,6 +316,7 @@ async fn a_new_leader_ends_deploy_records_newest_first_and_supersedes_the_older(
                 nanos: 0,
             }),
             holder: "gone".into(),
+            catalog_revision: 1,
         })
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use bollard::models::{
     ContainerCreateBody, DeviceRequest, EndpointSettings, HealthConfig, HostConfig, Mount, MountType, NetworkingConfig,
     PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
-use infra_proto::bus::v1::{DeviceRequestSpec, MountKind, ServiceSpec};
+use infra_proto::bus::v1::{ConfigMount, DeviceRequestSpec, MountKind, ServiceSpec};
 
 use crate::labels;
 
@@ -26,6 +26,16 @@ pub fn container_name(spec: &ServiceSpec, replica: u32) -> String {
 /// Where the operator writes the secret files of a service.
 pub fn secret_path(state_dir: &Path, service: &str, secret: &str) -> PathBuf {
     state_dir.join("secrets").join(service).join(secret)
+}
+
+/// Where the operator writes one config mount of a service: a file, or a
+/// folder for a mounted catalog folder. Named by the mount's content, so a
+/// rollout's old and new containers each keep their own.
+pub fn config_path(state_dir: &Path, service: &str, mount: &ConfigMount) -> PathBuf {
+    state_dir
+        .join("configs")
+        .join(service)
+        .join(infra_proto::spec::config_mount_id(mount))
 }
 
 fn nanos(d: Option<&prost_types::Duration>) -> Option<i64> {
@@ -155,6 +165,16 @@ pub fn container_config(spec: &ServiceSpec, host: &str, replica: u32, state_dir:
             ),
             typ: Some(MountType::BIND),
             read_only: Some(true),
+            ..Default::default()
+        });
+    }
+
+    for c in &spec.configs {
+        mounts.push(Mount {
+            target: Some(c.target.clone()),
+            source: Some(config_path(state_dir, &spec.name, c).to_string_lossy().into_owned()),
+            typ: Some(MountType::BIND),
+            read_only: Some(c.read_only),
             ..Default::default()
         });
     }

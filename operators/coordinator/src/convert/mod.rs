@@ -13,6 +13,8 @@ use infra_proto::bus::v1::{
 };
 use sha2::{Digest, Sha256};
 
+pub mod configs;
+
 /// Default project: the prefix of Docker names, as Compose uses the
 /// project name.
 pub const PROJECT: &str = "infra";
@@ -88,7 +90,8 @@ pub fn network_name(catalog: &Catalog, project: &str, key: &str) -> String {
     }
 }
 
-/// The spec of `svc`, and the secret contents it needs.
+/// The spec of `svc`, and the contents it needs in the secrets bucket
+/// (its secrets and its catalog files).
 pub fn to_spec(
     catalog: &Catalog,
     project: &str,
@@ -104,7 +107,9 @@ pub fn to_spec(
         )
     })?;
 
-    let (secrets, contents) = secrets(catalog, svc, env)?;
+    let (secrets, mut contents) = secrets(catalog, svc, env)?;
+    let (configs, files) = configs::configs(catalog, svc, env)?;
+    contents.extend(files);
 
     let mut spec = ServiceSpec {
         name: svc.name.clone(),
@@ -141,6 +146,7 @@ pub fn to_spec(
         source_line: svc.line as u32,
         project: project.to_owned(),
         devices: device_requests(svc),
+        configs,
     };
     if let Some(models) = svc.extensions.get(OLLAMA_MODELS_KEY) {
         spec.labels.insert(OLLAMA_MODELS_LABEL.into(), ollama_models(models));
@@ -162,6 +168,8 @@ fn mounts(catalog: &Catalog, project: &str, svc: &Service) -> Vec<MountSpec> {
                     (pb::MountKind::Volume, volume_name(catalog, project, &key))
                 }
             }
+            // A catalog file or folder travels as a config mount.
+            MountKind::Bind if m.source.as_deref().is_some_and(|s| configs::in_catalog(catalog, s)) => continue,
             MountKind::Bind => (pb::MountKind::Bind, m.source.clone().unwrap_or_default()),
             MountKind::Tmpfs => (pb::MountKind::Tmpfs, String::new()),
         };

@@ -16,6 +16,7 @@ fn write(root: &Path, rel: &str, text: &str) {
 fn a_service_becomes_a_spec_with_project_names_secrets_and_cross_tier_dependencies() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "secrets/pw", "s3cret\n");
+    write(dir.path(), "04-data/db/init/01.sql", "CREATE TABLE t (id int);\n");
     write(
         dir.path(),
         "04-data/db/docker-compose.yml",
@@ -54,8 +55,11 @@ secrets:
     assert_eq!(spec.restart, "unless-stopped");
     assert_eq!(spec.networks[0].name, "proj_infra_net");
     assert_eq!(spec.mounts[0].source, "proj_pgdata");
-    assert_eq!(spec.mounts[1].kind(), pb::MountKind::Bind);
-    assert!(spec.mounts[1].source.starts_with('/') && spec.mounts[1].read_only);
+    // The catalog folder travels as a config mount, not a host path.
+    assert_eq!(spec.mounts.len(), 1);
+    assert_eq!(spec.configs[0].source, "04-data/db/init");
+    assert!(spec.configs[0].directory && spec.configs[0].read_only);
+    assert_eq!(spec.configs[0].files[0].path, "01.sql");
     assert_eq!(spec.healthcheck.as_ref().unwrap().test, vec!["CMD-SHELL", "pg_isready"]);
     assert_eq!(spec.healthcheck.as_ref().unwrap().interval.unwrap().seconds, 2);
     let res = spec.resources.unwrap();
@@ -64,10 +68,11 @@ secrets:
         (500_000_000, 256 * 1024 * 1024)
     );
     assert_eq!(spec.secrets[0].name, "pg_password");
-    assert_eq!(secrets[0].content.as_ref(), b"s3cret\n");
+    let pw = secrets.iter().find(|s| s.key == "pg_password").unwrap();
+    assert_eq!(pw.content.as_ref(), b"s3cret\n");
     // The spec carries a digest of the secret, never the value.
     assert!(!format!("{spec:?}").contains("s3cret"));
-    assert!(!format!("{:?}", secrets[0]).contains("s3cret"));
+    assert!(!format!("{pw:?}").contains("s3cret"));
 
     let (kc, _) = to_spec(&cat, "proj", &cat.services["keycloak"], &BTreeMap::new()).unwrap();
     assert_eq!(kc.networks[0].name, "proj_default");
@@ -165,4 +170,101 @@ fn a_members_fact_reads_as_role_state_timeline_and_lag() {
         (v.kind.as_str(), v.role.as_str(), v.state.as_str(), v.lag_bytes),
         ("valkey", "replica", "streaming", None)
     );
+}
+
+#[test]
+fn catalog_files_travel_by_content_and_host_paths_stay_binds() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let stack = "04-data/lb/docker-compose.yml";
+    let yml = r#"services:
+  lb:
+    image: haproxy:3
+    volumes:
+      - ./haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro
+      - ./scripts:/scripts
+      - /var/run/docker.sock:/var/run/docker.sock:ro
+    configs:
+      - source: banner
+        target: /etc/banner
+        uid: "101"
+        mode: 0440
+      - motd
+configs:
+  banner:
+    content: "hello ${WHO}"
+  motd:
+    file: ./motd.txt
+"#;
+    write(dir.path(), stack, yml);
+    write(dir.path(), "04-data/lb/haproxy.cfg", "global\n  maxconn 100\n");
+    write(dir.path(), "04-data/lb/motd.txt", "welcome\n");
+    write(dir.path(), "04-data/lb/scripts/start.sh", "#!/bin/sh\nexec true\n");
+    write(dir.path(), "04-data/lb/scripts/lib/common.sh", "X=1\n");
+    let start = dir.path().join("04-data/lb/scripts/start.sh");
+    std::fs::set_permissions(&start, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let env = BTreeMap::from([("WHO".to_owned(), "world".to_owned())]);
+    let opts = LoadOptions {
+        env: env.clone(),
+        ..Default::default()
+    };
+    let load = || load_catalog(dir.path(), &opts).unwrap();
+    let cat = load();
+    let (spec, contents) = to_spec(&cat, "p", &cat.services["lb"], &env).unwrap();
+    // Only the host path stays a bind mount.
+    assert_eq!(spec.mounts.len(), 1);
+    assert_eq!(spec.mounts[0].source, "/var/run/docker.sock");
+    let by_target = |t: &str| spec.configs.iter().find(|c| c.target == t).unwrap();
+    let cfg = by_target("/usr/local/etc/haproxy/haproxy.cfg");
+    assert!(!cfg.directory && cfg.read_only && cfg.files.len() == 1);
+    assert_eq!(cfg.source, "04-data/lb/haproxy.cfg");
+    let scripts = by_target("/scripts");
+    let paths: Vec<&str> = scripts.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths, ["lib/common.sh", "start.sh"]);
+    // Execute bits kept, readable by all.
+    assert_eq!(scripts.files[1].mode, 0o744);
+    let banner = by_target("/etc/banner");
+    assert_eq!((banner.uid, banner.files[0].mode), (Some(101), 0o440));
+    assert_eq!(by_target("/motd").files[0].mode, 0o444);
+    // Every file's content is there once, under its content key.
+    let banner_content = contents.iter().find(|c| c.key == banner.files[0].key).unwrap();
+    assert_eq!(banner_content.content.as_ref(), b"hello world");
+    assert_eq!(contents.len(), 5);
+    assert!(contents.iter().all(|c| c.key.starts_with("config_")));
+
+    // A changed file changes the spec hash; an unchanged catalog does not.
+    let hash = infra_proto::spec::spec_hash(&spec);
+    let again = to_spec(&load(), "p", &cat.services["lb"], &env).unwrap().0;
+    assert_eq!(infra_proto::spec::spec_hash(&again), hash);
+    write(dir.path(), "04-data/lb/scripts/lib/common.sh", "X=2\n");
+    let cat = load();
+    let changed = to_spec(&cat, "p", &cat.services["lb"], &env).unwrap().0;
+    assert_ne!(infra_proto::spec::spec_hash(&changed), hash);
+
+    // A catalog path that is not there is named, with its line.
+    std::fs::remove_file(dir.path().join("04-data/lb/haproxy.cfg")).unwrap();
+    let cat = load();
+    let e = to_spec(&cat, "p", &cat.services["lb"], &env).unwrap_err().to_string();
+    assert!(
+        e.contains("docker-compose.yml:5:") && e.contains("volumes[0]") && e.contains("04-data/lb/haproxy.cfg"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_link_out_of_the_catalog_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    write(outside.path(), "passwd", "root:x:0:0\n");
+    write(
+        dir.path(),
+        "04-data/x/docker-compose.yml",
+        "services:\n  x:\n    image: x:1\n    volumes: [./leak:/leak:ro]\n",
+    );
+    std::os::unix::fs::symlink(outside.path().join("passwd"), dir.path().join("04-data/x/leak")).unwrap();
+    let cat = load_catalog(dir.path(), &LoadOptions::default()).unwrap();
+    let e = to_spec(&cat, "p", &cat.services["x"], &BTreeMap::new())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("outside the catalog"), "{e}");
 }

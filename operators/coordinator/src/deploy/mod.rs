@@ -149,7 +149,7 @@ impl Coordinator {
         req: api::DeployRequest,
         tx: mpsc::Sender<Result<api::DeployProgress, Error>>,
     ) -> Result<(), Error> {
-        let catalog = self.load().await?;
+        let (catalog, head) = self.load_revision().await?;
         let (_, graph) = self.resolve(&catalog, req.selection.as_ref())?;
         let (prepared, secrets) = self.prepare(&catalog, &graph).await?;
         let deadline = if req.timeout_seconds > 0 {
@@ -188,6 +188,7 @@ impl Coordinator {
                 host: p.hosts_label(),
                 phase: api::Phase::Planned as i32,
                 time: Some(infra_proto::now()),
+                catalog_revision: head.number,
                 ..Default::default()
             })
             .await;
@@ -248,7 +249,10 @@ impl Coordinator {
                 }
             }
         }
-        let msg = format!("{ready} ready, {failed} failed, {blocked} blocked");
+        let msg = format!(
+            "{ready} ready, {failed} failed, {blocked} blocked (catalog revision {})",
+            head.number
+        );
         self.event(EventKind::DeployFinished, "", "", &deployment, msg.clone())
             .await;
         send(api::DeployProgress {
@@ -259,6 +263,7 @@ impl Coordinator {
             ready,
             failed,
             blocked,
+            catalog_revision: head.number,
             ..Default::default()
         })
         .await;

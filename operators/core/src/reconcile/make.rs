@@ -1,4 +1,4 @@
-//! Making a replica's container: image, networks, volumes, secrets,
+//! Making a replica's container: image, networks, volumes, secrets, catalog files,
 //! placeholders, then create.
 
 use std::time::{Duration, Instant};
@@ -38,6 +38,7 @@ pub(crate) async fn create(
         ctx.docker.ensure_volume(&m.source).await?;
     }
     write_secrets(ctx, spec).await?;
+    write_configs(ctx, spec).await?;
     let name = name.unwrap_or_else(|| spec::container_name(spec, replica));
     let resolved = ctx.resolve(spec).await?;
     let mut body = spec::container_config(&resolved, &ctx.host, replica, &ctx.state_dir);

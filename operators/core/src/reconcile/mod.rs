@@ -33,17 +33,19 @@ use crate::decide::{ContainerState, RestartHistory, RestartPolicy};
 use crate::docker::{DockerClient, DockerError};
 use crate::events::{EventSink, short};
 
+mod configs;
 mod make;
 mod observed;
 mod pass;
 mod probes;
 mod secrets;
 
+#[allow(unused_imports)]
+use configs::*;
 use make::*;
 use observed::*;
 use pass::*;
 use probes::*;
-#[allow(unused_imports)]
 use secrets::*;
 
 /// What the workers share.

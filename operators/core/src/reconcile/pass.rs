@@ -483,9 +483,11 @@ pub(crate) async fn settle(
             }
         }
         prune_secrets(ctx, service, None, &containers);
+        prune_configs(ctx, service, None, &containers);
     }
     if pass.loaded {
         prune_secrets(ctx, service, pass.desired.as_ref(), &containers);
+        prune_configs(ctx, service, pass.desired.as_ref(), &containers);
     }
     publish_observed(ctx, service, pass.desired.as_ref(), pass.spec.as_ref(), &containers, st).await;
     // The removal is done (its observed state deleted above): the desired

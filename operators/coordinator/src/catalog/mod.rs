@@ -10,6 +10,8 @@ use infra_proto::coordinator::v1 as api;
 use crate::coordinator::*;
 use crate::selections;
 
+pub mod revision;
+
 /// `min_severity` of a lint request: empty means every finding.
 pub fn parse_min_severity(s: &str) -> Result<Severity, Error> {
     if s.is_empty() {
@@ -71,21 +73,30 @@ impl Coordinator {
         std::env::vars().collect()
     }
 
-    /// Loads the catalog afresh, so edits take effect on the next call.
+    /// Loads the current catalog revision (see [`revision`]): a new push,
+    /// or a change to this coordinator's `compose_dir`, takes effect on
+    /// the next call.
     ///
     /// Reading and parsing files blocks, so it runs on the blocking pool:
     /// a large catalog never stalls the other calls on the runtime.
     pub async fn load(&self) -> Result<Catalog, Error> {
+        Ok(self.load_revision().await?.0)
+    }
+
+    /// [`Coordinator::load`], and which revision it is.
+    pub async fn load_revision(&self) -> Result<(Catalog, infra_proto::bus::v1::CatalogHead), Error> {
+        let u = self.current_revision().await?;
         let opts = LoadOptions {
-            env_file: self.settings.env_file.clone(),
+            env_file: u.env_file.clone(),
             env: Self::env(),
-            overrides: self.settings.overrides.clone(),
+            overrides: u.overrides.clone(),
             secret_dirs: self.settings.secret_dirs.clone(),
         };
-        let root = self.settings.compose_dir.clone();
-        tokio::task::spawn_blocking(move || infra_compose::load_catalog(&root, &opts).map_err(invalid))
+        let root = u.root.clone();
+        let catalog = tokio::task::spawn_blocking(move || infra_compose::load_catalog(&root, &opts).map_err(invalid))
             .await
-            .map_err(|e| Error::internal(format!("loading the catalog stopped: {e}")))?
+            .map_err(|e| Error::internal(format!("loading the catalog stopped: {e}")))??;
+        Ok((catalog, u.head))
     }
 
     /// The selected services (with their dependencies) and their graph.
