@@ -61,6 +61,9 @@ pub struct Options {
     /// Extra environment for the operators only (configured host labels,
     /// e.g. `INFRA_LABELS__GPUS="1"` to stand in for a GPU host).
     pub operator_env: Vec<(String, String)>,
+    /// Start the coordinators with no catalog folder: they plan and deploy
+    /// only from what `infractl catalog push` published.
+    pub push_only: bool,
 }
 
 impl Options {
@@ -84,6 +87,7 @@ impl Options {
             nats_args: Vec::new(),
             proc_env: Vec::new(),
             operator_env: Vec::new(),
+            push_only: false,
         }
     }
 
@@ -178,14 +182,16 @@ impl Platform {
         let mut coord = vec![
             "--grpc-listen".to_string(),
             self.grpcs[i].clone(),
-            "--compose-dir".into(),
-            self.opts.compose_dir.display().to_string(),
             "--project".into(),
             self.opts.project.clone(),
         ];
-        for o in &self.opts.overrides {
-            coord.push("--override".into());
-            coord.push(o.display().to_string());
+        if !self.opts.push_only {
+            coord.push("--compose-dir".into());
+            coord.push(self.opts.compose_dir.display().to_string());
+            for o in &self.opts.overrides {
+                coord.push("--override".into());
+                coord.push(o.display().to_string());
+            }
         }
         let mut env = self.opts.env.clone();
         env.push(("INFRA_ID".into(), name.clone()));
@@ -344,6 +350,25 @@ impl Platform {
     /// objects of a stream).
     pub fn call(&self, method: &str, data: &str) -> Vec<serde_json::Value> {
         call_at(&self.grpc, method, data)
+    }
+
+    /// Which coordinator leads: the one that does not refuse a write as
+    /// "not the leader".
+    ///
+    /// # Panics
+    /// When none leads.
+    pub fn leader(&self) -> usize {
+        for (i, addr) in self.grpcs.iter().enumerate() {
+            let out = grpcurl_at(
+                addr,
+                &["infra.coordinator.v1.CoordinatorService/Remove"],
+                Some(r#"{"selection":{"services":["no-such-service"]}}"#),
+            );
+            if !String::from_utf8_lossy(&out.stderr).contains("not the leader") {
+                return i;
+            }
+        }
+        panic!("no coordinator leads");
     }
 
     /// Removes every container, network and volume of this platform's

@@ -767,28 +767,6 @@ fn plan_says_which_images_a_host_lacks_and_cannot_pull_and_list_hosts_shows_each
     );
 }
 
-/// Which coordinator leads: the one that does not refuse a write as "not
-/// the leader".
-fn leader(p: &Platform) -> usize {
-    let bin = std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into());
-    for (i, addr) in p.grpcs.iter().enumerate() {
-        let out = Command::new(&bin)
-            .args([
-                "-plaintext",
-                "-d",
-                r#"{"selection":{"services":["no-such-service"]}}"#,
-                addr,
-            ])
-            .arg("infra.coordinator.v1.CoordinatorService/Remove")
-            .output()
-            .unwrap();
-        if !String::from_utf8_lossy(&out.stderr).contains("not the leader") {
-            return i;
-        }
-    }
-    panic!("no coordinator leads");
-}
-
 #[test]
 fn a_new_leader_ends_every_deploy_record_it_finds_running_the_newest_and_superseding_the_rest() {
     use infra_proto::bus::v1::DeploymentInProgress;
@@ -804,9 +782,9 @@ fn a_new_leader_ends_every_deploy_record_it_finds_running_the_newest_and_superse
     o.coordinators = 2;
     let mut p = Platform::start(o);
     wait_for("a leader", Duration::from_secs(30), || {
-        std::panic::catch_unwind(|| leader(&p)).is_ok()
+        std::panic::catch_unwind(|| p.leader()).is_ok()
     });
-    let lead = leader(&p);
+    let lead = p.leader();
     let seen = record_events(&[p.nats.url()], None, None);
     // Two deploys a leader recorded and never finished: an older one (an
     // hour old, as if hung) and a newer one over the same service.

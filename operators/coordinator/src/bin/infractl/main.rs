@@ -11,6 +11,7 @@ use infra_proto::coordinator::v1::coordinator_service_client::CoordinatorService
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+mod catalog;
 mod print;
 use print::{print_hosts, print_plan, print_status};
 
@@ -221,6 +222,11 @@ enum Cmd {
         /// Also delete named volumes.
         #[arg(long)]
         volumes: bool,
+    },
+    /// The catalog on the bus: push a folder as a new revision, show them.
+    Catalog {
+        #[command(subcommand)]
+        cmd: catalog::CatalogCmd,
     },
     /// Hosts joining and leaving the platform.
     Host {
@@ -504,6 +510,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             })
             .await
         }
+        Cmd::Catalog { cmd } => catalog::run(cmd, connect().await?).await,
         Cmd::Hosts { cmd: None } => {
             let mut c = connect().await?;
             let r = c.list_hosts(api::ListHostsRequest {}).await?.into_inner();
