@@ -92,11 +92,14 @@ pub enum Rule {
     RedundantInitContainer,
     /// A known stateful store with no named volume or writable bind mount.
     StatefulWithoutVolume,
+    /// A bind mount of a host path outside the catalog: it does not travel
+    /// with the catalog and must exist on every host the service runs on.
+    HostPath,
 }
 
 impl Rule {
     /// Every rule.
-    pub const ALL: [Rule; 8] = [
+    pub const ALL: [Rule; 9] = [
         Rule::StaticIp,
         Rule::HostPort,
         Rule::PlaintextSecret,
@@ -105,6 +108,7 @@ impl Rule {
         Rule::UnpinnedImage,
         Rule::RedundantInitContainer,
         Rule::StatefulWithoutVolume,
+        Rule::HostPath,
     ];
 
     /// The stable id, e.g. `static-ip`.
@@ -118,6 +122,7 @@ impl Rule {
             Rule::UnpinnedImage => "unpinned-image",
             Rule::RedundantInitContainer => "redundant-init-container",
             Rule::StatefulWithoutVolume => "stateful-without-volume",
+            Rule::HostPath => "host-path",
         }
     }
 
@@ -125,6 +130,7 @@ impl Rule {
     pub fn severity(self) -> Severity {
         match self {
             Rule::NoResourceLimits | Rule::RedundantInitContainer => Severity::Warning,
+            Rule::HostPath => Severity::Info,
             _ => Severity::Error,
         }
     }
@@ -153,6 +159,10 @@ impl Rule {
             }
             Rule::StatefulWithoutVolume => {
                 "a stateful store without a volume loses its data when its container is recreated"
+            }
+            Rule::HostPath => {
+                "files of the catalog reach every host through the bus; a host path is the host's own and must be there \
+                 wherever the service is placed"
             }
         }
     }
@@ -220,6 +230,7 @@ pub fn lint(catalog: &Catalog) -> Vec<Finding> {
         cx.unpinned_image();
         cx.redundant_init_container();
         cx.stateful_without_volume();
+        cx.host_path();
     }
     out.sort_by(|a, b| (&a.file, a.line, a.rule, &a.service).cmp(&(&b.file, b.line, b.rule, &b.service)));
     out
@@ -451,6 +462,26 @@ impl Cx<'_> {
     /// need a named volume or a writable bind mount; one-shot jobs that only
     /// use the image for its client (another service waits for them to
     /// complete, or their command runs a client) are skipped.
+    fn host_path(&mut self) {
+        for (i, m) in self.svc.volumes.iter().enumerate() {
+            let Some(source) = m.source.as_deref().filter(|_| m.kind == MountKind::Bind) else {
+                continue;
+            };
+            if std::path::Path::new(source).starts_with(&self.catalog.root) {
+                continue;
+            }
+            let line = self.line(&[&format!("volumes[{i}]"), "volumes"]);
+            self.push(
+                Rule::HostPath,
+                line,
+                format!(
+                    "{source} is a path of the host, not of the catalog: it stays on each host (mounted at {})",
+                    m.target
+                ),
+            );
+        }
+    }
+
     fn stateful_without_volume(&mut self) {
         let Some(image) = &self.svc.image else { return };
         let name = image_name(image);

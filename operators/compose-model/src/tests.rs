@@ -1592,3 +1592,19 @@ fn an_expose_port_out_of_range_is_an_error_at_its_line() {
     }
     ok("services:\n  a:\n    image: x\n    expose: [\"8080\", \"9000-9010\", \"53/udp\", 6379]\n");
 }
+
+#[test]
+fn a_bind_mount_of_a_host_path_is_named_for_information_and_a_catalog_file_is_not() {
+    let f = Fixture::new();
+    f.write("04-data/db/app.conf", "x=1\n");
+    f.write(
+        "04-data/db/docker-compose.yml",
+        &format!(
+            "services:\n  app:\n    image: nginx:1.27\n{LIMITS}    volumes:\n      - ./app.conf:/etc/app.conf:ro\n      - /var/run/docker.sock:/var/run/docker.sock:ro\n"
+        ),
+    );
+    let findings = lint(&f.load().unwrap());
+    assert_eq!(brief(&findings), vec![("host-path", 11, "app".to_string())]);
+    assert_eq!(findings[0].severity, Severity::Info);
+    assert!(findings[0].message.contains("/var/run/docker.sock"), "{}", findings[0].message);
+}
