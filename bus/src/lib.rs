@@ -25,8 +25,9 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use infra_proto::bus::v1::{
-    DeploymentInProgress, DesiredService, Event, EventKind, Heartbeat, HostState, ImageCheck, ImageCheckReply,
-    JoinTicket, LeaderLease, ObservedService, OperatorsUpgrade, OperatorsUpgradeReply, ServiceRecord, ServiceSpec,
+    DeploymentInProgress, DesiredService, Event, EventKind, Heartbeat, HookCall, HookReply, HostState, ImageCheck,
+    ImageCheckReply, JoinTicket, LeaderLease, ObservedService, OperatorsUpgrade, OperatorsUpgradeReply, ServiceRecord,
+    ServiceSpec,
 };
 use prost::Message;
 
@@ -753,6 +754,22 @@ impl Bus {
     ) -> Result<OperatorsUpgradeReply> {
         let subject = subject::operators_upgrade(&Token::new("host", host)?, &Token::new("tier", tier)?);
         self.ask_operator(host, tier, subject, ask, timeout).await
+    }
+
+    /// Asks the `tier` operator on `host` to run one call of a member-aware
+    /// update order; `Err` when no answer came within `timeout`.
+    pub async fn ask_hook(&self, host: &str, tier: &str, call: &HookCall, timeout: Duration) -> Result<HookReply> {
+        let subject = subject::member_hook(&Token::new("host", host)?, &Token::new("tier", tier)?);
+        self.ask_operator(host, tier, subject, call, timeout).await
+    }
+
+    /// The update-order calls asked of the `tier` operator on `host`.
+    pub async fn hook_requests(&self, host: &str, tier: &str) -> Result<async_nats::Subscriber> {
+        self.requests(subject::member_hook(
+            &Token::new("host", host)?,
+            &Token::new("tier", tier)?,
+        ))
+        .await
     }
 
     /// The upgrade requests asked of the `tier` operator on `host`.

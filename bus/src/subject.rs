@@ -96,6 +96,12 @@ pub fn operators_upgrade(host: &Token, tier: &Token) -> String {
     format!("{ROOT}.rpc.{host}.{tier}.upgrade")
 }
 
+/// Where the operator of a member's host runs a member-aware update
+/// order's calls: `infra.rpc.<host>.<tier>.hook`.
+pub fn member_hook(host: &Token, tier: &Token) -> String {
+    format!("{ROOT}.rpc.{host}.{tier}.hook")
+}
+
 /// Subject of one event: `infra.events.<host>.<tier>.<service>.<kind>`.
 /// Events that are not about one service use `_` as the service.
 pub fn event(host: &Token, tier: &Token, service: Option<&Token>, kind: &str) -> String {

@@ -144,6 +144,10 @@ pub struct ClusterOptions {
     pub bin_dir: PathBuf,
     /// Value of [`ORIGIN_LABEL`] on everything created.
     pub origin: String,
+    /// Fence the coordinators' network in (the default): they may reach
+    /// the NATS servers and nothing else of the cluster's network, as on
+    /// VPS where only the operators dial out. See [`Cluster::fence`].
+    pub fence_coordinators: bool,
 }
 
 impl ClusterOptions {
@@ -164,6 +168,7 @@ impl ClusterOptions {
             operator_env: Vec::new(),
             bin_dir: std::env::var_os("E2E_BIN_DIR").map_or_else(|| bin_dir("debug"), PathBuf::from),
             origin: "test".into(),
+            fence_coordinators: true,
         }
     }
 
@@ -298,6 +303,9 @@ impl Cluster {
             for tier in me.hosts[h].tiers.clone() {
                 me.spawn_operator(h, &tier);
             }
+        }
+        if me.opts.fence_coordinators && me.opts.coordinators > 0 {
+            me.fence(&prefix);
         }
         for i in 0..me.opts.coordinators {
             let grpc = format!("127.0.0.1:{}", free_port());
@@ -724,7 +732,15 @@ impl Cluster {
             .append(true)
             .open(self.dir.path().join(format!("{}.log", self.coords[i].id)))
             .expect("log file");
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match self.fence_gid() {
+            // Under the fenced group: its sockets meet the fence's rules.
+            Some(gid) if self.opts.fence_coordinators => {
+                let mut c = Command::new("setpriv");
+                c.args(["--regid", &gid.to_string(), "--clear-groups", "--"]).arg(&bin);
+                c
+            }
+            _ => Command::new(&bin),
+        };
         cmd.args(["--grpc-listen", &self.coords[i].grpc, "--compose-dir"])
             .arg(&self.opts.compose_dir)
             .args(["--project", &self.opts.project]);
@@ -767,6 +783,96 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// The group the coordinators run under when fenced: one per cluster
+    /// (from its subnet), so clusters side by side keep their own rules.
+    fn fence_gid(&self) -> Option<u32> {
+        let k: u32 = self.nats.first()?.ip.split('.').nth(2)?.parse().ok()?;
+        Some(61_000 + k)
+    }
+
+    fn fence_chain(gid: u32) -> String {
+        format!("INFRA-E2E-{gid}")
+    }
+
+    /// Fences the coordinators in, as a firewall between a coordinator and
+    /// the hosts would on VPS: their processes run under a group of their
+    /// own (root still, so they read the bed's files), and the packets of
+    /// that group's sockets may go to the NATS servers only, not to a host
+    /// (no Patroni REST, no Valkey port, no operator gRPC). What the
+    /// coordinator asks of a host goes through NATS, to its operators.
+    fn fence(&self, prefix: &str) {
+        let Some(gid) = self.fence_gid() else { return };
+        let chain = Self::fence_chain(gid);
+        let ipt = |args: &[&str]| {
+            Command::new("iptables")
+                .args(args)
+                .output()
+                .expect("iptables (the bed fences the coordinators' network with it)")
+        };
+        // A chain left by an earlier run on this subnet is made again.
+        let gid_s = gid.to_string();
+        let jump = ["-m", "owner", "--gid-owner", gid_s.as_str(), "-j", chain.as_str()];
+        while ipt(&[&["-D", "OUTPUT"][..], &jump[..]].concat()).status.success() {}
+        let _ = ipt(&["-F", &chain]);
+        let _ = ipt(&["-X", &chain]);
+        let ok = |o: Output, what: &str| {
+            assert!(
+                o.status.success(),
+                "iptables {what}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        ok(ipt(&["-N", &chain]), "-N");
+        for n in &self.nats {
+            ok(ipt(&["-A", &chain, "-d", &n.ip, "-j", "RETURN"]), "-A RETURN");
+        }
+        ok(
+            ipt(&["-A", &chain, "-d", &format!("{prefix}.0/24"), "-j", "REJECT"]),
+            "-A REJECT",
+        );
+        ok(ipt(&[&["-I", "OUTPUT", "1"][..], &jump[..]].concat()), "-I OUTPUT");
+    }
+
+    fn unfence(&self) {
+        let Some(gid) = self.fence_gid() else { return };
+        let chain = Self::fence_chain(gid);
+        let gid_s = gid.to_string();
+        let ipt = |args: &[&str]| Command::new("iptables").args(args).output();
+        let jump = ["-m", "owner", "--gid-owner", gid_s.as_str(), "-j", chain.as_str()];
+        while ipt(&[&["-D", "OUTPUT"][..], &jump[..]].concat()).is_ok_and(|o| o.status.success()) {}
+        let _ = ipt(&["-F", &chain]);
+        let _ = ipt(&["-X", &chain]);
+    }
+
+    /// Whether a process of the coordinators' fenced group reaches
+    /// `ip:port` (a TCP connect, 2 s at most).
+    pub fn coordinator_reaches(&self, ip: &str, port: u16) -> bool {
+        let mut cmd = match self.fence_gid() {
+            Some(gid) if self.opts.fence_coordinators => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    "--regid",
+                    &gid.to_string(),
+                    "--clear-groups",
+                    "--",
+                    "timeout",
+                    "2",
+                    "bash",
+                    "-c",
+                ]);
+                c
+            }
+            _ => {
+                let mut c = Command::new("timeout");
+                c.args(["2", "bash", "-c"]);
+                c
+            }
+        };
+        cmd.arg(format!("exec 3<>/dev/tcp/{ip}/{port}"))
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     // ---------------------------------------------------------- internals ---
@@ -1250,6 +1356,9 @@ impl Drop for Cluster {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+        if self.opts.fence_coordinators {
+            self.unfence();
         }
         if std::env::var_os("E2E_KEEP").is_some() {
             let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));

@@ -211,6 +211,32 @@ fn a_service_deployed_through_the_coordinator_runs_and_is_healthy_in_exactly_one
             .images(&["infra-local/nginx:1"])
             .catalog(fixture("hosts")),
     );
+    // The coordinators are fenced in, as behind a VPS firewall: they reach
+    // the NATS servers and no host (everything goes through the bus),
+    // while this harness reaches both.
+    let nats_ip = c.nats_urls()[0]
+        .rsplit_once("//")
+        .map_or("", |(_, a)| a)
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let host_ip = c.host_ip("host1");
+    let port = infra_e2e::hosts::tier_port("gateway");
+    assert!(
+        c.coordinator_reaches(&nats_ip, 4222),
+        "a coordinator reaches NATS at {nats_ip}"
+    );
+    assert!(
+        !c.coordinator_reaches(&host_ip, port),
+        "a coordinator cannot reach host1's operator at {host_ip}:{port}"
+    );
+    assert!(
+        std::net::TcpStream::connect_timeout(&format!("{host_ip}:{port}").parse().unwrap(), Duration::from_secs(2))
+            .is_ok(),
+        "the harness reaches host1's operator"
+    );
+
     let t0 = Instant::now();
     let progress = c.call("Deploy", r#"{"selection":{"services":["web"]},"timeoutSeconds":120}"#);
     let done = progress.last().expect("a DONE message");

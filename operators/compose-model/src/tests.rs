@@ -1606,5 +1606,9 @@ fn a_bind_mount_of_a_host_path_is_named_for_information_and_a_catalog_file_is_no
     let findings = lint(&f.load().unwrap());
     assert_eq!(brief(&findings), vec![("host-path", 11, "app".to_string())]);
     assert_eq!(findings[0].severity, Severity::Info);
-    assert!(findings[0].message.contains("/var/run/docker.sock"), "{}", findings[0].message);
+    assert!(
+        findings[0].message.contains("/var/run/docker.sock"),
+        "{}",
+        findings[0].message
+    );
 }

@@ -74,7 +74,7 @@ impl Evacuating<'_> {
         }
         let rules = Rules::from_spec(&rec.tier, rec.replicas.max(1), rules_pb).ok()?;
         let rules = rules.reserving(placement::Reservation::of(spec));
-        let usage = self.others.usage_for(&rec.tier, &rec.service);
+        let usage = self.others.usage_for(&rec.tier, &rec.service, &rules_pb.group);
         let outcome = placement::place(&rules, &self.hosts, &current, &usage);
         let targets = outcome
             .hosts

@@ -170,7 +170,7 @@ impl Coordinator {
                 .filter(|d| d.spec.as_ref().is_some_and(|s| s.name == *name))
                 .cloned()
                 .collect();
-            let usage = ledger.usage_for(&spec.tier, name);
+            let usage = ledger.usage_for(&spec.tier, name, &rules.group);
             let mut p = Prepared {
                 spec,
                 rules,
@@ -184,7 +184,13 @@ impl Coordinator {
                 .map_err(invalid)?
                 .reserving(reserve);
             p.outcome = placement::place(&parsed, &hosts, &p.current(), &usage);
-            ledger.set(name, &p.spec.tier, p.rules.gpus, reserve, &p.outcome.hosts);
+            ledger.set(
+                name,
+                (&p.spec.tier, &p.rules.group),
+                p.rules.gpus,
+                reserve,
+                &p.outcome.hosts,
+            );
             out.push((name.clone(), p));
         }
         cross_host_reach(catalog, &hosts, &mut out);

@@ -161,7 +161,8 @@ impl Coordinator {
             .reserving(placement::Reservation::of(&p.spec));
         let records = self.bus.list_records().await.map_err(unavailable)?;
         let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
-        let usage = placement::Ledger::from_state(&desired, &records).usage_for(&p.spec.tier, &p.spec.name);
+        let usage =
+            placement::Ledger::from_state(&desired, &records).usage_for(&p.spec.tier, &p.spec.name, &p.rules.group);
         Ok(placement::place(&rules, &hosts, &p.current(), &usage))
     }
 

@@ -29,13 +29,8 @@ const MAX_IMAGES: usize = 256;
 /// `shutdown`: `subscribe` opens the subscription (again when it ends or
 /// fails, after a pause), `answer` turns each request's payload into its
 /// answer (each in a task of its own), sent to the request's reply subject.
-pub(crate) async fn serve<S, SF, A, AF, R>(
-    ctx: Arc<Ctx>,
-    shutdown: CancellationToken,
-    what: &str,
-    subscribe: S,
-    answer: A,
-) where
+pub async fn serve<S, SF, A, AF, R>(ctx: Arc<Ctx>, shutdown: CancellationToken, what: &str, subscribe: S, answer: A)
+where
     S: Fn(Arc<Ctx>) -> SF,
     SF: std::future::Future<Output = infra_bus::Result<infra_bus::Subscriber>>,
     A: Fn(Arc<Ctx>, bytes::Bytes) -> AF,

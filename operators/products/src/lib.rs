@@ -64,6 +64,30 @@ pub struct Member {
     pub port: u16,
 }
 
+impl From<&Member> for infra_proto::bus::v1::HookMember {
+    fn from(m: &Member) -> Self {
+        Self {
+            name: m.name.clone(),
+            host: m.host.clone(),
+            replica: m.replica,
+            addr: m.addr.clone(),
+            port: u32::from(m.port),
+        }
+    }
+}
+
+impl From<&infra_proto::bus::v1::HookMember> for Member {
+    fn from(m: &infra_proto::bus::v1::HookMember) -> Self {
+        Self {
+            name: m.name.clone(),
+            host: m.host.clone(),
+            replica: m.replica,
+            addr: m.addr.clone(),
+            port: u16::try_from(m.port).unwrap_or(0),
+        }
+    }
+}
+
 /// Why a hook stopped a rollout. The message names the member and what was
 /// seen, so the rollout can report it as is.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -316,6 +340,7 @@ pub mod http;
 pub mod kafka;
 pub mod patroni;
 pub mod rabbitmq;
+pub mod remote;
 pub mod valkey;
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod ai;
 pub mod auth;
 pub mod data;
 pub mod gateway;
+pub mod hooks;
 pub mod host;
 pub mod join;
 pub mod observability;
@@ -20,7 +21,7 @@ pub fn tier(name: &str) -> Option<operator_core::Tier> {
         "gateway" => t::GATEWAY.with(gateway::EXTENSIONS),
         "auth" => t::AUTH.with(auth::EXTENSIONS),
         "data" => t::DATA.with(data::EXTENSIONS),
-        "messaging" => t::MESSAGING,
+        "messaging" => t::MESSAGING.with(hooks::MESSAGING_EXTENSIONS),
         "observability" => t::OBSERVABILITY.with(observability::EXTENSIONS),
         "workflow" => t::WORKFLOW,
         "ai" => t::AI.with(ai::EXTENSIONS),

@@ -15,6 +15,10 @@ use sha2::{Digest, Sha256};
 
 pub mod configs;
 
+/// The service label naming its placement group: the services that
+/// spread over the hosts as one (the members of one cluster).
+pub const GROUP_LABEL: &str = "infra.placement.group";
+
 /// Default project: the prefix of Docker names, as Compose uses the
 /// project name.
 pub const PROJECT: &str = "infra";
@@ -366,6 +370,7 @@ pub fn placement_spec(svc: &Service) -> Result<pb::PlacementSpec, ConvertError> 
             .iter()
             .any(|m| m.kind == MountKind::Volume && m.source.is_some()),
         gpus: gpus_needed(svc),
+        group: svc.labels.get(GROUP_LABEL).cloned().unwrap_or_default(),
         ..Default::default()
     };
     if let Some(d) = &svc.deploy {
@@ -374,6 +379,20 @@ pub fn placement_spec(svc: &Service) -> Result<pb::PlacementSpec, ConvertError> 
             crate::placement::Constraint::parse(c)
                 .map_err(|e| err(svc, &format!("deploy.placement.constraints[{i}]"), e.to_string()))?;
             out.constraints.push(c.trim().to_owned());
+        }
+        for (i, pref) in d.placement.preferences.iter().enumerate() {
+            let label = pref
+                .trim()
+                .strip_prefix("node.labels.")
+                .filter(|l| !l.is_empty())
+                .ok_or_else(|| {
+                    err(
+                        svc,
+                        &format!("deploy.placement.preferences[{i}].spread"),
+                        format!("{pref:?}: spread over a host label, written node.labels.<name>"),
+                    )
+                })?;
+            out.spread.push(label.to_owned());
         }
         if let Some(m) = d.placement.max_replicas_per_node {
             if m == 0 {
@@ -532,7 +551,6 @@ pub fn unsupported_keys(svc: &Service) -> Vec<String> {
     flag(svc.platform.is_some(), "platform");
     flag(svc.pull_policy.is_some(), "pull_policy");
     if let Some(d) = &svc.deploy {
-        flag(!d.placement.preferences.is_empty(), "deploy.placement.preferences");
         flag(d.restart_policy.is_some(), "deploy.restart_policy");
     }
     keys.extend(

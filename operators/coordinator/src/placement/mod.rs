@@ -14,7 +14,12 @@
 //!   eligible; only the difference moves.
 //! - Spread: a new replica goes to the eligible host with the fewest
 //!   replicas of the service, then the fewest services of its tier, then by
-//!   name, so the result is deterministic.
+//!   name, so the result is deterministic. A service with `spread`
+//!   preferences (`node.labels.zone`) or a placement group (the members of
+//!   one cluster, `infra.placement.group`) first goes where its replicas
+//!   and its group's have the fewest, by each label's value in order, then
+//!   by host: three etcd members on three hosts labelled `zone` a, b and c
+//!   take one each, and on one host all three run there.
 //! - A replica that cannot be placed is counted as pending, with a reason
 //!   that names the constraint (and what each host has instead).
 //! - A stateful service keeps its replicas on the hosts that hold its
@@ -173,6 +178,10 @@ pub struct Rules {
     pub stateful: bool,
     /// CPU and memory each replica reserves.
     pub reserve: Reservation,
+    /// Host labels spread over, in order (`zone`).
+    pub spread: Vec<String>,
+    /// The placement group (empty: none).
+    pub group: String,
 }
 
 impl Rules {
@@ -192,6 +201,8 @@ impl Rules {
             gpus: spec.gpus,
             stateful: spec.stateful,
             reserve: Reservation::default(),
+            spread: spec.spread.clone(),
+            group: spec.group.clone(),
         })
     }
 
@@ -234,6 +245,9 @@ pub struct Usage {
     pub gpus_used: HashMap<String, u32>,
     /// Host -> CPU and memory reserved by other services there.
     pub reserved: HashMap<String, Reservation>,
+    /// Host -> replicas of the other members of the service's placement
+    /// group there.
+    pub group_load: HashMap<String, u32>,
 }
 
 /// What every service takes on every host (its tier, GPUs, CPU and memory),
@@ -248,6 +262,8 @@ pub struct Ledger {
 #[derive(Clone, Debug, Default)]
 struct Taken {
     tier: String,
+    group: String,
+    replicas: u32,
     gpus: u32,
     reserved: Reservation,
 }
@@ -266,6 +282,8 @@ impl Ledger {
                 let n = s.replicas.max(1);
                 let taken = Taken {
                     tier: s.tier.clone(),
+                    group: s.labels.get(crate::convert::GROUP_LABEL).cloned().unwrap_or_default(),
+                    replicas: n,
                     gpus: gpus_per.get(s.name.as_str()).copied().unwrap_or(0) * n,
                     reserved: Reservation::of(s).times(n),
                 };
@@ -278,15 +296,25 @@ impl Ledger {
         l
     }
 
-    /// `service` (of `tier`) now takes `hosts` (host -> replicas), each
-    /// replica `gpus` GPUs and `each`; what it took before is forgotten.
-    pub fn set(&mut self, service: &str, tier: &str, gpus: u32, each: Reservation, hosts: &BTreeMap<String, u32>) {
+    /// `service` (of `tier` and placement `group`) now takes `hosts` (host
+    /// -> replicas), each replica `gpus` GPUs and `each`; what it took
+    /// before is forgotten.
+    pub fn set(
+        &mut self,
+        service: &str,
+        (tier, group): (&str, &str),
+        gpus: u32,
+        each: Reservation,
+        hosts: &BTreeMap<String, u32>,
+    ) {
         for by in self.by_host.values_mut() {
             by.remove(service);
         }
         for (h, n) in hosts {
             let taken = Taken {
                 tier: tier.to_owned(),
+                group: group.to_owned(),
+                replicas: *n,
                 gpus: gpus * n,
                 reserved: each.times(*n),
             };
@@ -304,8 +332,9 @@ impl Ledger {
     }
 
     /// What everything but `service` takes, for placing `service` (of
-    /// `tier`: the spreading counts that tier's services only).
-    pub fn usage_for(&self, tier: &str, service: &str) -> Usage {
+    /// `tier`: the spreading counts that tier's services only; and of
+    /// placement `group`, empty for none).
+    pub fn usage_for(&self, tier: &str, service: &str, group: &str) -> Usage {
         let mut u = Usage::default();
         for (h, by) in &self.by_host {
             let others = by.iter().filter(|(n, _)| n.as_str() != service);
@@ -313,6 +342,9 @@ impl Ledger {
             let (mut gpus, mut reserved) = (0, Reservation::default());
             for (_, t) in others {
                 load += usize::from(t.tier == tier);
+                if !group.is_empty() && t.group == group {
+                    *u.group_load.entry(h.clone()).or_default() += t.replicas;
+                }
                 gpus += t.gpus;
                 reserved = reserved.plus(t.reserved);
             }
@@ -458,7 +490,25 @@ fn fill_to(out: &mut BTreeMap<String, u32>, rules: &Rules, eligible: &[&HostView
             .filter(|h| gpus_fit(rules, h, usage, there(h) + 1))
             .filter(|h| room_for(rules, h, usage, there(h) + 1).is_ok())
             .min_by_key(|h| {
+                let members = |g: &HostView| there(g) + usage.group_load.get(&g.name).copied().unwrap_or(0);
+                // Spread first over each label's values, then over hosts,
+                // counting the group's other members with the service.
+                let by_value: Vec<u32> = rules
+                    .spread
+                    .iter()
+                    .map(|label| {
+                        let value = h.labels.get(label);
+                        eligible
+                            .iter()
+                            .filter(|g| g.labels.get(label) == value)
+                            .map(|g| members(g))
+                            .sum()
+                    })
+                    .collect();
+                let grouped = !rules.spread.is_empty() || !rules.group.is_empty();
                 (
+                    by_value,
+                    if grouped { members(h) } else { there(h) },
                     there(h),
                     usage.tier_load.get(&h.name).copied().unwrap_or(0),
                     h.name.clone(),

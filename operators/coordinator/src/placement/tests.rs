@@ -20,6 +20,8 @@ fn rules(replicas: u32) -> Rules {
         gpus: 0,
         stateful: false,
         reserve: Reservation::default(),
+        spread: vec![],
+        group: String::new(),
     }
 }
 
@@ -292,7 +294,7 @@ fn the_ledger_counts_everything_but_the_service_being_placed() {
         ..Default::default()
     }];
     let ledger = Ledger::from_state(&desired, &records);
-    let u = ledger.usage_for("gateway", "web");
+    let u = ledger.usage_for("gateway", "web", "");
     // web itself is not counted; db is another tier (no spreading load) but
     // reserves memory; a removed service counts for nothing.
     assert_eq!(u.tier_load.get("a"), None);
@@ -300,7 +302,7 @@ fn the_ledger_counts_everything_but_the_service_being_placed() {
     assert_eq!(u.reserved["a"].memory, 1000);
     assert_eq!(u.reserved["b"].memory, 10);
     assert_eq!(u.gpus_used.get("b"), Some(&2));
-    let u = ledger.usage_for("gateway", "proxy");
+    let u = ledger.usage_for("gateway", "proxy", "");
     assert_eq!(u.tier_load.get("a"), Some(&1));
     assert_eq!(u.reserved["a"].memory, 2 * 100 + 1000);
 
@@ -308,7 +310,7 @@ fn the_ledger_counts_everything_but_the_service_being_placed() {
     let mut ledger = ledger;
     ledger.set(
         "web",
-        "gateway",
+        ("gateway", ""),
         0,
         Reservation {
             nano_cpus: 0,
@@ -316,13 +318,74 @@ fn the_ledger_counts_everything_but_the_service_being_placed() {
         },
         &[("b".to_string(), 3)].into(),
     );
-    let u = ledger.usage_for("gateway", "proxy");
+    let u = ledger.usage_for("gateway", "proxy", "");
     assert_eq!(u.tier_load.get("a"), None);
     assert_eq!(u.tier_load.get("b"), Some(&1));
     assert_eq!(u.reserved["a"].memory, 1000);
     assert_eq!(u.reserved["b"].memory, 300);
 
     // Without host a (a drain), nothing of a is counted.
-    let u = ledger.without_host("a").usage_for("data", "other");
+    let u = ledger.without_host("a").usage_for("data", "other", "");
     assert!(!u.reserved.contains_key("a"));
+}
+
+/// Places the members of one group one after the other, as a deploy does,
+/// each seeing where the ones before it went; returns each member's hosts.
+fn place_group(names: &[&str], spread: &[&str], hosts: &[HostView]) -> Vec<(String, Vec<String>)> {
+    let mut ledger = Ledger::default();
+    let mut out = Vec::new();
+    for n in names {
+        let r = Rules {
+            tier: "data".into(),
+            spread: spread.iter().map(|s| (*s).to_owned()).collect(),
+            group: "etcd".into(),
+            ..rules(1)
+        };
+        let usage = ledger.usage_for("data", n, "etcd");
+        let o = place(&r, hosts, &BTreeMap::new(), &usage);
+        ledger.set(n, ("data", "etcd"), 0, Reservation::default(), &o.hosts);
+        out.push(((*n).to_owned(), o.hosts.keys().cloned().collect()));
+    }
+    out
+}
+
+#[test]
+fn members_of_a_group_take_one_host_each_and_share_one_host_when_there_is_one() {
+    // Other data services on h1 would draw a plain spread away from it;
+    // the group's own members decide.
+    let hosts = vec![
+        host("h1", &[("zone", "a")]),
+        host("h2", &[("zone", "b")]),
+        host("h3", &[("zone", "c")]),
+    ];
+    let placed = place_group(&["etcd-1", "etcd-2", "etcd-3"], &["zone"], &hosts);
+    let mut used: Vec<String> = placed.iter().flat_map(|(_, h)| h.clone()).collect();
+    used.sort();
+    assert_eq!(used, ["h1", "h2", "h3"], "{placed:?}");
+    // One host: all three there, none pending.
+    let one = vec![host("h1", &[])];
+    let placed = place_group(&["etcd-1", "etcd-2", "etcd-3"], &["zone"], &one);
+    assert!(placed.iter().all(|(_, h)| h == &["h1"]), "{placed:?}");
+}
+
+#[test]
+fn spread_goes_by_the_label_value_first_then_by_host() {
+    // Two hosts in zone b, one in a: four members split two and two over
+    // the zones, and the two in b over its two hosts.
+    let hosts = vec![
+        host("h1", &[("zone", "a")]),
+        host("h2", &[("zone", "b")]),
+        host("h3", &[("zone", "b")]),
+    ];
+    let placed = place_group(&["m1", "m2", "m3", "m4"], &["zone"], &hosts);
+    let zone_of = |h: &str| if h == "h1" { "a" } else { "b" };
+    let per_zone = |z: &str| placed.iter().filter(|(_, h)| zone_of(&h[0]) == z).count();
+    assert_eq!((per_zone("a"), per_zone("b")), (2, 2), "{placed:?}");
+    // In zone b the two members are on different hosts.
+    let in_b: Vec<&String> = placed
+        .iter()
+        .map(|(_, h)| &h[0])
+        .filter(|h| zone_of(h) == "b")
+        .collect();
+    assert_ne!(in_b[0], in_b[1], "{placed:?}");
 }

@@ -164,14 +164,13 @@ impl Coordinator {
         } else {
             &old.labels
         };
-        // Hooks that authenticate to the members (Valkey, RabbitMQ) read the
-        // password from the secrets bucket, as the operators do.
-        let secrets = infra_products::Secrets::from(std::sync::Arc::new(self.bus().clone()));
-        match infra_products::for_labels(labels, &secrets) {
+        // The hook runs on the members' hosts, asked over the bus: the
+        // coordinator needs no path to them (`infra_products::remote`).
+        match infra_products::remote::Remote::for_labels(self.bus().clone(), r.tier, labels) {
             Ok(None) => {}
             Ok(Some(hook)) => {
                 return self
-                    .roll_members(r, hook.as_ref(), new, old, counts, from_k, to_k, policy, deadline)
+                    .roll_members(r, &hook, new, old, counts, from_k, to_k, policy, deadline)
                     .await;
             }
             Err(e) => return RollEnd::Failed { at: from_k, why: e.0 },

@@ -12,4 +12,9 @@ pub mod patroni;
 pub mod valkey;
 
 /// Every extension of the data tier.
-pub const EXTENSIONS: &[Extension] = &[valkey::FORM_CLUSTERS, valkey::status::REPORT, patroni::REPORT];
+pub const EXTENSIONS: &[Extension] = &[
+    valkey::FORM_CLUSTERS,
+    valkey::status::REPORT,
+    patroni::REPORT,
+    crate::hooks::answer_hooks,
+];
