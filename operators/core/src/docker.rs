@@ -613,6 +613,18 @@ impl DockerClient {
     /// `label` (`key` or `key=value`), with the address of each on its
     /// first network.
     pub async fn healthy_endpoints(&self, host: &str, tier: &str, label: &str) -> Result<Vec<Endpoint>, DockerError> {
+        self.endpoints(host, tier, label, true).await
+    }
+
+    /// [`DockerClient::healthy_endpoints`], or every running one when not
+    /// `healthy_only` (a cluster member catching up after its restart).
+    pub async fn endpoints(
+        &self,
+        host: &str,
+        tier: &str,
+        label: &str,
+        healthy_only: bool,
+    ) -> Result<Vec<Endpoint>, DockerError> {
         let filters = HashMap::from([(
             "label".to_string(),
             vec![
@@ -648,7 +660,7 @@ impl DockerClient {
                 }
                 Some(_) => false,
             };
-            if !healthy {
+            if !healthy && (healthy_only || state.running != Some(true)) {
                 continue;
             }
             let lbls = info.config.and_then(|c| c.labels).unwrap_or_default();

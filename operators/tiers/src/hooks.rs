@@ -28,12 +28,13 @@ pub fn answer_hooks(cx: TierContext) -> futures::future::BoxFuture<'static, ()> 
             cx.shutdown.clone(),
             "update-order calls",
             |ctx| async move { ctx.bus.hook_requests(&ctx.host, &ctx.tier).await },
-            move |_ctx, payload| {
+            move |ctx, payload| {
                 let secrets = secrets.clone();
                 async move {
                     Some(match HookCall::decode(payload) {
-                        Ok(call) => {
+                        Ok(mut call) => {
                             tracing::debug!(call = %call.call, "running an update-order call");
+                            reach_locally(&ctx, &mut call).await;
                             infra_products::remote::answer(call, &secrets).await
                         }
                         Err(_) => HookReply {
@@ -46,4 +47,43 @@ pub fn answer_hooks(cx: TierContext) -> futures::future::BoxFuture<'static, ()> 
         )
         .await;
     })
+}
+
+/// Points the members that run on this host at their containers' own
+/// addresses and the port the hook talks to: this operator reaches them on
+/// the Docker network, published or not (one host publishes nothing). The
+/// members elsewhere keep their host's private address and published port.
+async fn reach_locally(ctx: &operator_core::reconcile::Ctx, call: &mut HookCall) {
+    let labels: std::collections::BTreeMap<String, String> =
+        call.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let Ok(Some(hook)) = infra_products::for_labels(&labels, &Secrets::default()) else {
+        return;
+    };
+    let port = infra_products::port_from(&labels, hook.default_port());
+    let Ok(local) = ctx
+        .docker
+        .endpoints(&ctx.host, &ctx.tier, infra_products::ORDER_LABEL, false)
+        .await
+    else {
+        return;
+    };
+    let here = |m: &mut infra_proto::bus::v1::HookMember| {
+        if m.host != ctx.host {
+            return;
+        }
+        let replica = m.replica.to_string();
+        if let Some(e) = local.iter().find(|e| {
+            e.service == m.name
+                && e.labels
+                    .get(operator_core::labels::REPLICA)
+                    .is_some_and(|r| *r == replica)
+        }) {
+            m.addr.clone_from(&e.ip);
+            m.port = u32::from(port);
+        }
+    };
+    call.members.iter_mut().for_each(here);
+    if let Some(m) = call.member.as_mut() {
+        here(m);
+    }
 }

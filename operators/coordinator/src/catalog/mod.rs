@@ -85,7 +85,9 @@ impl Coordinator {
 
     /// [`Coordinator::load`], and which revision it is.
     pub async fn load_revision(&self) -> Result<(Catalog, infra_proto::bus::v1::CatalogHead), Error> {
-        let u = self.current_revision().await?;
+        // Boxed: publishing and unpacking are rare, deep paths that should
+        // not grow every caller's future.
+        let u = Box::pin(self.current_revision()).await?;
         let opts = LoadOptions {
             env_file: u.env_file.clone(),
             env: Self::env(),
