@@ -247,3 +247,106 @@ fn a_killed_hosts_stateless_replicas_start_elsewhere_and_its_stateful_service_is
         "web not started twice (host1, host3); db running on host2 again",
     );
 }
+
+#[test]
+fn a_dependent_on_another_host_follows_its_dependency_when_a_drain_moves_it() {
+    use infra_e2e::hosts::{Cluster, ClusterOptions};
+    let dir = tempfile::tempdir().unwrap();
+    infra_e2e::write(
+        dir.path(),
+        "01-gateway/app/docker-compose.yml",
+        r#"services:
+  echo:
+    image: infra-local/nginx:1
+    expose: ["8081"]
+    command: ["sh", "-c", "sed -i 's/listen       80;/listen 8081;/; /\\[::\\]:80/d' /etc/nginx/conf.d/default.conf && hostname > /usr/share/nginx/html/version && exec nginx -g 'daemon off;'"]
+    deploy:
+      placement:
+        constraints: ["node.hostname != host1"]
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8081/version"]
+      interval: 1s
+      retries: 3
+  client:
+    image: infra-local/nginx:1
+    depends_on:
+      echo: { condition: service_healthy }
+    deploy:
+      placement:
+        constraints: ["node.hostname == host1"]
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://echo:8081/version"]
+      interval: 1s
+      retries: 3
+"#,
+    );
+    let c = Cluster::start(
+        ClusterOptions::new(3)
+            .tiers(&["gateway"])
+            .images(&["infra-local/nginx:1"])
+            .catalog(dir.path()),
+    );
+    let progress = c.call("Deploy", r#"{"timeoutSeconds":120}"#);
+    assert_eq!(progress.last().unwrap()["ready"], 2, "{progress:#?}\n{}", c.all_logs());
+    let on = |svc: &str| -> String {
+        let hosts: Vec<String> = everywhere(&c, svc).into_keys().collect();
+        assert_eq!(hosts.len(), 1, "{svc} runs on one host: {hosts:?}");
+        hosts[0].clone()
+    };
+    let from = on("echo");
+    assert_ne!(from, "host1");
+    // The client's container (its name alternates between updates).
+    let client = || {
+        let out = c.docker("host1", &["ps", "-q", "--filter", "label=io.infra.service=client"]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let hosts_file = || {
+        let out = c.docker("host1", &["exec", &client(), "cat", "/etc/hosts"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        hosts_file().contains(&c.host_ip(&from)),
+        "client reaches echo on {from}: {}",
+        hosts_file()
+    );
+
+    // Drain echo's host: echo starts on the third host, and the client on
+    // host1 follows it there (made again with the new address).
+    let t0 = Instant::now();
+    let progress = c.call("Drain", &format!(r#"{{"host":"{from}","timeoutSeconds":90}}"#));
+    assert!(
+        progress.iter().all(|p| p["phase"] != "PHASE_FAILED"),
+        "{progress:#?}\n{}",
+        c.all_logs()
+    );
+    wait_for("echo off the drained host", Duration::from_secs(60), || {
+        everywhere(&c, "echo").keys().all(|h| *h != from)
+    });
+    let to = on("echo");
+    assert!(to != from && to != "host1", "echo moved to the third host, not {to}");
+    wait_for(
+        "the client reaches echo on its new host",
+        Duration::from_secs(90),
+        || {
+            hosts_file().contains(&c.host_ip(&to))
+                && c.docker(
+                    "host1",
+                    &["exec", &client(), "wget", "-q", "-O", "-", "http://echo:8081/version"],
+                )
+                .status
+                .success()
+        },
+    );
+    let status = c.call("GetStatus", r#"{"selection":{"services":["client"]}}"#);
+    assert_eq!(
+        status[0]["services"][0]["health"], "HEALTH_HEALTHY",
+        "the client is healthy again: {status:#?}"
+    );
+    fault(
+        &format!("drain {from}, where echo runs, with its client on host1"),
+        &format!(
+            "echo started on {to}; the client followed it (new address, healthy) {:.1}s after the drain began",
+            t0.elapsed().as_secs_f64()
+        ),
+    );
+}

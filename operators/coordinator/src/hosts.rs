@@ -12,6 +12,8 @@
 //! - Stateful services (named volumes) pinned to a drained or lost host are
 //!   reported (`service_stranded`), never moved: their data is there.
 //! - Only the leading coordinator declares hosts lost.
+//! - What reaches a moved service across hosts by name follows it
+//!   (`follow.rs`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -358,6 +360,8 @@ impl Coordinator {
         };
         self.write_or_log(&format!("record of {}", rec.service), || self.bus().put_record(&placed))
             .await;
+        // Whatever reaches it across hosts by name reaches it there now.
+        Box::pin(self.follow_move(&rec.service, &outcome.hosts, deployment)).await;
         self.report_move(ctx, rec, &outcome, &targets, out).await;
     }
 

@@ -9,6 +9,7 @@ pub mod convert;
 pub mod coordinator;
 pub mod deploy;
 pub mod error;
+mod follow;
 pub mod hosts;
 pub mod join;
 pub mod leader;
