@@ -63,7 +63,17 @@ fn times(c: &Cluster, host: &str, container: &str) -> (String, String) {
 
 #[test]
 fn the_shipped_patroni_stack_spreads_over_three_joined_hosts_in_dependency_order_and_serves_through_haproxy() {
+    // The user's checkout of the catalog: the shipped one, unchanged.
+    let checkout = tempfile::tempdir().unwrap();
+    let cp = std::process::Command::new("cp")
+        .args(["-a", &infra_e2e::repo_root().join("compose").display().to_string()])
+        .arg(checkout.path())
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let catalog = checkout.path().join("compose");
     let mut opts = ClusterOptions::new(3).images(&IMAGES);
+    opts.compose_dir.clone_from(&catalog);
     for h in ["host1", "host2", "host3"] {
         opts.host_tiers.insert(h.into(), Vec::new());
     }
@@ -174,4 +184,268 @@ fn the_shipped_patroni_stack_spreads_over_three_joined_hosts_in_dependency_order
         "BENCH | shipped postgresql-cluster across three joined hosts (coordinator fenced off the hosts): etcd x3 + Patroni x3 + HAProxy healthy in {:.1}s, one member of each per host",
         deployed.as_secs_f64()
     );
+
+    // Under a client writing through pg-router the whole time:
+    psql(
+        &router_host,
+        beside,
+        "pg-router",
+        "create table acks(v bigint primary key)",
+    )
+    .unwrap();
+    let engines: Vec<(String, String)> = c.hosts().iter().map(|h| (h.clone(), c.container(h))).collect();
+    let writer = {
+        let engines = engines.clone();
+        infra_test_support::load::Load::start(1, Duration::from_millis(50), move |n| {
+            through_router(&engines, &format!("insert into acks(v) values ({n})")).map(|_| ())
+        })
+    };
+    let mut report = Vec::new();
+
+    // 1. haproxy.cfg changed in the checkout and pushed as a new revision:
+    //    pg-router rolls to it (its spec names the file's digest).
+    let cfg = catalog.join("04-data/postgresql-cluster/haproxy.cfg");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("maxconn 1000", "maxconn 900")).unwrap();
+    let push = std::process::Command::new(infra_e2e::bin_dir("debug").join("infractl"))
+        .args(["--addr", &format!("http://{}", c.grpc()), "catalog", "push"])
+        .arg(&catalog)
+        .arg("--override")
+        .arg(infra_e2e::repo_root().join("e2e/images/local.override.yml"))
+        .output()
+        .unwrap();
+    assert!(push.status.success(), "{}", String::from_utf8_lossy(&push.stderr));
+    let t1 = Instant::now();
+    let progress = c.call(
+        "Deploy",
+        r#"{"selection":{"services":["pg-router"]},"timeoutSeconds":240}"#,
+    );
+    assert_eq!(progress.last().unwrap()["ready"], 7, "{progress:#?}");
+    let phases: Vec<&str> = progress.iter().filter_map(|p| p["phase"].as_str()).collect();
+    assert!(
+        phases.contains(&"PHASE_UPDATING"),
+        "pg-router rolled to the new file: {progress:#?}"
+    );
+    let router_now = on_host(&engines, "pg-router").expect("pg-router runs");
+    let cfg_in = c.docker(
+        &router_now,
+        &[
+            "exec",
+            &container_of(&engines, &router_now, "pg-router"),
+            "cat",
+            "/usr/local/etc/haproxy/haproxy.cfg",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&cfg_in.stdout).contains("maxconn 900"),
+        "the new haproxy.cfg is mounted"
+    );
+    let w = writer.take();
+    report.push(format!(
+        "haproxy.cfg pushed and rolled {:.1}s: {} writes acked, longest gap {:.2}s",
+        t1.elapsed().as_secs_f64(),
+        w.acked.len(),
+        w.longest_gap.as_secs_f64()
+    ));
+    let mut acked = w.acked;
+
+    // 2. A rolling update of the Patroni members (Patroni's update order:
+    //    replicas, one switchover, the old leader), asked member by member.
+    let t2 = Instant::now();
+    for m in ["pg-0", "pg-1", "pg-2"] {
+        let progress = c.call(
+            "Rollout",
+            &format!(r#"{{"service":"{m}","environment":{{"ROLL":"2"}},"timeoutSeconds":240}}"#),
+        );
+        assert_eq!(
+            progress.last().unwrap()["ready"],
+            1,
+            "{m} rolled: {progress:#?}\n{}",
+            c.all_logs()
+        );
+    }
+    let w = writer.take();
+    report.push(format!(
+        "roll of pg-0..2 {:.1}s: {} writes acked, longest gap {:.2}s",
+        t2.elapsed().as_secs_f64(),
+        w.acked.len(),
+        w.longest_gap.as_secs_f64()
+    ));
+    acked.extend(w.acked);
+
+    // 3. The leader's host dies: Patroni fails over; pg-router, if it ran
+    //    there, starts elsewhere; writes resume.
+    let leader = leader_of(&engines).expect("a Patroni leader");
+    let dead = on_host(&engines, &leader).expect("the leader's host");
+    let t3 = Instant::now();
+    c.kill_host(&dead);
+    let survivors: Vec<(String, String)> = engines.iter().filter(|(h, _)| *h != dead).cloned().collect();
+    wait_for("a new leader on a surviving host", Duration::from_secs(120), || {
+        leader_of(&survivors).is_some_and(|l| l != leader)
+    });
+    let before = writer.take();
+    acked.extend(before.acked);
+    wait_for("writes through pg-router again", Duration::from_secs(180), || {
+        let w = writer.take();
+        let ok = !w.acked.is_empty();
+        acked.extend(w.acked);
+        ok
+    });
+    let failover = t3.elapsed();
+    report.push(format!(
+        "{dead} (leader {leader}) killed: writes resumed {:.1}s later",
+        failover.as_secs_f64()
+    ));
+    drop(writer);
+
+    // Every acknowledged write is there.
+    let rows = through_router(&survivors, "select v from acks").expect("read back");
+    let have: BTreeSet<u64> = rows.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let lost: Vec<&u64> = acked.iter().filter(|v| !have.contains(v)).collect();
+    assert!(lost.is_empty(), "{} acknowledged writes lost: {lost:?}", lost.len());
+    println!(
+        "BENCH | ha (shipped postgresql-cluster, three joined hosts, fenced coordinator): {} acked writes, 0 lost; {}",
+        acked.len(),
+        report.join("; ")
+    );
+}
+
+/// The host (of `engines`: host, outer container) running a container of
+/// `service`.
+fn on_host(engines: &[(String, String)], service: &str) -> Option<String> {
+    engines.iter().find_map(|(h, outer)| {
+        let out = std::process::Command::new("docker")
+            .args([
+                "exec",
+                outer,
+                "docker",
+                "ps",
+                "-q",
+                "--filter",
+                &format!("label=io.infra.service={service}"),
+            ])
+            .output()
+            .ok()?;
+        (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then(|| h.clone())
+    })
+}
+
+/// The id of `service`'s running container on `host`.
+fn container_of(engines: &[(String, String)], host: &str, service: &str) -> String {
+    let outer = &engines.iter().find(|(h, _)| h == host).expect("a host").1;
+    let out = std::process::Command::new("docker")
+        .args([
+            "exec",
+            outer,
+            "docker",
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=io.infra.service={service}"),
+        ])
+        .output()
+        .expect("docker");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// One statement through pg-router, from the Patroni member beside it
+/// (wherever it runs now), as the superuser.
+fn through_router(engines: &[(String, String)], sql: &str) -> Result<String, String> {
+    let host = on_host(engines, "pg-router").ok_or("pg-router runs nowhere")?;
+    let outer = &engines.iter().find(|(h, _)| *h == host).ok_or("no such host")?.1;
+    let out = std::process::Command::new("docker")
+        .args([
+            "exec",
+            outer,
+            "docker",
+            "ps",
+            "-q",
+            "--filter",
+            "label=infra.update-order.cluster=pg-cluster",
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let member = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    if member.is_empty() {
+        return Err(format!("no Patroni member on {host}"));
+    }
+    let out = std::process::Command::new("docker")
+        .args(["exec", outer, "docker", "exec", &member, "sh", "-c"])
+        .arg(format!(
+            "PGPASSWORD=\"$(cat /run/secrets/patroni_superuser_password)\" psql \"host=pg-router port=5432 user=postgres \
+             dbname=postgres connect_timeout=3\" -Atqc \"{sql}\""
+        ))
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// The Patroni leader's name, asked of a member on one of `engines`.
+fn leader_of(engines: &[(String, String)]) -> Option<String> {
+    for (_, outer) in engines {
+        let Ok(out) = std::process::Command::new("docker")
+            .args([
+                "exec",
+                outer,
+                "docker",
+                "ps",
+                "-q",
+                "--filter",
+                "label=infra.update-order.cluster=pg-cluster",
+            ])
+            .output()
+        else {
+            continue;
+        };
+        let member = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        if member.is_empty() {
+            continue;
+        }
+        let Ok(out) = std::process::Command::new("docker")
+            .args([
+                "exec",
+                outer,
+                "docker",
+                "exec",
+                &member,
+                "curl",
+                "-fsS",
+                "http://127.0.0.1:8008/cluster",
+            ])
+            .output()
+        else {
+            continue;
+        };
+        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            continue;
+        };
+        if let Some(l) = doc["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["role"] == "leader" && m["state"] == "running")
+        {
+            return l["name"].as_str().map(str::to_owned);
+        }
+    }
+    None
 }

@@ -151,6 +151,19 @@ async fn pushed_revisions_are_numbered_checked_and_shared_by_every_coordinator()
     assert_eq!(plan.catalog.map(|h| h.number), Some(3), "unchanged: no new revision");
     let plan = Box::pin(b.plan(None)).await.unwrap();
     assert!(images(&plan).contains(&("web".into(), "x/web:3".into())));
+
+    // A push meanwhile stays current while c's folder does not change;
+    // a change to the folder is published again.
+    write(dir.path(), "04-data/app/docker-compose.yml", &stack("x/web:4"));
+    let (head, _) = Box::pin(a.push_catalog(request(dir.path(), "my-catalog")))
+        .await
+        .unwrap();
+    assert_eq!(head.number, 4);
+    let plan = Box::pin(c.plan(None)).await.unwrap();
+    assert_eq!(plan.catalog.map(|h| h.number), Some(4), "the push stays current");
+    write(local.path(), "04-data/app/site.conf", "listen 8081;\n");
+    let plan = Box::pin(c.plan(None)).await.unwrap();
+    assert_eq!(plan.catalog.map(|h| (h.number, h.pushed_by)), Some((5, "c".to_owned())));
 }
 
 #[test]

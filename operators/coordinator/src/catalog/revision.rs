@@ -5,10 +5,11 @@
 //! bad catalog is refused with the file, line and service, and the current
 //! revision stays), and stores it as the next number.
 //!
-//! A coordinator started with `compose_dir` publishes that folder whenever
-//! its files differ from the current revision (one machine, or a folder
-//! kept in step by other means); without it, a coordinator only reads what
-//! `infractl catalog push` published.
+//! A coordinator started with `compose_dir` publishes that folder when it
+//! starts (unless it is the current revision already) and again whenever
+//! its files change (one machine, or a folder kept in step by other
+//! means); a revision pushed meanwhile stays current until then. Without
+//! it, a coordinator only reads what `infractl catalog push` published.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -45,6 +46,10 @@ pub struct Revisions {
     dir: tempfile::TempDir,
     unpacked: tokio::sync::Mutex<BTreeMap<String, Unpacked>>,
     replicas: usize,
+    /// The digest of `compose_dir` when this process last published it
+    /// (or found it current): it is published again only once it changes,
+    /// so a catalog pushed meanwhile stays current.
+    published_dir: tokio::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Revisions {
@@ -63,6 +68,7 @@ impl Revisions {
             dir: tempfile::Builder::new().prefix("infra-catalog-").tempdir()?,
             unpacked: tokio::sync::Mutex::new(BTreeMap::new()),
             replicas,
+            published_dir: tokio::sync::Mutex::new(None),
         }))
     }
 }
@@ -263,8 +269,9 @@ impl Coordinator {
         .map_err(|e| format!("loading the catalog stopped: {e}"))?
     }
 
-    /// Publishes this coordinator's `compose_dir` when its files differ
-    /// from the current revision's, after checking it loads.
+    /// Publishes this coordinator's `compose_dir` when its files changed
+    /// since this process last published it (or at first, when they are
+    /// not the current revision's), after checking it loads.
     async fn publish_dir(&self, dir: &Path) -> Result<(), Error> {
         let store = self.catalog_store().await?;
         let (d, o, e) = (
@@ -277,8 +284,13 @@ impl Coordinator {
             .map_err(|e| Error::internal(format!("reading the catalog stopped: {e}")))?
             .map_err(Error::invalid)?;
         let digest = infra_bus::catalog::digest(&rev);
+        let mut last = self.revisions.published_dir.lock().await;
+        if last.as_deref() == Some(digest.as_str()) {
+            return Ok(());
+        }
         let current = store.current().await.map_err(unavailable)?;
         if current.is_some_and(|h| h.digest == digest) {
+            *last = Some(digest);
             return Ok(());
         }
         // Checked where the user's files are, so messages name them.
@@ -293,6 +305,7 @@ impl Coordinator {
             h.pushed_by.clone_from(&self.settings.id);
         }
         let (head, new) = store.publish(rev).await.map_err(unavailable)?;
+        *last = Some(digest);
         if new {
             tracing::info!(revision = head.number, source = %head.source, "published the catalog folder as a new revision");
             self.event(
