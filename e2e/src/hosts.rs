@@ -575,6 +575,16 @@ impl Cluster {
         std::fs::read_to_string(self.dir.path().join(host).join(file)).unwrap_or_default()
     }
 
+    /// The logs of the `tier` operators of every host, one after the other
+    /// (where the member-aware update orders run and log what they did).
+    pub fn tier_logs(&self, tier: &str) -> String {
+        self.hosts
+            .iter()
+            .map(|h| self.log(&h.name, tier))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The log of coordinator `i`.
     pub fn coordinator_log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.coords[i].id))).unwrap_or_default()
@@ -798,10 +808,11 @@ impl Cluster {
 
     /// Fences the coordinators in, as a firewall between a coordinator and
     /// the hosts would on VPS: their processes run under a group of their
-    /// own (root still, so they read the bed's files), and the packets of
-    /// that group's sockets may go to the NATS servers only, not to a host
-    /// (no Patroni REST, no Valkey port, no operator gRPC). What the
-    /// coordinator asks of a host goes through NATS, to its operators.
+    /// own (root still, so they read the bed's files), and the connections
+    /// that group's sockets open may go to the NATS servers only, not to a
+    /// host (no Patroni REST, no Valkey port, no operator gRPC). What the
+    /// coordinator asks of a host goes through NATS, to its operators. A
+    /// host may still connect to it (Prometheus scraping its metrics).
     fn fence(&self, prefix: &str) {
         let Some(gid) = self.fence_gid() else { return };
         let chain = Self::fence_chain(gid);
@@ -825,6 +836,21 @@ impl Cluster {
             );
         };
         ok(ipt(&["-N", &chain]), "-N");
+        // Answers on connections the hosts opened (Prometheus scraping the
+        // coordinator's metrics) go out; only what it opens itself is fenced.
+        ok(
+            ipt(&[
+                "-A",
+                &chain,
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "RETURN",
+            ]),
+            "-A conntrack",
+        );
         for n in &self.nats {
             ok(ipt(&["-A", &chain, "-d", &n.ip, "-j", "RETURN"]), "-A RETURN");
         }

@@ -352,23 +352,31 @@ impl Platform {
         call_at(&self.grpc, method, data)
     }
 
-    /// Which coordinator leads: the one that does not refuse a write as
-    /// "not the leader".
+    /// Which coordinator leads: the one that takes a write (one that names
+    /// no service, so nothing happens) rather than refusing it as not the
+    /// leader, or while nobody leads yet. Waits for one, at most 30 s.
     ///
     /// # Panics
-    /// When none leads.
+    /// When none leads within 30 s.
     pub fn leader(&self) -> usize {
-        for (i, addr) in self.grpcs.iter().enumerate() {
-            let out = grpcurl_at(
-                addr,
-                &["infra.coordinator.v1.CoordinatorService/Remove"],
-                Some(r#"{"selection":{"services":["no-such-service"]}}"#),
-            );
-            if !String::from_utf8_lossy(&out.stderr).contains("not the leader") {
-                return i;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            for (i, addr) in self.grpcs.iter().enumerate() {
+                let out = grpcurl_at(
+                    addr,
+                    &["infra.coordinator.v1.CoordinatorService/Remove"],
+                    Some(r#"{"selection":{"services":["no-such-service"]}}"#),
+                );
+                let err = String::from_utf8_lossy(&out.stderr);
+                // Refused for leadership: "not the leader", "not the
+                // leader yet", "no coordinator leads now" (Unavailable).
+                if !err.contains("not the leader") && !err.contains("Unavailable") {
+                    return i;
+                }
             }
+            assert!(std::time::Instant::now() < deadline, "no coordinator leads within 30s");
+            std::thread::sleep(Duration::from_millis(300));
         }
-        panic!("no coordinator leads");
     }
 
     /// Removes every container, network and volume of this platform's

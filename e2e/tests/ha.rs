@@ -41,24 +41,69 @@ fn join(c: &Cluster) {
     });
 }
 
-/// `docker inspect` of one service's container on `host`: (started at,
-/// first passing health check) as RFC 3339 text, which sorts in time.
-fn times(c: &Cluster, host: &str, container: &str) -> (String, String) {
+/// What `host`'s engine recorded of `container` since `since` (unix
+/// seconds): when it started and when its health test (a command whose
+/// text holds `health_test`) first passed, in nanoseconds of the engine's
+/// clock (the hosts share one).
+fn times(c: &Cluster, host: &str, container: &str, health_test: &str, since: u64) -> (i128, Option<i128>) {
+    let text = events(c, host, container, since);
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('|').map(str::trim).collect()).collect();
+    let time = |f: &[&str]| f[0].parse::<i128>().ok();
+    let started = lines
+        .iter()
+        .find(|f| f.get(1) == Some(&"start"))
+        .and_then(|f| time(f))
+        .unwrap_or_else(|| panic!("{container} on {host} started since {since}: {text}"));
+    // Healthy: Docker's verdict, or earlier a pass of the same health test
+    // that the operator ran itself while Docker still said `starting`
+    // (Engine 20.10 waits a whole interval for its first check): an
+    // `exec_die` with exit code 0 of an exec of the health test.
+    let probes: Vec<&str> = lines
+        .iter()
+        .filter(|f| {
+            f.get(1)
+                .is_some_and(|a| a.starts_with("exec_start: ") && a.contains(health_test))
+        })
+        .filter_map(|f| f.get(2).copied())
+        .collect();
+    let healthy = lines
+        .iter()
+        .filter(|f| {
+            f.get(1) == Some(&"health_status: healthy")
+                || (f.get(1) == Some(&"exec_die")
+                    && f.get(3) == Some(&"0")
+                    && f.get(2).is_some_and(|id| probes.contains(id)))
+        })
+        .filter_map(|f| time(f))
+        .min();
+    (started, healthy)
+}
+
+/// The engine's events of `container` since `since`:
+/// `nanos|action|exec id|exit code` lines.
+fn events(c: &Cluster, host: &str, container: &str, since: u64) -> String {
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
     let out = c.docker(
         host,
         &[
-            "inspect",
-            "-f",
-            "{{.State.StartedAt}}|{{range .State.Health.Log}}{{if eq .ExitCode 0}}{{.End}},{{end}}{{end}}",
-            container,
+            "events",
+            "--since",
+            &since.to_string(),
+            "--until",
+            &until.to_string(),
+            "--filter",
+            "type=container",
+            "--filter",
+            &format!("container={container}"),
+            "--format",
+            "{{.TimeNano}}|{{.Action}}|{{index .Actor.Attributes \"execID\"}}|{{index .Actor.Attributes \"exitCode\"}}",
         ],
     );
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let (started, healthy) = text.split_once('|').unwrap_or((&text, ""));
-    (
-        started.to_owned(),
-        healthy.split(',').find(|s| !s.is_empty()).unwrap_or("").to_owned(),
-    )
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -81,6 +126,11 @@ fn the_shipped_patroni_stack_spreads_over_three_joined_hosts_in_dependency_order
     join(&c);
 
     let t0 = Instant::now();
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 1;
     let progress = c.call(
         "Deploy",
         r#"{"selection":{"services":["pg-router"]},"timeoutSeconds":300}"#,
@@ -124,21 +174,38 @@ fn the_shipped_patroni_stack_spreads_over_three_joined_hosts_in_dependency_order
     // The engines' clocks: every Patroni member started after every etcd
     // member was healthy, HAProxy after every Patroni member was, across
     // the hosts.
-    let t = |name: &str| times(&c, &on[name], &format!("infra-{name}-1"));
-    let etcd_healthy: Vec<String> = ["etcd-1", "etcd-2", "etcd-3"].iter().map(|n| t(n).1).collect();
-    let pg: Vec<(String, String)> = ["pg-0", "pg-1", "pg-2"].iter().map(|n| t(n)).collect();
-    let router = t("pg-router");
-    for (i, (started, healthy)) in pg.iter().enumerate() {
+    let t = |name: &str| {
+        let test = if name.starts_with("etcd") {
+            "endpoint health"
+        } else if name.starts_with("pg-router") {
+            "healthz"
+        } else {
+            "8008/health"
+        };
+        times(&c, &on[name], &format!("infra-{name}-1"), test, since)
+    };
+    let etcd_healthy: Vec<i128> = ["etcd-1", "etcd-2", "etcd-3"]
+        .iter()
+        .map(|n| t(n).1.unwrap_or_else(|| panic!("{n} reported healthy")))
+        .collect();
+    let router = t("pg-router").0;
+    for m in ["pg-0", "pg-1", "pg-2"] {
+        let (started, healthy) = t(m);
         for e in &etcd_healthy {
             assert!(
-                !e.is_empty() && started > e,
-                "pg-{i} started {started}, an etcd healthy at {e}"
+                started > *e,
+                "{m} started at {started}, before an etcd was healthy at {e}:\n{}",
+                ["etcd-1", "etcd-2", "etcd-3", m]
+                    .iter()
+                    .map(|n| format!("{n}: {}", events(&c, &on[*n], &format!("infra-{n}-1"), since)))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             );
         }
+        let healthy = healthy.unwrap_or_else(|| panic!("{m} reported healthy"));
         assert!(
-            !healthy.is_empty() && router.0 > *healthy,
-            "pg-router started {} after pg-{i} was healthy at {healthy}",
-            router.0
+            router > healthy,
+            "pg-router started at {router}, before {m} was healthy at {healthy}"
         );
     }
 

@@ -460,7 +460,8 @@ fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_pr
             "valkey-node-{r} started one manual failover: {ci:?}"
         );
     }
-    let coord = c.coordinator_log(0);
+    // The update order runs on the members' hosts: their data operators log it.
+    let coord = c.tier_logs("data");
     let failovers = valkey_failovers_ms(&coord);
     assert_eq!(
         coord.matches("valkey: failover done").count(),

@@ -186,7 +186,8 @@ fn a_valkey_primary_with_two_replicas_over_three_hosts_rolls_replicas_first_hand
     // One failover, to a replica; the old primary, restarted after it,
     // came back as that replica's replica, from its config file; one
     // primary, two replicas online, and the proxy on the new primary.
-    let coord = c.coordinator_log(0);
+    // The update order runs on the members' hosts: their data operators log it.
+    let coord = c.tier_logs("data");
     assert_eq!(
         coord.matches("valkey: failover done").count(),
         1,
@@ -303,7 +304,8 @@ fn a_valkey_primary_with_two_replicas_over_three_hosts_rolls_replicas_first_hand
     let done = progress.last().unwrap();
     assert_eq!(done["ready"], 4, "{progress:#?}\n{}", c.all_logs());
     assert_eq!(done["failed"].as_u64().unwrap_or(0), 0, "{done}");
-    let coord = c.coordinator_log(0);
+    // The update order runs on the members' hosts: their data operators log it.
+    let coord = c.tier_logs("data");
     assert_eq!(coord.matches("valkey: failover done").count(), 2, "one more failover");
     let p2 = one_primary(&addrs, &password);
     assert_ne!(p2, p, "valkey-rep-{p} handed its role over");
