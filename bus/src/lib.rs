@@ -1156,6 +1156,7 @@ pub fn event_kind_token(kind: EventKind) -> &'static str {
                 "HOST_JOIN_REFUSED" => "host_join_refused",
                 "HOST_REMOVED" => "host_removed",
                 "OPERATORS_UPGRADED" => "operators_upgraded",
+                "CATALOG_PUBLISHED" => "catalog_published",
                 _ => "unspecified",
             }
         })

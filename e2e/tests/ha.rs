@@ -377,30 +377,10 @@ fn the_shipped_patroni_stack_spreads_over_three_joined_hosts_in_dependency_order
     );
 }
 
-/// The host (of `engines`: host, outer container) running a container of
-/// `service`.
-fn on_host(engines: &[(String, String)], service: &str) -> Option<String> {
-    engines.iter().find_map(|(h, outer)| {
-        let out = std::process::Command::new("docker")
-            .args([
-                "exec",
-                outer,
-                "docker",
-                "ps",
-                "-q",
-                "--filter",
-                &format!("label=io.infra.service={service}"),
-            ])
-            .output()
-            .ok()?;
-        (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then(|| h.clone())
-    })
-}
-
-/// The id of `service`'s running container on `host`.
-fn container_of(engines: &[(String, String)], host: &str, service: &str) -> String {
-    let outer = &engines.iter().find(|(h, _)| h == host).expect("a host").1;
-    let out = std::process::Command::new("docker")
+/// The running containers labelled `label` in the engine of `outer` (a
+/// host's outer container), first one first; none when it cannot be asked.
+fn ps(outer: &str, label: &str) -> Vec<String> {
+    std::process::Command::new("docker")
         .args([
             "exec",
             outer,
@@ -408,16 +388,39 @@ fn container_of(engines: &[(String, String)], host: &str, service: &str) -> Stri
             "ps",
             "-q",
             "--filter",
-            &format!("label=io.infra.service={service}"),
+            &format!("label={label}"),
         ])
         .output()
-        .expect("docker");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The host (of `engines`: host, outer container) running a container of
+/// `service`.
+fn on_host(engines: &[(String, String)], service: &str) -> Option<String> {
+    engines
+        .iter()
+        .find(|(_, outer)| !ps(outer, &format!("io.infra.service={service}")).is_empty())
+        .map(|(h, _)| h.clone())
+}
+
+/// The id of `service`'s running container on `host`.
+fn container_of(engines: &[(String, String)], host: &str, service: &str) -> String {
+    let outer = &engines.iter().find(|(h, _)| h == host).expect("a host").1;
+    ps(outer, &format!("io.infra.service={service}"))
+        .into_iter()
         .next()
         .unwrap_or_default()
-        .trim()
-        .to_owned()
+}
+
+/// A Patroni member's container in the engine of `outer`, if one runs.
+fn member_on(outer: &str) -> Option<String> {
+    ps(outer, "infra.update-order.cluster=pg-cluster").into_iter().next()
 }
 
 /// One statement through pg-router, from the Patroni member beside it
@@ -425,27 +428,7 @@ fn container_of(engines: &[(String, String)], host: &str, service: &str) -> Stri
 fn through_router(engines: &[(String, String)], sql: &str) -> Result<String, String> {
     let host = on_host(engines, "pg-router").ok_or("pg-router runs nowhere")?;
     let outer = &engines.iter().find(|(h, _)| *h == host).ok_or("no such host")?.1;
-    let out = std::process::Command::new("docker")
-        .args([
-            "exec",
-            outer,
-            "docker",
-            "ps",
-            "-q",
-            "--filter",
-            "label=infra.update-order.cluster=pg-cluster",
-        ])
-        .output()
-        .map_err(|e| e.to_string())?;
-    let member = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    if member.is_empty() {
-        return Err(format!("no Patroni member on {host}"));
-    }
+    let member = member_on(outer).ok_or_else(|| format!("no Patroni member on {host}"))?;
     let out = std::process::Command::new("docker")
         .args(["exec", outer, "docker", "exec", &member, "sh", "-c"])
         .arg(format!(
@@ -464,29 +447,9 @@ fn through_router(engines: &[(String, String)], sql: &str) -> Result<String, Str
 /// The Patroni leader's name, asked of a member on one of `engines`.
 fn leader_of(engines: &[(String, String)]) -> Option<String> {
     for (_, outer) in engines {
-        let Ok(out) = std::process::Command::new("docker")
-            .args([
-                "exec",
-                outer,
-                "docker",
-                "ps",
-                "-q",
-                "--filter",
-                "label=infra.update-order.cluster=pg-cluster",
-            ])
-            .output()
-        else {
+        let Some(member) = member_on(outer) else {
             continue;
         };
-        let member = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
-        if member.is_empty() {
-            continue;
-        }
         let Ok(out) = std::process::Command::new("docker")
             .args([
                 "exec",
