@@ -105,15 +105,23 @@ pub async fn cluster(members: &[Member]) -> Result<Vec<ClusterMember>, HookError
 
 impl Patroni {
     /// The replica to hand leadership to: serving, lag known and under the
-    /// threshold, the least lag (ties: the first in `members`' order).
-    fn candidate<'a>(&self, view: &'a [ClusterMember], leader: &str) -> Result<&'a ClusterMember, HookError> {
-        let mut best: Option<(&ClusterMember, u64)> = None;
+    /// threshold, the least lag (ties: the first in `members`' order). In
+    /// synchronous mode only a synchronous standby may take over (Patroni
+    /// refuses any other with 412), so one is chosen when there is one.
+    pub(crate) fn candidate<'a>(
+        &self,
+        view: &'a [ClusterMember],
+        leader: &str,
+    ) -> Result<&'a ClusterMember, HookError> {
+        let mut best: Option<(&ClusterMember, (bool, u64))> = None;
         let mut why = Vec::new();
         for m in view.iter().filter(|m| m.name != leader) {
             match m.lag_bytes() {
                 Some(lag) if m.serving() && !m.is_leader() && lag <= self.max_lag => {
-                    if best.is_none_or(|(_, b)| lag < b) {
-                        best = Some((m, lag));
+                    // A synchronous standby first, then the least lag.
+                    let rank = (m.role != "sync_standby", lag);
+                    if best.is_none_or(|(_, b)| rank < b) {
+                        best = Some((m, rank));
                     }
                 }
                 _ => why.push(format!("{} is {} {} with lag {}", m.name, m.role, m.state, lag_text(m))),

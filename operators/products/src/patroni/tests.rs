@@ -242,3 +242,38 @@ fn labels_choose_the_hook_and_an_unknown_kind_names_the_known_ones() {
         Some("patroni".into())
     );
 }
+
+#[test]
+fn in_synchronous_mode_the_switchover_goes_to_the_synchronous_standby_even_with_more_lag() {
+    let m = |name: &str, role: &str, lag: u64| ClusterMember {
+        name: name.into(),
+        role: role.into(),
+        state: "streaming".into(),
+        lag: Some(serde_json::json!(lag)),
+        timeline: Some(1),
+    };
+    let view = vec![
+        ClusterMember {
+            state: "running".into(),
+            lag: None,
+            ..m("pg-0", "leader", 0)
+        },
+        m("pg-1", "replica", 0),
+        m("pg-2", "sync_standby", 4096),
+    ];
+    let p = Patroni {
+        max_lag: DEFAULT_MAX_LAG,
+    };
+    assert_eq!(p.candidate(&view, "pg-0").unwrap().name, "pg-2");
+    // Asynchronous: the least lag.
+    let view: Vec<ClusterMember> = view
+        .into_iter()
+        .map(|mut x| {
+            if x.role == "sync_standby" {
+                x.role = "replica".into();
+            }
+            x
+        })
+        .collect();
+    assert_eq!(p.candidate(&view, "pg-0").unwrap().name, "pg-1");
+}
