@@ -24,14 +24,7 @@ pub(crate) async fn write_configs(ctx: &Ctx, spec: &ServiceSpec) -> Result<(), D
     if spec.configs.is_empty() {
         return Ok(());
     }
-    let root = ctx.state_dir.join("configs");
-    let dir = root.join(&spec.name);
-    for d in [&root, &dir] {
-        std::fs::create_dir_all(d).map_err(|e| config_error(&spec.name, "", format!("{}: {e}", d.display())))?;
-        // Root's alone on the host; the container sees the mount itself.
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| config_error(&spec.name, "", format!("{}: {e}", d.display())))?;
-    }
+    root_only_tree(&ctx.state_dir, "configs", &spec.name).map_err(|e| config_error(&spec.name, "", e))?;
     for m in &spec.configs {
         let path = spec::config_path(&ctx.state_dir, &spec.name, m);
         if path.exists() {

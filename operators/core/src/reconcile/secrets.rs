@@ -18,17 +18,11 @@ use super::*;
 /// a secret; a new file is root's, mode 0400, until [`own_secrets`] gives
 /// it to the container's user.
 pub(crate) async fn write_secrets(ctx: &Ctx, spec: &ServiceSpec) -> Result<(), DockerError> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     if spec.secrets.is_empty() {
         return Ok(());
     }
-    let root = ctx.state_dir.join("secrets");
-    let dir = root.join(&spec.name);
-    for d in [&root, &dir] {
-        std::fs::create_dir_all(d).map_err(|e| secret_error(&spec.name, "", format!("{}: {e}", d.display())))?;
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| secret_error(&spec.name, "", format!("{}: {e}", d.display())))?;
-    }
+    root_only_tree(&ctx.state_dir, "secrets", &spec.name).map_err(|e| secret_error(&spec.name, "", e))?;
     for s in &spec.secrets {
         // A name is a file name here: never a path that leaves the tree.
         infra_bus::Token::new("secret", &s.name).map_err(|e| secret_error(&spec.name, &s.name, e.to_string()))?;
@@ -154,6 +148,21 @@ pub(crate) fn prune_secrets(ctx: &Ctx, service: &str, desired: Option<&DesiredSe
             }
         }
     }
+}
+
+/// Makes `<state_dir>/<kind>/<service>` with both folders root's alone
+/// (0700): no other user of the host reaches what the operator writes
+/// there; a container sees only what is bind-mounted into it.
+pub(crate) fn root_only_tree(state_dir: &std::path::Path, kind: &str, service: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = state_dir.join(kind);
+    let dir = root.join(service);
+    for d in [&root, &dir] {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn secret_error(service: &str, secret: &str, reason: String) -> DockerError {
