@@ -540,10 +540,10 @@ impl Bus {
             let Some(content) = source else { continue };
             if self.get_secret(host, key).await?.as_ref() != Some(&content) {
                 let key = secret_key(host, key)?;
-                self.secrets
-                    .put(key.as_str(), content)
-                    .await
-                    .map_err(|e| BusError::with(BusErrorKind::Io, format!("put secret {key}"), e))?;
+                idempotent_write(&format!("put secret {key}"), || {
+                    self.secrets.put(key.as_str(), content.clone())
+                })
+                .await?;
             }
         }
         Ok(())
@@ -811,10 +811,10 @@ impl Bus {
     /// logged.
     pub async fn put_secret(&self, name: &str, content: Bytes) -> Result<()> {
         let key = Token::new("secret", name)?;
-        self.secret_sources
-            .put(key.as_str(), content)
-            .await
-            .map_err(|e| BusError::with(BusErrorKind::Io, format!("put secret {key}"), e))?;
+        idempotent_write(&format!("put secret {key}"), || {
+            self.secret_sources.put(key.as_str(), content.clone())
+        })
+        .await?;
         Ok(())
     }
 
@@ -831,10 +831,10 @@ impl Bus {
     /// for itself: Vault's unseal keys). Never logged.
     pub async fn put_host_secret(&self, host: &str, name: &str, content: Bytes) -> Result<()> {
         let key = secret_key(host, name)?;
-        self.secrets
-            .put(key.as_str(), content)
-            .await
-            .map_err(|e| BusError::with(BusErrorKind::Io, format!("put secret {key}"), e))?;
+        idempotent_write(&format!("put secret {key}"), || {
+            self.secrets.put(key.as_str(), content.clone())
+        })
+        .await?;
         Ok(())
     }
 
@@ -1261,11 +1261,53 @@ pub(crate) async fn ensure_bucket(js: &jetstream::Context, cfg: kv::Config) -> R
     }
 }
 
+/// How long a plain write keeps trying through a stream's leader election
+/// (a NATS server of the cluster stopped or restarted): elections end in
+/// a few seconds; past this the caller sees the error.
+const WRITE_RETRY_FOR: Duration = Duration::from_secs(15);
+
+/// Whether a KV write failed only because its stream had no leader at
+/// that moment (no responders, or no ack in time): the same write, sent
+/// again, succeeds once one is elected. A plain put or delete is
+/// idempotent (the last value wins), so repeating it is safe.
+fn leaderless(e: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(p) = err.downcast_ref::<PublishError>() {
+            return matches!(p.kind(), PublishErrorKind::StreamNotFound | PublishErrorKind::TimedOut);
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Runs a plain (idempotent) KV write, again while it fails only for
+/// want of a stream leader, for up to [`WRITE_RETRY_FOR`].
+async fn idempotent_write<T, E, F, Fut>(what: &str, mut write: F) -> Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + WRITE_RETRY_FOR;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Ok(v) => return Ok(v),
+            Err(e) if leaderless(&e) && tokio::time::Instant::now() + pause < deadline => {
+                tracing::debug!(error = %e, what, "stream has no leader yet; writing again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(BusError::with(BusErrorKind::Io, what.to_owned(), e)),
+        }
+    }
+}
+
 async fn put<M: Message>(store: &kv::Store, key: &str, msg: &M) -> Result<u64> {
-    store
-        .put(key, Bytes::from(msg.encode_to_vec()))
-        .await
-        .map_err(|e| BusError::with(BusErrorKind::Io, format!("put {key}"), e))
+    let value = Bytes::from(msg.encode_to_vec());
+    idempotent_write(&format!("put {key}"), || store.put(key, value.clone())).await
 }
 
 async fn get<M: Message + Default>(store: &kv::Store, key: &str) -> Result<Option<M>> {
@@ -1278,10 +1320,7 @@ async fn get<M: Message + Default>(store: &kv::Store, key: &str) -> Result<Optio
 }
 
 async fn delete(store: &kv::Store, key: &str) -> Result<()> {
-    store
-        .delete(key)
-        .await
-        .map_err(|e| BusError::with(BusErrorKind::Io, format!("delete {key}"), e))
+    idempotent_write(&format!("delete {key}"), || store.delete(key)).await
 }
 
 /// The directory's entry of desired state `d` with spec `spec`: its

@@ -255,3 +255,33 @@ async fn the_directory_follows_desired_state_and_a_missing_entry_is_written_agai
         .collect();
     assert_eq!(left, ["h2"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_while_jetstream_has_no_leader_lands_once_it_is_back() {
+    use infra_proto::bus::v1::ServiceRecord;
+    let mut server = NatsServer::start();
+    let b = bus(&server).await;
+    // The server comes back at once but its JetStream only after 3 s: a
+    // write meanwhile finds no stream to answer it, as one does while a
+    // clustered stream elects a new leader.
+    let restart = std::thread::spawn(move || {
+        server.restart_with_slow_jetstream(Duration::from_secs(3));
+        server
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let record = ServiceRecord {
+        service: "web".into(),
+        tier: "gateway".into(),
+        ..Default::default()
+    };
+    let put = tokio::time::timeout(Duration::from_secs(20), b.put_record(&record)).await;
+    let _server = restart.join().unwrap();
+    put.expect("the write ended")
+        .expect("the write landed after JetStream came back");
+    let back = b
+        .get_record("gateway", "web")
+        .await
+        .unwrap()
+        .expect("the record is there");
+    assert_eq!(back.service, "web");
+}

@@ -62,8 +62,10 @@ impl Coordinator {
             tx: &tx,
             until_completed: false,
         };
+        // Boxed: a replica's deploy is a deep future, and a call's task
+        // should not carry it inline.
         let outcome = tokio::select! {
-            o = self.deploy_one(step, p) => Some(o),
+            o = Box::pin(self.deploy_one(step, p)) => Some(o),
             () = superseded.cancelled() => None,
         };
         let ok = matches!(outcome, Some(Progress::Healthy | Progress::Completed));
