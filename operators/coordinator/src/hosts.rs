@@ -464,15 +464,14 @@ impl Coordinator {
                     "no heartbeat for {}s",
                     since.elapsed().as_secs() + self.settings().heartbeat_grace().as_secs()
                 );
-                let _ = self
-                    .bus()
-                    .put_host_state(&HostState {
-                        host: host.clone(),
-                        lost: true,
-                        drained: states.get(host).is_some_and(|s| s.drained),
-                        since: Some(infra_proto::now()),
-                        reason: reason.clone(),
-                    })
+                let lost = HostState {
+                    host: host.clone(),
+                    lost: true,
+                    drained: states.get(host).is_some_and(|s| s.drained),
+                    since: Some(infra_proto::now()),
+                    reason: reason.clone(),
+                };
+                self.write_or_log(&format!("state of {host}"), || self.bus().put_host_state(&lost))
                     .await;
                 self.event(EventKind::HostLost, "", "", &deployment, format!("{host}: {reason}"))
                     .await;
@@ -484,12 +483,11 @@ impl Coordinator {
             for (host, st) in &states {
                 if st.lost && alive.contains(host) {
                     if st.drained {
-                        let _ = self
-                            .bus()
-                            .put_host_state(&HostState {
-                                lost: false,
-                                ..st.clone()
-                            })
+                        let back = HostState {
+                            lost: false,
+                            ..st.clone()
+                        };
+                        self.write_or_log(&format!("state of {host}"), || self.bus().put_host_state(&back))
                             .await;
                     } else {
                         self.write_or_log(&format!("state of {host}"), || self.bus().delete_host_state(host))

@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, NetworkConnectRequest, NetworkCreateRequest, VolumeCreateRequest};
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, NetworkConnectRequest, NetworkCreateRequest, VolumeCreateRequest,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions, EventsOptions, InspectContainerOptions,
-    ListContainersOptions, ListNetworksOptions, RemoveContainerOptions, RemoveVolumeOptions, RestartContainerOptions,
-    StartContainerOptions, StopContainerOptions,
+    ListContainersOptions, ListNetworksOptions, RemoveContainerOptions, RemoveVolumeOptions, RenameContainerOptions,
+    RestartContainerOptions, StartContainerOptions, StopContainerOptions,
 };
 use futures::{Stream, StreamExt};
 
@@ -235,6 +237,29 @@ impl DockerClient {
             started_at,
             image: info.config.and_then(|c| c.image).unwrap_or_default(),
         }))
+    }
+
+    /// The engine's whole record of a container, its configuration
+    /// included (what copying it onto a new image needs); `None` if it
+    /// does not exist.
+    pub async fn inspect_full(&self, name: &str) -> Result<Option<ContainerInspectResponse>, DockerError> {
+        match self
+            .inner
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+        {
+            Ok(i) => Ok(Some(i)),
+            Err(e) if not_found(&e) => Ok(None),
+            Err(e) => Err(api("inspect container", name)(e)),
+        }
+    }
+
+    /// Renames a container.
+    pub async fn rename(&self, name: &str, to: &str) -> Result<(), DockerError> {
+        self.inner
+            .rename_container(name, RenameContainerOptions { name: to.to_owned() })
+            .await
+            .map_err(api("rename container", name))
     }
 
     /// The uid and gid container `id` runs as: its `user` (the spec's, else

@@ -22,16 +22,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{
-    CreateContainerOptions, InspectContainerOptions, RemoveContainerOptions, RenameContainerOptions,
-    StartContainerOptions, StopContainerOptions,
-};
 use infra_proto::bus::v1::{OperatorsUpgrade, OperatorsUpgradeReply};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::docker::DockerClient;
 use crate::reconcile::Ctx;
 
 /// The install container's name when the request names none.
@@ -76,19 +72,15 @@ async fn start_helper(ctx: &Ctx, ask: &OperatorsUpgrade) -> Result<String, Strin
     } else {
         ask.container.as_str()
     };
-    let docker = ctx.docker.raw();
-    if docker
-        .inspect_container(name, None::<InspectContainerOptions>)
-        .await
-        .is_err()
-    {
+    let docker = &ctx.docker;
+    if !matches!(docker.inspect(name).await, Ok(Some(_))) {
         return Err(format!(
             "no container {name} on {}: its operators were not installed from the install image; upgrade them the \
              way they were installed",
             ctx.host
         ));
     }
-    ctx.docker
+    docker
         .ensure_image(&ask.image, Duration::from_secs(300))
         .await
         .map_err(|e| format!("image {}: {e}", ask.image))?;
@@ -111,21 +103,15 @@ async fn start_helper(ctx: &Ctx, ask: &OperatorsUpgrade) -> Result<String, Strin
         ..Default::default()
     };
     let created = docker
-        .create_container(
-            Some(CreateContainerOptions {
-                name: Some(helper.clone()),
-                ..Default::default()
-            }),
-            body,
-        )
+        .create(&helper, body, &[])
         .await
         .map_err(|e| format!("create the upgrade helper: {e}"))?;
     docker
-        .start_container(&created.id, None::<StartContainerOptions>)
+        .start(&created)
         .await
         .map_err(|e| format!("start the upgrade helper: {e}"))?;
-    tracing::info!(image = %ask.image, helper = %created.id, "upgrading this host's operators");
-    Ok(created.id)
+    tracing::info!(image = %ask.image, helper = %created, "upgrading this host's operators");
+    Ok(created)
 }
 
 /// `infra-operator upgrade-self --container NAME --image IMAGE`: the
@@ -153,10 +139,8 @@ pub fn helper_main() -> std::process::ExitCode {
         }
     };
     let result = rt.block_on(async {
-        let docker = crate::docker::DockerClient::connect()
-            .await
-            .map_err(|e| e.to_string())?;
-        replace(docker.raw(), &name, &image, settle).await
+        let docker = DockerClient::connect().await.map_err(|e| e.to_string())?;
+        replace(&docker, &name, &image, settle).await
     });
     match result {
         Ok(id) => {
@@ -171,11 +155,12 @@ pub fn helper_main() -> std::process::ExitCode {
 }
 
 /// Replaces container `name` with one of `image` (see the module docs).
-pub async fn replace(docker: &Docker, name: &str, image: &str, settle: Duration) -> Result<String, String> {
+pub async fn replace(docker: &DockerClient, name: &str, image: &str, settle: Duration) -> Result<String, String> {
     let old = docker
-        .inspect_container(name, None::<InspectContainerOptions>)
+        .inspect_full(name)
         .await
-        .map_err(|e| format!("inspect {name}: {e}"))?;
+        .map_err(|e| format!("inspect {name}: {e}"))?
+        .ok_or_else(|| format!("no container {name}"))?;
     let config = old.config.clone().unwrap_or_default();
     let mut env: Vec<String> = config
         .env
@@ -200,40 +185,22 @@ pub async fn replace(docker: &Docker, name: &str, image: &str, settle: Duration)
     let previous = format!("{name}-previous");
     force_remove(docker, &previous).await;
     docker
-        .rename_container(name, RenameContainerOptions { name: previous.clone() })
+        .rename(name, &previous)
         .await
         .map_err(|e| format!("rename {name}: {e}"))?;
-    let grace = config.stop_timeout.unwrap_or(30);
-    let stopped = docker
-        .stop_container(
-            &previous,
-            Some(StopContainerOptions {
-                t: Some(i32::try_from(grace).unwrap_or(30)),
-                ..Default::default()
-            }),
-        )
-        .await;
-    if let Err(e) = stopped {
+    let grace = Duration::from_secs(config.stop_timeout.and_then(|t| u64::try_from(t).ok()).unwrap_or(30));
+    if let Err(e) = docker.stop(&previous, grace).await {
         put_back(docker, name, &previous, None).await;
         return Err(format!("stop {name}: {e}"));
     }
-    let created = match docker
-        .create_container(
-            Some(CreateContainerOptions {
-                name: Some(name.to_owned()),
-                ..Default::default()
-            }),
-            body,
-        )
-        .await
-    {
-        Ok(c) => c.id,
+    let created = match docker.create(name, body, &[]).await {
+        Ok(id) => id,
         Err(e) => {
             put_back(docker, name, &previous, None).await;
             return Err(format!("create {name} from {image}: {e}"));
         }
     };
-    if let Err(e) = docker.start_container(&created, None::<StartContainerOptions>).await {
+    if let Err(e) = docker.start(&created).await {
         put_back(docker, name, &previous, Some(&created)).await;
         return Err(format!("start {name} from {image}: {e}"));
     }
@@ -242,9 +209,10 @@ pub async fn replace(docker: &Docker, name: &str, image: &str, settle: Duration)
     while tokio::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let info = docker
-            .inspect_container(&created, None::<InspectContainerOptions>)
+            .inspect_full(&created)
             .await
-            .map_err(|e| format!("inspect the new {name}: {e}"))?;
+            .map_err(|e| format!("inspect the new {name}: {e}"))?
+            .unwrap_or_default();
         let running = info.state.as_ref().and_then(|s| s.running).unwrap_or(false);
         let restarts = info.restart_count.unwrap_or(0);
         if !running || restarts > 0 {
@@ -261,21 +229,21 @@ pub async fn replace(docker: &Docker, name: &str, image: &str, settle: Duration)
 
 /// Undoes a replacement: removes the new container (if made), renames the
 /// previous one back and starts it.
-async fn put_back(docker: &Docker, name: &str, previous: &str, new: Option<&str>) {
+async fn put_back(docker: &DockerClient, name: &str, previous: &str, new: Option<&str>) {
     if let Some(id) = new {
         force_remove(docker, id).await;
     }
-    let _ = docker
-        .rename_container(previous, RenameContainerOptions { name: name.to_owned() })
-        .await;
-    let _ = docker.start_container(name, None::<StartContainerOptions>).await;
+    if let Err(e) = docker.rename(previous, name).await {
+        tracing::warn!(error = %e, previous, "cannot rename the previous operators container back");
+    }
+    if let Err(e) = docker.start(name).await {
+        tracing::warn!(error = %e, name, "cannot start the previous operators container again");
+    }
 }
 
 /// Removes a container, running or not; gone already is fine.
-async fn force_remove(docker: &Docker, id: &str) {
-    let opts = RemoveContainerOptions {
-        force: true,
-        ..Default::default()
-    };
-    let _ = docker.remove_container(id, Some(opts)).await;
+async fn force_remove(docker: &DockerClient, id: &str) {
+    if let Err(e) = docker.remove_stopped(id).await {
+        tracing::warn!(error = %e, id, "cannot remove a container of the upgrade");
+    }
 }
