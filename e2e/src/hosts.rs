@@ -432,6 +432,29 @@ impl Cluster {
         None
     }
 
+    /// Joins every bare host (one started with no tiers) with the command
+    /// `AddHost` printed for it, run as is on the host, with the label
+    /// `zone` = a, b, c, ... in host order; returns once each host's nine
+    /// operators are listed.
+    pub fn join_zones(&self) {
+        let hosts = self.hosts();
+        for (i, h) in hosts.iter().enumerate() {
+            let zone = char::from(b'a' + u8::try_from(i).expect("few hosts"));
+            let r = self.call("AddHost", &format!(r#"{{"host":"{h}","labels":{{"zone":"{zone}"}}}}"#));
+            let command = r[0]["command"].as_str().expect("a command").to_owned();
+            let out = Command::new("docker")
+                .args(["exec", &self.container(h), "sh", "-c", &command])
+                .output()
+                .expect("docker");
+            assert!(out.status.success(), "{h}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        self.wait_hosts(
+            "every host joined, nine operators each",
+            Duration::from_secs(120),
+            |l| hosts.iter().all(|h| l.get(h).is_some_and(|t| t.len() == 9)),
+        );
+    }
+
     /// Waits (bounded by `limit`) until `ok` holds for [`Cluster::list_hosts`];
     /// panics naming `what`, with the last answer and every log.
     pub fn wait_hosts(

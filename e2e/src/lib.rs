@@ -26,6 +26,21 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
+/// A user's checkout of the shipped catalog: a copy of `compose/` (its dev
+/// secrets included) in a temporary folder, unchanged; the catalog is its
+/// `compose` folder.
+pub fn catalog_checkout() -> (tempfile::TempDir, PathBuf) {
+    let checkout = tempfile::tempdir().expect("a temporary folder");
+    let cp = std::process::Command::new("cp")
+        .args(["-a", &repo_root().join("compose").display().to_string()])
+        .arg(checkout.path())
+        .status()
+        .expect("cp");
+    assert!(cp.success(), "copy compose/");
+    let catalog = checkout.path().join("compose");
+    (checkout, catalog)
+}
+
 /// Where the binaries of `profile` (`debug` or `release`) are.
 pub fn bin_dir(profile: &str) -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| repo_root().join("target"), PathBuf::from);

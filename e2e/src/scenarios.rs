@@ -487,88 +487,6 @@ pub fn pg_writer(addr: String, port: u16, first: u64) -> Writer {
 
 // ------------------------------------------------------------- Valkey ---
 
-/// The client port of Valkey cluster node `i` of [`valkey_catalog`] (its
-/// cluster bus port is this plus 10000).
-pub fn valkey_port(i: usize) -> u16 {
-    7000 + i as u16
-}
-
-/// The host (0-based) that carries node `i` of [`valkey_catalog`].
-pub fn valkey_host(i: usize) -> usize {
-    i % 3
-}
-
-/// The Valkey cluster of `compose/04-data/valkey-cluster` on three hosts,
-/// as a test fixture: six nodes (`valkey-node-0..5`), two per host
-/// (`node.hostname == hostN`), so the cluster's creation puts one primary
-/// and one replica (of another host's primary) on each. Two nodes share a
-/// host, so each listens on its own port ([`valkey_port`], bus +10000),
-/// publishes both on its host's private address (`expose`) and announces
-/// that address (`cluster-announce-ip`, the IPs the hosts will have). The
-/// members carry the `valkey` update-order labels; the password is the
-/// secret `valkey_cluster_password` (`password`, written under
-/// `dir/secrets/`). `image` is the nodes' image: change it to roll them.
-pub fn valkey_catalog(dir: &Path, ips: &[String], image: &str, password: &str) {
-    write(dir, "secrets/valkey_cluster_password", &format!("{password}\n"));
-    let mut y = String::from("services:\n");
-    for i in 0..6 {
-        let (port, host) = (valkey_port(i), valkey_host(i));
-        let ip = &ips[host];
-        y += &format!(
-            r#"  valkey-node-{i}:
-    image: {image}
-    user: "999:999"
-    read_only: true
-    tmpfs: ["/tmp"]
-    expose: ["{port}", "{bus}"]
-    labels:
-      infra.valkey-cluster: valkey-cluster
-      infra.valkey-cluster.replicas: "1"
-      infra.update-order: valkey
-      infra.update-order.cluster: valkey-cluster
-      infra.update-order.port: "{port}"
-    secrets: [valkey_cluster_password]
-    command:
-      - sh
-      - -c
-      - >-
-        exec valkey-server
-        --port {port}
-        --requirepass "$$(cat /run/secrets/valkey_cluster_password)"
-        --masterauth "$$(cat /run/secrets/valkey_cluster_password)"
-        --cluster-enabled yes
-        --cluster-config-file /data/nodes.conf
-        --cluster-node-timeout 5000
-        --cluster-announce-ip {ip}
-        --appendonly yes
-        --maxmemory 128mb
-        --maxmemory-policy noeviction
-    volumes: ["valkey-node-{i}-data:/data"]
-    healthcheck:
-      test: ["CMD-SHELL", "valkey-cli -p {port} -a \"$$(cat /run/secrets/valkey_cluster_password)\" --no-auth-warning ping | grep -q PONG"]
-      interval: 1s
-      timeout: 3s
-      retries: 5
-    deploy:
-      placement:
-        constraints: ["node.hostname == host{h}"]
-      update_config:
-        parallelism: 1
-        order: stop-first
-        failure_action: pause
-"#,
-            bus = port + 10000,
-            h = host + 1,
-        );
-    }
-    y += "volumes:\n";
-    for i in 0..6 {
-        y += &format!("  valkey-node-{i}-data: {{}}\n");
-    }
-    y += "secrets:\n  valkey_cluster_password:\n    file: ../../secrets/valkey_cluster_password\n";
-    write(dir, "04-data/valkey-cluster/docker-compose.yml", &y);
-}
-
 /// The client port of node `i` of [`valkey_replication_catalog`]
 /// (`valkey-rep-i`, on host `i + 1`).
 pub fn valkey_rep_port(i: usize) -> u16 {
@@ -819,6 +737,9 @@ pub fn valkey_key(tags: &[String; 3], n: u64) -> String {
 /// learnt from `MOVED` redirections (starting at any node it knows).
 pub struct ValkeyClient {
     nodes: Vec<String>,
+    /// `name:port` → `ip:port`, for nodes that redirect by name (as a
+    /// client with the cluster's DNS names would resolve them).
+    names: BTreeMap<String, String>,
     password: String,
     by_tag: BTreeMap<u16, String>,
     conns: BTreeMap<String, ValkeyConn>,
@@ -829,10 +750,18 @@ impl ValkeyClient {
     pub fn new(nodes: Vec<String>, password: &str) -> Self {
         Self {
             nodes,
+            names: BTreeMap::new(),
             password: password.to_owned(),
             by_tag: BTreeMap::new(),
             conns: BTreeMap::new(),
         }
+    }
+
+    /// Resolves redirections to `name:port` through `names` (to `ip:port`).
+    #[must_use]
+    pub fn naming(mut self, names: BTreeMap<String, String>) -> Self {
+        self.names = names;
+        self
     }
 
     /// `args` for `key`, following up to 5 redirections; then `then` on the
@@ -879,6 +808,7 @@ impl ValkeyClient {
             match &r {
                 Reply::Error(e) if e.starts_with("MOVED ") => {
                     let to = e.split_whitespace().nth(2).unwrap_or("").to_owned();
+                    let to = self.names.get(&to).cloned().unwrap_or(to);
                     self.by_tag.insert(slot, to);
                     continue;
                 }
@@ -923,9 +853,21 @@ impl ValkeyWriter {
     /// Starts at sequence number `first` (then `first + 1`, ... over the
     /// three streams).
     pub fn start(nodes: Vec<String>, password: &str, first: u64, wait_ms: u64) -> Self {
+        Self::start_naming(nodes, BTreeMap::new(), password, first, wait_ms)
+    }
+
+    /// [`ValkeyWriter::start`] with clients that resolve redirections by
+    /// name through `names` ([`ValkeyClient::naming`]).
+    pub fn start_naming(
+        nodes: Vec<String>,
+        names: BTreeMap<String, String>,
+        password: &str,
+        first: u64,
+        wait_ms: u64,
+    ) -> Self {
         let started = Instant::now();
         let loads = [0u64, 1, 2].map(|t| {
-            let mut client = ValkeyClient::new(nodes.clone(), password);
+            let mut client = ValkeyClient::new(nodes.clone(), password).naming(names.clone());
             let tags = valkey_tags();
             let wait = wait_ms.to_string();
             // The first number of this stream at or after `first`.

@@ -23,24 +23,6 @@ const IMAGES: [&str; 4] = [
     "infra-local/haproxy:2",
 ];
 
-/// Joins every bare host with the command `AddHost` printed, zones a, b, c.
-fn join(c: &Cluster) {
-    for (i, h) in c.hosts().iter().enumerate() {
-        let zone = ["a", "b", "c"][i];
-        let r = c.call("AddHost", &format!(r#"{{"host":"{h}","labels":{{"zone":"{zone}"}}}}"#));
-        let command = r[0]["command"].as_str().expect("a command").to_owned();
-        let out = std::process::Command::new("docker")
-            .args(["exec", &c.container(h), "sh", "-c", &command])
-            .output()
-            .expect("docker");
-        assert!(out.status.success(), "{h}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let hosts = c.hosts();
-    c.wait_hosts("three joined hosts", Duration::from_secs(120), |l| {
-        hosts.iter().all(|h| l.get(h).is_some_and(|t| t.len() == 9))
-    });
-}
-
 /// What `host`'s engine recorded of `container` since `since` (unix
 /// seconds): when it started and when its health test (a command whose
 /// text holds `health_test`) first passed, in nanoseconds of the engine's
@@ -109,21 +91,14 @@ fn events(c: &Cluster, host: &str, container: &str, since: u64) -> String {
 #[test]
 fn the_shipped_patroni_stack_spreads_over_three_joined_hosts_in_dependency_order_and_serves_through_haproxy() {
     // The user's checkout of the catalog: the shipped one, unchanged.
-    let checkout = tempfile::tempdir().unwrap();
-    let cp = std::process::Command::new("cp")
-        .args(["-a", &infra_e2e::repo_root().join("compose").display().to_string()])
-        .arg(checkout.path())
-        .status()
-        .unwrap();
-    assert!(cp.success());
-    let catalog = checkout.path().join("compose");
+    let (_checkout, catalog) = infra_e2e::catalog_checkout();
     let mut opts = ClusterOptions::new(3).images(&IMAGES);
     opts.compose_dir.clone_from(&catalog);
     for h in ["host1", "host2", "host3"] {
         opts.host_tiers.insert(h.into(), Vec::new());
     }
     let c = Cluster::start(opts);
-    join(&c);
+    c.join_zones();
 
     let t0 = Instant::now();
     let since = std::time::SystemTime::now()

@@ -14,10 +14,10 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use infra_e2e::hosts::{Cluster, ClusterOptions};
+use infra_e2e::hosts::{Cluster, ClusterOptions, OPERATORS_IMAGE};
 use infra_e2e::scenarios::{
-    ValkeyClient, ValkeyConn, ValkeyWriter, the_container, valkey_catalog, valkey_failovers_ms, valkey_host,
-    valkey_key, valkey_port, valkey_roll_image, valkey_tags, wait_for,
+    ValkeyClient, ValkeyConn, ValkeyWriter, the_container, valkey_failovers_ms, valkey_key, valkey_roll_image,
+    valkey_tags, wait_for,
 };
 use infra_e2e::{Options, Platform};
 use infra_proto::bus::v1::{Event, EventKind};
@@ -31,12 +31,15 @@ const NODES: [&str; 6] = [
     "valkey-node-5",
 ];
 
-/// `valkey-cli <args>` in a node container, authenticated from the node's
-/// secret file (the password never on a command line here either).
+/// `valkey-cli <args>` in a node container, on the node's own port (its
+/// `VALKEY_PORT`), authenticated from the node's secret file (the password
+/// never on a command line here either).
 fn cli(container: &str, args: &[&str]) -> String {
     let out = Command::new("docker")
         .args(["exec", container, "sh", "-c"])
-        .arg(r#"REDISCLI_AUTH="$(cat /run/secrets/valkey_cluster_password)" exec valkey-cli --no-auth-warning "$@""#)
+        .arg(
+            r#"REDISCLI_AUTH="$(cat /run/secrets/valkey_cluster_password)" exec valkey-cli -p "$VALKEY_PORT" --no-auth-warning "$@""#,
+        )
         .arg("sh")
         .args(args)
         .output()
@@ -304,32 +307,73 @@ fn role(addr: &str, password: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The host (index into `c.hosts()`) that runs `service`, found on the
+/// hosts' engines: placement chose it.
+fn host_of(c: &Cluster, service: &str) -> usize {
+    let found: Vec<usize> = c
+        .hosts()
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| {
+            let o = c.docker(
+                h,
+                &["ps", "-q", "--filter", &format!("label=io.infra.service={service}")],
+            );
+            !String::from_utf8_lossy(&o.stdout).trim().is_empty()
+        })
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(found.len(), 1, "{service} runs on exactly one host: {found:?}");
+    found[0]
+}
+
 #[test]
 fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_primary_failed_over_before_it_restarts_and_no_wait_acknowledged_write_is_lost()
  {
+    // The shipped stack, unchanged, on three hosts that joined by token
+    // with zones a, b, c; the coordinator reaches nothing but NATS.
     let roll_image = valkey_roll_image();
-    let mut opts = ClusterOptions::new(3)
-        .tiers(&["data"])
-        .images(&["infra-local/redis:7", roll_image]);
+    let (_checkout, catalog) = infra_e2e::catalog_checkout();
+    let mut opts = ClusterOptions::new(3).images(&[OPERATORS_IMAGE, "infra-local/redis:7", roll_image]);
     opts.project = "vkha".into();
-    opts.overrides.clear();
-    opts.env.push(("INFRA_HEARTBEAT_TTL_SECS".into(), "5".into()));
-    let dir = tempfile::tempdir().unwrap();
-    opts.compose_dir = dir.path().to_owned();
+    opts.compose_dir.clone_from(&catalog);
+    for h in ["host1", "host2", "host3"] {
+        opts.host_tiers.insert(h.into(), Vec::new());
+    }
+    // The roll below pins a new image in an override file of the user's,
+    // as a user would; empty until then.
+    let pin = catalog.parent().unwrap().join("pin.override.yml");
+    std::fs::write(&pin, "services: {}\n").unwrap();
+    opts.overrides.push(pin.clone());
     let c = Cluster::start(opts);
+    c.join_zones();
     let hosts = c.hosts();
     let ips: Vec<String> = hosts.iter().map(|h| c.host_ip(h)).collect();
-    let password = format!("e2e-valkey-{:x}", now_nanos());
-    valkey_catalog(dir.path(), &ips, "infra-local/redis:7", &password);
-    let addr = |i: usize| format!("{}:{}", ips[valkey_host(i)], valkey_port(i));
-    let addrs: Vec<String> = (0..6).map(addr).collect();
+    let password = std::fs::read_to_string(catalog.join("secrets/valkey_cluster_password"))
+        .expect("compose/secrets/valkey_cluster_password (run e2e/images/make-dev-secrets.sh)")
+        .trim()
+        .to_owned();
     let selection = r#"{"selection":{"services":["valkey-node-0","valkey-node-1","valkey-node-2","valkey-node-3","valkey-node-4","valkey-node-5"]},"timeoutSeconds":300}"#;
 
     let t0 = Instant::now();
     let progress = c.call("Deploy", selection);
     let done = progress.last().unwrap();
     assert_eq!(done["ready"], 6, "six nodes: {progress:#?}\n{}", c.all_logs());
-    // The data operator of host1 (valkey-node-0's) forms the cluster from
+    // The stack's placement group spreads the six nodes over the zones:
+    // two per host.
+    let at: Vec<usize> = (0..6).map(|i| host_of(&c, &format!("valkey-node-{i}"))).collect();
+    for h in 0..3 {
+        assert_eq!(
+            at.iter().filter(|&&x| x == h).count(),
+            2,
+            "two nodes on {}: {at:?}",
+            hosts[h]
+        );
+    }
+    // Node i listens on 7000 + i, published on its host's private address.
+    let addr = |i: usize| format!("{}:{}", ips[at[i]], 7000 + i);
+    let addrs: Vec<String> = (0..6).map(addr).collect();
+    // The data operator of valkey-node-0's host forms the cluster from
     // nodes on three hosts: every node sees it ok, 3 primaries 3 replicas.
     let mut nodes;
     let by = Instant::now() + Duration::from_secs(90);
@@ -360,7 +404,7 @@ fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_pr
         assert!(
             Instant::now() < by,
             "no cluster across three hosts within 90 s: {infos:#?}\n{nodes}\n{}\n{}",
-            c.log("host1", "data"),
+            c.tier_logs("data"),
             c.coordinator_log(0)
         );
         std::thread::sleep(Duration::from_millis(250));
@@ -372,9 +416,13 @@ fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_pr
         !c.nats_store_holds(password.as_bytes()),
         "a NATS server's store holds the valkey password in plain text"
     );
-    // Every node announces its host's private address and its own port.
-    for a in &addrs {
-        assert!(nodes.contains(&format!(" {a}@")), "{a} announced: {nodes}");
+    // Every node announces its host's private address (the INFRA_HOST_ADDR
+    // its operator gave it), its own port and its name.
+    for (i, a) in addrs.iter().enumerate() {
+        assert!(
+            nodes.contains(&format!(" {a}@{},valkey-node-{i} ", 17000 + i)),
+            "{a} announced: {nodes}"
+        );
     }
     let primaries: Vec<usize> = (0..6).filter(|&i| role(&addr(i), &password) == "master").collect();
     let replicas: Vec<usize> = (0..6).filter(|i| !primaries.contains(i)).collect();
@@ -383,25 +431,33 @@ fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_pr
     for &r in &replicas {
         let f = info(&addr(r), &password, &["INFO", "replication"]).unwrap();
         let p = format!("{}:{}", f["master_host"], f["master_port"]);
-        let pi = addrs.iter().position(|a| *a == p).expect("its primary is a member");
-        assert_ne!(
-            valkey_host(pi),
-            valkey_host(r),
-            "node {r} replicates node {pi} on its own host"
-        );
+        // By address, or by name where the node follows its primary's.
+        let pi = (0..6)
+            .find(|&i| p == addrs[i] || p == format!("valkey-node-{i}:{}", 7000 + i))
+            .unwrap_or_else(|| panic!("node {r}'s primary {p} is a member: {nodes}"));
+        assert_ne!(at[pi], at[r], "node {r} replicates node {pi} on its own host");
     }
     fault(
-        "deploy valkey-node-0..5 (two per host, ports published on the hosts' private addresses)",
+        "deploy the shipped valkey-node-0..5 on three joined hosts (zones a, b, c; no file changed)",
         &format!(
-            "the data operator formed one cluster of 3 primaries (nodes {primaries:?}) and 3 replicas, each replica on another host than its primary; {:.1}s",
+            "two nodes per host by the stack's placement group; the data operator formed one cluster of 3 primaries (nodes {primaries:?}) and 3 replicas, each replica on another host than its primary; {:.1}s",
             formed.as_secs_f64()
         ),
     );
 
     // Roll every node to the new image while a client writes with WAIT 1.
-    let writer = ValkeyWriter::start(addrs.clone(), &password, 1, 500);
+    // Redirections name the nodes (`valkey-node-3:7003`): resolved as the
+    // names resolve on the hosts, to the node's host's address.
+    let names: std::collections::BTreeMap<String, String> = (0..6)
+        .map(|i| (format!("valkey-node-{i}:{}", 7000 + i), addr(i)))
+        .collect();
+    let writer = ValkeyWriter::start_naming(addrs.clone(), names.clone(), &password, 1, 500);
     std::thread::sleep(Duration::from_secs(3));
-    valkey_catalog(dir.path(), &ips, roll_image, &password);
+    let mut pinned = String::from("services:\n");
+    for i in 0..6 {
+        pinned += &format!("  valkey-node-{i}:\n    image: {roll_image}\n");
+    }
+    std::fs::write(&pin, pinned).unwrap();
     let t1 = Instant::now();
     let progress = c.call("Deploy", selection);
     let took = t1.elapsed();
@@ -419,7 +475,7 @@ fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_pr
     // Every node runs the new image; the replicas restarted before any
     // primary did.
     let runs: Vec<(String, String, String)> = (0..6)
-        .map(|i| the_container(&c, &hosts[valkey_host(i)], &format!("valkey-node-{i}")))
+        .map(|i| the_container(&c, &hosts[at[i]], &format!("valkey-node-{i}")))
         .collect();
     for (i, (_, image, _)) in runs.iter().enumerate() {
         assert_eq!(image, roll_image, "valkey-node-{i}");
@@ -472,7 +528,7 @@ fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_pr
     // Every acknowledged write is there.
     assert!(w.acked.len() > 50, "the client wrote during the roll: {w:?}");
     let tags = valkey_tags();
-    let mut client = ValkeyClient::new(addrs.clone(), &password);
+    let mut client = ValkeyClient::new(addrs.clone(), &password).naming(names);
     let lost: Vec<u64> = w
         .acked
         .iter()

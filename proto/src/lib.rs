@@ -125,6 +125,17 @@ pub mod reach {
     /// operator's `addr` fact).
     pub const PRIVATE_ADDR: &str = "@addr";
 
+    /// The environment variable every container gets with the name of the
+    /// host it runs on (as Nomad's `NOMAD_HOST_*`): what a member of a
+    /// cluster announces when its peers are on other hosts.
+    pub const HOST_NAME_ENV: &str = "INFRA_HOST_NAME";
+
+    /// The environment variable every container gets with its host's
+    /// private address (the operator's `addr` fact), when the host has one:
+    /// a Valkey node's `--cluster-announce-ip`, a Galera node's
+    /// `wsrep_node_address`. A service's own value of either wins.
+    pub const HOST_ADDR_ENV: &str = "INFRA_HOST_ADDR";
+
     /// Whether a port's `host_ip` is [`PRIVATE_ADDR`].
     pub fn is_private_addr(host_ip: &str) -> bool {
         host_ip == PRIVATE_ADDR

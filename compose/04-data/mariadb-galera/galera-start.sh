@@ -4,6 +4,8 @@
 # (the entrypoint drops to mysql).
 #   GALERA_NODE       this node's name (galera-1..3)
 #   GALERA_BOOTSTRAP  1 on the node that may create the cluster (galera-1)
+#   INFRA_HOST_ADDR   the host's private address, set by the operator when
+#                     the host has one (several hosts)
 # galera-1 bootstraps (--wsrep-new-cluster) only when its data directory is
 # new or Galera marked it safe_to_bootstrap (it was the last node to stop);
 # otherwise it joins the running nodes like the others. After an unclean
@@ -18,6 +20,12 @@ auth=/etc/mysql/mariadb.conf.d/99-galera-sst-auth.cnf
 install -m 0600 -o mysql -g mysql /dev/null "$auth"
 printf '[mariadbd]\nwsrep_sst_auth = mariabackup:%s\n' "$(< /run/secrets/galera_sst_password)" > "$auth"
 args=("--wsrep-node-name=${GALERA_NODE}")
+# Across hosts the peers reach this node at its host's private address (the
+# operator's INFRA_HOST_ADDR, where this node's ports are published); on one
+# host Galera takes the container's own address.
+if [ -n "${INFRA_HOST_ADDR:-}" ]; then
+  args+=("--wsrep-node-address=${INFRA_HOST_ADDR}")
+fi
 state=/var/lib/mysql/grastate.dat
 if [ "${GALERA_BOOTSTRAP:-0}" = 1 ]; then
   if [ ! -s "$state" ] || grep -q '^safe_to_bootstrap: *1' "$state"; then

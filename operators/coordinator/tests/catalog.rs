@@ -163,3 +163,51 @@ fn every_stack_plans_alone_with_its_dependencies() {
         }
     }
 }
+
+/// The shipped Valkey cluster needs no edit across hosts: each node has a
+/// port of its own (published for the other hosts), announces the address
+/// the operator gives it only when there is one, rolls by the `valkey`
+/// update order one node at a time, and is one placement group spread
+/// over zones.
+#[test]
+fn the_shipped_valkey_cluster_is_ready_for_several_hosts() {
+    let env: BTreeMap<String, String> = BTreeMap::new();
+    let opts = LoadOptions {
+        env_file: Some(root().join("compose/.env.example")),
+        env: env.clone(),
+        overrides: vec![root().join("e2e/images/local.override.yml")],
+        secret_dirs: Vec::new(),
+    };
+    let catalog = load_catalog(&root().join("compose"), &opts).unwrap_or_else(|e| panic!("{e}"));
+    let mut ports = std::collections::BTreeSet::new();
+    for i in 0..6 {
+        let name = format!("valkey-node-{i}");
+        let svc = &catalog.services[&name];
+        let (spec, _) = infra_coordinator::convert::to_spec(&catalog, "infra", svc, &env).unwrap();
+        let port = spec.environment["VALKEY_PORT"].clone();
+        assert!(ports.insert(port.clone()), "{name}: port {port} is another node's too");
+        assert_eq!(spec.environment["VALKEY_NODE"], name);
+        assert_eq!(spec.labels["infra.update-order"], "valkey", "{name}");
+        assert_eq!(spec.labels["infra.update-order.port"], port, "{name}");
+        assert_eq!(spec.labels["infra.placement.group"], "valkey-cluster", "{name}");
+        let command = spec.command.as_ref().map(|a| a.args.join(" ")).unwrap_or_default();
+        // Compose's `$$` is a literal `$`: the shell in the container reads
+        // the operator's INFRA_HOST_ADDR, and an unset one adds nothing.
+        assert!(
+            command.contains(r#"${INFRA_HOST_ADDR:+--cluster-announce-ip "$INFRA_HOST_ADDR"}"#)
+                && command.contains(r#"--port "$VALKEY_PORT""#),
+            "{name}: {command}"
+        );
+        let bus = (port.parse::<u32>().unwrap() + 10000).to_string();
+        assert_eq!(
+            svc.expose,
+            vec![port.clone(), bus],
+            "{name}: client and bus ports exposed"
+        );
+        let placement = infra_coordinator::convert::placement_spec(svc).unwrap();
+        assert_eq!(placement.spread, vec!["zone".to_owned()], "{name}");
+        let update = infra_coordinator::convert::update_policy(svc, false);
+        assert_eq!((update.parallelism, update.start_first), (1, false), "{name}");
+        assert_eq!(update.failure_action, "pause", "{name}");
+    }
+}

@@ -348,13 +348,12 @@ async fn operator_creates_adopts_after_restart_recreates_on_change_and_removes()
             .inspect_container(&new_id, None::<InspectContainerOptions>)
             .await
             .unwrap();
+        let container_env = inspect.config.unwrap().env.unwrap();
+        assert!(container_env.contains(&"GREETING=changed".to_string()));
+        // The operator tells the container which host it runs on.
         assert!(
-            inspect
-                .config
-                .unwrap()
-                .env
-                .unwrap()
-                .contains(&"GREETING=changed".to_string())
+            container_env.contains(&format!("INFRA_HOST_NAME={}", env.host)),
+            "{container_env:?}"
         );
         assert_eq!(env.containers("lc").await.len(), 1);
 

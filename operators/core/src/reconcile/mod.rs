@@ -139,15 +139,25 @@ impl Ctx {
     /// port binding becomes this host's private address, `@host:<name>` in
     /// `extra_hosts` that host's (from its operators' heartbeats). The
     /// coordinator writes placeholders so that every host of a service
-    /// gets the same spec (and spec hash).
+    /// gets the same spec (and spec hash). The environment gets this
+    /// host's name and private address ([`infra_proto::reach::HOST_NAME_ENV`],
+    /// [`infra_proto::reach::HOST_ADDR_ENV`]) unless the spec sets them.
     pub async fn resolve(&self, spec: &ServiceSpec) -> Result<ServiceSpec, DockerError> {
-        use infra_proto::reach::{HostRef, is_private_addr};
+        use infra_proto::reach::{HOST_ADDR_ENV, HOST_NAME_ENV, HostRef, is_private_addr};
+        let mut out = spec.clone();
+        out.environment
+            .entry(HOST_NAME_ENV.to_owned())
+            .or_insert_with(|| self.host.clone());
+        if let Some(addr) = &self.addr {
+            out.environment
+                .entry(HOST_ADDR_ENV.to_owned())
+                .or_insert_with(|| addr.clone());
+        }
         let needs = spec.ports.iter().any(|p| is_private_addr(&p.host_ip))
             || spec.extra_hosts.iter().any(|e| HostRef::parse(e).is_some());
         if !needs {
-            return Ok(spec.clone());
+            return Ok(out);
         }
-        let mut out = spec.clone();
         for p in out.ports.iter_mut().filter(|p| is_private_addr(&p.host_ip)) {
             p.host_ip = self.addr.clone().ok_or_else(|| {
                 DockerError::Prepare(format!(
