@@ -130,10 +130,13 @@ pub mod reach {
     /// cluster announces when its peers are on other hosts.
     pub const HOST_NAME_ENV: &str = "INFRA_HOST_NAME";
 
-    /// The environment variable every container gets with its host's
-    /// private address (the operator's `addr` fact), when the host has one:
-    /// a Valkey node's `--cluster-announce-ip`, a Galera node's
-    /// `wsrep_node_address`. A service's own value of either wins.
+    /// The environment variable a container gets with its host's private
+    /// address (the operator's `addr` fact) when it publishes ports there
+    /// ([`PRIVATE_ADDR`]), that is when other hosts reach it at that
+    /// address: a Valkey node's `--cluster-announce-ip`, a Galera node's
+    /// `wsrep_node_address`. Unset otherwise (one host: the container's
+    /// own address is the one its peers reach). A service's own value of
+    /// either wins.
     pub const HOST_ADDR_ENV: &str = "INFRA_HOST_ADDR";
 
     /// Whether a port's `host_ip` is [`PRIVATE_ADDR`].

@@ -5,7 +5,8 @@
 #   GALERA_NODE       this node's name (galera-1..3)
 #   GALERA_BOOTSTRAP  1 on the node that may create the cluster (galera-1)
 #   INFRA_HOST_ADDR   the host's private address, set by the operator when
-#                     the host has one (several hosts)
+#                     this node's ports are published there (peers on other
+#                     hosts)
 # galera-1 bootstraps (--wsrep-new-cluster) only when its data directory is
 # new or Galera marked it safe_to_bootstrap (it was the last node to stop);
 # otherwise it joins the running nodes like the others. After an unclean

@@ -274,8 +274,10 @@ pub fn for_labels(
         "kafka" => Ok(Some(Box::new(kafka::Kafka::from_labels(labels)?))),
         "rabbitmq" => Ok(Some(Box::new(rabbitmq::RabbitMq::from_labels(labels, secrets)?))),
         "valkey" => Ok(Some(Box::new(valkey::Valkey::from_labels(labels, secrets)?))),
+        one_at_a_time::KIND => Ok(Some(Box::new(one_at_a_time::OneAtATime))),
         other => Err(HookError(format!(
-            "label {ORDER_LABEL}: unknown update order {other:?} (known: patroni, kafka, rabbitmq, valkey)"
+            "label {ORDER_LABEL}: unknown update order {other:?} (known: patroni, kafka, rabbitmq, valkey, \
+             one-at-a-time)"
         ))),
     }
 }
@@ -338,6 +340,7 @@ pub async fn http_with(
 
 pub mod http;
 pub mod kafka;
+pub mod one_at_a_time;
 pub mod patroni;
 pub mod rabbitmq;
 pub mod remote;

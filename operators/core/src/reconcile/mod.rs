@@ -140,21 +140,23 @@ impl Ctx {
     /// `extra_hosts` that host's (from its operators' heartbeats). The
     /// coordinator writes placeholders so that every host of a service
     /// gets the same spec (and spec hash). The environment gets this
-    /// host's name and private address ([`infra_proto::reach::HOST_NAME_ENV`],
-    /// [`infra_proto::reach::HOST_ADDR_ENV`]) unless the spec sets them.
+    /// host's name ([`infra_proto::reach::HOST_NAME_ENV`]) and, when the
+    /// service publishes ports on the private address (other hosts reach
+    /// it there), that address ([`infra_proto::reach::HOST_ADDR_ENV`]),
+    /// unless the spec sets them.
     pub async fn resolve(&self, spec: &ServiceSpec) -> Result<ServiceSpec, DockerError> {
         use infra_proto::reach::{HOST_ADDR_ENV, HOST_NAME_ENV, HostRef, is_private_addr};
         let mut out = spec.clone();
         out.environment
             .entry(HOST_NAME_ENV.to_owned())
             .or_insert_with(|| self.host.clone());
-        if let Some(addr) = &self.addr {
+        let published_here = spec.ports.iter().any(|p| is_private_addr(&p.host_ip));
+        if let (true, Some(addr)) = (published_here, &self.addr) {
             out.environment
                 .entry(HOST_ADDR_ENV.to_owned())
                 .or_insert_with(|| addr.clone());
         }
-        let needs = spec.ports.iter().any(|p| is_private_addr(&p.host_ip))
-            || spec.extra_hosts.iter().any(|e| HostRef::parse(e).is_some());
+        let needs = published_here || spec.extra_hosts.iter().any(|e| HostRef::parse(e).is_some());
         if !needs {
             return Ok(out);
         }

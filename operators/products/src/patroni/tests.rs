@@ -235,7 +235,7 @@ fn labels_choose_the_hook_and_an_unknown_kind_names_the_known_ones() {
         .0;
     assert_eq!(
         err,
-        "label infra.update-order: unknown update order \"zookeeper\" (known: patroni, kafka, rabbitmq, valkey)"
+        "label infra.update-order: unknown update order \"zookeeper\" (known: patroni, kafka, rabbitmq, valkey, one-at-a-time)"
     );
     assert_eq!(
         super::super::cluster_from(&labels(&[("infra.update-order", "patroni")])),

@@ -1,0 +1,299 @@
+//! The shipped MariaDB Galera stack (`compose/04-data/mariadb-galera`, no
+//! file changed) across three hosts that joined by token with the labels
+//! `zone=a|b|c`: the stack's placement group puts one node on each host,
+//! each node gives Galera its host's private address (the operator's
+//! `INFRA_HOST_ADDR`), where its ports are published, and the three form
+//! one synced cluster over the hosts. A roll of the three nodes (a changed
+//! environment in the user's override file) restarts one node at a time
+//! (`infra.update-order: one-at-a-time`): no two nodes are ever down
+//! together, and no write a node acknowledged is lost.
+//!
+//! ProxySQL, the profile's fourth service, is NOT run (no image here; see
+//! `e2e/tests/galera.rs`): the client writes to the nodes themselves, moving
+//! to the next node when one refuses.
+//!
+//! Images: the MariaDB stand-in (`infra-local/mariadb:10`,
+//! `e2e/images/local.override.yml`) and the operators image.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use infra_e2e::hosts::{Cluster, ClusterOptions, OPERATORS_IMAGE};
+use infra_test_support::load::Load;
+use infra_test_support::wait_for;
+
+const NODES: [&str; 3] = ["galera-1", "galera-2", "galera-3"];
+
+/// The container of `service` on `host` (its name changes as it rolls).
+fn container_of(c: &Cluster, host: &str, service: &str) -> Option<String> {
+    let o = c.docker(
+        host,
+        &["ps", "-q", "--filter", &format!("label=io.infra.service={service}")],
+    );
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    (!id.is_empty()).then_some(id)
+}
+
+/// `mariadb` as `user` in `service`'s container on `host`, to its own
+/// server; the password read there from the secret file `secret`.
+fn sql(c: &Cluster, host: &str, service: &str, user: &str, secret: &str, query: &str) -> Result<String, String> {
+    let id = container_of(c, host, service).ok_or_else(|| format!("no {service} running on {host}"))?;
+    let script =
+        format!(r#"MYSQL_PWD="$(< /run/secrets/{secret})" exec mariadb -u{user} -h127.0.0.1 -N -B app -e "$1""#);
+    let o = c.docker(host, &["exec", &id, "bash", "-c", &script, "bash", query]);
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).trim().to_owned())
+    }
+}
+
+fn status_var(c: &Cluster, host: &str, service: &str, var: &str) -> String {
+    sql(
+        c,
+        host,
+        service,
+        "root",
+        "mariadb_root_password",
+        &format!("SHOW GLOBAL STATUS LIKE '{var}'"),
+    )
+    .map(|r| r.split('\t').nth(1).unwrap_or("").to_owned())
+    .unwrap_or_default()
+}
+
+/// When `host`'s engine saw containers of `service` die and start since
+/// `since` (unix seconds), in nanoseconds of the engine's clock.
+fn lifecycle(c: &Cluster, host: &str, service: &str, since: u64) -> Vec<(i128, String)> {
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    let o = c.docker(
+        host,
+        &[
+            "events",
+            "--since",
+            &since.to_string(),
+            "--until",
+            &until.to_string(),
+            "--filter",
+            "type=container",
+            "--filter",
+            &format!("label=io.infra.service={service}"),
+            "--filter",
+            "event=die",
+            "--filter",
+            "event=start",
+            "--format",
+            "{{.TimeNano}} {{.Action}}",
+        ],
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (t, a) = l.split_once(' ')?;
+            Some((t.parse().ok()?, a.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn the_shipped_galera_stack_spreads_over_three_joined_hosts_and_rolls_one_node_at_a_time_losing_no_write() {
+    let (_checkout, catalog) = infra_e2e::catalog_checkout();
+    let mut opts = ClusterOptions::new(3).images(&[OPERATORS_IMAGE, "infra-local/mariadb:10"]);
+    opts.project = "glha".into();
+    opts.compose_dir.clone_from(&catalog);
+    for h in ["host1", "host2", "host3"] {
+        opts.host_tiers.insert(h.into(), Vec::new());
+    }
+    // The roll below changes the nodes' environment in an override file of
+    // the user's; empty until then.
+    let pin = catalog.parent().unwrap().join("pin.override.yml");
+    std::fs::write(&pin, "services: {}\n").unwrap();
+    opts.overrides.push(pin.clone());
+    let c = Cluster::start(opts);
+    c.join_zones();
+    let hosts = c.hosts();
+    let selection = r#"{"selection":{"services":["galera-1","galera-2","galera-3"]},"timeoutSeconds":480}"#;
+
+    let t0 = Instant::now();
+    let progress = c.call("Deploy", selection);
+    let done = progress.last().unwrap();
+    assert_eq!(done["ready"], 3, "three nodes: {progress:#?}\n{}", c.all_logs());
+    let deployed = t0.elapsed();
+    // One node per host, by the stack's placement group over the zones.
+    let at: Vec<String> = NODES
+        .iter()
+        .map(|n| {
+            let on: Vec<&String> = hosts.iter().filter(|h| container_of(&c, h, n).is_some()).collect();
+            assert_eq!(on.len(), 1, "{n} on one host: {on:?}");
+            on[0].clone()
+        })
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = at.iter().collect();
+    assert_eq!(distinct.len(), 3, "one node per host: {at:?}");
+    // One cluster of three synced members, each known to the others at its
+    // host's private address (wsrep_node_address from INFRA_HOST_ADDR).
+    for (i, n) in NODES.iter().enumerate() {
+        wait_for(&format!("{n} sees 3 members"), Duration::from_secs(90), || {
+            status_var(&c, &at[i], n, "wsrep_cluster_size") == "3"
+        });
+        assert_eq!(status_var(&c, &at[i], n, "wsrep_cluster_status"), "Primary", "{n}");
+        assert_eq!(status_var(&c, &at[i], n, "wsrep_local_state_comment"), "Synced", "{n}");
+    }
+    let incoming = status_var(&c, &at[0], NODES[0], "wsrep_incoming_addresses");
+    for h in &hosts {
+        assert!(
+            incoming.contains(&format!("{}:3306", c.host_ip(h))),
+            "{h}'s address among the members': {incoming}"
+        );
+    }
+    println!(
+        "FAULT | deploy the shipped galera-1..3 on three joined hosts (zones a, b, c; no file changed) | one node per host, one synced cluster of 3 over the hosts' private addresses ({incoming}); {:.1}s",
+        deployed.as_secs_f64()
+    );
+
+    // A client writes numbered rows, to the first node that takes them.
+    sql(
+        &c,
+        &at[0],
+        NODES[0],
+        "app",
+        "mariadb_app_password",
+        "CREATE TABLE w (n BIGINT PRIMARY KEY)",
+    )
+    .expect("create the table");
+    let cluster = Arc::new(c);
+    let (cc, where_) = (cluster.clone(), at.clone());
+    let current = Arc::new(Mutex::new(0usize));
+    let cur = current.clone();
+    let load = Load::start(1, Duration::from_millis(20), move |n| {
+        let i = *cur.lock().unwrap();
+        let r = sql(
+            &cc,
+            &where_[i],
+            NODES[i],
+            "app",
+            "mariadb_app_password",
+            &format!("INSERT INTO w VALUES ({n})"),
+        );
+        if r.is_err() {
+            *cur.lock().unwrap() = (i + 1) % 3;
+        }
+        r.map(|_| ())
+    });
+    let c = cluster.as_ref();
+    wait_for("the client writes", Duration::from_secs(60), || {
+        sql(
+            c,
+            &at[0],
+            NODES[0],
+            "app",
+            "mariadb_app_password",
+            "SELECT COUNT(*) FROM w",
+        )
+        .is_ok_and(|n| n.parse::<u64>().unwrap_or(0) >= 10)
+    });
+
+    // The roll: every node's environment changes in the user's override.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 1;
+    let mut pinned = String::from("services:\n");
+    for n in NODES {
+        pinned += &format!("  {n}:\n    environment:\n      ROLLED: \"2\"\n");
+    }
+    std::fs::write(&pin, pinned).unwrap();
+    let t1 = Instant::now();
+    let progress = c.call("Deploy", selection);
+    let took = t1.elapsed();
+    let done = progress.last().unwrap();
+    assert_eq!(done["ready"], 3, "{progress:#?}\n{}", c.all_logs());
+    assert_eq!(done["failed"].as_u64().unwrap_or(0), 0, "{done}");
+    std::thread::sleep(Duration::from_secs(2));
+    let w = load.take();
+    drop(load);
+
+    // Every node was recreated on the new spec.
+    for (i, n) in NODES.iter().enumerate() {
+        let id = container_of(c, &at[i], n).expect("running");
+        let o = c.docker(
+            &at[i],
+            &["inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", &id],
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stdout).lines().any(|l| l == "ROLLED=2"),
+            "{n} runs the new spec"
+        );
+    }
+    // One node down at a time: each node's old container died only after
+    // the node before it was started again.
+    let mut windows: Vec<(i128, i128, &str)> = NODES
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let ev = lifecycle(c, &at[i], n, since);
+            let died = ev
+                .iter()
+                .find(|(_, a)| a == "die")
+                .map(|e| e.0)
+                .unwrap_or_else(|| panic!("{n} restarted: {ev:?}"));
+            let back = ev
+                .iter()
+                .find(|(t, a)| a == "start" && *t > died)
+                .map(|e| e.0)
+                .unwrap_or_else(|| panic!("{n} started again: {ev:?}"));
+            (died, back, *n)
+        })
+        .collect();
+    windows.sort();
+    for pair in windows.windows(2) {
+        assert!(
+            pair[1].0 > pair[0].1,
+            "{} went down before {} was back: {windows:?}",
+            pair[1].2,
+            pair[0].2
+        );
+    }
+    let order: Vec<&str> = windows.iter().map(|w| w.2).collect();
+
+    // Every acknowledged write is on every node.
+    assert!(
+        w.acked.len() > 20,
+        "the client wrote during the roll: {} acked",
+        w.acked.len()
+    );
+    for (i, n) in NODES.iter().enumerate() {
+        wait_for(&format!("{n} synced after the roll"), Duration::from_secs(60), || {
+            status_var(c, &at[i], n, "wsrep_local_state_comment") == "Synced"
+        });
+        let rows = sql(
+            c,
+            &at[i],
+            n,
+            "app",
+            "mariadb_app_password",
+            "SET SESSION wsrep_sync_wait = 1; SELECT n FROM w",
+        )
+        .expect("read the rows");
+        let have: std::collections::BTreeSet<u64> = rows.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let lost: Vec<u64> = w.acked.iter().copied().filter(|k| !have.contains(k)).collect();
+        assert!(lost.is_empty(), "{n} lacks acknowledged writes {lost:?}");
+    }
+    let gap = w.longest_gap.as_secs_f64();
+    println!(
+        "FAULT | roll galera-1..3 (a changed environment) while a client writes to the nodes | one node at a time ({order:?}), never two down; {} writes acknowledged, 0 lost on any node, {} refused; longest gap {gap:.2}s; {:.1}s",
+        w.acked.len(),
+        w.failed.len(),
+        took.as_secs_f64()
+    );
+    println!(
+        "BENCH | galera roll over three hosts | total {:.1}s | write gap {gap:.2}s | acked {} | lost 0 | refused {}",
+        took.as_secs_f64(),
+        w.acked.len(),
+        w.failed.len()
+    );
+}
