@@ -50,6 +50,9 @@ pub struct Revisions {
     /// (or found it current): it is published again only once it changes,
     /// so a catalog pushed meanwhile stays current.
     published_dir: tokio::sync::Mutex<Option<String>>,
+    /// [`stat_fingerprint`] of `compose_dir` when its digest was last
+    /// taken: while it holds, the folder is not read again.
+    published_stat: std::sync::Mutex<Option<u64>>,
 }
 
 impl std::fmt::Debug for Revisions {
@@ -69,8 +72,45 @@ impl Revisions {
             unpacked: tokio::sync::Mutex::new(BTreeMap::new()),
             replicas,
             published_dir: tokio::sync::Mutex::new(None),
+            published_stat: std::sync::Mutex::new(None),
         }))
     }
+}
+
+/// A cheap fingerprint of what [`pack`] would read: every path under `dir`
+/// (`.git` left out) with its size and modification time, and the same of
+/// the override and dotenv files, without reading any content. A change
+/// to any file (an edit, a `git pull`, a file added or removed) changes
+/// it; `None` when a file cannot be examined (then the folder is read).
+pub fn stat_fingerprint(dir: &Path, overrides: &[PathBuf], env_file: Option<&Path>) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let stat = |p: &Path, h: &mut std::collections::hash_map::DefaultHasher| -> Option<bool> {
+        // Links followed, as `pack` reads what they lead to.
+        let m = std::fs::metadata(p).ok()?;
+        p.hash(h);
+        m.len().hash(h);
+        m.modified().ok()?.hash(h);
+        Some(m.is_dir())
+    };
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&d)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.file_name().is_some_and(|n| n != ".git"))
+            .collect();
+        entries.sort();
+        for p in entries {
+            if stat(&p, &mut h)? {
+                stack.push(p);
+            }
+        }
+    }
+    for f in overrides.iter().map(PathBuf::as_path).chain(env_file) {
+        stat(f, &mut h)?;
+    }
+    Some(h.finish())
 }
 
 /// How many unpacked revisions stay on disk.
@@ -279,18 +319,44 @@ impl Coordinator {
             self.settings.overrides.clone(),
             self.settings.env_file.clone(),
         );
+        // Unchanged since it was last read: nothing to read again (this runs
+        // before every plan and deploy).
+        let (sd, so, se) = (d.clone(), o.clone(), e.clone());
+        let stat = tokio::task::spawn_blocking(move || stat_fingerprint(&sd, &so, se.as_deref()))
+            .await
+            .ok()
+            .flatten();
+        let stat_seen = || {
+            *self
+                .revisions
+                .published_stat
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if stat.is_some() && stat == stat_seen() {
+            return Ok(());
+        }
         let mut rev = tokio::task::spawn_blocking(move || pack(&d, &o, e.as_deref()))
             .await
             .map_err(|e| Error::internal(format!("reading the catalog stopped: {e}")))?
             .map_err(Error::invalid)?;
         let digest = infra_bus::catalog::digest(&rev);
         let mut last = self.revisions.published_dir.lock().await;
+        let remember = |stat: Option<u64>| {
+            *self
+                .revisions
+                .published_stat
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = stat;
+        };
         if last.as_deref() == Some(digest.as_str()) {
+            remember(stat);
             return Ok(());
         }
         let current = store.current().await.map_err(unavailable)?;
         if current.is_some_and(|h| h.digest == digest) {
             *last = Some(digest);
+            remember(stat);
             return Ok(());
         }
         // Checked where the user's files are, so messages name them.
@@ -306,6 +372,7 @@ impl Coordinator {
         }
         let (head, new) = store.publish(rev).await.map_err(unavailable)?;
         *last = Some(digest);
+        remember(stat);
         if new {
             tracing::info!(revision = head.number, source = %head.source, "published the catalog folder as a new revision");
             self.event(
@@ -431,5 +498,37 @@ impl Coordinator {
         }
         cache.insert(head.digest.clone(), u.clone());
         Ok(u)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stat_fingerprint_changes_with_any_file_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let stack = dir.path().join("04-data/app/docker-compose.yml");
+        std::fs::create_dir_all(stack.parent().unwrap()).unwrap();
+        std::fs::write(&stack, "services: {}\n").unwrap();
+        let over = dir.path().join("over.yml");
+        std::fs::write(&over, "services: {}\n").unwrap();
+        let fp = || stat_fingerprint(dir.path(), std::slice::from_ref(&over), None).expect("a fingerprint");
+        let first = fp();
+        assert_eq!(fp(), first, "nothing changed");
+        std::fs::write(&stack, "services: {a: {image: x:1}}\n").unwrap();
+        let edited = fp();
+        assert_ne!(edited, first, "a stack edited");
+        std::fs::write(dir.path().join("04-data/app/extra.conf"), "x").unwrap();
+        let added = fp();
+        assert_ne!(added, edited, "a file added");
+        std::fs::write(&over, "services: {b: {image: y:1}}\n").unwrap();
+        assert_ne!(fp(), added, "an override edited");
+        // .git is not the catalog.
+        let now = fp();
+        std::fs::create_dir_all(dir.path().join(".git")).unwrap();
+        std::fs::write(dir.path().join(".git/HEAD"), "ref").unwrap();
+        assert_eq!(fp(), now);
+        assert_eq!(stat_fingerprint(&dir.path().join("missing"), &[], None), None);
     }
 }
