@@ -193,6 +193,32 @@ impl ClusterOptions {
         self.overrides.clear();
         self
     }
+
+    /// Hosts with no operators (they join by token: [`Cluster::join_zones`])
+    /// under a user's checkout of the shipped catalog
+    /// ([`crate::catalog_checkout`]) with the local image override.
+    #[must_use]
+    pub fn bare_over(mut self, catalog: &Path) -> Self {
+        self.compose_dir = catalog.to_owned();
+        for i in 1..=self.hosts {
+            self.host_tiers.insert(format!("host{i}"), Vec::new());
+        }
+        self
+    }
+
+    /// An override file of the user's, beside the catalog and empty for
+    /// now, read after the local one (where a test pins a new image or
+    /// environment, as a user would); its path.
+    pub fn user_override(&mut self) -> PathBuf {
+        let pin = self
+            .compose_dir
+            .parent()
+            .expect("the catalog is in a folder")
+            .join("user.override.yml");
+        std::fs::write(&pin, "services: {}\n").expect("write the override");
+        self.overrides.push(pin.clone());
+        pin
+    }
 }
 
 #[derive(Debug)]
@@ -430,6 +456,23 @@ impl Cluster {
             return Some(map);
         }
         None
+    }
+
+    /// `docker events` of `host`'s engine from `since` (unix seconds) to
+    /// now, with `filters` (`--filter` values) and `format`.
+    pub fn engine_events(&self, host: &str, since: u64, filters: &[String], format: &str) -> String {
+        let until = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("a clock after 1970")
+            .as_secs()
+            + 1;
+        let (since, until) = (since.to_string(), until.to_string());
+        let mut args = vec!["events", "--since", &since, "--until", &until];
+        for f in filters {
+            args.extend(["--filter", f.as_str()]);
+        }
+        args.extend(["--format", format]);
+        String::from_utf8_lossy(&self.docker(host, &args).stdout).into_owned()
     }
 
     /// Joins every bare host (one started with no tiers) with the command

@@ -64,32 +64,13 @@ fn status_var(c: &Cluster, host: &str, service: &str, var: &str) -> String {
 /// When `host`'s engine saw containers of `service` die and start since
 /// `since` (unix seconds), in nanoseconds of the engine's clock.
 fn lifecycle(c: &Cluster, host: &str, service: &str, since: u64) -> Vec<(i128, String)> {
-    let until = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 1;
-    let o = c.docker(
-        host,
-        &[
-            "events",
-            "--since",
-            &since.to_string(),
-            "--until",
-            &until.to_string(),
-            "--filter",
-            "type=container",
-            "--filter",
-            &format!("label=io.infra.service={service}"),
-            "--filter",
-            "event=die",
-            "--filter",
-            "event=start",
-            "--format",
-            "{{.TimeNano}} {{.Action}}",
-        ],
-    );
-    String::from_utf8_lossy(&o.stdout)
+    let filters = [
+        "type=container".to_owned(),
+        format!("label=io.infra.service={service}"),
+        "event=die".into(),
+        "event=start".into(),
+    ];
+    c.engine_events(host, since, &filters, "{{.TimeNano}} {{.Action}}")
         .lines()
         .filter_map(|l| {
             let (t, a) = l.split_once(' ')?;
@@ -101,17 +82,13 @@ fn lifecycle(c: &Cluster, host: &str, service: &str, since: u64) -> Vec<(i128, S
 #[test]
 fn the_shipped_galera_stack_spreads_over_three_joined_hosts_and_rolls_one_node_at_a_time_losing_no_write() {
     let (_checkout, catalog) = infra_e2e::catalog_checkout();
-    let mut opts = ClusterOptions::new(3).images(&[OPERATORS_IMAGE, "infra-local/mariadb:10"]);
+    let mut opts = ClusterOptions::new(3)
+        .images(&[OPERATORS_IMAGE, "infra-local/mariadb:10"])
+        .bare_over(&catalog);
     opts.project = "glha".into();
-    opts.compose_dir.clone_from(&catalog);
-    for h in ["host1", "host2", "host3"] {
-        opts.host_tiers.insert(h.into(), Vec::new());
-    }
     // The roll below changes the nodes' environment in an override file of
-    // the user's; empty until then.
-    let pin = catalog.parent().unwrap().join("pin.override.yml");
-    std::fs::write(&pin, "services: {}\n").unwrap();
-    opts.overrides.push(pin.clone());
+    // the user's.
+    let pin = opts.user_override();
     let c = Cluster::start(opts);
     c.join_zones();
     let hosts = c.hosts();

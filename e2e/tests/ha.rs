@@ -64,39 +64,19 @@ fn times(c: &Cluster, host: &str, container: &str, health_test: &str, since: u64
 /// The engine's events of `container` since `since`:
 /// `nanos|action|exec id|exit code` lines.
 fn events(c: &Cluster, host: &str, container: &str, since: u64) -> String {
-    let until = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 1;
-    let out = c.docker(
+    c.engine_events(
         host,
-        &[
-            "events",
-            "--since",
-            &since.to_string(),
-            "--until",
-            &until.to_string(),
-            "--filter",
-            "type=container",
-            "--filter",
-            &format!("container={container}"),
-            "--format",
-            "{{.TimeNano}}|{{.Action}}|{{index .Actor.Attributes \"execID\"}}|{{index .Actor.Attributes \"exitCode\"}}",
-        ],
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        since,
+        &["type=container".into(), format!("container={container}")],
+        "{{.TimeNano}}|{{.Action}}|{{index .Actor.Attributes \"execID\"}}|{{index .Actor.Attributes \"exitCode\"}}",
+    )
 }
 
 #[test]
 fn the_shipped_patroni_stack_spreads_over_three_joined_hosts_in_dependency_order_and_serves_through_haproxy() {
     // The user's checkout of the catalog: the shipped one, unchanged.
     let (_checkout, catalog) = infra_e2e::catalog_checkout();
-    let mut opts = ClusterOptions::new(3).images(&IMAGES);
-    opts.compose_dir.clone_from(&catalog);
-    for h in ["host1", "host2", "host3"] {
-        opts.host_tiers.insert(h.into(), Vec::new());
-    }
+    let opts = ClusterOptions::new(3).images(&IMAGES).bare_over(&catalog);
     let c = Cluster::start(opts);
     c.join_zones();
 

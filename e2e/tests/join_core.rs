@@ -14,7 +14,7 @@
 //! (`just test` builds them).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use infra_e2e::hosts::{Cluster, ClusterOptions, OPERATORS_IMAGE};
 
@@ -45,21 +45,7 @@ fn three_hosts_join_by_token_and_run_the_core_selection_with_each_secret_only_wh
     let hosts = c.hosts();
     // Each bare host joins with the command AddHost printed, as is.
     let t0 = Instant::now();
-    for (i, h) in hosts.iter().enumerate() {
-        let zone = ["a", "b", "c"][i];
-        let r = c.call("AddHost", &format!(r#"{{"host":"{h}","labels":{{"zone":"{zone}"}}}}"#));
-        let command = r[0]["command"].as_str().expect("a command").to_owned();
-        let out = std::process::Command::new("docker")
-            .args(["exec", &c.container(h), "sh", "-c", &command])
-            .output()
-            .expect("docker");
-        assert!(out.status.success(), "{h}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    c.wait_hosts(
-        "three joined hosts, nine operators each",
-        Duration::from_secs(120),
-        |l| hosts.iter().all(|h| l.get(h).is_some_and(|t| t.len() == 9)),
-    );
+    c.join_zones();
     let joined = t0.elapsed();
 
     // The shipped core selection, across them.

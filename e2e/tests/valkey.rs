@@ -334,17 +334,12 @@ fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_pr
     // with zones a, b, c; the coordinator reaches nothing but NATS.
     let roll_image = valkey_roll_image();
     let (_checkout, catalog) = infra_e2e::catalog_checkout();
-    let mut opts = ClusterOptions::new(3).images(&[OPERATORS_IMAGE, "infra-local/redis:7", roll_image]);
+    let mut opts = ClusterOptions::new(3)
+        .images(&[OPERATORS_IMAGE, "infra-local/redis:7", roll_image])
+        .bare_over(&catalog);
     opts.project = "vkha".into();
-    opts.compose_dir.clone_from(&catalog);
-    for h in ["host1", "host2", "host3"] {
-        opts.host_tiers.insert(h.into(), Vec::new());
-    }
-    // The roll below pins a new image in an override file of the user's,
-    // as a user would; empty until then.
-    let pin = catalog.parent().unwrap().join("pin.override.yml");
-    std::fs::write(&pin, "services: {}\n").unwrap();
-    opts.overrides.push(pin.clone());
+    // The roll below pins a new image in an override file of the user's.
+    let pin = opts.user_override();
     let c = Cluster::start(opts);
     c.join_zones();
     let hosts = c.hosts();
@@ -362,13 +357,8 @@ fn a_valkey_cluster_over_three_hosts_rolls_to_a_new_image_replicas_first_each_pr
     // The stack's placement group spreads the six nodes over the zones:
     // two per host.
     let at: Vec<usize> = (0..6).map(|i| host_of(&c, &format!("valkey-node-{i}"))).collect();
-    for h in 0..3 {
-        assert_eq!(
-            at.iter().filter(|&&x| x == h).count(),
-            2,
-            "two nodes on {}: {at:?}",
-            hosts[h]
-        );
+    for (h, name) in hosts.iter().enumerate() {
+        assert_eq!(at.iter().filter(|&&x| x == h).count(), 2, "two nodes on {name}: {at:?}");
     }
     // Node i listens on 7000 + i, published on its host's private address.
     let addr = |i: usize| format!("{}:{}", ips[at[i]], 7000 + i);
