@@ -638,7 +638,20 @@ impl Cluster {
         } else {
             format!("{tier}-operator.log")
         };
-        std::fs::read_to_string(self.dir.path().join(host).join(file)).unwrap_or_default()
+        match std::fs::read_to_string(self.dir.path().join(host).join(file)) {
+            Ok(text) => text,
+            // A host that joined runs its operators in the install
+            // container: its log, every tier's lines.
+            Err(_) if tier != "dockerd" => {
+                let o = self.docker(host, &["logs", "infra-operators"]);
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            }
+            Err(_) => String::new(),
+        }
     }
 
     /// The logs of the `tier` operators of every host, one after the other
