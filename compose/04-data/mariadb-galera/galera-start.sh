@@ -22,10 +22,15 @@ install -m 0600 -o mysql -g mysql /dev/null "$auth"
 printf '[mariadbd]\nwsrep_sst_auth = mariabackup:%s\n' "$(< /run/secrets/galera_sst_password)" > "$auth"
 args=("--wsrep-node-name=${GALERA_NODE}")
 # Across hosts the peers reach this node at its host's private address (the
-# operator's INFRA_HOST_ADDR, where this node's ports are published); on one
-# host Galera takes the container's own address.
+# operator's INFRA_HOST_ADDR, where this node's ports are published), which
+# is not an address of the container: Galera advertises it for group
+# communication, state transfer (SST, 4444) and incremental transfer (IST,
+# 4568) but listens on every address of the container. On one host Galera
+# takes the container's own address.
 if [ -n "${INFRA_HOST_ADDR:-}" ]; then
   args+=("--wsrep-node-address=${INFRA_HOST_ADDR}")
+  args+=("--wsrep-sst-receive-address=${INFRA_HOST_ADDR}:4444")
+  args+=("--wsrep-provider-options=ist.recv_addr=${INFRA_HOST_ADDR}:4568;ist.recv_bind=0.0.0.0")
 fi
 state=/var/lib/mysql/grastate.dat
 if [ "${GALERA_BOOTSTRAP:-0}" = 1 ]; then
