@@ -70,3 +70,12 @@ bench-hosts rounds="3":
     bash e2e/images/build.sh host nats nginx debian
     cargo build --workspace --bins
     target/debug/bench-hosts --rounds {{rounds}}
+
+# The shipped HA stacks (PostgreSQL, Valkey cluster, Galera) over three joined hosts, `rounds` times: the suite runs each once, this repeats them for e2e/BENCH.md (prints the FAULT and BENCH lines).
+bench-ha rounds="3":
+    bash e2e/local/install-tools.sh
+    bash e2e/images/build.sh
+    bash e2e/images/make-dev-secrets.sh
+    cargo build --workspace --bins
+    INFRA_PROFILE=debug bash e2e/images/build.sh operators
+    for i in $(seq {{rounds}}); do echo "round $i"; cargo test -p infra-e2e --test ha --test valkey --test galera_hosts -- over_three --nocapture --test-threads 1 2>&1 | grep -E '^(BENCH|FAULT|test result)'; done
