@@ -124,7 +124,9 @@ fn the_shipped_galera_stack_spreads_over_three_joined_hosts_and_rolls_one_node_a
         // `ip:port` (the port as the node learnt it; 0 before its first
         // client connection in MariaDB 10.11).
         assert!(
-            incoming.split(',').any(|a| a.starts_with(&format!("{}:", c.host_ip(h)))),
+            incoming
+                .split(',')
+                .any(|a| a.starts_with(&format!("{}:", c.host_ip(h)))),
             "{h}'s address among the members': {incoming}"
         );
     }
