@@ -818,6 +818,39 @@ impl Bus {
         Ok(())
     }
 
+    /// Deletes the stored contents of catalog files (`config_*` in the
+    /// secret sources) that no key in `keep` names and that were written
+    /// more than `older_than` ago: a deploy stores a file's content before
+    /// the desired state that names it, so a young one may be about to be
+    /// used. Host copies go with [`Bus::prune_secrets`]. Returns the keys
+    /// deleted.
+    pub async fn prune_config_sources(
+        &self,
+        keep: &std::collections::HashSet<String>,
+        older_than: Duration,
+    ) -> Result<Vec<String>> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let cutoff = i128::try_from(now.saturating_sub(older_than.as_nanos())).unwrap_or(i128::MAX);
+        let mut gone = Vec::new();
+        for (key, _) in scan(&self.client, &self.secret_sources, ">", true).await? {
+            if !key.starts_with("config_") || keep.contains(&key) {
+                continue;
+            }
+            let entry = self
+                .secret_sources
+                .entry(key.as_str())
+                .await
+                .map_err(|e| BusError::with(BusErrorKind::Io, format!("get secret {key}"), e))?;
+            if entry.is_some_and(|e| e.created.unix_timestamp_nanos() < cutoff) {
+                delete(&self.secret_sources, &key).await?;
+                gone.push(key);
+            }
+        }
+        Ok(gone)
+    }
+
     /// A secret as the catalog gave it (the coordinator's credential only).
     pub async fn get_secret_source(&self, name: &str) -> Result<Option<Bytes>> {
         let key = Token::new("secret", name)?;

@@ -285,3 +285,25 @@ async fn a_write_while_jetstream_has_no_leader_lands_once_it_is_back() {
         .expect("the record is there");
     assert_eq!(back.service, "web");
 }
+
+#[tokio::test]
+async fn catalog_file_contents_nothing_uses_are_pruned_once_old_enough_and_secrets_never() {
+    let server = NatsServer::start();
+    let b = bus(&server).await;
+    for key in ["config_used", "config_stale", "pg_password"] {
+        b.put_secret(key, bytes::Bytes::from_static(b"content")).await.unwrap();
+    }
+    let keep: std::collections::HashSet<String> = ["config_used".to_owned()].into();
+    // Written just now: a deploy may be about to name it.
+    let gone = b.prune_config_sources(&keep, Duration::from_secs(3600)).await.unwrap();
+    assert!(gone.is_empty(), "{gone:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let gone = b.prune_config_sources(&keep, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(gone, vec!["config_stale".to_owned()]);
+    assert!(b.get_secret_source("config_stale").await.unwrap().is_none());
+    assert!(b.get_secret_source("config_used").await.unwrap().is_some());
+    assert!(
+        b.get_secret_source("pg_password").await.unwrap().is_some(),
+        "a catalog secret is not a catalog file's content"
+    );
+}

@@ -18,7 +18,7 @@ pub mod metrics;
 pub mod placement;
 mod plan;
 mod reach;
-mod remove;
+pub mod remove;
 pub mod rollout;
 mod scale;
 pub mod selections;

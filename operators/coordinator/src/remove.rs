@@ -259,9 +259,48 @@ impl Coordinator {
     }
 }
 
-/// Runs [`Coordinator::reap_removed`] every few seconds while this
+impl Coordinator {
+    /// Deletes the stored contents of catalog files that no desired state
+    /// and no service record uses (applied, previous, or a rollout's from
+    /// and target: what a rollback goes back to), once older than `floor`
+    /// ([`CONFIG_SOURCE_FLOOR`] when the leader does it). Returns the keys
+    /// deleted.
+    pub async fn prune_config_sources(&self, floor: Duration) -> Result<Vec<String>, Error> {
+        let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
+        let records = self.bus.list_records().await.map_err(unavailable)?;
+        let specs = desired
+            .iter()
+            .flat_map(|d| d.spec.iter().chain(d.previous.iter()))
+            .chain(records.iter().flat_map(|r| {
+                r.spec
+                    .iter()
+                    .chain(r.previous_spec.iter())
+                    .chain(r.rollout.iter().flat_map(|o| o.target.iter().chain(o.from.iter())))
+            }));
+        let keep: std::collections::HashSet<String> = specs
+            .flat_map(|s| {
+                infra_proto::spec::content_keys(s)
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        self.bus.prune_config_sources(&keep, floor).await.map_err(unavailable)
+    }
+}
+
+/// A catalog file's stored content younger than this stays even when
+/// nothing names it yet (a deploy stores it before its desired state).
+pub const CONFIG_SOURCE_FLOOR: Duration = Duration::from_secs(3600);
+
+/// How many reaping rounds (3 s each) between two prunings of catalog
+/// file contents.
+const PRUNE_EVERY: u32 = 200;
+
+/// Runs [`Coordinator::reap_removed`] every few seconds, and
+/// [`Coordinator::prune_config_sources`] every ten minutes, while this
 /// coordinator leads, until `shutdown`.
 pub async fn reap(c: Coordinator, shutdown: tokio_util::sync::CancellationToken) {
+    let mut round: u32 = 0;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -274,6 +313,17 @@ pub async fn reap(c: Coordinator, shutdown: tokio_util::sync::CancellationToken)
             Ok(0) => {}
             Ok(n) => tracing::debug!(entries = n, "deleted the desired entries of removed replicas"),
             Err(e) => tracing::debug!(error = %e, "cannot reap removed desired entries; retrying"),
+        }
+        round = round.wrapping_add(1);
+        if round.is_multiple_of(PRUNE_EVERY) {
+            match c.prune_config_sources(CONFIG_SOURCE_FLOOR).await {
+                Ok(gone) if gone.is_empty() => {}
+                Ok(gone) => tracing::info!(
+                    files = gone.len(),
+                    "deleted catalog file contents nothing uses any more"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot prune catalog file contents; trying again later"),
+            }
         }
     }
 }

@@ -485,3 +485,62 @@ async fn list_hosts_reports_an_operator_on_another_version() {
     );
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_files_old_content_is_pruned_once_no_spec_and_no_rollback_needs_it() {
+    use sha2::Digest;
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "04-data/app/docker-compose.yml",
+        "services:\n  app:\n    image: x/app:1\n    volumes:\n      - ./app.conf:/etc/app.conf:ro\n",
+    );
+    let stop = CancellationToken::new();
+    let _seen = fake_operator(bus.clone(), Duration::from_millis(50), stop.clone()).await;
+    let c = coordinator(&bus, dir.path(), &stop).await;
+    let key = |text: &str| infra_proto::spec::config_key(&hex::encode(sha2::Sha256::digest(text.as_bytes())));
+    for version in ["v1", "v2", "v3"] {
+        write(dir.path(), "04-data/app/app.conf", version);
+        let (r, p) = progress(|tx| {
+            let c = c.clone();
+            async move {
+                c.deploy(
+                    api::DeployRequest {
+                        selection: Some(api::Selection {
+                            services: vec!["app".into()],
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    tx,
+                )
+                .await
+            }
+        })
+        .await;
+        r.unwrap();
+        let done = p.iter().find(|m| m.phase == api::Phase::Done as i32).expect("done");
+        assert_eq!(done.ready, 1, "{version}: {p:#?}");
+        assert!(
+            bus.get_secret_source(&key(version)).await.unwrap().is_some(),
+            "{version} stored"
+        );
+    }
+    // v3 is applied, v2 is what a rollback goes back to: both stay; v1,
+    // which nothing names any more, goes.
+    let gone = c.prune_config_sources(Duration::ZERO).await.unwrap();
+    assert_eq!(gone, vec![key("v1")]);
+    for (v, there) in [("v1", false), ("v2", true), ("v3", true)] {
+        assert_eq!(bus.get_secret_source(&key(v)).await.unwrap().is_some(), there, "{v}");
+    }
+    // The leader's own floor keeps anything written within the hour.
+    assert!(
+        c.prune_config_sources(infra_coordinator::remove::CONFIG_SOURCE_FLOOR)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    stop.cancel();
+}
