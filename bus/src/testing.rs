@@ -37,6 +37,22 @@ impl NatsServer {
         }
     }
 
+    /// A client of this server named `test`, with a heartbeat TTL of 30 s
+    /// (long enough that a test's one heartbeat outlives it); panics when
+    /// it cannot connect within 20 s.
+    pub async fn bus(&self) -> crate::Bus {
+        let cfg = crate::BusConfig {
+            url: self.url(),
+            name: "test".into(),
+            heartbeat_ttl: Duration::from_secs(30),
+            ..Default::default()
+        };
+        tokio::time::timeout(Duration::from_secs(20), crate::Bus::connect(&cfg))
+            .await
+            .expect("connect in time")
+            .expect("connect")
+    }
+
     /// Stops the server (SIGKILL) and starts it again on the same port
     /// with the same store, as a restarted server would come back: its
     /// streams and buckets are kept, its clients' connections are not.

@@ -8,15 +8,7 @@ use infra_bus::{Bus, BusConfig, Change};
 use infra_proto::bus::v1::{DesiredService, Event, EventKind, Heartbeat, ServiceSpec};
 
 async fn bus(server: &NatsServer) -> Bus {
-    let cfg = BusConfig {
-        url: server.url(),
-        name: "test".into(),
-        ..Default::default()
-    };
-    tokio::time::timeout(Duration::from_secs(20), Bus::connect(&cfg))
-        .await
-        .expect("connect in time")
-        .expect("connect")
+    server.bus().await
 }
 
 fn desired(host: &str, tier: &str, name: &str) -> DesiredService {

@@ -1,21 +1,11 @@
 //! The leader lease and the deploy records against a real nats-server.
 
-use std::time::Duration;
-
+use infra_bus::Bus;
 use infra_bus::testing::NatsServer;
-use infra_bus::{Bus, BusConfig};
 use infra_proto::bus::v1::{DeploymentInProgress, LeaderLease};
 
 async fn bus(server: &NatsServer) -> Bus {
-    let cfg = BusConfig {
-        url: server.url(),
-        name: "test".into(),
-        ..Default::default()
-    };
-    tokio::time::timeout(Duration::from_secs(20), Bus::connect(&cfg))
-        .await
-        .expect("connect in time")
-        .expect("connect")
+    server.bus().await
 }
 
 fn lease(holder: &str, term: u64) -> LeaderLease {

@@ -7,23 +7,14 @@
 
 use std::time::Duration;
 
+use infra_bus::Bus;
 use infra_bus::testing::NatsServer;
-use infra_bus::{Bus, BusConfig};
 use infra_coordinator::catalog::revision;
 use infra_coordinator::{Coordinator, ObservedCache, Settings};
 use infra_proto::coordinator::v1 as api;
 
 async fn bus(server: &NatsServer) -> Bus {
-    let cfg = BusConfig {
-        url: server.url(),
-        name: "test".into(),
-        heartbeat_ttl: Duration::from_secs(30),
-        ..Default::default()
-    };
-    tokio::time::timeout(Duration::from_secs(20), Bus::connect(&cfg))
-        .await
-        .expect("connect in time")
-        .expect("connect")
+    server.bus().await
 }
 
 fn coordinator(bus: &Bus, id: &str, compose_dir: Option<&std::path::Path>) -> Coordinator {

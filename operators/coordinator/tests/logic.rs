@@ -11,23 +11,14 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use infra_bus::testing::NatsServer;
-use infra_bus::{Bus, BusConfig, Change};
+use infra_bus::{Bus, Change};
 use infra_coordinator::{Coordinator, ObservedCache, Settings};
 use infra_proto::bus::v1::{ContainerStatus, DesiredService, Health, Heartbeat, ObservedService};
 use infra_proto::coordinator::v1 as api;
 use tokio_util::sync::CancellationToken;
 
 async fn bus(server: &NatsServer) -> Bus {
-    let cfg = BusConfig {
-        url: server.url(),
-        name: "test".into(),
-        heartbeat_ttl: Duration::from_secs(30),
-        ..Default::default()
-    };
-    tokio::time::timeout(Duration::from_secs(20), Bus::connect(&cfg))
-        .await
-        .expect("connect in time")
-        .expect("connect")
+    server.bus().await
 }
 
 fn settings(catalog: &std::path::Path) -> Settings {
@@ -165,6 +156,19 @@ where
     (r, gather.await.unwrap())
 }
 
+/// Deploys `services` (every service when empty) and gathers the progress.
+async fn deploy(c: &Coordinator, services: &[&str]) -> (Result<(), String>, Vec<api::DeployProgress>) {
+    let request = api::DeployRequest {
+        selection: (!services.is_empty()).then(|| api::Selection {
+            services: services.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let c = c.clone();
+    progress(|tx| async move { c.deploy(request, tx).await }).await
+}
+
 const STACK: &str = r#"services:
   db:
     image: x/db:1
@@ -192,11 +196,7 @@ async fn a_dependent_is_released_only_after_its_dependency_reports_healthy() {
     let stop = CancellationToken::new();
     let seen = fake_operator(bus.clone(), Duration::from_millis(600), stop.clone()).await;
     let c = coordinator(&bus, dir.path(), &stop).await;
-    let (r, p) = progress(|tx| {
-        let c = c.clone();
-        async move { c.deploy(api::DeployRequest::default(), tx).await }
-    })
-    .await;
+    let (r, p) = deploy(&c, &[]).await;
     r.unwrap();
     let done = p.iter().find(|m| m.phase == api::Phase::Done as i32).expect("done");
     assert_eq!((done.ready, done.failed, done.blocked), (3, 0, 0), "{p:#?}");
@@ -231,23 +231,7 @@ async fn scale_is_bounded_by_the_maximum_and_by_reservations_and_writes_the_new_
     let stop = CancellationToken::new();
     let _seen = fake_operator(bus.clone(), Duration::from_millis(50), stop.clone()).await;
     let c = coordinator(&bus, dir.path(), &stop).await;
-    let (r, _) = progress(|tx| {
-        let c = c.clone();
-        async move {
-            c.deploy(
-                api::DeployRequest {
-                    selection: Some(api::Selection {
-                        services: vec!["worker".into()],
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                tx,
-            )
-            .await
-        }
-    })
-    .await;
+    let (r, _) = deploy(&c, &["worker"]).await;
     r.unwrap();
     let scale = |n: u32| {
         let c = c.clone();
@@ -395,11 +379,7 @@ async fn a_rollout_interrupted_after_its_first_batch_is_finished_by_the_next_lea
     let stop = CancellationToken::new();
     let seen = fake_operator(bus.clone(), Duration::from_millis(300), stop.clone()).await;
     let c = coordinator(&bus, dir.path(), &stop).await;
-    let (r, _) = progress(|tx| {
-        let c = c.clone();
-        async move { c.deploy(api::DeployRequest::default(), tx).await }
-    })
-    .await;
+    let (r, _) = deploy(&c, &[]).await;
     r.unwrap();
     // A rollout whose coordinator stops after its first batch.
     let roll = {
@@ -503,23 +483,7 @@ async fn a_catalog_files_old_content_is_pruned_once_no_spec_and_no_rollback_need
     let key = |text: &str| infra_proto::spec::config_key(&hex::encode(sha2::Sha256::digest(text.as_bytes())));
     for version in ["v1", "v2", "v3"] {
         write(dir.path(), "04-data/app/app.conf", version);
-        let (r, p) = progress(|tx| {
-            let c = c.clone();
-            async move {
-                c.deploy(
-                    api::DeployRequest {
-                        selection: Some(api::Selection {
-                            services: vec!["app".into()],
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                    tx,
-                )
-                .await
-            }
-        })
-        .await;
+        let (r, p) = deploy(&c, &["app"]).await;
         r.unwrap();
         let done = p.iter().find(|m| m.phase == api::Phase::Done as i32).expect("done");
         assert_eq!(done.ready, 1, "{version}: {p:#?}");
