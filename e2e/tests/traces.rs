@@ -232,14 +232,23 @@ fn one_deploy_is_one_trace_across_the_coordinator_and_the_operators() {
                 .filter(|s| s.service == "coordinator" && s.name.ends_with(name))
                 .count()
         };
-        // Spans are exported as they end: `deploy` ends last.
-        if wanted.is_subset(&services)
+        // Spans are exported as they end: `deploy` ends last on the
+        // coordinator, but an operator's pass (the parent of its docker
+        // spans) may end after it: wait until every operator span's parent
+        // has arrived too (bounded; past it, the ancestry check below says
+        // which span is cut off).
+        let ids: BTreeSet<&str> = spans.iter().map(|s| s.id.as_str()).collect();
+        let parents_in = spans
+            .iter()
+            .filter(|s| s.service.starts_with("operator-"))
+            .all(|s| ids.contains(s.parent.as_str()));
+        let whole = wanted.is_subset(&services)
             && started("data")
             && started("gateway")
             && coordinator("deploy") == 1
             && coordinator("/Deploy") == 1
-            && coordinator("service") == 2
-        {
+            && coordinator("service") == 2;
+        if whole && (parents_in || t0.elapsed() > Duration::from_secs(20)) {
             break spans;
         }
         assert!(
