@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod facts;
+pub mod history;
 pub mod join;
 pub mod subject;
 #[cfg(any(test, feature = "testing"))]

@@ -97,6 +97,79 @@ async fn events_reach_live_subscribers_and_are_kept_in_the_stream() {
     assert_eq!(stream.info().await.unwrap().state.messages, 1);
 }
 
+async fn next_event(s: &mut futures::stream::BoxStream<'static, Event>) -> Event {
+    tokio::time::timeout(Duration::from_secs(5), s.next())
+        .await
+        .expect("an event within 5 s")
+        .expect("open")
+}
+
+#[tokio::test]
+async fn the_event_history_resumes_after_the_last_sequence_and_filters_by_service_kind_and_time() {
+    use infra_bus::history::{EventFilter, EventsFrom};
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let ev = |n: u32| Event {
+        id: format!("ev-{n}"),
+        kind: if n.is_multiple_of(2) {
+            EventKind::Started
+        } else {
+            EventKind::Died
+        } as i32,
+        host: "h1".into(),
+        tier: "data".into(),
+        service: format!("s{}", n % 3),
+        ..Default::default()
+    };
+    for n in 0..40 {
+        bus.publish_event(&ev(n)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let middle = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for n in 40..60 {
+        bus.publish_event(&ev(n)).await.unwrap();
+    }
+    let all = EventFilter::default();
+    // Cut after 25, resume at the last sequence + 1.
+    let mut first = bus.watch_events(&all, EventsFrom::Sequence(1)).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..25 {
+        seen.push(next_event(&mut first).await);
+    }
+    drop(first);
+    let last = seen.last().unwrap().sequence;
+    assert_eq!(last, 25, "sequence numbers of the stream, from 1");
+    let mut second = bus.watch_events(&all, EventsFrom::Sequence(last + 1)).await.unwrap();
+    for _ in 25..60 {
+        seen.push(next_event(&mut second).await);
+    }
+    let ids: Vec<String> = seen.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids, (0..60).map(|n| format!("ev-{n}")).collect::<Vec<_>>());
+    // A time: the events after it.
+    let mut timed = bus.watch_events(&all, EventsFrom::Time(middle)).await.unwrap();
+    assert_eq!(next_event(&mut timed).await.id, "ev-40");
+    // Service s1, kind died only.
+    let f = EventFilter {
+        service: Some("s1".into()),
+        kinds: vec![EventKind::Died],
+        ..Default::default()
+    };
+    let mut only = bus.watch_events(&f, EventsFrom::Sequence(1)).await.unwrap();
+    let want: Vec<String> = (0..60)
+        .filter(|n| n % 3 == 1 && n % 2 == 1)
+        .map(|n| format!("ev-{n}"))
+        .collect();
+    for w in &want {
+        assert_eq!(&next_event(&mut only).await.id, w);
+    }
+    // From now: only what comes next.
+    let mut live = bus.watch_events(&all, EventsFrom::Now).await.unwrap();
+    bus.publish_event(&ev(60)).await.unwrap();
+    let e = next_event(&mut live).await;
+    assert_eq!((e.id.as_str(), e.sequence), ("ev-60", 61));
+}
+
 #[tokio::test]
 async fn heartbeats_expire_after_their_ttl() {
     let server = NatsServer::start();

@@ -802,6 +802,7 @@ fn a_new_leader_ends_every_deploy_record_it_finds_running_the_newest_and_superse
             ..Default::default()
         }),
         timeout_seconds: 60,
+        prune: false,
     }
     .encode_to_vec();
     let now = infra_proto::now();

@@ -541,6 +541,7 @@ async fn ours_round(
     let req = api::DeployRequest {
         selection: Some(selection.clone()),
         timeout_seconds: u32::try_from(ctx.args.round_timeout).unwrap_or(300),
+        prune: false,
     };
     let deploy = async {
         let mut stream = client

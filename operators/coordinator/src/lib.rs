@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod convert;
 pub mod coordinator;
 pub mod deploy;
+mod diff;
 pub mod error;
 mod follow;
 pub mod hosts;

@@ -11,6 +11,7 @@ use infra_proto::coordinator::v1 as api;
 
 use crate::convert::{self, SecretContent};
 use crate::coordinator::*;
+use crate::diff::diff;
 use crate::placement::{self, Outcome, Rules};
 use crate::reach::cross_host_reach;
 
@@ -75,41 +76,6 @@ pub(crate) fn cond_name(c: DependencyCondition) -> &'static str {
         DependencyCondition::ServiceHealthy => "service_healthy",
         DependencyCondition::ServiceCompletedSuccessfully => "service_completed_successfully",
     }
-}
-
-/// Names of the spec fields that differ, for the plan.
-pub(crate) fn diff(old: &ServiceSpec, new: &ServiceSpec) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut check = |cond: bool, name: &str| {
-        if cond {
-            out.push(name.to_owned());
-        }
-    };
-    check(old.image != new.image, "image");
-    check(old.command != new.command, "command");
-    check(old.entrypoint != new.entrypoint, "entrypoint");
-    check(old.environment != new.environment, "environment");
-    check(old.ports != new.ports, "ports");
-    check(old.mounts != new.mounts, "volumes");
-    check(old.networks != new.networks, "networks");
-    check(old.healthcheck != new.healthcheck, "healthcheck");
-    check(old.restart != new.restart, "restart");
-    check(old.labels != new.labels, "labels");
-    check(old.secrets != new.secrets, "secrets");
-    check(old.user != new.user, "user");
-    check(old.read_only != new.read_only, "read_only");
-    check(old.security_opt != new.security_opt, "security_opt");
-    check(
-        old.cap_add != new.cap_add || old.cap_drop != new.cap_drop,
-        "capabilities",
-    );
-    check(old.replicas != new.replicas, "deploy.replicas");
-    check(old.resources != new.resources, "deploy.resources");
-    check(old.depends_on != new.depends_on, "depends_on");
-    if out.is_empty() && infra_proto::spec::spec_hash(old) != infra_proto::spec::spec_hash(new) {
-        out.push("other".into());
-    }
-    out
 }
 
 impl Coordinator {
@@ -269,6 +235,25 @@ impl Coordinator {
             });
         }
         steps.sort_by(|a, b| (a.level, &a.service).cmp(&(b.level, &b.service)));
+        let orphans = self.orphans(&catalog).await?;
+        if !orphans.is_empty() {
+            warnings.push(format!(
+                "deployed but no longer in the catalog: {}; a Deploy with prune: true removes them (volumes kept)",
+                orphans.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        for o in orphans {
+            steps.push(api::PlanStep {
+                service: o.name,
+                tier: o.tier,
+                host: o.hosts.keys().cloned().collect::<Vec<_>>().join(","),
+                replicas: o.hosts.values().sum(),
+                placement: o.hosts.into_iter().collect(),
+                action: api::Action::Remove as i32,
+                changes: vec!["not in the catalog any more".into()],
+                ..Default::default()
+            });
+        }
         warnings.extend(self.image_warnings(&prepared).await);
         Ok(api::PlanResponse {
             steps,

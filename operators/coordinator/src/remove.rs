@@ -327,3 +327,53 @@ pub async fn reap(c: Coordinator, shutdown: tokio_util::sync::CancellationToken)
         }
     }
 }
+
+/// A deployed service (desired on some host, not absent) that the catalog
+/// no longer defines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Orphan {
+    pub(crate) name: String,
+    pub(crate) tier: String,
+    /// Host -> replicas there.
+    pub(crate) hosts: BTreeMap<String, u32>,
+}
+
+impl Coordinator {
+    /// The deployed services `catalog` does not define, by name.
+    pub(crate) async fn orphans(&self, catalog: &Catalog) -> Result<Vec<Orphan>, Error> {
+        let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
+        let mut out: BTreeMap<String, Orphan> = BTreeMap::new();
+        for d in desired.iter().filter(|d| !d.absent) {
+            let Some(s) = d.spec.as_ref().filter(|s| !catalog.services.contains_key(&s.name)) else {
+                continue;
+            };
+            let o = out.entry(s.name.clone()).or_insert_with(|| Orphan {
+                name: s.name.clone(),
+                tier: s.tier.clone(),
+                hosts: BTreeMap::new(),
+            });
+            o.hosts.insert(d.host.clone(), s.replicas.max(1));
+        }
+        Ok(out.into_values().collect())
+    }
+
+    /// Removes `orphans` (dependents first, volumes kept) as Remove does;
+    /// returns those removed, in order.
+    pub(crate) async fn prune(&self, orphans: &[Orphan]) -> Result<Vec<String>, Error> {
+        let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
+        let records = self.bus.list_records().await.map_err(unavailable)?;
+        let deployed: Deployed = desired
+            .iter()
+            .filter(|d| !d.absent)
+            .filter_map(|d| d.spec.as_ref().map(|s| (s.name.clone(), s)))
+            .collect();
+        let set: BTreeSet<String> = orphans.iter().map(|o| o.name.clone()).collect();
+        let mut removed = Vec::new();
+        for name in dependents_first(set, &deployed) {
+            if self.take_down(&name, &desired, &records, false).await? {
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+}

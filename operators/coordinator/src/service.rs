@@ -12,6 +12,7 @@
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
+use infra_bus::history::{EventFilter, EventsFrom};
 use infra_proto::bus::v1::{DeploymentInProgress, Event};
 use infra_proto::coordinator::v1 as api;
 use infra_proto::coordinator::v1::coordinator_service_server::CoordinatorService;
@@ -493,21 +494,33 @@ impl CoordinatorService for Api {
         req: Request<api::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let r = req.into_inner();
-        fn opt(s: &str) -> Option<&str> {
-            (!s.is_empty()).then_some(s)
-        }
-        let stream = self
-            .coordinator
-            .bus()
-            .subscribe_events(opt(&r.host), opt(&r.tier), opt(&r.service))
-            .await
-            .map_err(|e| {
-                if e.kind() == infra_bus::BusErrorKind::InvalidName {
-                    Status::invalid_argument(e.to_string())
-                } else {
-                    Status::unavailable(e.to_string())
-                }
-            })?;
+        let from = match (r.start_sequence, r.start_time.as_ref()) {
+            (0, None) => EventsFrom::Now,
+            (n, None) => EventsFrom::Sequence(n),
+            (0, Some(t)) => EventsFrom::Time(
+                std::time::SystemTime::try_from(*t)
+                    .map_err(|e| Status::invalid_argument(format!("start_time: {e}")))?,
+            ),
+            (_, Some(_)) => {
+                return Err(Status::invalid_argument(
+                    "start_sequence and start_time: give one of them, not both",
+                ));
+            }
+        };
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let filter = EventFilter {
+            host: opt(&r.host),
+            tier: opt(&r.tier),
+            service: opt(&r.service),
+            kinds: r.kinds().collect(),
+        };
+        let stream = self.coordinator.bus().watch_events(&filter, from).await.map_err(|e| {
+            if e.kind() == infra_bus::BusErrorKind::InvalidName {
+                Status::invalid_argument(e.to_string())
+            } else {
+                Status::unavailable(e.to_string())
+            }
+        })?;
         Ok(Response::new(Box::pin(stream.map(Ok))))
     }
 }

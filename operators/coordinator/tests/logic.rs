@@ -508,3 +508,75 @@ async fn a_catalog_files_old_content_is_pruned_once_no_spec_and_no_rollback_need
     );
     stop.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_gone_from_the_catalog_is_planned_as_a_removal_and_removed_only_by_a_pruning_deploy() {
+    let server = NatsServer::start();
+    let bus = bus(&server).await;
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "04-data/app/docker-compose.yml", STACK);
+    let stop = CancellationToken::new();
+    let _seen = fake_operator(bus.clone(), Duration::from_millis(50), stop.clone()).await;
+    let c = coordinator(&bus, dir.path(), &stop).await;
+    let (r, _) = deploy(&c, &[]).await;
+    r.unwrap();
+    // The user drops `worker` from the stack and changes web's image.
+    let stack = STACK.replace("x/web:1", "x/web:2");
+    let stack = &stack[..stack.find("  worker:").unwrap()];
+    write(dir.path(), "04-data/app/docker-compose.yml", stack);
+    let plan = c.plan(None).await.unwrap();
+    let step = |name: &str| plan.steps.iter().find(|s| s.service == name).cloned();
+    let worker = step("worker").expect("worker in the plan");
+    assert_eq!(worker.action, api::Action::Remove as i32, "{plan:#?}");
+    assert_eq!(worker.host, "h1");
+    assert!(
+        plan.warnings
+            .iter()
+            .any(|w| w.contains("no longer in the catalog: worker") && w.contains("prune")),
+        "{:?}",
+        plan.warnings
+    );
+    assert_eq!(step("web").unwrap().changes, vec!["image: x/web:1 → x/web:2"]);
+    let still = |name: &'static str| {
+        let bus = bus.clone();
+        async move {
+            bus.list_desired(None)
+                .await
+                .unwrap()
+                .iter()
+                .any(|d| !d.absent && d.spec.as_ref().is_some_and(|s| s.name == name))
+        }
+    };
+    // A plain deploy leaves it, and says so.
+    let (r, p) = deploy(&c, &[]).await;
+    r.unwrap();
+    let done = p.iter().find(|m| m.phase == api::Phase::Done as i32).unwrap();
+    assert!(
+        done.message.contains("left running") && done.message.contains("worker"),
+        "{}",
+        done.message
+    );
+    assert!(still("worker").await, "a deploy without prune keeps worker");
+    // A pruning one removes it (and only it).
+    let request = api::DeployRequest {
+        prune: true,
+        ..Default::default()
+    };
+    let cc = c.clone();
+    let (r, p) = progress(|tx| async move { cc.deploy(request, tx).await }).await;
+    r.unwrap();
+    let removed: Vec<&str> = p
+        .iter()
+        .filter(|m| m.phase == api::Phase::Removed as i32)
+        .map(|m| m.service.as_str())
+        .collect();
+    assert_eq!(removed, ["worker"], "{p:#?}");
+    assert!(!still("worker").await, "worker removed");
+    assert!(still("web").await && still("db").await);
+    let plan = c.plan(None).await.unwrap();
+    assert!(
+        plan.steps.iter().all(|s| s.action != api::Action::Remove as i32),
+        "{plan:#?}"
+    );
+    stop.cancel();
+}

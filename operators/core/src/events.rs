@@ -68,6 +68,7 @@ impl EventSink {
             reason: reason.into(),
             source: self.source.clone(),
             deployment_id: String::new(),
+            sequence: 0,
         };
         self.send(ev).await;
     }

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use bollard::models::{
-    ContainerCreateBody, DeviceRequest, EndpointSettings, HealthConfig, HostConfig, Mount, MountType, NetworkingConfig,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, DeviceRequest, EndpointSettings, HealthConfig, HostConfig, HostConfigLogConfig, Mount,
+    MountType, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use infra_proto::bus::v1::{ConfigMount, DeviceRequestSpec, MountKind, ServiceSpec};
 
@@ -46,6 +46,34 @@ fn nanos(d: Option<&prost_types::Duration>) -> Option<i64> {
     })
     .filter(|n| *n > 0)
 }
+
+/// The log driver: the service's `logging:` as written, else `json-file`
+/// kept to [`DEFAULT_LOG_FILES`] files of [`DEFAULT_LOG_SIZE`] (Docker's own
+/// default keeps every line forever, so one chatty service fills a disk).
+fn log_config(logging: Option<&infra_proto::bus::v1::LoggingSpec>) -> HostConfigLogConfig {
+    match logging {
+        Some(l) => HostConfigLogConfig {
+            typ: Some(if l.driver.is_empty() {
+                "json-file".into()
+            } else {
+                l.driver.clone()
+            }),
+            config: (!l.options.is_empty()).then(|| l.options.clone().into_iter().collect()),
+        },
+        None => HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_owned(), DEFAULT_LOG_SIZE.to_owned()),
+                ("max-file".to_owned(), DEFAULT_LOG_FILES.to_owned()),
+            ])),
+        },
+    }
+}
+
+/// The default log file size, Docker's `max-size`.
+pub const DEFAULT_LOG_SIZE: &str = "10m";
+/// The default number of log files kept, Docker's `max-file`.
+pub const DEFAULT_LOG_FILES: &str = "3";
 
 fn restart_policy(restart: &str) -> RestartPolicy {
     let (name, count) = match restart.split_once(':') {
@@ -208,6 +236,7 @@ pub fn container_config(spec: &ServiceSpec, host: &str, replica: u32, state_dir:
         extra_hosts: (!spec.extra_hosts.is_empty()).then(|| spec.extra_hosts.clone()),
         network_mode: spec.networks.first().map(|n| n.name.clone()),
         device_requests: device_requests(&spec.devices),
+        log_config: Some(log_config(spec.logging.as_ref())),
         ..Default::default()
     };
 

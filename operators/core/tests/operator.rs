@@ -295,6 +295,17 @@ async fn operator_creates_adopts_after_restart_recreates_on_change_and_removes()
             .inspect_container(&first_id, None::<InspectContainerOptions>)
             .await
             .unwrap();
+        // No `logging:`: json-file, kept to 3 files of 10 MB.
+        let log = started.host_config.as_ref().and_then(|h| h.log_config.clone()).unwrap();
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        let opts = log.config.unwrap_or_default();
+        assert_eq!(
+            (
+                opts.get("max-size").map(String::as_str),
+                opts.get("max-file").map(String::as_str)
+            ),
+            (Some("10m"), Some("3"))
+        );
         let started_at = started.state.unwrap().started_at;
         env.wait_event(EventKind::Created, "lc").await;
         env.wait_event(EventKind::Started, "lc").await;
@@ -329,6 +340,10 @@ async fn operator_creates_adopts_after_restart_recreates_on_change_and_removes()
         // Change the spec: the container is recreated with the new env.
         let mut changed = env.spec("lc");
         changed.environment.insert("GREETING".into(), "changed".into());
+        changed.logging = Some(infra_proto::bus::v1::LoggingSpec {
+            driver: "local".into(),
+            options: [("max-size".to_owned(), "1m".to_owned())].into(),
+        });
         env.desire(changed, 2).await;
         env.wait_event(EventKind::Recreated, "lc").await;
         let obs = eventually(Duration::from_secs(60), "recreated and healthy", || async {
@@ -348,6 +363,13 @@ async fn operator_creates_adopts_after_restart_recreates_on_change_and_removes()
             .inspect_container(&new_id, None::<InspectContainerOptions>)
             .await
             .unwrap();
+        // The service's `logging:`, as written.
+        let log = inspect.host_config.as_ref().and_then(|h| h.log_config.clone()).unwrap();
+        assert_eq!(log.typ.as_deref(), Some("local"));
+        assert_eq!(
+            log.config.unwrap_or_default().get("max-size").map(String::as_str),
+            Some("1m")
+        );
         let container_env = inspect.config.unwrap().env.unwrap();
         assert!(container_env.contains(&"GREETING=changed".to_string()));
         // The operator tells the container which host it runs on.

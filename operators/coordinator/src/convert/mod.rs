@@ -151,6 +151,10 @@ pub fn to_spec(
         project: project.to_owned(),
         devices: device_requests(svc),
         configs,
+        logging: svc.logging.as_ref().map(|l| infra_proto::bus::v1::LoggingSpec {
+            driver: l.driver.clone().unwrap_or_default(),
+            options: l.options.clone().into_iter().collect(),
+        }),
     };
     if let Some(models) = svc.extensions.get(OLLAMA_MODELS_KEY) {
         spec.labels.insert(OLLAMA_MODELS_LABEL.into(), ollama_models(models));
@@ -536,7 +540,6 @@ pub fn unsupported_keys(svc: &Service) -> Vec<String> {
     };
     flag(svc.build.is_some(), "build");
     flag(!svc.ulimits.is_empty(), "ulimits");
-    flag(svc.logging.is_some(), "logging");
     flag(!svc.devices.is_empty(), "devices");
     flag(!svc.dns.is_empty(), "dns");
     flag(svc.network_mode.is_some(), "network_mode");

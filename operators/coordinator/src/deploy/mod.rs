@@ -249,10 +249,31 @@ impl Coordinator {
                 }
             }
         }
-        let msg = format!(
+        let mut msg = format!(
             "{ready} ready, {failed} failed, {blocked} blocked (catalog revision {})",
             head.number
         );
+        let orphans = self.orphans(&catalog).await?;
+        if req.prune {
+            for name in self.prune(&orphans).await? {
+                let tier = orphans.iter().find(|o| o.name == name).map(|o| o.tier.clone());
+                send(api::DeployProgress {
+                    deployment_id: deployment.clone(),
+                    service: name,
+                    tier: tier.unwrap_or_default(),
+                    phase: api::Phase::Removed as i32,
+                    message: "not in the catalog any more: removed (volumes kept)".into(),
+                    time: Some(infra_proto::now()),
+                    ..Default::default()
+                })
+                .await;
+            }
+        } else if !orphans.is_empty() {
+            msg += &format!(
+                "; deployed but no longer in the catalog, left running (prune: true removes them): {}",
+                orphans.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
+        }
         self.event(EventKind::DeployFinished, "", "", &deployment, msg.clone())
             .await;
         send(api::DeployProgress {
@@ -321,7 +342,6 @@ mod tests {
     use infra_proto::bus::v1::ContainerStatus;
 
     use super::*;
-    use crate::plan::diff;
 
     fn spec(replicas: u32) -> ServiceSpec {
         ServiceSpec {
@@ -403,16 +423,5 @@ mod tests {
         assert!(!meets(Progress::Healthy, ServiceCompletedSuccessfully));
         assert!(meets(Progress::Completed, ServiceCompletedSuccessfully));
         assert!(!meets(Progress::Failed, ServiceStarted));
-    }
-
-    #[test]
-    fn the_plan_diff_names_the_fields_that_changed() {
-        let a = spec(1);
-        let mut b = a.clone();
-        b.image = "j".into();
-        b.replicas = 3;
-        b.environment.insert("K".into(), "V".into());
-        assert_eq!(diff(&a, &b), vec!["image", "environment", "deploy.replicas"]);
-        assert!(diff(&a, &a).is_empty());
     }
 }

@@ -12,6 +12,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 mod catalog;
+mod events;
 mod print;
 use print::{print_hosts, print_plan, print_status};
 
@@ -157,6 +158,10 @@ enum Cmd {
         /// Per-service deadline, seconds.
         #[arg(long, default_value_t = 300)]
         timeout: u32,
+        /// Also remove the deployed services the catalog no longer defines
+        /// (volumes kept).
+        #[arg(long)]
+        prune: bool,
     },
     /// Set a deployed service's replica count, printing progress; fails if
     /// the new replicas do not become ready.
@@ -223,6 +228,9 @@ enum Cmd {
         #[arg(long)]
         volumes: bool,
     },
+    /// The event history (`--since 10m`, `--from-seq N`) and what happens
+    /// from now on, one line per event with its sequence number.
+    Events(events::EventsArgs),
     /// The catalog on the bus: push a folder as a new revision, show them.
     Catalog {
         #[command(subcommand)]
@@ -511,6 +519,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             .await
         }
         Cmd::Catalog { cmd } => catalog::run(cmd, connect().await?).await,
+        Cmd::Events(args) => events::run(args, connect().await?).await,
         Cmd::Hosts { cmd: None } => {
             let mut c = connect().await?;
             let r = c.list_hosts(api::ListHostsRequest {}).await?.into_inner();
@@ -528,10 +537,11 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             print_plan(r);
             Ok(true)
         }
-        Cmd::Deploy { sel, timeout } => {
+        Cmd::Deploy { sel, timeout, prune } => {
             let req = api::DeployRequest {
                 selection: Some(sel.to_api()),
                 timeout_seconds: timeout,
+                prune,
             };
             streamed(
                 wait,

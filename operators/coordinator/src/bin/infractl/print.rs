@@ -150,6 +150,8 @@ pub(crate) fn print_plan(r: api::PlanResponse) {
         .map(String::from)
         .to_vec(),
     ];
+    // Each change as `field: old → new`, listed under the table.
+    let mut details = Vec::new();
     for s in r.steps {
         let action = api::Action::try_from(s.action).map_or("?".into(), |a| {
             a.as_str_name().trim_start_matches("ACTION_").to_lowercase()
@@ -157,7 +159,14 @@ pub(crate) fn print_plan(r: api::PlanResponse) {
         let action = if s.changes.is_empty() {
             action
         } else {
-            format!("{action} ({})", s.changes.join(","))
+            let fields: Vec<&str> = s.changes.iter().map(|c| c.split(':').next().unwrap_or(c)).collect();
+            details.extend(
+                s.changes
+                    .iter()
+                    .filter(|c| c.contains(':'))
+                    .map(|c| format!("  {}: {c}", s.service)),
+            );
+            format!("{action} ({})", fields.join(","))
         };
         rows.push(vec![
             s.level.to_string(),
@@ -171,6 +180,12 @@ pub(crate) fn print_plan(r: api::PlanResponse) {
         ]);
     }
     table(rows);
+    if !details.is_empty() {
+        println!("changes:");
+        for d in details {
+            println!("{d}");
+        }
+    }
     for w in r.warnings {
         println!("warning: {w}");
     }
