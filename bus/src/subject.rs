@@ -96,6 +96,11 @@ pub fn operators_upgrade(host: &Token, tier: &Token) -> String {
     format!("{ROOT}.rpc.{host}.{tier}.upgrade")
 }
 
+/// Where an operator answers log pulls: `infra.rpc.<host>.<tier>.logs`.
+pub fn logs(host: &Token, tier: &Token) -> String {
+    format!("{ROOT}.rpc.{host}.{tier}.logs")
+}
+
 /// Where the operator of a member's host runs a member-aware update
 /// order's calls: `infra.rpc.<host>.<tier>.hook`.
 pub fn member_hook(host: &Token, tier: &Token) -> String {

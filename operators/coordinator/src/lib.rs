@@ -15,6 +15,7 @@ pub mod hosts;
 pub mod join;
 pub mod leader;
 mod leave;
+pub mod logs;
 pub mod metrics;
 pub mod placement;
 mod plan;

@@ -487,6 +487,20 @@ impl CoordinatorService for Api {
             .map_err(Status::from)
     }
 
+    type LogsStream = Streamed<infra_proto::bus::v1::LogLine>;
+
+    async fn logs(&self, req: Request<api::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let req = req.into_inner();
+        // A service deployed nowhere is an error status, not a stream.
+        let targets = self.coordinator.log_targets(&req.services).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let c = self.coordinator.clone();
+        self.coordinator.spawn(async move { c.logs(targets, req, tx).await });
+        Ok(Response::new(Box::pin(
+            ReceiverStream::new(rx).map(|r| r.map_err(Status::from)),
+        )))
+    }
+
     type WatchEventsStream = Streamed<Event>;
 
     async fn watch_events(

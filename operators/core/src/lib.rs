@@ -15,6 +15,7 @@ pub mod events;
 pub mod grpc;
 pub mod images;
 pub mod labels;
+pub mod logs;
 pub mod metrics;
 pub mod reconcile;
 pub mod spec;
@@ -399,6 +400,11 @@ pub async fn run_with(
     }
     tasks.spawn(reconcile::run_controller(ctx.clone(), shutdown.clone()));
     tasks.spawn(images::answer_checks(ctx.clone(), shutdown.clone()));
+    tasks.spawn(logs::answer_pulls(
+        ctx.clone(),
+        logs::Sessions::default(),
+        shutdown.clone(),
+    ));
     tasks.spawn(upgrade::answer_upgrades(ctx.clone(), shutdown.clone()));
     tasks.spawn(heartbeat_loop(
         ctx.clone(),

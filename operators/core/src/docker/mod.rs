@@ -20,7 +20,9 @@ use crate::decide::Container;
 use crate::labels;
 
 mod exec;
+mod logs;
 pub use exec::{EXEC_OUTPUT_LIMIT, ExecOutput};
+pub use logs::RawLine;
 
 /// What went wrong talking to Docker.
 #[derive(Debug, thiserror::Error)]

@@ -37,7 +37,7 @@ pub struct EventsArgs {
 }
 
 /// `90s`, `10m`, `2h`, `1d` (a bare number is seconds).
-fn duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let (n, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
     let n: u64 = n

@@ -13,6 +13,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 mod catalog;
 mod events;
+mod logs;
 mod print;
 use print::{print_hosts, print_plan, print_status};
 
@@ -231,6 +232,9 @@ enum Cmd {
     /// The event history (`--since 10m`, `--from-seq N`) and what happens
     /// from now on, one line per event with its sequence number.
     Events(events::EventsArgs),
+    /// The lines of every replica of the services on every host
+    /// (`-f` to follow, `--tail N`, `--since 10m`, `-t` for times).
+    Logs(logs::LogsArgs),
     /// The catalog on the bus: push a folder as a new revision, show them.
     Catalog {
         #[command(subcommand)]
@@ -520,6 +524,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
         }
         Cmd::Catalog { cmd } => catalog::run(cmd, connect().await?).await,
         Cmd::Events(args) => events::run(args, connect().await?).await,
+        Cmd::Logs(args) => logs::run(args, connect().await?).await,
         Cmd::Hosts { cmd: None } => {
             let mut c = connect().await?;
             let r = c.list_hosts(api::ListHostsRequest {}).await?.into_inner();
