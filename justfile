@@ -71,11 +71,18 @@ bench-hosts rounds="3":
     cargo build --workspace --bins
     target/debug/bench-hosts --rounds {{rounds}}
 
-# The shipped HA stacks (PostgreSQL, Valkey cluster, Galera) over three joined hosts, `rounds` times: the suite runs each once, this repeats them for e2e/BENCH.md (prints the FAULT and BENCH lines).
+# The shipped `ha` selection over three joined hosts (the headline: whole roll, a lost host that comes back, three clients), then the Valkey cluster and Galera on their own, `rounds` times: the suite runs each once, this repeats them for e2e/BENCH.md (prints the FAULT and BENCH lines).
 bench-ha rounds="3":
     bash e2e/local/install-tools.sh
     bash e2e/images/build.sh
     bash e2e/images/make-dev-secrets.sh
     cargo build --workspace --bins
     INFRA_PROFILE=debug bash e2e/images/build.sh operators
-    for i in $(seq {{rounds}}); do echo "round $i"; cargo test -p infra-e2e --test ha --test valkey --test galera_hosts -- over_three --nocapture --test-threads 1 2>&1 | grep -E '^(BENCH|FAULT|test result)'; done
+    for i in $(seq {{rounds}}); do echo "round $i"; cargo test -p infra-e2e --test ha -- --nocapture 2>&1 | grep -E '^(BENCH|FAULT|test result)'; cargo test -p infra-e2e --test valkey --test galera_hosts -- over_three --nocapture --test-threads 1 2>&1 | grep -E '^(BENCH|FAULT|test result)'; done
+
+# Logs under a burst: `mb` MB written at once, read whole across the bus (throughput, the operator's and the coordinator's memory, another call meanwhile) and the follow latency across hosts; the suite runs it with 5 MB.
+bench-logs mb="50":
+    bash e2e/local/install-tools.sh
+    bash e2e/images/build.sh host nats debian
+    cargo build --workspace --bins
+    LOGS_BURST_MB={{mb}} cargo test -p infra-e2e --test logs -- --nocapture --test-threads 1 2>&1 | grep -E '^(BENCH|test result)'

@@ -24,10 +24,12 @@
 //!
 //! The containers run with the flags that work on the project's machines
 //! (`--privileged` does not: SYS_RESOURCE is not granted), see
-//! [`HOST_RUN_FLAGS`]. `/var/lib/docker` is a tmpfs: a host that is killed
-//! and started again comes back with an **empty** engine (no images, no
-//! containers), like a machine whose disk was replaced; [`Cluster::start_host`]
-//! loads the cluster's images again.
+//! [`HOST_RUN_FLAGS`]. `/var/lib/docker` is a tmpfs by default: a host that
+//! is killed and started again comes back with an **empty** engine (no
+//! images, no containers), like a machine whose disk was replaced;
+//! [`Cluster::start_host`] loads the cluster's images again. With
+//! [`ClusterOptions::engine_disks`] it is a volume instead, and a killed host
+//! comes back as a VPS does after a power cut ([`Cluster::reboot_host`]).
 //!
 //! Needs: `cargo build --workspace --bins` and
 //! `bash e2e/images/build.sh host nats` plus the images a test loads.
@@ -68,9 +70,10 @@ pub const HEARTBEAT_TTL_SECS: u64 = 5;
 
 /// `docker run` flags of a host container: the capabilities dockerd needs,
 /// named one by one (`--privileged` and `--cap-add ALL` fail here because
-/// SYS_RESOURCE is not granted), no seccomp or AppArmor filter, tmpfs for
-/// `/run` and the engine's store (`exec`: runc runs binaries from it), and
-/// the cgroup tree so the inner engine can make cgroups.
+/// SYS_RESOURCE is not granted), no seccomp or AppArmor filter, a tmpfs for
+/// `/run`, and the cgroup tree so the inner engine can make cgroups. The
+/// engine's store is added per cluster: a tmpfs (`exec`: runc runs binaries
+/// from it) or a volume ([`ClusterOptions::engine_disks`]).
 pub const HOST_RUN_FLAGS: &[&str] = &[
     "--cap-add",
     "SYS_ADMIN",
@@ -96,8 +99,6 @@ pub const HOST_RUN_FLAGS: &[&str] = &[
     "apparmor=unconfined",
     "--tmpfs",
     "/run",
-    "--tmpfs",
-    "/var/lib/docker:exec",
     "-v",
     "/sys/fs/cgroup:/sys/fs/cgroup:rw",
 ];
@@ -148,6 +149,11 @@ pub struct ClusterOptions {
     /// the NATS servers and nothing else of the cluster's network, as on
     /// VPS where only the operators dial out. See [`Cluster::fence`].
     pub fence_coordinators: bool,
+    /// Keep each host's engine store on disk (an anonymous volume of the
+    /// host container) instead of a tmpfs: a killed host then comes back
+    /// with its images, containers and volumes, as a VPS after a power cut
+    /// does ([`Cluster::reboot_host`]), and the store does not take memory.
+    pub engine_disks: bool,
 }
 
 impl ClusterOptions {
@@ -169,7 +175,15 @@ impl ClusterOptions {
             bin_dir: std::env::var_os("E2E_BIN_DIR").map_or_else(|| bin_dir("debug"), PathBuf::from),
             origin: "test".into(),
             fence_coordinators: true,
+            engine_disks: false,
         }
+    }
+
+    /// Engine stores on disk: see [`ClusterOptions::engine_disks`].
+    #[must_use]
+    pub fn engine_disks(mut self) -> Self {
+        self.engine_disks = true;
+        self
     }
 
     /// Only these tiers on every host.
@@ -664,6 +678,24 @@ impl Cluster {
             .join("\n")
     }
 
+    /// Resident memory of coordinator `i` (a process on this machine), in
+    /// KiB; `None` when it does not run.
+    pub fn coordinator_rss_kib(&self, i: usize) -> Option<u64> {
+        let pid = self.coords.get(i)?.child.as_ref()?.id();
+        rss_kib(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+    }
+
+    /// Resident memory of the `tier` operator the harness runs on `host`,
+    /// in KiB; `None` when it does not run.
+    pub fn operator_rss_kib(&self, host: &str, tier: &str) -> Option<u64> {
+        let out = Command::new("docker")
+            .args(["exec", &self.host(host).container, "sh", "-c"])
+            .arg(format!("cat /proc/$(cat {RUN_DIR}/{tier}.pid)/status"))
+            .output()
+            .ok()?;
+        rss_kib(&String::from_utf8_lossy(&out.stdout))
+    }
+
     /// The log of coordinator `i`.
     pub fn coordinator_log(&self, i: usize) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.coords[i].id))).unwrap_or_default()
@@ -725,6 +757,39 @@ impl Cluster {
             self.spawn_operator(i, tier);
         }
         self.wait_host_tiers(name, Duration::from_secs(60));
+    }
+
+    /// Starts a killed host whose engine store is on disk
+    /// ([`ClusterOptions::engine_disks`]) again, as a VPS comes back after a
+    /// power cut: its engine starts the containers whose restart policy says
+    /// so (a joined host's `infra-operators` among them), the harness starts
+    /// the operators it runs itself, and this returns once the host's
+    /// operators heartbeat (nine on a joined host).
+    pub fn reboot_host(&self, name: &str) {
+        assert!(
+            self.opts.engine_disks,
+            "reboot_host needs engine stores on disk (ClusterOptions::engine_disks)"
+        );
+        let i = self.host_index(name);
+        docker_ok(&["start", &self.hosts[i].container]);
+        self.wait_engine(i, Duration::from_secs(120));
+        for tier in &self.hosts[i].tiers {
+            self.spawn_operator(i, tier);
+        }
+        let joined = self.hosts[i].tiers.is_empty();
+        self.wait_hosts(
+            &format!("the operators of {name} heartbeat again"),
+            Duration::from_secs(180),
+            |h| {
+                h.get(name).is_some_and(|t| {
+                    if joined {
+                        t.len() == TIERS.len()
+                    } else {
+                        self.hosts[i].tiers.iter().all(|x| t.contains(x))
+                    }
+                })
+            },
+        );
     }
 
     /// Stops NATS server `i` (0-based) with `docker stop`.
@@ -1275,6 +1340,11 @@ jetstream {{ cipher: chachapoly, key: \"{key}\" }}
         args.extend(["--network".into(), self.id.clone(), "--ip".into(), h.ip.clone()]);
         args.extend(self.labels());
         args.extend(HOST_RUN_FLAGS.iter().map(|s| (*s).to_owned()));
+        args.extend(if self.opts.engine_disks {
+            ["-v".into(), "/var/lib/docker".into()]
+        } else {
+            ["--tmpfs".into(), "/var/lib/docker:exec".into()]
+        });
         args.extend([
             "-v".into(),
             format!("{}:{BIN_MOUNT}:ro", self.opts.bin_dir.display()),
@@ -1477,6 +1547,17 @@ impl Drop for Cluster {
         }
         remove_cluster(&self.id);
     }
+}
+
+/// `VmRSS` of a `/proc/<pid>/status`, in KiB.
+fn rss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Removes every container (with its anonymous volumes) and network

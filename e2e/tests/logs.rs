@@ -171,3 +171,109 @@ fn logs_come_from_every_replica_on_every_host_follow_and_stop_when_the_client_go
         latency.as_secs_f64() * 1000.0
     );
 }
+
+/// Megabytes the burst test's service writes at once: `LOGS_BURST_MB`
+/// (`just bench-logs` sets 50), 5 in the suite.
+fn burst_mb() -> u64 {
+    std::env::var("LOGS_BURST_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
+
+#[test]
+fn a_burst_of_lines_is_read_whole_with_bounded_memory_and_other_calls_answered() {
+    let mb = burst_mb();
+    let dir = tempfile::tempdir().unwrap();
+    // 100-byte lines (99 + newline), `mb` MB of them at once, then quiet.
+    let stack = format!(
+        r#"services:
+  burst:
+    image: infra-local/debian:bookworm
+    init: true
+    command:
+      - sh
+      - -c
+      - 'head -c {} /dev/zero | tr "\000" x | fold -w 99; echo; echo burst-done; sleep infinity'
+"#,
+        mb * 990_000
+    );
+    infra_e2e::write(dir.path(), "09-tooling/burst/docker-compose.yml", &stack);
+    let mut opts = ClusterOptions::new(1)
+        .tiers(&["tooling"])
+        .images(&["infra-local/debian:bookworm"])
+        .catalog(dir.path());
+    opts.project = "logburst".into();
+    let c = Cluster::start(opts);
+    let before = (
+        c.operator_rss_kib("host1", "tooling").unwrap(),
+        c.coordinator_rss_kib(0).unwrap(),
+    );
+    let progress = c.call("Deploy", r#"{"selection":{"services":["burst"]},"timeoutSeconds":120}"#);
+    assert_eq!(progress.last().unwrap()["ready"], 1, "{progress:#?}");
+    let id = String::from_utf8_lossy(
+        &c.docker("host1", &["ps", "-q", "--filter", "label=io.infra.service=burst"])
+            .stdout,
+    )
+    .trim()
+    .to_owned();
+    wait_for("the burst written", Duration::from_secs(120), || {
+        String::from_utf8_lossy(&c.docker("host1", &["logs", "--tail", "1", &id]).stdout).contains("burst-done")
+    });
+
+    // Read it all through infractl while sampling memory and asking the
+    // coordinator something else.
+    let t0 = Instant::now();
+    let reader = Command::new(infra_e2e::bin_dir("debug").join("infractl"))
+        .args(["--addr", &format!("http://{}", c.grpc()), "logs", "burst"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut peak_op, mut peak_coord, mut slowest_call) = (before.0, before.1, Duration::ZERO);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let out = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let o = reader.wait_with_output().unwrap();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            o
+        })
+    };
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        peak_op = peak_op.max(c.operator_rss_kib("host1", "tooling").unwrap_or(0));
+        peak_coord = peak_coord.max(c.coordinator_rss_kib(0).unwrap_or(0));
+        let t = Instant::now();
+        c.call("ListHosts", "{}");
+        slowest_call = slowest_call.max(t.elapsed());
+        assert!(t0.elapsed() < Duration::from_secs(600), "the read ends");
+    }
+    let took = t0.elapsed();
+    let out = out.join().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines = text.lines().filter(|l| l.ends_with(&"x".repeat(99))).count() as u64;
+    assert_eq!(lines, mb * 10_000, "every line of the burst, once");
+    assert!(
+        text.lines().last().is_some_and(|l| l.ends_with("burst-done")),
+        "in order, to the end"
+    );
+    // Bounded: far less than the burst itself grew anywhere.
+    let grew_op = peak_op.saturating_sub(before.0);
+    let grew_coord = peak_coord.saturating_sub(before.1);
+    assert!(
+        grew_op < 64 * 1024 && grew_coord < 64 * 1024,
+        "memory grew by operator {grew_op} KiB, coordinator {grew_coord} KiB for a {mb} MB read"
+    );
+    println!(
+        "BENCH | logs burst | {mb} MB ({} lines) read in {:.1}s ({:.1} MB/s) | operator RSS {} -> peak {} KiB, coordinator {} -> peak {} KiB | slowest ListHosts meanwhile {} ms",
+        mb * 10_000,
+        took.as_secs_f64(),
+        mb as f64 / took.as_secs_f64(),
+        before.0,
+        peak_op,
+        before.1,
+        peak_coord,
+        slowest_call.as_millis()
+    );
+}
