@@ -14,6 +14,7 @@ use infra_bus::testing::{NatsServer, free_port};
 pub mod hosts;
 pub mod pki;
 pub mod scenarios;
+pub mod shipped;
 
 /// Every tier (the contracts' list, catalog folder order).
 pub const TIERS: [&str; 9] = infra_proto::tiers::NAMES;

@@ -889,9 +889,16 @@ impl ValkeyWriter {
     /// ([`Writes::longest_gap`]: the longest time without an acknowledged
     /// write on any primary) and the longest gap of each stream (the
     /// primaries' slot ranges in order).
-    pub fn finish(self) -> (Writes, [Duration; 3]) {
+    pub fn finish(mut self) -> (Writes, [Duration; 3]) {
+        self.take()
+    }
+
+    /// What it saw since it started or since the last `take`, as
+    /// [`ValkeyWriter::finish`] says it; it goes on writing.
+    pub fn take(&mut self) -> (Writes, [Duration; 3]) {
         let parts = self.loads.each_ref().map(Writer::take);
         let gaps = parts.each_ref().map(|w| w.longest_gap);
-        (Writes::merge(parts.into(), self.started), gaps)
+        let since = std::mem::replace(&mut self.started, Instant::now());
+        (Writes::merge(parts.into(), since), gaps)
     }
 }

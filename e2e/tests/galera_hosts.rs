@@ -19,65 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use infra_e2e::hosts::{Cluster, ClusterOptions, OPERATORS_IMAGE};
+use infra_e2e::shipped::{self, down_windows, galera_status as status_var, mariadb as sql, running as container_of};
 use infra_test_support::load::Load;
 use infra_test_support::wait_for;
 
 const NODES: [&str; 3] = ["galera-1", "galera-2", "galera-3"];
-
-/// The container of `service` on `host` (its name changes as it rolls).
-fn container_of(c: &Cluster, host: &str, service: &str) -> Option<String> {
-    let o = c.docker(
-        host,
-        &["ps", "-q", "--filter", &format!("label=io.infra.service={service}")],
-    );
-    let id = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-    (!id.is_empty()).then_some(id)
-}
-
-/// `mariadb` as `user` in `service`'s container on `host`, to its own
-/// server; the password read there from the secret file `secret`.
-fn sql(c: &Cluster, host: &str, service: &str, user: &str, secret: &str, query: &str) -> Result<String, String> {
-    let id = container_of(c, host, service).ok_or_else(|| format!("no {service} running on {host}"))?;
-    let script =
-        format!(r#"MYSQL_PWD="$(< /run/secrets/{secret})" exec mariadb -u{user} -h127.0.0.1 -N -B app -e "$1""#);
-    let o = c.docker(host, &["exec", &id, "bash", "-c", &script, "bash", query]);
-    if o.status.success() {
-        Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).trim().to_owned())
-    }
-}
-
-fn status_var(c: &Cluster, host: &str, service: &str, var: &str) -> String {
-    sql(
-        c,
-        host,
-        service,
-        "root",
-        "mariadb_root_password",
-        &format!("SHOW GLOBAL STATUS LIKE '{var}'"),
-    )
-    .map(|r| r.split('\t').nth(1).unwrap_or("").to_owned())
-    .unwrap_or_default()
-}
-
-/// When `host`'s engine saw containers of `service` die and start since
-/// `since` (unix seconds), in nanoseconds of the engine's clock.
-fn lifecycle(c: &Cluster, host: &str, service: &str, since: u64) -> Vec<(i128, String)> {
-    let filters = [
-        "type=container".to_owned(),
-        format!("label=io.infra.service={service}"),
-        "event=die".into(),
-        "event=start".into(),
-    ];
-    c.engine_events(host, since, &filters, "{{.TimeNano}} {{.Action}}")
-        .lines()
-        .filter_map(|l| {
-            let (t, a) = l.split_once(' ')?;
-            Some((t.parse().ok()?, a.to_owned()))
-        })
-        .collect()
-}
 
 #[test]
 fn the_shipped_galera_stack_spreads_over_three_joined_hosts_and_rolls_one_node_at_a_time_losing_no_write() {
@@ -178,11 +124,7 @@ fn the_shipped_galera_stack_spreads_over_three_joined_hosts_and_rolls_one_node_a
     });
 
     // The roll: every node's environment changes in the user's override.
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - 1;
+    let since = shipped::unix_now();
     let mut pinned = String::from("services:\n");
     for n in NODES {
         pinned += &format!("  {n}:\n    environment:\n      ROLLED: \"2\"\n");
@@ -212,25 +154,8 @@ fn the_shipped_galera_stack_spreads_over_three_joined_hosts_and_rolls_one_node_a
     }
     // One node down at a time: each node's old container died only after
     // the node before it was started again.
-    let mut windows: Vec<(i128, i128, &str)> = NODES
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let ev = lifecycle(c, &at[i], n, since);
-            let died = ev
-                .iter()
-                .find(|(_, a)| a == "die")
-                .map(|e| e.0)
-                .unwrap_or_else(|| panic!("{n} restarted: {ev:?}"));
-            let back = ev
-                .iter()
-                .find(|(t, a)| a == "start" && *t > died)
-                .map(|e| e.0)
-                .unwrap_or_else(|| panic!("{n} started again: {ev:?}"));
-            (died, back, *n)
-        })
-        .collect();
-    windows.sort();
+    let members: Vec<(&str, &str)> = NODES.iter().zip(&at).map(|(n, h)| (*n, h.as_str())).collect();
+    let windows = down_windows(c, &members, since);
     for pair in windows.windows(2) {
         assert!(
             pair[1].0 > pair[0].1,

@@ -51,7 +51,7 @@ impl Writes {
 }
 
 /// Runs `op(n)` for `n = first, first + 1, ...` (or every `step`th
-/// number, [`Load::stepping`]) every `every` until dropped (or fifteen
+/// number, [`Load::stepping`]) every `every` until dropped (or thirty
 /// minutes pass), on a thread of its own.
 pub struct Load {
     stop: Arc<AtomicBool>,
@@ -60,7 +60,7 @@ pub struct Load {
 }
 
 /// The longest a load runs, whatever the test does.
-const LIMIT: Duration = Duration::from_secs(900);
+const LIMIT: Duration = Duration::from_secs(1800);
 
 impl Load {
     /// Starts it. `op` says `Ok` when the operation was acknowledged, or

@@ -83,6 +83,10 @@ pub struct Ctx {
     /// How long a routed container is out of the observed state before it
     /// stops, so the gateway stops sending it requests first.
     pub route_drain: Duration,
+    /// Every host's private address as its heartbeats last said it: a host
+    /// that is down keeps its address (it comes back there), so a spec
+    /// that names it still resolves.
+    known_addrs: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl Ctx {
@@ -118,6 +122,7 @@ impl Ctx {
             trigger: std::sync::OnceLock::new(),
             addr: None,
             route_drain: Duration::from_millis(1000),
+            known_addrs: std::sync::Mutex::default(),
         }
     }
 
@@ -171,18 +176,41 @@ impl Ctx {
         }
         if out.extra_hosts.iter().any(|e| HostRef::parse(e).is_some()) {
             let beats = self.bus.list_heartbeats().await.unwrap_or_default();
+            let known = {
+                let mut known = self
+                    .known_addrs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for b in &beats {
+                    if let Some(a) = b.labels.get(infra_bus::facts::ADDR).filter(|a| !a.is_empty()) {
+                        known.insert(b.host.clone(), a.clone());
+                    }
+                }
+                known.clone()
+            };
+            let mut running: Option<Vec<String>> = None;
             for e in out.extra_hosts.iter_mut() {
                 let Some(HostRef { name, host }) = HostRef::parse(e) else {
                     continue;
                 };
-                let addr = if host == self.host {
+                // This host's own; else the host's as its heartbeats say
+                // (or last said, while it is down); else the address this
+                // service's running container has for the name (an
+                // operator started while that host is down).
+                let mut addr = if host == self.host {
                     self.addr.clone()
                 } else {
-                    beats
-                        .iter()
-                        .filter(|h| h.host == host)
-                        .find_map(|h| h.labels.get(infra_bus::facts::ADDR).cloned())
+                    known.get(&host).cloned()
                 };
+                if addr.is_none() && host != self.host {
+                    if running.is_none() {
+                        running = Some(self.running_extra_hosts(&spec.name).await);
+                    }
+                    addr = running
+                        .iter()
+                        .flatten()
+                        .find_map(|x| x.strip_prefix(&format!("{name}:")).map(str::to_owned));
+                }
                 let addr = addr.ok_or_else(|| {
                     DockerError::Prepare(format!(
                         "service {:?}: cannot reach {name:?} on host {host}: no operator there publishes \
@@ -194,6 +222,21 @@ impl Ctx {
             }
         }
         Ok(out)
+    }
+
+    /// The `extra_hosts` of `service`'s containers here, as the engine has
+    /// them (resolved: `name:address`).
+    async fn running_extra_hosts(&self, service: &str) -> Vec<String> {
+        let Ok(list) = self.docker.list_owned(&self.host, &self.tier, Some(service)).await else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for c in list {
+            if let Ok(Some(full)) = self.docker.inspect_full(&c.id).await {
+                out.extend(full.host_config.and_then(|h| h.extra_hosts).unwrap_or_default());
+            }
+        }
+        out
     }
 
     /// Observed state of every service this operator owns, as last computed.
