@@ -211,3 +211,33 @@ fn the_shipped_valkey_cluster_is_ready_for_several_hosts() {
         assert_eq!(update.failure_action, "pause", "{name}");
     }
 }
+
+/// The shipped cluster members that no other order sequences roll one at
+/// a time, each back healthy (in its quorum) before the next: etcd
+/// (Patroni's store) and Galera. Without it a roll of the whole selection
+/// restarts etcd-1..3 together (three services at one level).
+#[test]
+fn the_shipped_etcd_and_galera_members_roll_one_at_a_time() {
+    let env: BTreeMap<String, String> = BTreeMap::new();
+    let opts = LoadOptions {
+        env_file: Some(root().join("compose/.env.example")),
+        env: env.clone(),
+        overrides: vec![root().join("e2e/images/local.override.yml")],
+        secret_dirs: Vec::new(),
+    };
+    let catalog = load_catalog(&root().join("compose"), &opts).unwrap_or_else(|e| panic!("{e}"));
+    for (members, cluster) in [
+        (["etcd-1", "etcd-2", "etcd-3"], "pg-etcd"),
+        (["galera-1", "galera-2", "galera-3"], "galera"),
+    ] {
+        for name in members {
+            let svc = &catalog.services[name];
+            let (spec, _) = infra_coordinator::convert::to_spec(&catalog, "infra", svc, &env).unwrap();
+            assert_eq!(spec.labels["infra.update-order"], "one-at-a-time", "{name}");
+            assert_eq!(spec.labels["infra.update-order.cluster"], cluster, "{name}");
+            assert!(spec.healthcheck.is_some(), "{name}: the health check is the gate");
+            let update = infra_coordinator::convert::update_policy(svc, false);
+            assert_eq!((update.parallelism, update.start_first), (1, false), "{name}");
+        }
+    }
+}
