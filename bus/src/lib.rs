@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod facts;
 pub mod history;
 pub mod join;
+mod logs;
 pub mod subject;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -27,8 +28,8 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use infra_proto::bus::v1::{
     DeploymentInProgress, DesiredService, Event, EventKind, Heartbeat, HookCall, HookReply, HostState, ImageCheck,
-    ImageCheckReply, JoinTicket, LeaderLease, LogsBatch, LogsPull, ObservedService, OperatorsUpgrade,
-    OperatorsUpgradeReply, ServiceRecord, ServiceSpec,
+    ImageCheckReply, JoinTicket, LeaderLease, ObservedService, OperatorsUpgrade, OperatorsUpgradeReply, ServiceRecord,
+    ServiceSpec,
 };
 use prost::Message;
 
@@ -741,19 +742,6 @@ impl Bus {
             &Token::new("tier", tier)?,
         ))
         .await
-    }
-
-    /// The next lines of log read `pull.session` from the `tier` operator on
-    /// `host` ([`LogsPull`]).
-    pub async fn pull_logs(&self, host: &str, tier: &str, pull: &LogsPull, timeout: Duration) -> Result<LogsBatch> {
-        let subject = subject::logs(&Token::new("host", host)?, &Token::new("tier", tier)?);
-        self.ask_operator(host, tier, subject, pull, timeout).await
-    }
-
-    /// Log pulls asked of this operator.
-    pub async fn log_pulls(&self, host: &str, tier: &str) -> Result<async_nats::Subscriber> {
-        self.requests(subject::logs(&Token::new("host", host)?, &Token::new("tier", tier)?))
-            .await
     }
 
     /// Asks the `tier` operator on `host` to replace the host's install

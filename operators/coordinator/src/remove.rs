@@ -30,22 +30,12 @@ impl Coordinator {
         }
         let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
         let records = self.bus.list_records().await.map_err(unavailable)?;
-        let deployed: Deployed = desired
-            .iter()
-            .filter(|d| !d.absent)
-            .filter_map(|d| d.spec.as_ref().map(|s| (s.name.clone(), s)))
-            .collect();
+        let deployed = deployed(&desired);
         let mut set = self.selected(&sel, &deployed, &records).await?;
         with_dependents(&mut set, &deployed, req.cascade, req.force)?;
-        let mut removed = Vec::new();
-        for name in dependents_first(set, &deployed) {
-            if self
-                .take_down(name.as_str(), &desired, &records, req.remove_volumes)
-                .await?
-            {
-                removed.push(name);
-            }
-        }
+        let removed = self
+            .take_down_all(set, &deployed, &desired, &records, req.remove_volumes)
+            .await?;
         Ok(api::RemoveResponse {
             removed,
             volumes_removed: req.remove_volumes,
@@ -207,6 +197,15 @@ fn with_dependents(
     }
 }
 
+/// What runs (or is held) now: the desired state that is not absent.
+fn deployed(desired: &[DesiredService]) -> Deployed<'_> {
+    desired
+        .iter()
+        .filter(|d| !d.absent)
+        .filter_map(|d| d.spec.as_ref().map(|s| (s.name.clone(), s)))
+        .collect()
+}
+
 /// `set` in removal order: a service goes once nothing left in the set
 /// needs it.
 fn dependents_first(set: BTreeSet<String>, deployed: &Deployed<'_>) -> Vec<String> {
@@ -362,15 +361,23 @@ impl Coordinator {
     pub(crate) async fn prune(&self, orphans: &[Orphan]) -> Result<Vec<String>, Error> {
         let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
         let records = self.bus.list_records().await.map_err(unavailable)?;
-        let deployed: Deployed = desired
-            .iter()
-            .filter(|d| !d.absent)
-            .filter_map(|d| d.spec.as_ref().map(|s| (s.name.clone(), s)))
-            .collect();
+        let deployed = deployed(&desired);
         let set: BTreeSet<String> = orphans.iter().map(|o| o.name.clone()).collect();
+        self.take_down_all(set, &deployed, &desired, &records, false).await
+    }
+
+    /// Takes down `set`, dependents first; the names taken down, in order.
+    async fn take_down_all(
+        &self,
+        set: BTreeSet<String>,
+        deployed: &Deployed<'_>,
+        desired: &[DesiredService],
+        records: &[ServiceRecord],
+        remove_volumes: bool,
+    ) -> Result<Vec<String>, Error> {
         let mut removed = Vec::new();
-        for name in dependents_first(set, &deployed) {
-            if self.take_down(&name, &desired, &records, false).await? {
+        for name in dependents_first(set, deployed) {
+            if self.take_down(&name, desired, records, remove_volumes).await? {
                 removed.push(name);
             }
         }

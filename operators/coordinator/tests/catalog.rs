@@ -164,13 +164,9 @@ fn every_stack_plans_alone_with_its_dependencies() {
     }
 }
 
-/// The shipped Valkey cluster needs no edit across hosts: each node has a
-/// port of its own (published for the other hosts), announces the address
-/// the operator gives it only when there is one, rolls by the `valkey`
-/// update order one node at a time, and is one placement group spread
-/// over zones.
-#[test]
-fn the_shipped_valkey_cluster_is_ready_for_several_hosts() {
+/// The shipped catalog as the local machine runs it (the example `.env`,
+/// the local image override), and the environment it was read with.
+fn shipped() -> (infra_compose::Catalog, BTreeMap<String, String>) {
     let env: BTreeMap<String, String> = BTreeMap::new();
     let opts = LoadOptions {
         env_file: Some(root().join("compose/.env.example")),
@@ -179,6 +175,17 @@ fn the_shipped_valkey_cluster_is_ready_for_several_hosts() {
         secret_dirs: Vec::new(),
     };
     let catalog = load_catalog(&root().join("compose"), &opts).unwrap_or_else(|e| panic!("{e}"));
+    (catalog, env)
+}
+
+/// The shipped Valkey cluster needs no edit across hosts: each node has a
+/// port of its own (published for the other hosts), announces the address
+/// the operator gives it only when there is one, rolls by the `valkey`
+/// update order one node at a time, and is one placement group spread
+/// over zones.
+#[test]
+fn the_shipped_valkey_cluster_is_ready_for_several_hosts() {
+    let (catalog, env) = shipped();
     let mut ports = std::collections::BTreeSet::new();
     for i in 0..6 {
         let name = format!("valkey-node-{i}");
@@ -218,14 +225,7 @@ fn the_shipped_valkey_cluster_is_ready_for_several_hosts() {
 /// restarts etcd-1..3 together (three services at one level).
 #[test]
 fn the_shipped_etcd_and_galera_members_roll_one_at_a_time() {
-    let env: BTreeMap<String, String> = BTreeMap::new();
-    let opts = LoadOptions {
-        env_file: Some(root().join("compose/.env.example")),
-        env: env.clone(),
-        overrides: vec![root().join("e2e/images/local.override.yml")],
-        secret_dirs: Vec::new(),
-    };
-    let catalog = load_catalog(&root().join("compose"), &opts).unwrap_or_else(|e| panic!("{e}"));
+    let (catalog, env) = shipped();
     for (members, cluster) in [
         (["etcd-1", "etcd-2", "etcd-3"], "pg-etcd"),
         (["galera-1", "galera-2", "galera-3"], "galera"),
