@@ -690,12 +690,11 @@ impl Bus {
         &self,
         host: &str,
         tier: &str,
-        images: Vec<String>,
+        ask: ImageCheck,
         timeout: Duration,
     ) -> Result<ImageCheckReply> {
         let subject = subject::image_check(&Token::new("host", host)?, &Token::new("tier", tier)?);
-        self.ask_operator(host, tier, subject, &ImageCheck { images }, timeout)
-            .await
+        self.ask_operator(host, tier, subject, &ask, timeout).await
     }
 
     /// One request to the `tier` operator on `host` on `subject`, and its

@@ -23,6 +23,9 @@ command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 command -v htpasswd >/dev/null 2>&1 || need_apt+=(apache2-utils)
 # psql: the Patroni tests write and read through HAProxy with it
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
+# openssl, curl: the private registry's certificate and readiness (registry.rs)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 # systemd-analyze: e2e/local/verify-units.sh checks operators/systemd/ with it
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if ((${#need_apt[@]})); then

@@ -48,6 +48,83 @@ pub fn now() -> prost_types::Timestamp {
     timestamp(std::time::SystemTime::now())
 }
 
+/// Image references as Docker reads them.
+pub mod image {
+    use sha2::{Digest, Sha256};
+
+    /// Docker Hub, as references without a registry host mean it.
+    pub const DOCKER_HUB: &str = "docker.io";
+
+    /// The registry host of `image`: its first path component when that
+    /// looks like a host (has a `.` or a `:`, or is `localhost`), else
+    /// Docker Hub.
+    pub fn registry(image: &str) -> &str {
+        match image.split_once('/') {
+            Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => {
+                if first == "index.docker.io" {
+                    DOCKER_HUB
+                } else {
+                    first
+                }
+            }
+            _ => DOCKER_HUB,
+        }
+    }
+
+    /// `image` without its tag and digest: `reg:5000/team/app:1@sha256:x`
+    /// is `reg:5000/team/app`.
+    pub fn repository(image: &str) -> &str {
+        let name = image.split_once('@').map_or(image, |(n, _)| n);
+        match name.rfind(':') {
+            Some(i) if !name[i..].contains('/') => &name[..i],
+            _ => name,
+        }
+    }
+
+    /// Whether `image` names a digest itself (`...@sha256:...`): nothing to
+    /// resolve.
+    pub fn is_pinned(image: &str) -> bool {
+        image.contains('@')
+    }
+
+    /// The secrets-bucket key of the pull credentials for `registry`.
+    pub fn auth_key(registry: &str) -> String {
+        let digest = Sha256::digest(registry.as_bytes());
+        format!("registry_{}", hex::encode(&digest[..8]))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn registry_and_repository_as_docker_reads_them() {
+            for (image, reg, repo) in [
+                ("nginx:1.28.0-alpine", "docker.io", "nginx"),
+                ("prom/pushgateway:v1.11.2", "docker.io", "prom/pushgateway"),
+                ("quay.io/coreos/etcd:v3.6.7", "quay.io", "quay.io/coreos/etcd"),
+                (
+                    "reg.internal:5000/mirror/app",
+                    "reg.internal:5000",
+                    "reg.internal:5000/mirror/app",
+                ),
+                ("localhost/app:2", "localhost", "localhost/app"),
+                ("reg:5000/app:1@sha256:ab", "reg:5000", "reg:5000/app"),
+                (
+                    "index.docker.io/library/redis:7",
+                    "docker.io",
+                    "index.docker.io/library/redis",
+                ),
+            ] {
+                assert_eq!(registry(image), reg, "{image}");
+                assert_eq!(repository(image), repo, "{image}");
+            }
+            assert!(is_pinned("a/b@sha256:00"));
+            assert_ne!(auth_key("a:5000"), auth_key("b:5000"));
+        }
+    }
+}
+
 /// The spec hash: what decides whether a container must be made again.
 pub mod spec {
     use prost::Message;
@@ -66,8 +143,22 @@ pub mod spec {
         s.depends_on.clear();
         s.source_file.clear();
         s.source_line = 0;
+        s.pull_policy.clear();
+        s.image_resolved_at = None;
+        s.registry_auth_key.clear();
         let digest = Sha256::digest(s.encode_to_vec());
         hex::encode(&digest[..8])
+    }
+
+    /// Whether two specs make the same containers and carry the same
+    /// pulling instructions (policy, credentials key, pin time): a desired
+    /// state that differs in these only is written again, recreating
+    /// nothing.
+    pub fn same_desired(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+        spec_hash(a) == spec_hash(b)
+            && a.pull_policy == b.pull_policy
+            && a.registry_auth_key == b.registry_auth_key
+            && a.image_resolved_at == b.image_resolved_at
     }
 
     /// The bucket key of a catalog file's content: `config_` and the first
@@ -78,12 +169,23 @@ pub mod spec {
     }
 
     /// Every key of the secrets bucket a spec needs on its host: its
-    /// secrets' and its catalog files'.
+    /// secrets', its catalog files' and its registry credentials'.
     pub fn content_keys(spec: &ServiceSpec) -> impl Iterator<Item = &str> {
         spec.secrets
             .iter()
             .map(|s| s.key.as_str())
             .chain(spec.configs.iter().flat_map(|c| c.files.iter().map(|f| f.key.as_str())))
+            .chain((!spec.registry_auth_key.is_empty()).then_some(spec.registry_auth_key.as_str()))
+    }
+
+    /// The image reference a replica is made from: `<repository>@<digest>`
+    /// when the coordinator pinned the spec to a digest, else `image`.
+    pub fn image_ref(spec: &ServiceSpec) -> String {
+        if spec.image_digest.is_empty() {
+            spec.image.clone()
+        } else {
+            format!("{}@{}", crate::image::repository(&spec.image), spec.image_digest)
+        }
     }
 
     /// A name for one config mount's content on a host, the same for the

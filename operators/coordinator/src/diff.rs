@@ -92,9 +92,20 @@ pub(crate) fn diff(old: &ServiceSpec, new: &ServiceSpec) -> Vec<String> {
             });
         }
     };
-    line("image", old.image != new.image, &|| {
-        format!("{} → {}", old.image, new.image)
-    });
+    // A pinned image shows its digest: a tag pushed again is a change.
+    let image = |s: &ServiceSpec| {
+        if s.image_digest.is_empty() {
+            s.image.clone()
+        } else {
+            let d = s.image_digest.strip_prefix("sha256:").unwrap_or(&s.image_digest);
+            format!("{}@{}", s.image, short(d))
+        }
+    };
+    line(
+        "image",
+        old.image != new.image || old.image_digest != new.image_digest,
+        &|| format!("{} → {}", image(old), image(new)),
+    );
     let args = |a: &Option<infra_proto::bus::v1::Args>| {
         a.as_ref()
             .map_or_else(|| "(image default)".to_owned(), |a| list(&a.args))
@@ -238,6 +249,18 @@ mod tests {
             vec!["image: i:1 → i:2", "environment: +MODE=fast", "deploy.replicas: 1 → 3"]
         );
         assert_eq!(fields(&a, &b), vec!["image", "environment", "deploy.replicas"]);
+        // The same tag at another digest.
+        let (mut p1, mut p2) = (a.clone(), a.clone());
+        p1.image_digest = format!("sha256:{}", "1".repeat(64));
+        p2.image_digest = format!("sha256:{}", "2".repeat(64));
+        assert_eq!(
+            diff(&p1, &p2),
+            vec![format!(
+                "image: i:1@sha256:{} → i:1@sha256:{}",
+                "1".repeat(12),
+                "2".repeat(12)
+            )]
+        );
         assert!(diff(&a, &a).is_empty());
         let mut c = b.clone();
         c.environment.insert("MODE".into(), "slow".into());

@@ -19,6 +19,7 @@ pub mod logs;
 pub mod metrics;
 pub mod placement;
 mod plan;
+mod pull;
 mod reach;
 pub mod remove;
 pub mod rollout;

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use crate::error::Error;
 use infra_compose::{Catalog, DependencyCondition, Graph};
-use infra_proto::bus::v1::{DesiredService, Heartbeat, PlacementSpec, ServiceSpec, UpdatePolicy};
+use infra_proto::bus::v1::{
+    DesiredService, Heartbeat, ImageCheck, PlacementSpec, RegistryLogin, ServiceSpec, UpdatePolicy,
+};
 use infra_proto::coordinator::v1 as api;
 
 use crate::convert::{self, SecretContent};
@@ -18,6 +20,16 @@ use crate::reach::cross_host_reach;
 /// The largest spec one service may have once built (encoded). Twice it
 /// (a rolling update's old and new spec) must fit in one bus message.
 pub(crate) const MAX_SPEC_BYTES: usize = 384 * 1024;
+
+/// What a deploy and a plan share: the services ready to dispatch, the
+/// contents to put in the secrets bucket, the catalog's registry logins,
+/// and why an image could not be pinned (by service).
+pub(crate) struct Preparation {
+    pub(crate) services: Vec<(String, Prepared)>,
+    pub(crate) secrets: Vec<SecretContent>,
+    pub(crate) logins: Vec<RegistryLogin>,
+    pub(crate) pin_notes: Vec<(String, String)>,
+}
 
 /// A service ready to dispatch: its spec (`replicas` is the total), its
 /// placement rules, where its replicas go, and what the store holds for it
@@ -84,11 +96,7 @@ impl Coordinator {
         self.bus.list_heartbeats().await.map_err(unavailable)
     }
 
-    pub(crate) async fn prepare(
-        &self,
-        catalog: &Catalog,
-        graph: &Graph,
-    ) -> Result<(Vec<(String, Prepared)>, Vec<SecretContent>), Error> {
+    pub(crate) async fn prepare(&self, catalog: &Catalog, graph: &Graph) -> Result<Preparation, Error> {
         let env = Self::env();
         let hosts = self.eligible_hosts().await?;
         let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
@@ -160,14 +168,26 @@ impl Coordinator {
             out.push((name.clone(), p));
         }
         cross_host_reach(catalog, &hosts, &mut out);
-        Ok((out, secrets.into_values().collect()))
+        let logins = convert::registry::logins(catalog, &env).map_err(invalid)?;
+        let pin_notes = self.pin_images(&mut out, &logins).await;
+        Ok(Preparation {
+            services: out,
+            secrets: secrets.into_values().collect(),
+            logins,
+            pin_notes,
+        })
     }
 
     /// What a deploy would do. No side effects.
     pub async fn plan(&self, sel: Option<&api::Selection>) -> Result<api::PlanResponse, Error> {
         let (catalog, head) = self.load_revision().await?;
         let (_, graph) = self.resolve(&catalog, sel)?;
-        let (prepared, _) = self.prepare(&catalog, &graph).await?;
+        let Preparation {
+            services: prepared,
+            logins,
+            pin_notes,
+            ..
+        } = self.prepare(&catalog, &graph).await?;
         let level_of: HashMap<&str, usize> = graph
             .levels()
             .iter()
@@ -254,7 +274,8 @@ impl Coordinator {
                 ..Default::default()
             });
         }
-        warnings.extend(self.image_warnings(&prepared).await);
+        warnings.extend(pin_notes.into_iter().map(|(name, note)| format!("{name}: {note}")));
+        warnings.extend(self.image_warnings(&prepared, &logins).await);
         Ok(api::PlanResponse {
             steps,
             warnings,
@@ -265,7 +286,11 @@ impl Coordinator {
     /// What the target hosts say of the images the plan needs: one warning
     /// per image a host neither has nor can pull (with the reason), and one
     /// per operator that did not answer.
-    pub(crate) async fn image_warnings(&self, prepared: &[(String, Prepared)]) -> Vec<String> {
+    pub(crate) async fn image_warnings(
+        &self,
+        prepared: &[(String, Prepared)],
+        logins: &[RegistryLogin],
+    ) -> Vec<String> {
         // (host, tier) -> image -> services using it
         let mut asks: BTreeMap<(String, String), BTreeMap<String, Vec<String>>> = BTreeMap::new();
         for (name, p) in prepared {
@@ -279,8 +304,12 @@ impl Coordinator {
         }
         let wait = infra_bus::IMAGE_CHECK_TIMEOUT + Duration::from_secs(1);
         let answers = futures::future::join_all(asks.into_iter().map(|((host, tier), images)| async move {
-            let list: Vec<String> = images.keys().cloned().collect();
-            let answer = self.bus.check_images(&host, &tier, list, wait).await;
+            let ask = ImageCheck {
+                images: images.keys().cloned().collect(),
+                logins: logins.to_vec(),
+                resolve: false,
+            };
+            let answer = self.bus.check_images(&host, &tier, ask, wait).await;
             (host, tier, images, answer)
         }))
         .await;

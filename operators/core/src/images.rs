@@ -16,8 +16,7 @@ use infra_proto::bus::v1::{ImageCheck, ImageCheckReply, ImageStatus};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::ImageAvailability;
-use crate::reconcile::Ctx;
+use crate::reconcile::{Ctx, credentials};
 
 /// How long one registry may take to answer for an image.
 pub use infra_bus::IMAGE_CHECK_TIMEOUT as CHECK_TIMEOUT;
@@ -78,17 +77,33 @@ pub async fn answer_checks(ctx: Arc<Ctx>, shutdown: CancellationToken) {
         |ctx, payload| async move {
             let ask = ImageCheck::decode(payload).ok()?;
             let images: Vec<String> = ask.images.into_iter().take(MAX_IMAGES).collect();
+            let (logins, resolve) = (&ask.logins, ask.resolve);
             let statuses = futures::future::join_all(images.into_iter().map(|image| {
-                let docker = ctx.docker.clone();
+                let ctx = ctx.clone();
                 async move {
                     let mut st = ImageStatus {
                         image: image.clone(),
                         ..Default::default()
                     };
-                    match docker.image_availability(&image, CHECK_TIMEOUT).await {
-                        ImageAvailability::Present => st.present = true,
-                        ImageAvailability::Pullable => st.pullable = true,
-                        ImageAvailability::Unavailable(why) => st.reason = why,
+                    // The asker's credentials for this registry, else this
+                    // host's own copy.
+                    let registry = infra_proto::image::registry(&image);
+                    let login = match logins.iter().find(|l| l.registry == registry) {
+                        Some(l) => Some(l.clone()),
+                        None => ctx.registry_login(registry).await,
+                    };
+                    let found = ctx
+                        .docker
+                        .image_availability(&image, login.as_ref().map(credentials), resolve, CHECK_TIMEOUT)
+                        .await;
+                    st.present = found.present;
+                    match found.registry {
+                        Some(Ok(digest)) => {
+                            st.pullable = !found.present;
+                            st.digest = digest;
+                        }
+                        Some(Err(why)) => st.reason = why,
+                        None => {}
                     }
                     st
                 }

@@ -268,7 +268,7 @@ pub fn container_config(spec: &ServiceSpec, host: &str, replica: u32, state_dir:
         });
 
     ContainerCreateBody {
-        image: Some(spec.image.clone()),
+        image: Some(infra_proto::spec::image_ref(spec)),
         cmd: spec.command.as_ref().map(|a| a.args.clone()),
         entrypoint: spec.entrypoint.as_ref().map(|a| a.args.clone()),
         env: (!env.is_empty()).then_some(env),

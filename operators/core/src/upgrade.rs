@@ -80,10 +80,16 @@ async fn start_helper(ctx: &Ctx, ask: &OperatorsUpgrade) -> Result<String, Strin
             ctx.host
         ));
     }
+    let login = ctx.registry_login(infra_proto::image::registry(&ask.image)).await;
     docker
-        .ensure_image(&ask.image, Duration::from_secs(300))
+        .ensure_image(
+            &ask.image,
+            crate::docker::Pull::IfMissing,
+            login.as_ref().map(crate::reconcile::credentials),
+            Duration::from_secs(300),
+        )
         .await
-        .map_err(|e| format!("image {}: {e}", ask.image))?;
+        .map_err(|e| e.to_string())?;
     let helper = format!("{name}-upgrade");
     force_remove(docker, &helper).await;
     let body = ContainerCreateBody {

@@ -14,6 +14,7 @@ use infra_proto::bus::v1::{
 use sha2::{Digest, Sha256};
 
 pub mod configs;
+pub mod registry;
 
 /// The service label naming its placement group: the services that
 /// spread over the hosts as one (the members of one cluster).
@@ -114,6 +115,10 @@ pub fn to_spec(
     let (secrets, mut contents) = secrets(catalog, svc, env)?;
     let (configs, files) = configs::configs(catalog, svc, env)?;
     contents.extend(files);
+    let pull_policy = registry::pull_policy(svc)?;
+    let auth = registry::credentials(catalog, svc, &image, env)?;
+    let registry_auth_key = auth.as_ref().map(|a| a.key.clone()).unwrap_or_default();
+    contents.extend(auth);
 
     let mut spec = ServiceSpec {
         name: svc.name.clone(),
@@ -155,6 +160,9 @@ pub fn to_spec(
             driver: l.driver.clone().unwrap_or_default(),
             options: l.options.clone().into_iter().collect(),
         }),
+        pull_policy,
+        registry_auth_key,
+        ..Default::default()
     };
     if let Some(models) = svc.extensions.get(OLLAMA_MODELS_KEY) {
         spec.labels.insert(OLLAMA_MODELS_LABEL.into(), ollama_models(models));
@@ -552,7 +560,6 @@ pub fn unsupported_keys(svc: &Service) -> Vec<String> {
         "container_name (the operators name containers infra-<service>-<n>)",
     );
     flag(svc.platform.is_some(), "platform");
-    flag(svc.pull_policy.is_some(), "pull_policy");
     if let Some(d) = &svc.deploy {
         flag(d.restart_policy.is_some(), "deploy.restart_policy");
     }

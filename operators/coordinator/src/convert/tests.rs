@@ -268,3 +268,110 @@ fn a_link_out_of_the_catalog_is_refused() {
         .to_string();
     assert!(e.contains("outside the catalog"), "{e}");
 }
+
+#[test]
+fn pull_policies_and_registry_credentials_from_the_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "secrets/reg", "hunter2\n");
+    write(
+        dir.path(),
+        "09-tooling/app/docker-compose.yml",
+        r#"x-registries:
+  reg.internal:5000:
+    username: deploy
+    password_secret: reg_password
+secrets:
+  reg_password:
+    file: ../../secrets/reg
+services:
+  app:
+    image: reg.internal:5000/team/app:1
+    pull_policy: always
+  nightly:
+    image: reg.internal:5000/team/app:nightly
+    pull_policy: every_12h
+  daily:
+    image: hub/app:1
+    pull_policy: daily
+  plain:
+    image: hub/app:1
+  bad:
+    image: hub/app:1
+    pull_policy: sometimes
+  build:
+    image: hub/app:1
+    pull_policy: build
+"#,
+    );
+    let cat = load_catalog(dir.path(), &LoadOptions::default()).unwrap();
+    let env = BTreeMap::new();
+    let (app, contents) = to_spec(&cat, "p", &cat.services["app"], &env).unwrap();
+    assert_eq!(app.pull_policy, "always");
+    assert_eq!(app.registry_auth_key, infra_proto::image::auth_key("reg.internal:5000"));
+    let login = contents
+        .iter()
+        .find(|c| c.key == app.registry_auth_key)
+        .expect("credentials");
+    let login = <infra_proto::bus::v1::RegistryLogin as prost::Message>::decode(login.content.clone()).unwrap();
+    assert_eq!(
+        (login.username.as_str(), login.password.as_str()),
+        ("deploy", "hunter2")
+    );
+    // The credentials are not in the spec, nor in what other hosts read.
+    let encoded = prost::Message::encode_to_vec(&app);
+    assert!(!encoded.windows(7).any(|w| w == b"hunter2"));
+    assert!(!format!("{contents:?}").contains("hunter2"));
+    let nightly = to_spec(&cat, "p", &cat.services["nightly"], &env).unwrap().0;
+    assert_eq!(nightly.pull_policy, "every 43200");
+    let daily = to_spec(&cat, "p", &cat.services["daily"], &env).unwrap().0;
+    assert_eq!(
+        (daily.pull_policy.as_str(), daily.registry_auth_key.as_str()),
+        ("every 86400", "")
+    );
+    assert_eq!(
+        to_spec(&cat, "p", &cat.services["plain"], &env).unwrap().0.pull_policy,
+        ""
+    );
+    assert!(unsupported_keys(&cat.services["app"]).is_empty());
+    let e = to_spec(&cat, "p", &cat.services["bad"], &env).unwrap_err().to_string();
+    assert!(
+        e.contains("service \"bad\": pull_policy: \"sometimes\" is not a pull policy"),
+        "{e}"
+    );
+    let e = to_spec(&cat, "p", &cat.services["build"], &env)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pull_policy: build"), "{e}");
+    // Changing the policy or adding credentials recreates nothing.
+    let mut other = app.clone();
+    other.pull_policy = "never".into();
+    other.registry_auth_key.clear();
+    assert_eq!(infra_proto::spec::spec_hash(&app), infra_proto::spec::spec_hash(&other));
+    assert!(!infra_proto::spec::same_desired(&app, &other));
+    other.image_digest = "sha256:00".into();
+    assert_ne!(infra_proto::spec::spec_hash(&app), infra_proto::spec::spec_hash(&other));
+}
+
+#[test]
+fn a_registry_block_that_names_no_declared_secret_is_refused_with_where() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "09-tooling/app/docker-compose.yml",
+        "x-registries:\n  reg:5000:\n    username: u\n    password_secret: nope\nservices:\n  app:\n    image: reg:5000/app:1\n",
+    );
+    let cat = load_catalog(dir.path(), &LoadOptions::default()).unwrap();
+    let e = to_spec(&cat, "p", &cat.services["app"], &BTreeMap::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "service \"app\": image: x-registries.\"reg:5000\".password_secret: secret \"nope\" is not declared"
+        ) && e.contains("secrets/nope"),
+        "{e}"
+    );
+    // The catalog's secrets folder holds it: taken from there.
+    write(dir.path(), "secrets/nope", "pw\n");
+    let (spec, contents) = to_spec(&cat, "p", &cat.services["app"], &BTreeMap::new()).unwrap();
+    assert!(contents.iter().any(|c| c.key == spec.registry_auth_key));
+}

@@ -151,7 +151,12 @@ impl Coordinator {
     ) -> Result<(), Error> {
         let (catalog, head) = self.load_revision().await?;
         let (_, graph) = self.resolve(&catalog, req.selection.as_ref())?;
-        let (prepared, secrets) = self.prepare(&catalog, &graph).await?;
+        let crate::plan::Preparation {
+            services: prepared,
+            secrets,
+            pin_notes,
+            ..
+        } = self.prepare(&catalog, &graph).await?;
         let deadline = if req.timeout_seconds > 0 {
             Duration::from_secs(u64::from(req.timeout_seconds))
         } else {
@@ -189,6 +194,12 @@ impl Coordinator {
                 phase: api::Phase::Planned as i32,
                 time: Some(infra_proto::now()),
                 catalog_revision: head.number,
+                message: pin_notes
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, note)| note.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 ..Default::default()
             })
             .await;

@@ -358,7 +358,7 @@ impl Coordinator {
                     && d.previous.is_none()
                     && d.spec
                         .as_ref()
-                        .is_some_and(|s| infra_proto::spec::spec_hash(s) == hash && s.replicas.max(1) == *n)
+                        .is_some_and(|s| infra_proto::spec::same_desired(s, &spec) && s.replicas.max(1) == *n)
             });
             let mut generation = existing.map_or(0, |d| d.generation);
             if !unchanged {

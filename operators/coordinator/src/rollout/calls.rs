@@ -85,10 +85,15 @@ impl Coordinator {
                 catalog.root.display()
             ))
         })?;
-        let (mut spec, contents) =
-            convert::to_spec(&catalog, &self.settings.project, svc, &Self::env()).map_err(invalid)?;
+        let env = Self::env();
+        let (mut spec, mut contents) =
+            convert::to_spec(&catalog, &self.settings.project, svc, &env).map_err(invalid)?;
         if !req.image.is_empty() {
             spec.image.clone_from(&req.image);
+            // The credentials of the new image's registry.
+            let auth = convert::registry::credentials(&catalog, svc, &spec.image, &env).map_err(invalid)?;
+            spec.registry_auth_key = auth.as_ref().map(|a| a.key.clone()).unwrap_or_default();
+            contents.extend(auth);
         }
         for (k, v) in &req.environment {
             if k.is_empty() || k.contains('=') {
@@ -128,6 +133,13 @@ impl Coordinator {
             .filter_map(|d| d.spec.as_ref())
             .map(|s| s.replicas.max(1))
             .sum();
+        let logins = convert::registry::logins(&catalog, &env).map_err(invalid)?;
+        let previous = existing.iter().filter(|d| !d.absent).find_map(|d| d.spec.as_ref());
+        if let Some(host) = mine.first()
+            && let Some(note) = self.pin_image(&mut spec, previous, host, &logins).await
+        {
+            tracing::warn!(service = %req.service, "{note}");
+        }
         for c in contents {
             self.bus.put_secret(&c.key, c.content).await.map_err(unavailable)?;
         }

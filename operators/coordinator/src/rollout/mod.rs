@@ -355,7 +355,9 @@ impl Coordinator {
                         s.replica,
                         format!("{:?}", c.health()).to_lowercase()
                     ));
-                } else if o.health() == Health::Failed && !o.message.is_empty() {
+                } else if o.health() == Health::Failed && !o.message.is_empty() && o.spec_hash == hash {
+                    // (A failure reported for another spec, before this
+                    // rollout reached the host, is not this one's.)
                     bad.push(format!("{} replica {}: {}", s.host, s.replica, o.message));
                 } else if !(new.len() == 1
                     && mine.len() == 1

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
+pub use bollard::auth::DockerCredentials;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, NetworkConnectRequest, NetworkCreateRequest, VolumeCreateRequest,
 };
@@ -30,8 +31,9 @@ pub enum DockerError {
     /// The engine could not be reached.
     #[error("cannot reach the Docker engine: {0}")]
     Connect(#[source] bollard::errors::Error),
-    /// The image is not on this host and could not be pulled.
-    #[error("image {image:?} is not present on this host and could not be pulled: {reason}")]
+    /// The image is not on this host and could not be pulled (or, for
+    /// `pull_policy: always`, the pull failed).
+    #[error("image {image:?}: {reason}")]
     ImageUnavailable {
         /// The image reference.
         image: String,
@@ -67,15 +69,35 @@ pub struct Endpoint {
     pub labels: HashMap<String, String>,
 }
 
-/// Whether an image can be had on this host.
+/// When an image is pulled ([`DockerClient::ensure_image`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pull {
+    /// Only when the host lacks it (Compose's `missing`, the default).
+    IfMissing,
+    /// Every time (Compose's `always`).
+    Always,
+    /// Never: a missing image is an error.
+    Never,
+}
+
+/// The registry's own words for a failed call (`unauthorized: ...`,
+/// `manifest unknown`), without the client's wrapping.
+fn registry_reason(e: bollard::errors::Error) -> String {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { message, .. } => message,
+        bollard::errors::Error::DockerStreamError { error } => error,
+        other => other.to_string(),
+    }
+}
+
+/// What a host knows of an image ([`DockerClient::image_availability`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ImageAvailability {
-    /// It is here.
-    Present,
-    /// It is not, and its registry answers for it.
-    Pullable,
-    /// It is not, and it cannot be pulled: why.
-    Unavailable(String),
+pub struct ImageAvailability {
+    /// It is on this host.
+    pub present: bool,
+    /// What its registry answered, when asked: the digest, or why it
+    /// cannot be pulled (the registry's or Docker's words).
+    pub registry: Option<Result<String, String>>,
 }
 
 /// One Docker event about an owned container.
@@ -328,56 +350,95 @@ impl DockerClient {
         Ok(text)
     }
 
-    /// Whether `image` is on this host; when it is not, whether its
-    /// registry answers for it (a pull would start), asked within
-    /// `timeout`. Nothing is pulled.
-    pub async fn image_availability(&self, image: &str, timeout: Duration) -> ImageAvailability {
-        match self.inner.inspect_image(image).await {
-            Ok(_) => return ImageAvailability::Present,
-            Err(e) if not_found(&e) => {}
-            Err(e) => return ImageAvailability::Unavailable(format!("cannot inspect it: {e}")),
-        }
-        match tokio::time::timeout(timeout, self.inner.inspect_registry_image(image, None)).await {
-            Ok(Ok(_)) => ImageAvailability::Pullable,
-            Ok(Err(e)) => ImageAvailability::Unavailable(match e {
-                bollard::errors::Error::DockerResponseServerError { message, .. } => message,
-                other => other.to_string(),
-            }),
-            Err(_) => {
-                ImageAvailability::Unavailable(format!("its registry did not answer within {}s", timeout.as_secs()))
+    /// Whether `image` is on this host; when it is not (or `resolve` asks
+    /// it anyway), what its registry answers for it, asked within
+    /// `timeout` with `credentials`: its digest, or why not. Nothing is
+    /// pulled.
+    pub async fn image_availability(
+        &self,
+        image: &str,
+        credentials: Option<DockerCredentials>,
+        resolve: bool,
+        timeout: Duration,
+    ) -> ImageAvailability {
+        let present = match self.inner.inspect_image(image).await {
+            Ok(_) => true,
+            Err(e) if not_found(&e) => false,
+            Err(e) => {
+                return ImageAvailability {
+                    present: false,
+                    registry: Some(Err(format!("cannot inspect it: {e}"))),
+                };
             }
+        };
+        if present && !resolve {
+            return ImageAvailability {
+                present,
+                registry: None,
+            };
+        }
+        let asked = tokio::time::timeout(timeout, self.inner.inspect_registry_image(image, credentials)).await;
+        let registry = match asked {
+            Ok(Ok(d)) => Ok(d.descriptor.digest.unwrap_or_default()),
+            Ok(Err(e)) => Err(registry_reason(e)),
+            Err(_) => Err(format!("its registry did not answer within {}s", timeout.as_secs())),
+        };
+        ImageAvailability {
+            present,
+            registry: Some(registry),
         }
     }
 
-    /// Makes sure `image` is on this host, pulling it if a registry can be
-    /// reached. Gives up after `timeout`.
-    #[tracing::instrument(name = "docker.ensure_image", skip(self, timeout))]
-    pub async fn ensure_image(&self, image: &str, timeout: Duration) -> Result<(), DockerError> {
-        match self.inner.inspect_image(image).await {
-            Ok(_) => return Ok(()),
-            Err(e) if not_found(&e) => {}
-            Err(e) => return Err(api("inspect image", image)(e)),
+    /// Makes sure `image` is on this host as `pull` says: pulled when it
+    /// is missing ([`Pull::IfMissing`]), every time ([`Pull::Always`]), or
+    /// never ([`Pull::Never`]: a missing image is an error). The pull uses
+    /// `credentials` (never logged) and gives up after `timeout`.
+    #[tracing::instrument(name = "docker.ensure_image", skip(self, credentials, timeout))]
+    pub async fn ensure_image(
+        &self,
+        image: &str,
+        pull: Pull,
+        credentials: Option<DockerCredentials>,
+        timeout: Duration,
+    ) -> Result<(), DockerError> {
+        let unavailable = |reason: String| DockerError::ImageUnavailable {
+            image: image.to_owned(),
+            reason,
+        };
+        if pull != Pull::Always {
+            match self.inner.inspect_image(image).await {
+                Ok(_) => return Ok(()),
+                Err(e) if not_found(&e) => {}
+                Err(e) => return Err(api("inspect image", image)(e)),
+            }
+        }
+        if pull == Pull::Never {
+            return Err(unavailable(
+                "it is not on this host and the service's pull_policy is never".into(),
+            ));
         }
         let opts = CreateImageOptions {
             from_image: Some(image.to_owned()),
             ..Default::default()
         };
-        let pull = async {
-            let mut stream = self.inner.create_image(Some(opts), None, None);
+        let pulling = async {
+            let mut stream = self.inner.create_image(Some(opts), None, credentials);
             while let Some(item) = stream.next().await {
-                item.map_err(|e| e.to_string())?;
+                item.map_err(registry_reason)?;
             }
             Ok::<(), String>(())
         };
-        let reason = match tokio::time::timeout(timeout, pull).await {
+        let reason = match tokio::time::timeout(timeout, pulling).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(reason)) => reason,
-            Err(_) => format!("pull did not finish within {}s", timeout.as_secs()),
+            Err(_) => format!("the pull did not finish within {}s", timeout.as_secs()),
         };
-        Err(DockerError::ImageUnavailable {
-            image: image.to_owned(),
-            reason,
-        })
+        let what = if pull == Pull::Always {
+            "the pull (pull_policy always) failed"
+        } else {
+            "it is not on this host and the pull failed"
+        };
+        Err(unavailable(format!("{what}: {reason}")))
     }
 
     /// Makes sure a bridge network `name` exists and returns the id to use.

@@ -25,7 +25,7 @@ pub(crate) async fn create(
     replica: u32,
     name: Option<String>,
 ) -> Result<String, DockerError> {
-    ctx.docker.ensure_image(&spec.image, ctx.pull_timeout).await?;
+    ctx.ensure_image(spec).await?;
     let mut network_ids = Vec::with_capacity(spec.networks.len());
     for n in &spec.networks {
         network_ids.push(ensure_network(ctx, &n.name).await?);

@@ -38,6 +38,7 @@ mod make;
 mod observed;
 mod pass;
 mod probes;
+mod pull;
 mod secrets;
 
 #[allow(unused_imports)]
@@ -46,6 +47,7 @@ use make::*;
 use observed::*;
 use pass::*;
 use probes::*;
+pub(crate) use pull::credentials;
 use secrets::*;
 
 /// What the workers share.

@@ -288,7 +288,7 @@ pub(crate) async fn recreate(
     let Some(spec) = pass.target(replica) else {
         return Ok(());
     };
-    if let Err(e) = ctx.docker.ensure_image(&spec.image, ctx.pull_timeout).await {
+    if let Err(e) = ctx.ensure_image(spec).await {
         could_not_make(ctx, pass, st, out, id, replica, e).await;
         return Ok(());
     }
