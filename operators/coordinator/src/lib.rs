@@ -4,6 +4,7 @@
 //! directly: it writes desired state to the bus and reads observed state
 //! and heartbeats back, so either side can restart without losing anything.
 
+pub mod backup;
 pub mod catalog;
 pub mod convert;
 pub mod coordinator;
@@ -350,6 +351,7 @@ pub async fn run(
     tasks.spawn(coordinator.clone().watch_hosts(shutdown.clone()));
     tasks.spawn(join::serve(coordinator.clone(), shutdown.clone()));
     tasks.spawn(remove::reap(coordinator.clone(), shutdown.clone()));
+    tasks.spawn(coordinator.clone().backup_schedule(shutdown.clone()));
     tasks.spawn(on_elected(coordinator.clone(), election.clone(), shutdown.clone()));
 
     let (reporter, health) = tonic_health::server::health_reporter();

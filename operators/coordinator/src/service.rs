@@ -450,6 +450,35 @@ impl CoordinatorService for Api {
             .map_err(Status::from)
     }
 
+    async fn backup(&self, req: Request<api::BackupRequest>) -> Result<Response<api::BackupResponse>, Status> {
+        self.may_write(&req)?;
+        self.coordinator
+            .backup(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn list_backups(
+        &self,
+        req: Request<api::ListBackupsRequest>,
+    ) -> Result<Response<api::ListBackupsResponse>, Status> {
+        self.coordinator
+            .list_backups(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn restore(&self, req: Request<api::RestoreRequest>) -> Result<Response<api::RestoreResponse>, Status> {
+        self.may_write(&req)?;
+        self.coordinator
+            .restore(req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
     async fn list_hosts(
         &self,
         _req: Request<api::ListHostsRequest>,

@@ -7,6 +7,7 @@
 //! to [`main`].
 
 pub mod addr;
+pub mod backup;
 pub mod changes;
 pub mod config;
 pub mod decide;
@@ -18,6 +19,7 @@ pub mod labels;
 pub mod logs;
 pub mod metrics;
 pub mod reconcile;
+pub mod s3;
 pub mod spec;
 pub mod upgrade;
 pub use infra_runtime::{app, trace};
@@ -400,6 +402,7 @@ pub async fn run_with(
     }
     tasks.spawn(reconcile::run_controller(ctx.clone(), shutdown.clone()));
     tasks.spawn(images::answer_checks(ctx.clone(), shutdown.clone()));
+    tasks.spawn(backup::answer_calls(ctx.clone(), shutdown.clone()));
     tasks.spawn(logs::answer_pulls(
         ctx.clone(),
         logs::Sessions::default(),

@@ -13,6 +13,7 @@ use infra_proto::bus::v1::{
 };
 use sha2::{Digest, Sha256};
 
+pub mod backup;
 pub mod configs;
 pub mod registry;
 
@@ -566,7 +567,7 @@ pub fn unsupported_keys(svc: &Service) -> Vec<String> {
     keys.extend(
         svc.extensions
             .keys()
-            .filter(|k| *k != OLLAMA_MODELS_KEY)
+            .filter(|k| *k != OLLAMA_MODELS_KEY && *k != backup::BACKUP_KEY)
             .map(|k| format!("{k} (extension)")),
     );
     keys.sort();

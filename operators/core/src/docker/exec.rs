@@ -19,6 +19,19 @@ pub struct ExecOutput {
     pub output: String,
 }
 
+/// What [`DockerClient::exec_streams`] ran.
+#[derive(Clone, Debug, Default)]
+pub struct StreamedExec {
+    /// Exit code; `None` when it had not finished in time.
+    pub exit_code: Option<i64>,
+    /// Bytes it wrote to stdout.
+    pub written: u64,
+    /// Bytes fed to its stdin.
+    pub read: u64,
+    /// The last 8 KiB it wrote to stderr.
+    pub stderr: Vec<u8>,
+}
+
 /// A tar archive of `name` (and its parent directory, when it has one)
 /// holding `data`: what Docker's archive API takes.
 fn tarball(name: &str, data: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -107,6 +120,90 @@ impl DockerClient {
             },
             output,
         })
+    }
+
+    /// Runs `cmd` in container `id` with its stdout written to `stdout`
+    /// and, when given, `stdin` fed from a file (then closed): a dump or a
+    /// restore of any size, streamed. Gives the exit code (`None`: not
+    /// finished within `timeout`), the bytes written and read, and the end
+    /// of what it wrote to stderr (for an error message).
+    pub async fn exec_streams(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        stdin: Option<tokio::fs::File>,
+        stdout: &mut tokio::fs::File,
+        timeout: Duration,
+    ) -> Result<StreamedExec, DockerError> {
+        use bollard::container::LogOutput;
+        use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+        use tokio::io::AsyncWriteExt;
+        let opts = CreateExecOptions {
+            cmd: Some(cmd),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            attach_stdin: Some(stdin.is_some()),
+            ..Default::default()
+        };
+        let exec = self.inner.create_exec(id, opts).await.map_err(api("exec in", id))?;
+        let mut done = StreamedExec::default();
+        let io = |e: std::io::Error| DockerError::Prepare(format!("exec in {}: {e}", short_id(id)));
+        let run = async {
+            let started = self
+                .inner
+                .start_exec(&exec.id, Some(StartExecOptions::default()))
+                .await
+                .map_err(api("exec in", id))?;
+            let StartExecResults::Attached { mut output, mut input } = started else {
+                return Ok::<(), DockerError>(());
+            };
+            let feed = async {
+                if let Some(mut file) = stdin {
+                    let n = tokio::io::copy(&mut file, &mut input).await?;
+                    input.shutdown().await?;
+                    Ok::<u64, std::io::Error>(n)
+                } else {
+                    Ok(0)
+                }
+            };
+            let drain = async {
+                while let Some(chunk) = output.next().await {
+                    match chunk.map_err(api("exec in", id))? {
+                        LogOutput::StdOut { message } => {
+                            done.written += message.len() as u64;
+                            stdout.write_all(&message).await.map_err(io)?;
+                        }
+                        LogOutput::StdErr { message } | LogOutput::Console { message } => {
+                            done.stderr.extend_from_slice(&message);
+                            if done.stderr.len() > 8192 {
+                                done.stderr.drain(..done.stderr.len() - 8192);
+                            }
+                        }
+                        LogOutput::StdIn { .. } => {}
+                    }
+                }
+                stdout.flush().await.map_err(io)?;
+                Ok::<(), DockerError>(())
+            };
+            let (fed, drained) = tokio::join!(feed, drain);
+            done.read = fed.map_err(io)?;
+            drained
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Err(_) => return Ok(done),
+            Ok(r) => r?,
+        }
+        let info = self
+            .inner
+            .inspect_exec(&exec.id)
+            .await
+            .map_err(api("inspect exec in", id))?;
+        done.exit_code = if info.running == Some(true) {
+            None
+        } else {
+            info.exit_code
+        };
+        Ok(done)
     }
 
     /// Writes `data` as `dir/name` into container `id` (created or

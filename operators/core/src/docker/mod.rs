@@ -22,7 +22,7 @@ use crate::labels;
 
 mod exec;
 mod logs;
-pub use exec::{EXEC_OUTPUT_LIMIT, ExecOutput};
+pub use exec::{EXEC_OUTPUT_LIMIT, ExecOutput, StreamedExec};
 pub use logs::RawLine;
 
 /// What went wrong talking to Docker.

@@ -48,6 +48,7 @@ use observed::*;
 use pass::*;
 use probes::*;
 pub(crate) use pull::credentials;
+pub(crate) use secrets::root_only_tree;
 use secrets::*;
 
 /// What the workers share.

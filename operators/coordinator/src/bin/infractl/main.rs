@@ -11,6 +11,7 @@ use infra_proto::coordinator::v1::coordinator_service_client::CoordinatorService
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+mod backup;
 mod catalog;
 mod events;
 mod logs;
@@ -235,6 +236,11 @@ enum Cmd {
     /// The lines of every replica of the services on every host
     /// (`-f` to follow, `--tail N`, `--since 10m`, `-t` for times).
     Logs(logs::LogsArgs),
+    /// Backups of a service (its `x-backup`): run one, list, restore.
+    Backup {
+        #[command(subcommand)]
+        cmd: backup::BackupCmd,
+    },
     /// The catalog on the bus: push a folder as a new revision, show them.
     Catalog {
         #[command(subcommand)]
@@ -522,6 +528,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
             })
             .await
         }
+        Cmd::Backup { cmd } => backup::run(cmd, connect().await?).await,
         Cmd::Catalog { cmd } => catalog::run(cmd, connect().await?).await,
         Cmd::Events(args) => events::run(args, connect().await?).await,
         Cmd::Logs(args) => logs::run(args, connect().await?).await,

@@ -1,0 +1,300 @@
+//! Backups that restore, from the shipped catalog: `mng-pg`'s `x-backup`
+//! (pg_dumpall in its own container) stored in the shipped MinIO's bucket
+//! (`x-backup-targets` in 04-data/minio; rclone's S3 server stands in for
+//! MinIO here, e2e/images/recipes/s3), on one joined host with the
+//! coordinator fenced off it (the backup runs where the data is).
+//!
+//! Known data is written (a table of a stated size), a backup is taken
+//! through grpcurl while a client keeps inserting (the longest gap between
+//! its acknowledged inserts during the backup is measured), more rows are
+//! written after it, then the service is removed with its volume and
+//! deployed again empty; the restore brings back every row written before
+//! the backup's start, and none of those written after it. Retention keeps
+//! the newest `keep`, the leader takes a scheduled backup by itself, every
+//! backup and restore is an event with its size, and MinIO's password
+//! shows in no event or log. The user's override sets `keep: 2` and a
+//! one-minute schedule for the test; everything else is the shipped file.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use infra_e2e::hosts::{Cluster, ClusterOptions};
+use serde_json::Value;
+
+/// Rows of the known table (about 200 bytes each).
+const ROWS: u64 = 100_000;
+
+fn psql(c: &Cluster, host: &str, sql: &str) -> Result<String, String> {
+    let id = infra_e2e::shipped::running(c, host, "mng-pg").ok_or("mng-pg does not run")?;
+    let o = c.docker(
+        host,
+        &[
+            "exec",
+            &id,
+            "psql",
+            "-X",
+            "-q",
+            "-tA",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            "postgres",
+            "-d",
+            "app",
+            "-c",
+            sql,
+        ],
+    );
+    if o.status.success() {
+        Ok(String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+fn events(c: &Cluster) -> Vec<Value> {
+    let o = std::process::Command::new(std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into()))
+        .args([
+            "-plaintext",
+            "-max-time",
+            "4",
+            "-d",
+            r#"{"startSequence":"1"}"#,
+            c.grpc(),
+        ])
+        .arg("infra.coordinator.v1.CoordinatorService/WatchEvents")
+        .output()
+        .expect("grpcurl");
+    infra_e2e::parse_json_stream(&String::from_utf8_lossy(&o.stdout))
+}
+
+fn of_kind<'a>(ev: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    ev.iter().filter(|e| e["kind"] == kind).collect()
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one story, told in order
+fn a_backup_of_the_shipped_mng_pg_restores_every_row_written_before_it_into_a_new_volume() {
+    let (_checkout, catalog) = infra_e2e::catalog_checkout();
+    let mut opts = ClusterOptions::new(1)
+        .tiers(&["data"])
+        .images(&["infra-local/postgres:15", "infra-local/s3:1"]);
+    opts.compose_dir = catalog.clone();
+    opts.project = "bk".into();
+    let user = opts.user_override();
+    std::fs::write(
+        &user,
+        "services:\n  mng-pg:\n    x-backup:\n      keep: 2\n      schedule: 1m\n",
+    )
+    .unwrap();
+    let c = Cluster::start(opts);
+    let host = c.hosts()[0].clone();
+    let done = c.call(
+        "Deploy",
+        r#"{"selection":{"services":["minio","mng-pg"]},"timeoutSeconds":240}"#,
+    );
+    assert_eq!(done.last().unwrap()["ready"], 2, "{done:#?}\n{}", c.tier_logs("data"));
+
+    // ---------------------------------------------------- known data
+    let pg = |sql: &str| {
+        let id = infra_e2e::shipped::running(&c, &host, "mng-pg").unwrap();
+        let o = c.docker(&host, &["exec", &id, "psql", "-X", "-q", "-U", "postgres", "-c", sql]);
+        assert!(o.status.success(), "{sql}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    pg("CREATE DATABASE app");
+    psql(
+        &c,
+        &host,
+        &format!(
+            "CREATE TABLE t (id bigint PRIMARY KEY, v text); INSERT INTO t SELECT g, repeat(md5(g::text), 6) FROM \
+             generate_series(1, {ROWS}) g; CREATE TABLE w (id bigserial PRIMARY KEY, phase text, at timestamptz \
+             DEFAULT now())"
+        ),
+    )
+    .unwrap();
+    let db_bytes: u64 = psql(&c, &host, "SELECT pg_database_size('app')")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let digest = psql(&c, &host, "SELECT md5(string_agg(v, '' ORDER BY id)) FROM t").unwrap();
+
+    // ------------------------------- a backup while a client writes
+    let acked: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let c = &c;
+        std::thread::scope(|s| {
+            let (sink, halt, on) = (acked.clone(), stop.clone(), host.clone());
+            let h = s.spawn(move || {
+                while !halt.load(Ordering::Relaxed) {
+                    if let Ok(id) = psql(c, &on, "INSERT INTO w (phase) VALUES ('before') RETURNING id")
+                        && let Ok(id) = id.parse()
+                    {
+                        sink.lock().unwrap().push((Instant::now(), id));
+                    }
+                }
+            });
+            // A few acknowledged writes first.
+            infra_test_support::wait_for("the writer's first inserts", Duration::from_secs(60), || {
+                acked.lock().unwrap().len() >= 3
+            });
+            let before = acked.lock().unwrap().last().map(|a| a.1).unwrap();
+            let t0 = Instant::now();
+            let backup = c.call("Backup", r#"{"service":"mng-pg"}"#);
+            let took = t0.elapsed();
+            std::thread::sleep(Duration::from_secs(2));
+            stop.store(true, Ordering::Relaxed);
+            h.join().unwrap();
+            (backup, before, t0, took)
+        })
+    };
+    let (backup, acked_before, t0, took) = writer;
+    let first = backup[0].clone();
+    let key = first["key"].as_str().expect("a key").to_owned();
+    let size: u64 = first["size"].as_str().and_then(|s| s.parse().ok()).expect("a size");
+    assert!(key.starts_with("bk/mng-pg/") && key.ends_with(".dump"), "{first:#}");
+    assert_eq!(first["bucket"], "backups");
+    assert!(size > ROWS * 100, "a dump of the table: {first:#}");
+    let acks = acked.lock().unwrap().clone();
+    let during: Vec<Instant> = acks
+        .iter()
+        .map(|a| a.0)
+        .filter(|t| *t >= t0 - Duration::from_secs(1) && *t <= t0 + took + Duration::from_secs(1))
+        .collect();
+    let gap = during.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    assert!(
+        during.len() >= 2,
+        "the client wrote during the backup: {} acks",
+        during.len()
+    );
+    let last_acked = acks.last().unwrap().1;
+    // Rows after the backup: not in it.
+    psql(
+        &c,
+        &host,
+        "INSERT INTO w (phase) SELECT 'after' FROM generate_series(1, 50)",
+    )
+    .unwrap();
+
+    // ------------------------------------ the volume destroyed
+    let removed = c.call(
+        "Remove",
+        r#"{"selection":{"services":["mng-pg"]},"removeVolumes":true,"force":true}"#,
+    );
+    assert_eq!(removed[0]["volumesRemoved"], true, "{removed:#?}");
+    let again = c.call(
+        "Deploy",
+        r#"{"selection":{"services":["minio","mng-pg"]},"timeoutSeconds":240}"#,
+    );
+    assert_eq!(again.last().unwrap()["ready"], 2, "{again:#?}");
+    let id = infra_e2e::shipped::running(&c, &host, "mng-pg").unwrap();
+    let o = c.docker(
+        &host,
+        &["exec", &id, "psql", "-U", "postgres", "-d", "app", "-c", "SELECT 1"],
+    );
+    assert!(!o.status.success(), "the new volume has no database app");
+
+    // --------------------------------------------------- restore
+    let r0 = Instant::now();
+    let restored = c.call("Restore", r#"{"service":"mng-pg"}"#);
+    let restore_took = r0.elapsed();
+    assert_eq!(restored[0]["key"], key.as_str(), "the newest backup: {restored:#?}");
+    assert_eq!(psql(&c, &host, "SELECT count(*) FROM t").unwrap(), ROWS.to_string());
+    assert_eq!(
+        psql(&c, &host, "SELECT md5(string_agg(v, '' ORDER BY id)) FROM t").unwrap(),
+        digest,
+        "the table is back as it was"
+    );
+    let present: Vec<u64> = psql(&c, &host, "SELECT id FROM w ORDER BY id")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    for id in 1..=acked_before {
+        assert!(
+            present.contains(&id),
+            "row {id} acknowledged before the backup started is back"
+        );
+    }
+    assert!(
+        present.iter().all(|id| *id <= last_acked),
+        "no row written after the backup: {present:?} (last acknowledged during it: {last_acked})"
+    );
+    assert_eq!(
+        psql(&c, &host, "SELECT count(*) FROM w WHERE phase = 'after'").unwrap(),
+        "0"
+    );
+
+    // ------------------------------------- retention: keep 2
+    let second = c.call("Backup", r#"{"service":"mng-pg"}"#);
+    let third = c.call("Backup", r#"{"service":"mng-pg"}"#);
+    assert_eq!(third[0]["deleted"][0], key.as_str(), "the oldest went: {third:#?}");
+    let listed = c.call("ListBackups", r#"{"service":"mng-pg"}"#);
+    let keys: Vec<&str> = listed[0]["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["key"].as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        vec![second[0]["key"].as_str().unwrap(), third[0]["key"].as_str().unwrap()],
+        "the newest two, oldest first"
+    );
+    let out = std::process::Command::new(infra_e2e::bin_dir("debug").join("infractl"))
+        .args(["--addr", &format!("http://{}", c.grpc()), "backup", "list", "mng-pg"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().count() == 2 && text.contains(&format!("backups/{}", keys[1])),
+        "{text}"
+    );
+
+    // --------------------------- the leader's schedule (1 minute here)
+    let taken = |ev: &[Value]| of_kind(ev, "EVENT_KIND_BACKUP_TAKEN").len();
+    let before_schedule = taken(&events(&c));
+    infra_test_support::wait_for(
+        "a scheduled backup, taken by the leader",
+        Duration::from_secs(150),
+        || taken(&events(&c)) > before_schedule,
+    );
+
+    // ------------------------- events with sizes; no password anywhere
+    let ev = events(&c);
+    let taken_ev = of_kind(&ev, "EVENT_KIND_BACKUP_TAKEN");
+    assert!(
+        taken_ev.iter().any(|e| e["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&key) && r.contains(&format!("{size} bytes")))),
+        "{taken_ev:#?}"
+    );
+    let restored_ev = of_kind(&ev, "EVENT_KIND_BACKUP_RESTORED");
+    assert_eq!(restored_ev.len(), 1, "{restored_ev:#?}");
+    let password = std::fs::read_to_string(catalog.join("secrets/minio_root_password")).unwrap();
+    let password = password.trim();
+    assert!(password.len() >= 8);
+    for (what, text) in [
+        ("events", serde_json::to_string(&ev).unwrap()),
+        ("operator logs", c.tier_logs("data")),
+        ("coordinator log", c.coordinator_log(0)),
+    ] {
+        assert!(!text.contains(password), "MinIO's password in the {what}");
+    }
+
+    let restore_size: u64 = restored[0]["size"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
+    println!(
+        "BENCH backup: mng-pg database {:.1} MB ({ROWS} rows + the writer's); pg_dumpall backup {:.1} MB taken and \
+         stored in {:.2} s (operator's own figure {} s); restore of {:.1} MB into a new volume {:.2} s; longest gap \
+         between acknowledged inserts during the backup {} ms ({} inserts then)",
+        db_bytes as f64 / 1e6,
+        size as f64 / 1e6,
+        took.as_secs_f64(),
+        first["seconds"],
+        restore_size as f64 / 1e6,
+        restore_took.as_secs_f64(),
+        gap.as_millis(),
+        during.len()
+    );
+}

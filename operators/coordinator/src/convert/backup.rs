@@ -1,0 +1,285 @@
+//! Backups declared in the catalog: a service's `x-backup` block (how to
+//! dump and restore it, how often, how many to keep, where) and the
+//! top-level `x-backup-targets` (S3 buckets and their keys):
+//!
+//! ```yaml
+//! x-backup-targets:
+//!   minio:
+//!     endpoint: http://minio:9000
+//!     bucket: backups
+//!     access_key: minio-admin
+//!     secret_key_secret: minio_root_password   # a top-level secret, or secrets/<name>
+//! services:
+//!   mng-pg:
+//!     x-backup:
+//!       dump: ["sh", "-c", "pg_dumpall -U postgres --clean --if-exists"]
+//!       restore: ["sh", "-c", "psql -v ON_ERROR_STOP=1 -U postgres -d postgres"]
+//!       schedule: daily        # hourly, daily, weekly or a duration (6h)
+//!       keep: 7
+//!       target: minio          # may be left out when there is one target
+//! ```
+//!
+//! Errors name the service (or the target) and the field.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use infra_compose::{Catalog, SecretSource, Service};
+use infra_proto::bus::v1::BackupTarget;
+use serde_json::Value;
+
+/// The service key.
+pub const BACKUP_KEY: &str = "x-backup";
+/// The top-level key.
+pub const TARGETS_KEY: &str = "x-backup-targets";
+
+/// One service's backups, as the catalog declares them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackupPlan {
+    /// The command whose stdout is the backup, run in the service's container.
+    pub dump: Vec<String>,
+    /// The command fed a backup on stdin to restore it; empty: none.
+    pub restore: Vec<String>,
+    /// How often the leader takes one; `None`: on demand only.
+    pub every: Option<Duration>,
+    /// How many to keep (older ones are deleted after a new one is stored).
+    pub keep: u32,
+    /// The target's name.
+    pub target: String,
+    /// How long a dump or a restore may take.
+    pub timeout: Duration,
+}
+
+fn strings(v: &Value, at: &str) -> Result<Vec<String>, String> {
+    match v {
+        Value::Array(a) if !a.is_empty() => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| format!("{at}: every item must be a string"))
+            })
+            .collect(),
+        Value::String(s) if !s.is_empty() => Ok(vec!["sh".into(), "-c".into(), s.clone()]),
+        _ => Err(format!("{at}: a command (a list of strings, or one shell line)")),
+    }
+}
+
+fn duration(v: &Value, at: &str) -> Result<Duration, String> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => format!("{n}s"),
+        _ => return Err(format!("{at}: a duration (30m, 6h) expected")),
+    };
+    let d = match s.as_str() {
+        "hourly" => Duration::from_secs(3600),
+        "daily" => Duration::from_secs(86_400),
+        "weekly" => Duration::from_secs(7 * 86_400),
+        other => infra_compose::parse_duration(other.strip_prefix("every ").unwrap_or(other))
+            .map_err(|e| format!("{at}: {e} (hourly, daily, weekly or a duration such as 6h)"))?,
+    };
+    if d < Duration::from_secs(60) {
+        return Err(format!("{at}: {s:?} is less than a minute"));
+    }
+    Ok(d)
+}
+
+/// `svc`'s backups, if it declares any.
+pub fn plan(catalog: &Catalog, svc: &Service) -> Result<Option<BackupPlan>, String> {
+    let Some(block) = svc.extensions.get(BACKUP_KEY) else {
+        return Ok(None);
+    };
+    let at = |f: &str| format!("service {:?}: {BACKUP_KEY}.{f}", svc.name);
+    let m = block
+        .as_object()
+        .ok_or_else(|| format!("service {:?}: {BACKUP_KEY}: a mapping expected", svc.name))?;
+    for k in m.keys() {
+        if !matches!(
+            k.as_str(),
+            "dump" | "restore" | "schedule" | "keep" | "target" | "timeout"
+        ) {
+            return Err(format!(
+                "{}: unknown key (dump, restore, schedule, keep, target, timeout)",
+                at(k)
+            ));
+        }
+    }
+    let dump = strings(m.get("dump").unwrap_or(&Value::Null), &at("dump"))?;
+    let restore = match m.get("restore") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => strings(v, &at("restore"))?,
+    };
+    let every = m.get("schedule").map(|v| duration(v, &at("schedule"))).transpose()?;
+    let keep = match m.get("keep") {
+        None => 7,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| format!("{}: a number from 1 to 10000", at("keep")))? as u32,
+    };
+    let timeout = m
+        .get("timeout")
+        .map(|v| duration(v, &at("timeout")))
+        .transpose()?
+        .unwrap_or(Duration::from_secs(3600));
+    let targets = catalog.extensions.get(TARGETS_KEY).and_then(Value::as_object);
+    let target = match m.get("target") {
+        Some(Value::String(t)) => t.clone(),
+        Some(_) => return Err(format!("{}: a target name expected", at("target"))),
+        None => match targets.map(|t| t.keys().collect::<Vec<_>>()).as_deref() {
+            Some([one]) => (*one).clone(),
+            _ => {
+                return Err(format!(
+                    "{}: name one of {TARGETS_KEY} (there is not exactly one)",
+                    at("target")
+                ));
+            }
+        },
+    };
+    if !targets.is_some_and(|t| t.contains_key(&target)) {
+        return Err(format!("{}: {target:?} is not in {TARGETS_KEY}", at("target")));
+    }
+    Ok(Some(BackupPlan {
+        dump,
+        restore,
+        every,
+        keep,
+        target,
+        timeout,
+    }))
+}
+
+/// The target `name`, keys read from its secret.
+pub fn target(catalog: &Catalog, name: &str, env: &BTreeMap<String, String>) -> Result<BackupTarget, String> {
+    let at = |f: &str| format!("{TARGETS_KEY}.{name:?}.{f}");
+    let m = catalog
+        .extensions
+        .get(TARGETS_KEY)
+        .and_then(Value::as_object)
+        .and_then(|t| t.get(name))
+        .and_then(Value::as_object)
+        .ok_or_else(|| format!("{TARGETS_KEY}.{name:?}: not declared (a mapping expected)"))?;
+    for k in m.keys() {
+        if !matches!(
+            k.as_str(),
+            "endpoint" | "bucket" | "region" | "access_key" | "secret_key_secret"
+        ) {
+            return Err(format!(
+                "{}: unknown key (endpoint, bucket, region, access_key, secret_key_secret)",
+                at(k)
+            ));
+        }
+    }
+    let text = |f: &str, required: bool| -> Result<String, String> {
+        match m.get(f) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            None if !required => Ok(String::new()),
+            _ => Err(format!("{}: a string expected", at(f))),
+        }
+    };
+    let secret = text("secret_key_secret", true)?;
+    let in_folder = catalog.root.join("secrets").join(&secret);
+    let secret_key = match catalog.secrets.get(&secret).map(|d| &d.source) {
+        Some(SecretSource::File(p)) => {
+            std::fs::read_to_string(p).map_err(|e| format!("{}: {}: {e}", at("secret_key_secret"), p.display()))?
+        }
+        Some(SecretSource::Environment(v)) => env
+            .get(v)
+            .cloned()
+            .ok_or_else(|| format!("{}: environment variable {v} is not set", at("secret_key_secret")))?,
+        Some(SecretSource::Content(c)) => c.clone(),
+        Some(SecretSource::External) => {
+            return Err(format!("{}: an external secret needs Swarm", at("secret_key_secret")));
+        }
+        None if infra_bus::Token::new("secret", &secret).is_ok() && in_folder.is_file() => {
+            std::fs::read_to_string(&in_folder)
+                .map_err(|e| format!("{}: {}: {e}", at("secret_key_secret"), in_folder.display()))?
+        }
+        None => {
+            return Err(format!(
+                "{}: secret {secret:?} is not declared at top level, and there is no file {}",
+                at("secret_key_secret"),
+                in_folder.display()
+            ));
+        }
+    };
+    Ok(BackupTarget {
+        endpoint: text("endpoint", true)?,
+        bucket: text("bucket", true)?,
+        region: text("region", false)?,
+        access_key: text("access_key", true)?,
+        secret_key: secret_key.trim_end_matches(['\n', '\r']).to_owned(),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use infra_compose::{LoadOptions, load_catalog};
+
+    use super::*;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    #[test]
+    fn a_backup_block_and_its_target_are_read_and_bad_ones_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "secrets/s3_key", "k3y\n");
+        write(
+            dir.path(),
+            "04-data/db/docker-compose.yml",
+            r#"x-backup-targets:
+  store:
+    endpoint: http://minio:9000
+    bucket: backups
+    access_key: admin
+    secret_key_secret: s3_key
+services:
+  db:
+    image: postgres:17
+    x-backup:
+      dump: ["pg_dumpall"]
+      restore: "psql -d postgres"
+      schedule: daily
+      keep: 3
+  bad:
+    image: postgres:17
+    x-backup:
+      dump: ["pg_dumpall"]
+      schedule: 10s
+  worse:
+    image: postgres:17
+    x-backup:
+      dump: ["pg_dumpall"]
+      target: elsewhere
+  plain:
+    image: postgres:17
+"#,
+        );
+        let cat = load_catalog(dir.path(), &LoadOptions::default()).unwrap();
+        let p = plan(&cat, &cat.services["db"]).unwrap().unwrap();
+        assert_eq!(p.dump, vec!["pg_dumpall"]);
+        assert_eq!(p.restore, vec!["sh", "-c", "psql -d postgres"]);
+        assert_eq!(
+            (p.every, p.keep, p.target.as_str()),
+            (Some(Duration::from_secs(86_400)), 3, "store")
+        );
+        assert_eq!(plan(&cat, &cat.services["plain"]).unwrap(), None);
+        let e = plan(&cat, &cat.services["bad"]).unwrap_err();
+        assert!(
+            e.contains("service \"bad\": x-backup.schedule") && e.contains("less than a minute"),
+            "{e}"
+        );
+        let e = plan(&cat, &cat.services["worse"]).unwrap_err();
+        assert!(e.contains("\"elsewhere\" is not in x-backup-targets"), "{e}");
+        let t = target(&cat, "store", &BTreeMap::new()).unwrap();
+        assert_eq!((t.bucket.as_str(), t.secret_key.as_str()), ("backups", "k3y"));
+        assert!(!format!("{:?}", plan(&cat, &cat.services["db"])).contains("k3y"));
+    }
+}

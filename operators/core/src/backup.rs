@@ -1,0 +1,252 @@
+//! Backups where the data is: the coordinator asks the operator of a host
+//! that runs a service (`infra.rpc.<host>.<tier>.backup`) to take one, list
+//! them, or restore one. A backup is the output of the service's dump
+//! command run in its own running container (`pg_dumpall`, `valkey-cli
+//! --rdb`, `mariadb-dump`: the container has the tools and the
+//! credentials), spooled to a file of this operator's and stored in an
+//! S3 bucket; a restore feeds a stored object to the restore command on
+//! stdin.
+//!
+//! # Guarantees
+//! - A dump that exits non-zero, or does not finish in time, is never
+//!   stored; what it wrote to stderr (its end) is the error.
+//! - Memory stays flat: the dump streams to a file and the file to the
+//!   store; the spool file (root's alone, under the state directory) is
+//!   deleted whatever happens.
+//! - Retention (`keep`) deletes only objects under the service's prefix,
+//!   only after the new one is stored, oldest first.
+//! - The store's keys arrive in the request and go into signed URLs only:
+//!   never into a log line, an error or the command line.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use infra_proto::bus::v1::{BackupCall, BackupObject, BackupReply};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::decide::ContainerState;
+use crate::reconcile::Ctx;
+use crate::s3::Store;
+
+/// Serves backup calls for this operator's host and tier until `shutdown`.
+pub async fn answer_calls(ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    crate::images::serve(
+        ctx,
+        shutdown,
+        "backup calls",
+        |ctx| async move { ctx.bus.backup_calls(&ctx.host, &ctx.tier).await },
+        |ctx, payload| async move {
+            let call = BackupCall::decode(payload).ok()?;
+            let mut reply = answer(&ctx, &call).await.unwrap_or_else(|error| BackupReply {
+                error,
+                ..Default::default()
+            });
+            reply.host.clone_from(&ctx.host);
+            Some(reply)
+        },
+    )
+    .await;
+}
+
+/// The target with its endpoint reachable from here: a store that is a
+/// service of the catalog is reached through its container on this host.
+async fn reachable(ctx: &Ctx, call: &BackupCall) -> Result<infra_proto::bus::v1::BackupTarget, String> {
+    let mut target = call.target.clone().ok_or("no target")?;
+    if target.service.is_empty() {
+        return Ok(target);
+    }
+    let label = format!("{}={}", crate::labels::SERVICE, target.service);
+    let found = ctx
+        .docker
+        .endpoints(&ctx.host, &target.service_tier, &label, false)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(ep) = found.first() else {
+        return Err(format!(
+            "the backup store {} does not run on {} (backups are taken on the host of the data and reach the store              through its container there)",
+            target.service, ctx.host
+        ));
+    };
+    let mut url: url::Url = target
+        .endpoint
+        .parse()
+        .map_err(|e| format!("endpoint {:?}: {e}", target.endpoint))?;
+    url.set_host(Some(&ep.ip))
+        .map_err(|e| format!("endpoint {:?}: {e}", target.endpoint))?;
+    target.endpoint = url.to_string().trim_end_matches('/').to_owned();
+    Ok(target)
+}
+
+async fn answer(ctx: &Ctx, call: &BackupCall) -> Result<BackupReply, String> {
+    let store = Store::new(&reachable(ctx, call).await?)?;
+    match call.op.as_str() {
+        "list" => Ok(BackupReply {
+            objects: store.list(&call.prefix).await?,
+            ..Default::default()
+        }),
+        "run" => run(ctx, call, &store).await,
+        "restore" => restore(ctx, call, &store).await,
+        other => Err(format!("unknown backup operation {other:?}")),
+    }
+}
+
+/// The running container of `service` on this host (the first replica).
+async fn running_container(ctx: &Ctx, service: &str) -> Result<String, String> {
+    let mut containers = ctx
+        .docker
+        .list_owned(&ctx.host, &ctx.tier, Some(service))
+        .await
+        .map_err(|e| e.to_string())?;
+    containers.retain(|c| c.state == ContainerState::Running);
+    containers.sort_by_key(|c| c.replica);
+    containers
+        .first()
+        .map(|c| c.id.clone())
+        .ok_or_else(|| format!("no running container of {service} on {}", ctx.host))
+}
+
+/// A spool file of this operator's for one call, deleted on drop.
+struct Spool(std::path::PathBuf);
+
+impl Spool {
+    fn new(ctx: &Ctx, service: &str) -> Result<Self, String> {
+        crate::reconcile::root_only_tree(&ctx.state_dir, "backups", service)?;
+        let name = format!("{}.spool", nuid_like());
+        Ok(Self(ctx.state_dir.join("backups").join(service).join(name)))
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A name no other call of this process uses.
+fn nuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+fn timeout_of(call: &BackupCall) -> Duration {
+    Duration::from_secs(u64::from(call.timeout_secs.max(60)))
+}
+
+fn failed(what: &str, exit: Option<i64>, stderr: &[u8], timeout: Duration) -> String {
+    let said = String::from_utf8_lossy(stderr);
+    let said = said.trim();
+    match exit {
+        None => format!("{what} did not finish within {}s", timeout.as_secs()),
+        Some(code) if said.is_empty() => format!("{what} exited with {code}"),
+        Some(code) => format!("{what} exited with {code}: {said}"),
+    }
+}
+
+async fn run(ctx: &Ctx, call: &BackupCall, store: &Store) -> Result<BackupReply, String> {
+    let started = Instant::now();
+    let id = running_container(ctx, &call.service).await?;
+    let spool = Spool::new(ctx, &call.service)?;
+    let timeout = timeout_of(call);
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&spool.0)
+        .await
+        .map_err(|e| format!("{}: {e}", spool.0.display()))?;
+    let done = ctx
+        .docker
+        .exec_streams(&id, call.command.clone(), None, &mut file, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    drop(file);
+    if done.exit_code != Some(0) {
+        return Err(failed("the dump command", done.exit_code, &done.stderr, timeout));
+    }
+    if done.written == 0 {
+        return Err("the dump command wrote nothing".into());
+    }
+    let sha256 = file_sha256(&spool.0).await?;
+    store.ensure_bucket().await?;
+    store.put_file(&call.key, &spool.0).await?;
+    let mut deleted = Vec::new();
+    if call.keep > 0 {
+        let all = store.list(&call.prefix).await?;
+        let excess = all.len().saturating_sub(call.keep as usize);
+        for old in all.iter().take(excess).filter(|o| o.key != call.key) {
+            store.delete(&old.key).await?;
+            deleted.push(old.key.clone());
+        }
+    }
+    tracing::info!(
+        service = %call.service,
+        key = %call.key,
+        bytes = done.written,
+        seconds = started.elapsed().as_secs_f64(),
+        deleted = deleted.len(),
+        "backup stored"
+    );
+    Ok(BackupReply {
+        objects: vec![BackupObject {
+            key: call.key.clone(),
+            size: done.written,
+            last_modified: String::new(),
+        }],
+        size: done.written,
+        seconds: started.elapsed().as_secs_f64(),
+        sha256,
+        deleted,
+        container: id,
+        ..Default::default()
+    })
+}
+
+async fn restore(ctx: &Ctx, call: &BackupCall, store: &Store) -> Result<BackupReply, String> {
+    let started = Instant::now();
+    let id = running_container(ctx, &call.service).await?;
+    let spool = Spool::new(ctx, &call.service)?;
+    let size = store.get_file(&call.key, &spool.0).await?;
+    let input = tokio::fs::File::open(&spool.0)
+        .await
+        .map_err(|e| format!("{}: {e}", spool.0.display()))?;
+    let out_path = spool.0.with_extension("out");
+    let _out = Spool(out_path.clone());
+    let mut out = tokio::fs::File::create(&out_path)
+        .await
+        .map_err(|e| format!("{}: {e}", out_path.display()))?;
+    let timeout = timeout_of(call);
+    let done = ctx
+        .docker
+        .exec_streams(&id, call.command.clone(), Some(input), &mut out, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    if done.exit_code != Some(0) {
+        return Err(failed("the restore command", done.exit_code, &done.stderr, timeout));
+    }
+    tracing::info!(service = %call.service, key = %call.key, bytes = size, "backup restored");
+    Ok(BackupReply {
+        size,
+        seconds: started.elapsed().as_secs_f64(),
+        container: id,
+        ..Default::default()
+    })
+}
+
+async fn file_sha256(path: &std::path::Path) -> Result<String, String> {
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf).await.map_err(|e| format!("{}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
