@@ -343,7 +343,7 @@ mod tests {
     fn keys_sort_by_time_and_name_it_back() {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_325_012);
         let k = format!("infra/mng-pg/{}.dump", stamp(t));
-        assert_eq!(k, "infra/mng-pg/20261204T193012.000Z.dump");
+        assert_eq!(k, "infra/mng-pg/20261203T191012.000Z.dump");
         assert_eq!(stamped(&k), Some(t));
         assert!(stamp(t) < stamp(t + Duration::from_millis(1)));
         assert_eq!(stamped("infra/mng-pg/garbage"), None);
