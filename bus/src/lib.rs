@@ -1211,6 +1211,10 @@ pub fn event_kind_token(kind: EventKind) -> &'static str {
                 "HOST_REMOVED" => "host_removed",
                 "OPERATORS_UPGRADED" => "operators_upgraded",
                 "CATALOG_PUBLISHED" => "catalog_published",
+                "BACKUP_TAKEN" => "backup_taken",
+                "BACKUP_FAILED" => "backup_failed",
+                "BACKUP_RESTORED" => "backup_restored",
+                "RESTORE_FAILED" => "restore_failed",
                 _ => "unspecified",
             }
         })
