@@ -265,3 +265,41 @@ pub fn unix_now() -> u64 {
         .as_secs()
         - 1
 }
+
+/// `infractl catalog push` of a user's checkout `catalog` with the local
+/// image override and the user's own override `user`: a new catalog
+/// revision on the bus, as a user publishes one.
+pub fn catalog_push(c: &Cluster, catalog: &std::path::Path, user: &std::path::Path) {
+    let out = std::process::Command::new(crate::bin_dir("debug").join("infractl"))
+        .args(["--addr", &format!("http://{}", c.grpc()), "catalog", "push"])
+        .arg(catalog)
+        .arg("--override")
+        .arg(crate::repo_root().join("e2e/images/local.override.yml"))
+        .arg("--override")
+        .arg(user)
+        .output()
+        .expect("infractl");
+    assert!(
+        out.status.success(),
+        "catalog push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every event in the history so far (`WatchEvents` from sequence 1,
+/// read for a few seconds through grpcurl).
+pub fn event_history(c: &Cluster) -> Vec<serde_json::Value> {
+    let o = std::process::Command::new(std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into()))
+        .args([
+            "-plaintext",
+            "-max-time",
+            "4",
+            "-d",
+            r#"{"startSequence":"1"}"#,
+            c.grpc(),
+        ])
+        .arg("infra.coordinator.v1.CoordinatorService/WatchEvents")
+        .output()
+        .expect("grpcurl");
+    crate::parse_json_stream(&String::from_utf8_lossy(&o.stdout))
+}

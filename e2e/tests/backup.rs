@@ -56,22 +56,6 @@ fn psql(c: &Cluster, host: &str, sql: &str) -> Result<String, String> {
     }
 }
 
-fn events(c: &Cluster) -> Vec<Value> {
-    let o = std::process::Command::new(std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into()))
-        .args([
-            "-plaintext",
-            "-max-time",
-            "4",
-            "-d",
-            r#"{"startSequence":"1"}"#,
-            c.grpc(),
-        ])
-        .arg("infra.coordinator.v1.CoordinatorService/WatchEvents")
-        .output()
-        .expect("grpcurl");
-    infra_e2e::parse_json_stream(&String::from_utf8_lossy(&o.stdout))
-}
-
 fn of_kind<'a>(ev: &'a [Value], kind: &str) -> Vec<&'a Value> {
     ev.iter().filter(|e| e["kind"] == kind).collect()
 }
@@ -324,15 +308,15 @@ fn a_backup_of_the_shipped_mng_pg_restores_every_row_written_before_it_into_a_ne
 
     // --------------------------- the leader's schedule (1 minute here)
     let taken = |ev: &[Value]| of_kind(ev, "EVENT_KIND_BACKUP_TAKEN").len();
-    let before_schedule = taken(&events(&c));
+    let before_schedule = taken(&infra_e2e::shipped::event_history(&c));
     infra_test_support::wait_for(
         "a scheduled backup, taken by the leader",
         Duration::from_secs(150),
-        || taken(&events(&c)) > before_schedule,
+        || taken(&infra_e2e::shipped::event_history(&c)) > before_schedule,
     );
 
     // ------------------------- events with sizes; no password anywhere
-    let ev = events(&c);
+    let ev = infra_e2e::shipped::event_history(&c);
     let taken_ev = of_kind(&ev, "EVENT_KIND_BACKUP_TAKEN");
     assert!(
         taken_ev.iter().any(|e| e["reason"]

@@ -90,25 +90,6 @@ fn host_of<'a>(on: &'a BTreeMap<String, Vec<String>>, service: &str) -> &'a str 
     }
 }
 
-/// `infractl catalog push` of the checkout with the local and the user's
-/// override files: a new catalog revision on the bus.
-fn push(c: &Cluster, catalog: &std::path::Path, user: &std::path::Path) {
-    let out = std::process::Command::new(infra_e2e::bin_dir("debug").join("infractl"))
-        .args(["--addr", &format!("http://{}", c.grpc()), "catalog", "push"])
-        .arg(catalog)
-        .arg("--override")
-        .arg(infra_e2e::repo_root().join("e2e/images/local.override.yml"))
-        .arg("--override")
-        .arg(user)
-        .output()
-        .expect("infractl");
-    assert!(
-        out.status.success(),
-        "catalog push: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The services a Plan of `selection` would change, with what changes.
 fn planned_updates(c: &Cluster, selection: &Value) -> BTreeMap<String, Vec<String>> {
     let plan = c.call("Plan", &json!({ "selection": selection }).to_string());
@@ -569,7 +550,7 @@ fn the_shipped_ha_selection_on_three_joined_hosts_rolls_whole_survives_a_lost_ho
     let text = std::fs::read_to_string(&cfg).unwrap();
     assert!(text.contains("maxconn 1000"), "the shipped haproxy.cfg");
     std::fs::write(&cfg, text.replace("maxconn 1000", "maxconn 900")).unwrap();
-    push(&c, &catalog, &user);
+    infra_e2e::shipped::catalog_push(&c, &catalog, &user);
     let plan = planned_updates(&c, &selection);
     assert_eq!(
         plan.keys().collect::<Vec<_>>(),
@@ -611,7 +592,7 @@ fn the_shipped_ha_selection_on_three_joined_hosts_rolls_whole_survives_a_lost_ho
         pinned += &format!("  {s}:\n    image: {}\n", roll_image(&image[*s]));
     }
     std::fs::write(&user, pinned).unwrap();
-    push(&c, &catalog, &user);
+    infra_e2e::shipped::catalog_push(&c, &catalog, &user);
     let plan = planned_updates(&c, &selection);
     for s in &here {
         assert!(

@@ -78,23 +78,6 @@ fn push(config: &Path, pushed: &str, local: &str, repo: &str, rev: u32) -> Strin
         .to_owned()
 }
 
-fn catalog_push(c: &Cluster, catalog: &Path, user: &Path) {
-    let out = Command::new(infra_e2e::bin_dir("debug").join("infractl"))
-        .args(["--addr", &format!("http://{}", c.grpc()), "catalog", "push"])
-        .arg(catalog)
-        .arg("--override")
-        .arg(infra_e2e::repo_root().join("e2e/images/local.override.yml"))
-        .arg("--override")
-        .arg(user)
-        .output()
-        .expect("infractl");
-    assert!(
-        out.status.success(),
-        "catalog push: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The deploy's last word for each service: (phase, message).
 fn outcomes(progress: &[Value]) -> std::collections::BTreeMap<String, (String, String)> {
     let mut out = std::collections::BTreeMap::new();
@@ -293,7 +276,7 @@ services:
         ),
     )
     .unwrap();
-    catalog_push(&c, &catalog, &user);
+    infra_e2e::shipped::catalog_push(&c, &catalog, &user);
     let mut said: Vec<Value> = Vec::new();
     let first = deploy(&c, &["pushgateway", "node-exporter", "alertmanager"]);
     said.extend(first.iter().cloned());
@@ -342,7 +325,7 @@ services:
         ),
     )
     .unwrap();
-    catalog_push(&c, &catalog, &user);
+    infra_e2e::shipped::catalog_push(&c, &catalog, &user);
     let plan = c.call(
         "Plan",
         r#"{"selection":{"services":["pushgateway","node-exporter","alertmanager"]}}"#,
@@ -444,21 +427,10 @@ services:
     );
 
     // ------------------------------------------ the password, nowhere
-    let events = Command::new(std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".into()))
-        .args([
-            "-plaintext",
-            "-max-time",
-            "5",
-            "-d",
-            r#"{"startSequence":"1"}"#,
-            c.grpc(),
-        ])
-        .arg("infra.coordinator.v1.CoordinatorService/WatchEvents")
-        .output()
-        .expect("grpcurl");
+    let events = infra_e2e::shipped::event_history(&c);
     let mut seen = vec![
         ("deploy and plan output", serde_json::to_string(&said).unwrap()),
-        ("events", String::from_utf8_lossy(&events.stdout).into_owned()),
+        ("events", serde_json::to_string(&events).unwrap()),
         ("operator logs", c.tier_logs("observability")),
         ("coordinator log", c.coordinator_log(0)),
     ];

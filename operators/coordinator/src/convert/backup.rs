@@ -24,7 +24,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use infra_compose::{Catalog, SecretSource, Service};
+use infra_compose::{Catalog, Service};
 use infra_proto::bus::v1::BackupTarget;
 use serde_json::Value;
 
@@ -178,37 +178,14 @@ pub fn target(catalog: &Catalog, name: &str, env: &BTreeMap<String, String>) -> 
         }
     };
     let secret = text("secret_key_secret", true)?;
-    let in_folder = catalog.root.join("secrets").join(&secret);
-    let secret_key = match catalog.secrets.get(&secret).map(|d| &d.source) {
-        Some(SecretSource::File(p)) => {
-            std::fs::read_to_string(p).map_err(|e| format!("{}: {}: {e}", at("secret_key_secret"), p.display()))?
-        }
-        Some(SecretSource::Environment(v)) => env
-            .get(v)
-            .cloned()
-            .ok_or_else(|| format!("{}: environment variable {v} is not set", at("secret_key_secret")))?,
-        Some(SecretSource::Content(c)) => c.clone(),
-        Some(SecretSource::External) => {
-            return Err(format!("{}: an external secret needs Swarm", at("secret_key_secret")));
-        }
-        None if infra_bus::Token::new("secret", &secret).is_ok() && in_folder.is_file() => {
-            std::fs::read_to_string(&in_folder)
-                .map_err(|e| format!("{}: {}: {e}", at("secret_key_secret"), in_folder.display()))?
-        }
-        None => {
-            return Err(format!(
-                "{}: secret {secret:?} is not declared at top level, and there is no file {}",
-                at("secret_key_secret"),
-                in_folder.display()
-            ));
-        }
-    };
+    let secret_key =
+        super::registry::secret_text(catalog, &secret, env).map_err(|e| format!("{}: {e}", at("secret_key_secret")))?;
     Ok(BackupTarget {
         endpoint: text("endpoint", true)?,
         bucket: text("bucket", true)?,
         region: text("region", false)?,
         access_key: text("access_key", true)?,
-        secret_key: secret_key.trim_end_matches(['\n', '\r']).to_owned(),
+        secret_key,
         ..Default::default()
     })
 }

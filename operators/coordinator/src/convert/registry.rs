@@ -118,50 +118,43 @@ pub fn login(
     };
     let username = text("username")?;
     let secret = text("password_secret")?;
-    // A top-level secret, or else the file of that name in the catalog's
-    // `secrets/` folder (where the shipped secrets live).
-    let in_folder = catalog.root.join("secrets").join(&secret);
-    let folder_source = SecretSource::File(in_folder.clone());
-    let source = match catalog.secrets.get(&secret) {
-        Some(def) => &def.source,
-        None if infra_bus::Token::new("secret", &secret).is_ok() && in_folder.is_file() => &folder_source,
-        None => {
-            return Err(format!(
-                "{}: secret {secret:?} is not declared at top level, and there is no file {}",
-                at(".password_secret"),
-                in_folder.display()
-            ));
-        }
-    };
-    let password = match source {
-        SecretSource::File(path) => std::fs::read_to_string(path).map_err(|e| {
-            format!(
-                "{}: secret {secret:?}: cannot read {}: {e}",
-                at(".password_secret"),
-                path.display()
-            )
-        })?,
-        SecretSource::Environment(var) => env.get(var).cloned().ok_or_else(|| {
-            format!(
-                "{}: secret {secret:?}: environment variable {var} is not set",
-                at(".password_secret")
-            )
-        })?,
-        SecretSource::Content(c) => c.clone(),
-        SecretSource::External => {
-            return Err(format!(
-                "{}: secret {secret:?} is external, which needs Swarm",
-                at(".password_secret")
-            ));
-        }
-    };
-    // A file written by `echo` ends in a newline the registry would refuse.
-    let password = password.trim_end_matches(['\n', '\r']).to_owned();
+    let password = secret_text(catalog, &secret, env).map_err(|e| format!("{}: {e}", at(".password_secret")))?;
     Ok(Some(RegistryLogin {
         registry: registry.to_owned(),
         username,
         password,
     }))
+}
+
+/// The text of the secret `name` for a credential the catalog names
+/// outside a service (a registry's password, a backup store's key): a
+/// top-level secret (file, environment or content), or else the file of
+/// that name in the catalog's `secrets/` folder (where the shipped secrets
+/// live). A trailing newline (a file written by `echo`) is dropped.
+pub fn secret_text(catalog: &Catalog, name: &str, env: &BTreeMap<String, String>) -> Result<String, String> {
+    let in_folder = catalog.root.join("secrets").join(name);
+    let folder_source = SecretSource::File(in_folder.clone());
+    let source = match catalog.secrets.get(name) {
+        Some(def) => &def.source,
+        None if infra_bus::Token::new("secret", name).is_ok() && in_folder.is_file() => &folder_source,
+        None => {
+            return Err(format!(
+                "secret {name:?} is not declared at top level, and there is no file {}",
+                in_folder.display()
+            ));
+        }
+    };
+    let text = match source {
+        SecretSource::File(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("secret {name:?}: cannot read {}: {e}", path.display()))?,
+        SecretSource::Environment(var) => env
+            .get(var)
+            .cloned()
+            .ok_or_else(|| format!("secret {name:?}: environment variable {var} is not set"))?,
+        SecretSource::Content(c) => c.clone(),
+        SecretSource::External => return Err(format!("secret {name:?} is external, which needs Swarm")),
+    };
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 /// Every login the catalog names, for a plan's image checks.
