@@ -173,7 +173,7 @@ fn a_missing_image_fails_that_service_and_what_needs_it_while_the_rest_comes_up(
         .expect("broken failed");
     let msg = failed["message"].as_str().unwrap();
     assert!(
-        msg.contains("infra-local/does-not-exist:1") && msg.contains("not present"),
+        msg.contains("infra-local/does-not-exist:1") && msg.contains("not on this host and the pull failed"),
         "{msg}"
     );
     assert_eq!(failed["blocks"][0], "broken -> needs-broken");
