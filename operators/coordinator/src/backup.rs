@@ -23,6 +23,10 @@ use crate::error::Error;
 /// How often the leader looks for a backup that is due.
 const SCHEDULE_TICK: Duration = Duration::from_secs(30);
 
+/// How long a scheduled backup that failed waits before the next try (or
+/// its schedule, when shorter): one failure event per try, not per tick.
+const RETRY_AFTER: Duration = Duration::from_secs(300);
+
 /// A service's backup settings and where it runs.
 struct Subject {
     tier: String,
@@ -280,9 +284,12 @@ impl Coordinator {
 
     /// While this coordinator leads, takes each scheduled backup that is
     /// due: one whose newest stored backup is older than its schedule (or
-    /// that has none). A failed one is tried again after a tick.
+    /// that has none), and whose store answers a listing (a store not
+    /// deployed is skipped quietly). A failed one is tried again after
+    /// [`RETRY_AFTER`].
     pub async fn backup_schedule(self, shutdown: CancellationToken) {
         let mut newest: HashMap<String, SystemTime> = HashMap::new();
+        let mut failed: HashMap<String, std::time::Instant> = HashMap::new();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -300,6 +307,9 @@ impl Coordinator {
                     continue;
                 };
                 let Some(every) = plan.every else { continue };
+                if failed.get(name).is_some_and(|t| t.elapsed() < RETRY_AFTER.min(every)) {
+                    continue;
+                }
                 let Ok(s) = self.subject(&catalog, name).await else {
                     continue;
                 };
@@ -327,8 +337,14 @@ impl Coordinator {
                 let now = SystemTime::now();
                 if self.backup_of(name, &s).await.is_ok() {
                     newest.insert(name.clone(), now);
+                    failed.remove(name);
                 } else {
-                    tracing::warn!(service = %name, "scheduled backup failed; trying again next tick");
+                    tracing::warn!(
+                        service = %name,
+                        "scheduled backup failed (an event says why); trying again in {}s",
+                        RETRY_AFTER.min(every).as_secs()
+                    );
+                    failed.insert(name.clone(), std::time::Instant::now());
                 }
             }
         }
