@@ -10,6 +10,7 @@
 //! [`EVENTS_STREAM`]: subject::EVENTS_STREAM
 
 pub mod auth;
+mod backup;
 pub mod catalog;
 pub mod facts;
 pub mod history;
@@ -27,9 +28,9 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use infra_proto::bus::v1::{
-    BackupCall, BackupReply, DeploymentInProgress, DesiredService, Event, EventKind, Heartbeat, HookCall, HookReply,
-    HostState, ImageCheck, ImageCheckReply, JoinTicket, LeaderLease, ObservedService, OperatorsUpgrade,
-    OperatorsUpgradeReply, ServiceRecord, ServiceSpec,
+    DeploymentInProgress, DesiredService, Event, EventKind, Heartbeat, HookCall, HookReply, HostState, ImageCheck,
+    ImageCheckReply, JoinTicket, LeaderLease, ObservedService, OperatorsUpgrade, OperatorsUpgradeReply, ServiceRecord,
+    ServiceSpec,
 };
 use prost::Message;
 
@@ -742,25 +743,6 @@ impl Bus {
             &Token::new("tier", tier)?,
         ))
         .await
-    }
-
-    /// A backup call to the `tier` operator on `host` (see
-    /// [`BackupCall`]); `Err` when no answer came within `timeout`.
-    pub async fn backup_call(
-        &self,
-        host: &str,
-        tier: &str,
-        ask: &BackupCall,
-        timeout: Duration,
-    ) -> Result<BackupReply> {
-        let subject = subject::backup(&Token::new("host", host)?, &Token::new("tier", tier)?);
-        self.ask_operator(host, tier, subject, ask, timeout).await
-    }
-
-    /// The backup calls asked of the `tier` operator on `host`.
-    pub async fn backup_calls(&self, host: &str, tier: &str) -> Result<async_nats::Subscriber> {
-        self.requests(subject::backup(&Token::new("host", host)?, &Token::new("tier", tier)?))
-            .await
     }
 
     /// Asks the `tier` operator on `host` to replace the host's install
