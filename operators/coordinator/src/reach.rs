@@ -94,8 +94,25 @@ pub(crate) fn reach_spec(
     } else {
         Vec::new()
     };
+    // A port that another service of the stack, on the same host, listens
+    // on too (etcd-1..3 all on one host) is published by neither: the two
+    // would take one address and port, and they reach each other there
+    // through Docker's DNS anyway.
+    let on_my_hosts_too = |port: u16, proto: &str| {
+        catalog.services.values().any(|s| {
+            s.name != name
+                && s.file == svc.file
+                && placed.get(&s.name).is_some_and(|h| h.iter().any(|h| mine.contains(h)))
+                && convert::service_ports(s)
+                    .iter()
+                    .any(|(p, pr)| *p == port && pr == proto)
+        })
+    };
     {
         for (port, proto) in to_publish {
+            if on_my_hosts_too(port, &proto) {
+                continue;
+            }
             let have = spec.ports.iter().any(|x| {
                 x.published == u32::from(port) && (x.protocol == proto || x.protocol.is_empty() && proto == "tcp")
             });
@@ -228,6 +245,20 @@ mod tests {
         );
         assert_eq!(c.extra_hosts, vec!["etcd-1:@host:h1".to_string()]);
         assert!(c.ports.is_empty(), "{:?}", c.ports);
+    }
+
+    #[test]
+    fn members_that_share_a_host_publish_none_of_the_ports_they_share() {
+        // One host of two with an address carries etcd-1 and etcd-2: both
+        // would publish 2379 and 2380 there; neither does.
+        let dir = tempfile::tempdir().unwrap();
+        let cat = catalog(dir.path());
+        let where_ = placed(&[("etcd-1", &["h1"]), ("etcd-2", &["h1"]), ("client", &["h1", "h2"])]);
+        for member in ["etcd-1", "etcd-2"] {
+            let mut s = spec_of(member, 1);
+            reach_spec(&cat, &hosts(true), &where_, member, &["h1".into()], &mut s);
+            assert!(s.ports.is_empty(), "{member}: {:?}", s.ports);
+        }
     }
 
     #[test]
