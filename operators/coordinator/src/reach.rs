@@ -94,18 +94,17 @@ pub(crate) fn reach_spec(
     } else {
         Vec::new()
     };
-    // A port that another service of the stack, on the same host, listens
-    // on too (etcd-1..3 all on one host) is published by neither: the two
+    // A port that another member of the stack, on the same host, exposes
+    // too (etcd-1..3 all on one host) is published by neither: the two
     // would take one address and port, and they reach each other there
-    // through Docker's DNS anyway.
+    // through Docker's DNS anyway. (A service that only maps the port,
+    // `ports: 15432:5432`, publishes another one and takes nothing.)
     let on_my_hosts_too = |port: u16, proto: &str| {
         catalog.services.values().any(|s| {
             s.name != name
                 && s.file == svc.file
                 && placed.get(&s.name).is_some_and(|h| h.iter().any(|h| mine.contains(h)))
-                && convert::service_ports(s)
-                    .iter()
-                    .any(|(p, pr)| *p == port && pr == proto)
+                && expose_ports(s).iter().any(|(p, pr)| *p == port && pr == proto)
         })
     };
     {
@@ -259,6 +258,21 @@ mod tests {
             reach_spec(&cat, &hosts(true), &where_, member, &["h1".into()], &mut s);
             assert!(s.ports.is_empty(), "{member}: {:?}", s.ports);
         }
+        // A router beside a member, mapping 15432:5432, takes nothing from it.
+        let file = dir.path().join("docker-compose.yml");
+        let text = std::fs::read_to_string(&file).unwrap() + "  router:\n    image: r\n    ports: [\"15432:2379\"]\n";
+        std::fs::write(&file, text).unwrap();
+        let cat = infra_compose::load_files(&[(file, Tier::Data)], &LoadOptions::default()).unwrap();
+        let where_ = placed(&[
+            ("etcd-1", &["h1"]),
+            ("etcd-2", &["h2"]),
+            ("router", &["h1"]),
+            ("client", &["h1", "h2"]),
+        ]);
+        let mut s = spec_of("etcd-1", 1);
+        reach_spec(&cat, &hosts(true), &where_, "etcd-1", &["h1".into()], &mut s);
+        let published: Vec<u32> = s.ports.iter().map(|p| p.published).collect();
+        assert_eq!(published, vec![2379, 2380]);
     }
 
     #[test]
