@@ -1,5 +1,5 @@
 //! Backups that restore, from the shipped catalog: `mng-pg`'s `x-backup`
-//! (pg_dumpall in its own container) stored in the shipped MinIO's bucket
+//! (pg_dump of each database in its own container) stored in the shipped MinIO's bucket
 //! (`x-backup-targets` in 04-data/minio; rclone's S3 server stands in for
 //! MinIO here, e2e/images/recipes/s3), on one joined host with the
 //! coordinator fenced off it (the backup runs where the data is).
@@ -339,7 +339,7 @@ fn a_backup_of_the_shipped_mng_pg_restores_every_row_written_before_it_into_a_ne
 
     let restore_size: u64 = restored[0]["size"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);
     println!(
-        "BENCH backup: mng-pg database {:.1} MB ({ROWS} rows + the writer's); pg_dumpall backup {:.1} MB taken and \
+        "BENCH backup: mng-pg database {:.1} MB ({ROWS} rows + the writer's); backup {:.1} MB taken and \
          stored in {:.2} s (operator's own figure {} s); restore of {:.1} MB into a new volume {:.2} s; longest gap \
          between acknowledged inserts during the backup {} ms ({} inserts then; the writer's median interval {} ms)",
         db_bytes as f64 / 1e6,

@@ -328,7 +328,8 @@ fn the_shipped_ha_selection_on_three_joined_hosts_rolls_whole_survives_a_lost_ho
         })
         .collect();
     // MinIO's stand-in (rclone's S3 server) is left out too: what it is
-    // for here, backups, is tested in backup.rs.
+    // for here, backups, is tested in backup.rs and, for these clusters
+    // with the store on another host, backup_clusters.rs.
     let (here, elsewhere): (Vec<&String>, Vec<&String>) = image
         .keys()
         .partition(|s| image[*s].starts_with("infra-local/") && image[*s] != "infra-local/s3:1");

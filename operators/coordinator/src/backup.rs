@@ -27,13 +27,21 @@ const SCHEDULE_TICK: Duration = Duration::from_secs(30);
 /// its schedule, when shorter): one failure event per try, not per tick.
 const RETRY_AFTER: Duration = Duration::from_secs(300);
 
-/// A service's backup settings and where it runs.
+/// A service's (or a group's) backup settings and where it runs.
 struct Subject {
     tier: String,
     plan: BackupPlan,
     target: infra_proto::bus::v1::BackupTarget,
-    hosts: Vec<String>,
+    /// (member service, host) pairs to ask, the ones with a running
+    /// replica first.
+    places: Vec<(String, String)>,
     prefix: String,
+}
+
+/// What a host's operator answered, and which member it ran in.
+struct Answer {
+    reply: BackupReply,
+    member: String,
 }
 
 /// `20261203T193012.123Z`: a key part that sorts by time.
@@ -64,6 +72,26 @@ fn stamped(key: &str) -> Option<SystemTime> {
     Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(at.unix_timestamp()).ok()?))
 }
 
+/// ` (member pg-1)` when a group's member did it.
+fn of_member(subject: &str, member: &str) -> String {
+    if member == subject {
+        String::new()
+    } else {
+        format!(" (member {member})")
+    }
+}
+
+/// The port of an `http://host:port/...` endpoint (80 or 443 when it
+/// names none).
+fn url_port(endpoint: &str) -> u16 {
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("http", endpoint));
+    let authority = rest.split('/').next().unwrap_or_default();
+    authority
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(if scheme == "https" { 443 } else { 80 })
+}
+
 /// The host part of an `http://host:port/...` endpoint.
 fn url_host(endpoint: &str) -> Option<&str> {
     let rest = endpoint.split_once("://")?.1;
@@ -72,71 +100,129 @@ fn url_host(endpoint: &str) -> Option<&str> {
 }
 
 impl Coordinator {
-    /// What backing up `service` needs: its plan and target from the
-    /// catalog, and the hosts that run it now (the ones with a running
-    /// replica first).
-    async fn subject(&self, catalog: &Catalog, service: &str) -> Result<Subject, Error> {
-        let svc = catalog
-            .services
-            .get(service)
-            .ok_or_else(|| Error::not_found(format!("service: no service {service:?} in the catalog")))?;
-        let plan = backup::plan(catalog, svc).map_err(invalid)?.ok_or_else(|| {
-            Error::precondition(format!(
-                "service {service:?} declares no backups (an `x-backup` block in {}:{})",
-                svc.file.display(),
-                svc.line
-            ))
-        })?;
+    /// What backing up `name` needs: its plan and target from the
+    /// catalog, and where its members run now (the ones with a running
+    /// replica first). `name` is a service with an `x-backup` block, or
+    /// the group its members name.
+    async fn subject(&self, catalog: &Catalog, name: &str) -> Result<Subject, Error> {
+        let all = backup::subjects(catalog).map_err(invalid)?;
+        let Some(found) = all.get(name) else {
+            return Err(match catalog.services.get(name) {
+                None => Error::not_found(format!(
+                    "service: no service or backup group {name:?} in the catalog (backed up: {})",
+                    all.keys().cloned().collect::<Vec<_>>().join(", ")
+                )),
+                Some(svc) => match backup::plan(catalog, svc).ok().flatten().and_then(|p| p.group) {
+                    Some(group) => Error::precondition(format!(
+                        "service {name:?} is backed up with its group: name {group:?} (x-backup.group in {}:{})",
+                        svc.file.display(),
+                        svc.line
+                    )),
+                    None => Error::precondition(format!(
+                        "service {name:?} declares no backups (an `x-backup` block in {}:{})",
+                        svc.file.display(),
+                        svc.line
+                    )),
+                },
+            });
+        };
+        let plan = found.plan.clone();
         let mut target = backup::target(catalog, &plan.target, &Self::env()).map_err(invalid)?;
         // An endpoint that names a service of the catalog (`http://minio:9000`).
         if let Some(store) = url_host(&target.endpoint).and_then(|h| catalog.services.get(h)) {
             target.service.clone_from(&store.name);
             target.service_tier = store.tier.as_str().to_owned();
         }
-        let tier = svc.tier.as_str().to_owned();
-        let mut hosts: Vec<(bool, String)> = Vec::new();
-        for d in self.bus.list_desired(None).await.map_err(unavailable)? {
-            if d.absent || d.spec.as_ref().is_none_or(|s| s.name != service) {
+        let tier = catalog.services[&found.members[0]].tier.as_str().to_owned();
+        let mut places: Vec<(bool, String, String)> = Vec::new();
+        let desired = self.bus.list_desired(None).await.map_err(unavailable)?;
+        if !target.service.is_empty() {
+            target.remote = self.store_remote(&target, &desired).await;
+        }
+        for d in desired {
+            let Some(member) = d.spec.as_ref().map(|s| &s.name).filter(|n| found.members.contains(n)) else {
+                continue;
+            };
+            if d.absent {
                 continue;
             }
             let running = self
                 .cache
-                .get(&d.host, &tier, service)
+                .get(&d.host, &tier, member)
                 .await
                 .is_some_and(|o| o.running_replicas > 0);
-            hosts.push((!running, d.host.clone()));
+            places.push((!running, member.clone(), d.host.clone()));
         }
-        hosts.sort();
-        if hosts.is_empty() {
+        places.sort();
+        if places.is_empty() {
             return Err(Error::precondition(format!(
-                "service {service:?} is not deployed: nothing to back up or restore into"
+                "{name:?} is not deployed ({}): nothing to back up or restore into",
+                found.members.join(", ")
             )));
         }
         Ok(Subject {
             tier,
-            prefix: format!("{}/{service}/", self.settings.project),
+            prefix: format!("{}/{name}/", self.settings.project),
             plan,
             target,
-            hosts: hosts.into_iter().map(|(_, h)| h).collect(),
+            places: places.into_iter().map(|(_, m, h)| (m, h)).collect(),
         })
     }
 
-    /// Asks the hosts of `s` in turn (the first that answers without a
-    /// "no running container" wins).
-    async fn ask_backup(&self, s: &Subject, mut call: BackupCall) -> Result<BackupReply, String> {
+    /// The private address and port of a host that runs the store service
+    /// of `target` (for the operators of the other hosts); empty when no
+    /// such host says its address.
+    async fn store_remote(
+        &self,
+        target: &infra_proto::bus::v1::BackupTarget,
+        desired: &[infra_proto::bus::v1::DesiredService],
+    ) -> String {
+        let port = url_port(&target.endpoint);
+        let Ok(beats) = self.heartbeats().await else {
+            return String::new();
+        };
+        let hosts = crate::placement::hosts_from(&beats);
+        desired
+            .iter()
+            .filter(|d| !d.absent && d.spec.as_ref().is_some_and(|s| s.name == target.service))
+            .find_map(|d| {
+                hosts
+                    .iter()
+                    .find(|h| h.name == d.host)
+                    .and_then(|h| h.labels.get(crate::coordinator::ADDR_LABEL))
+                    .filter(|a| !a.is_empty())
+            })
+            .map(|addr| format!("{addr}:{port}"))
+            .unwrap_or_default()
+    }
+
+    /// Asks the members of `s` on their hosts in turn; the first that
+    /// is not passed over (no running container, or its member check
+    /// failed) answers.
+    async fn ask_backup(&self, s: &Subject, mut call: BackupCall) -> Result<Answer, String> {
         call.target = Some(s.target.clone());
         call.timeout_secs = s.plan.timeout.as_secs().min(u64::from(u32::MAX)) as u32;
+        call.member_check = s.plan.member_check(&call.op).to_vec();
         let wait = s.plan.timeout + Duration::from_secs(30);
-        let mut last = String::new();
-        for h in &s.hosts {
+        let mut passed = Vec::new();
+        for (member, h) in &s.places {
+            call.service.clone_from(member);
             match self.bus.backup_call(h, &s.tier, &call, wait).await {
-                Ok(r) if r.error.is_empty() => return Ok(r),
-                Ok(r) if r.error.starts_with("no running container") => last = r.error,
-                Ok(r) => return Err(format!("on {h}: {}", r.error)),
-                Err(e) => last = format!("on {h}: {e}"),
+                Ok(r) if r.error.is_empty() => {
+                    return Ok(Answer {
+                        reply: r,
+                        member: member.clone(),
+                    });
+                }
+                Ok(r) if r.passed_over || r.error.starts_with("no running container") => passed.push(r.error),
+                Ok(r) => return Err(format!("{member} on {h}: {}", r.error)),
+                Err(e) => passed.push(format!("{member} on {h}: {e}")),
             }
         }
-        Err(last)
+        Err(match passed.as_slice() {
+            [one] => one.clone(),
+            all => format!("no member could take it: {}", all.join("; ")),
+        })
     }
 
     /// Takes a backup of `service` now.
@@ -150,7 +236,6 @@ impl Coordinator {
         let key = format!("{}{}.dump", s.prefix, stamp(SystemTime::now()));
         let call = BackupCall {
             op: "run".into(),
-            service: service.to_owned(),
             key: key.clone(),
             command: s.plan.dump.clone(),
             keep: s.plan.keep,
@@ -158,18 +243,19 @@ impl Coordinator {
             ..Default::default()
         };
         match self.ask_backup(s, call).await {
-            Ok(r) => {
+            Ok(Answer { reply: r, member }) => {
                 self.event(
                     EventKind::BackupTaken,
                     service,
                     &s.tier,
                     "",
                     format!(
-                        "{}/{key}: {} bytes in {:.1}s on {}{}",
+                        "{}/{key}: {} bytes in {:.1}s on {}{}{}",
                         s.target.bucket,
                         r.size,
                         r.seconds,
                         r.host,
+                        of_member(service, &member),
                         if r.deleted.is_empty() {
                             String::new()
                         } else {
@@ -187,6 +273,7 @@ impl Coordinator {
                     sha256: r.sha256,
                     deleted: r.deleted,
                     bucket: s.target.bucket.clone(),
+                    member,
                 })
             }
             Err(e) => {
@@ -203,14 +290,14 @@ impl Coordinator {
         let s = self.subject(&catalog, &req.service).await?;
         let call = BackupCall {
             op: "list".into(),
-            service: req.service.clone(),
             prefix: s.prefix.clone(),
             ..Default::default()
         };
         let r = self
             .ask_backup(&s, call)
             .await
-            .map_err(|e| Error::unavailable(format!("backups of {}: {e}", req.service)))?;
+            .map_err(|e| Error::unavailable(format!("backups of {}: {e}", req.service)))?
+            .reply;
         Ok(api::ListBackupsResponse {
             service: req.service,
             bucket: s.target.bucket.clone(),
@@ -247,22 +334,25 @@ impl Coordinator {
         };
         let call = BackupCall {
             op: "restore".into(),
-            service: req.service.clone(),
             key: key.clone(),
             command: s.plan.restore.clone(),
             prefix: s.prefix.clone(),
             ..Default::default()
         };
         match self.ask_backup(&s, call).await {
-            Ok(r) => {
+            Ok(Answer { reply: r, member }) => {
                 self.event(
                     EventKind::BackupRestored,
                     &req.service,
                     &s.tier,
                     "",
                     format!(
-                        "{}/{key}: {} bytes in {:.1}s on {}",
-                        s.target.bucket, r.size, r.seconds, r.host
+                        "{}/{key}: {} bytes in {:.1}s on {}{}",
+                        s.target.bucket,
+                        r.size,
+                        r.seconds,
+                        r.host,
+                        of_member(&req.service, &member)
                     ),
                 )
                 .await;
@@ -272,6 +362,7 @@ impl Coordinator {
                     key,
                     size: r.size,
                     seconds: r.seconds,
+                    member,
                 })
             }
             Err(e) => {
@@ -302,11 +393,11 @@ impl Coordinator {
             let Ok((catalog, _)) = self.load_revision().await else {
                 continue;
             };
-            for (name, svc) in &catalog.services {
-                let Ok(Some(plan)) = backup::plan(&catalog, svc) else {
-                    continue;
-                };
-                let Some(every) = plan.every else { continue };
+            let Ok(subjects) = backup::subjects(&catalog) else {
+                continue;
+            };
+            for (name, subject) in &subjects {
+                let Some(every) = subject.plan.every else { continue };
                 if failed.get(name).is_some_and(|t| t.elapsed() < RETRY_AFTER.min(every)) {
                     continue;
                 }
@@ -318,12 +409,11 @@ impl Coordinator {
                     None => {
                         let call = BackupCall {
                             op: "list".into(),
-                            service: name.clone(),
                             prefix: s.prefix.clone(),
                             ..Default::default()
                         };
                         match self.ask_backup(&s, call).await {
-                            Ok(r) => r.objects.last().and_then(|o| stamped(&o.key)),
+                            Ok(a) => a.reply.objects.last().and_then(|o| stamped(&o.key)),
                             Err(_) => continue,
                         }
                     }
@@ -365,5 +455,7 @@ mod tests {
         assert_eq!(stamped("infra/mng-pg/garbage"), None);
         assert_eq!(url_host("http://minio:9000"), Some("minio"));
         assert_eq!(url_host("http://10.0.0.5:9000/x"), Some("10.0.0.5"));
+        assert_eq!(url_port("http://minio:9000"), 9000);
+        assert_eq!(url_port("https://s3.example.com/b"), 443);
     }
 }

@@ -169,6 +169,8 @@ impl Coordinator {
         }
         cross_host_reach(catalog, &hosts, &mut out);
         let logins = convert::registry::logins(catalog, &env).map_err(invalid)?;
+        // Backups are declared whole or not at all (a group's members agree).
+        convert::backup::subjects(catalog).map_err(invalid)?;
         let pin_notes = self.pin_images(&mut out, &logins).await;
         Ok(Preparation {
             services: out,

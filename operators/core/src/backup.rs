@@ -64,32 +64,93 @@ async fn reachable(ctx: &Ctx, call: &BackupCall) -> Result<infra_proto::bus::v1:
         .endpoints(&ctx.host, &target.service_tier, &label, false)
         .await
         .map_err(|e| e.to_string())?;
-    let Some(ep) = found.first() else {
-        return Err(format!(
-            "the backup store {} does not run on {} (backups are taken on the host of the data and reach the store              through its container there)",
-            target.service, ctx.host
-        ));
-    };
     let mut url: url::Url = target
         .endpoint
         .parse()
         .map_err(|e| format!("endpoint {:?}: {e}", target.endpoint))?;
-    url.set_host(Some(&ep.ip))
-        .map_err(|e| format!("endpoint {:?}: {e}", target.endpoint))?;
+    let bad = |e: String| format!("endpoint {:?}: {e}", target.endpoint);
+    if let Some(ep) = found.first() {
+        url.set_host(Some(&ep.ip)).map_err(|e| bad(e.to_string()))?;
+    } else if let Some((addr, port)) = target.remote.rsplit_once(':') {
+        // On another host: its private address, where the port is published.
+        url.set_host(Some(addr)).map_err(|e| bad(e.to_string()))?;
+        url.set_port(port.parse().ok())
+            .map_err(|()| bad(format!("port {port:?}")))?;
+    } else {
+        return Err(format!(
+            "the backup store {} runs neither on {} nor on a host with a private address (infractl host add \
+             --label addr=...)",
+            target.service, ctx.host
+        ));
+    }
     target.endpoint = url.to_string().trim_end_matches('/').to_owned();
     Ok(target)
 }
 
 async fn answer(ctx: &Ctx, call: &BackupCall) -> Result<BackupReply, String> {
     let store = Store::new(&reachable(ctx, call).await?)?;
-    match call.op.as_str() {
-        "list" => Ok(BackupReply {
+    let op = call.op.as_str();
+    if op == "list" {
+        return Ok(BackupReply {
             objects: store.list(&call.prefix).await?,
             ..Default::default()
-        }),
-        "run" => run(ctx, call, &store).await,
-        "restore" => restore(ctx, call, &store).await,
-        other => Err(format!("unknown backup operation {other:?}")),
+        });
+    }
+    if !matches!(op, "run" | "restore") {
+        return Err(format!("unknown backup operation {op:?}"));
+    }
+    let id = match chosen_container(ctx, call).await {
+        Ok(id) => id,
+        Err(why) => {
+            return Ok(BackupReply {
+                error: why,
+                passed_over: true,
+                ..Default::default()
+            });
+        }
+    };
+    if op == "run" {
+        run(ctx, call, &id, &store).await
+    } else {
+        restore(ctx, call, &id, &store).await
+    }
+}
+
+/// How long a member check may take.
+const MEMBER_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The running container of the call's service on this host, if it is the
+/// one to use: its member check (when the call has one) exits 0 in it.
+async fn chosen_container(ctx: &Ctx, call: &BackupCall) -> Result<String, String> {
+    let id = running_container(ctx, &call.service).await?;
+    if call.member_check.is_empty() {
+        return Ok(id);
+    }
+    let out = ctx
+        .docker
+        .exec_output(&id, call.member_check.clone(), MEMBER_CHECK_TIMEOUT)
+        .await
+        .map_err(|e| format!("{} on {}: the member check could not run: {e}", call.service, ctx.host))?;
+    match out.exit_code {
+        Some(0) => Ok(id),
+        code => {
+            let said = out.output.trim();
+            let said = said.char_indices().rev().nth(299).map_or(said, |(i, _)| &said[i..]);
+            Err(format!(
+                "{} on {}: not the member to use (its member check {}{})",
+                call.service,
+                ctx.host,
+                code.map_or_else(
+                    || format!("did not finish within {}s", MEMBER_CHECK_TIMEOUT.as_secs()),
+                    |c| format!("exited with {c}")
+                ),
+                if said.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {said}")
+                }
+            ))
+        }
     }
 }
 
@@ -146,9 +207,8 @@ fn failed(what: &str, exit: Option<i64>, stderr: &[u8], timeout: Duration) -> St
     }
 }
 
-async fn run(ctx: &Ctx, call: &BackupCall, store: &Store) -> Result<BackupReply, String> {
+async fn run(ctx: &Ctx, call: &BackupCall, id: &str, store: &Store) -> Result<BackupReply, String> {
     let started = Instant::now();
-    let id = running_container(ctx, &call.service).await?;
     let spool = Spool::new(ctx, &call.service)?;
     let timeout = timeout_of(call);
     let mut file = tokio::fs::OpenOptions::new()
@@ -159,7 +219,7 @@ async fn run(ctx: &Ctx, call: &BackupCall, store: &Store) -> Result<BackupReply,
         .map_err(|e| format!("{}: {e}", spool.0.display()))?;
     let done = ctx
         .docker
-        .exec_streams(&id, call.command.clone(), None, &mut file, timeout)
+        .exec_streams(id, call.command.clone(), None, &mut file, timeout)
         .await
         .map_err(|e| e.to_string())?;
     drop(file);
@@ -199,14 +259,13 @@ async fn run(ctx: &Ctx, call: &BackupCall, store: &Store) -> Result<BackupReply,
         seconds: started.elapsed().as_secs_f64(),
         sha256,
         deleted,
-        container: id,
+        container: id.to_owned(),
         ..Default::default()
     })
 }
 
-async fn restore(ctx: &Ctx, call: &BackupCall, store: &Store) -> Result<BackupReply, String> {
+async fn restore(ctx: &Ctx, call: &BackupCall, id: &str, store: &Store) -> Result<BackupReply, String> {
     let started = Instant::now();
-    let id = running_container(ctx, &call.service).await?;
     let spool = Spool::new(ctx, &call.service)?;
     let size = store.get_file(&call.key, &spool.0).await?;
     let input = tokio::fs::File::open(&spool.0)
@@ -220,7 +279,7 @@ async fn restore(ctx: &Ctx, call: &BackupCall, store: &Store) -> Result<BackupRe
     let timeout = timeout_of(call);
     let done = ctx
         .docker
-        .exec_streams(&id, call.command.clone(), Some(input), &mut out, timeout)
+        .exec_streams(id, call.command.clone(), Some(input), &mut out, timeout)
         .await
         .map_err(|e| e.to_string())?;
     if done.exit_code != Some(0) {
@@ -230,7 +289,7 @@ async fn restore(ctx: &Ctx, call: &BackupCall, store: &Store) -> Result<BackupRe
     Ok(BackupReply {
         size,
         seconds: started.elapsed().as_secs_f64(),
-        container: id,
+        container: id.to_owned(),
         ..Default::default()
     })
 }

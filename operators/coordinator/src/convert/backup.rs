@@ -19,6 +19,23 @@
 //!       target: minio          # may be left out when there is one target
 //! ```
 //!
+//! A cluster whose members are several services (Patroni's pg-0..2, the
+//! Galera nodes) is backed up once, as a group: each member's block names
+//! the `group` (the name backups are taken, listed and restored by) and a
+//! `member` command that exits 0 only in the member to dump from and
+//! restore into (Patroni's leader, a synced Galera node). The members'
+//! blocks must otherwise agree (they usually come from one YAML anchor).
+//! `restore_member`, when restores go to another member than dumps (a
+//! Valkey replica is dumped, its primary restored), is that member's check:
+//!
+//! ```yaml
+//!   pg-0:
+//!     x-backup:
+//!       group: pg-cluster
+//!       member: ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8008/primary"]
+//!       dump: ...
+//! ```
+//!
 //! Errors name the service (or the target) and the field.
 
 use std::collections::BTreeMap;
@@ -48,6 +65,33 @@ pub struct BackupPlan {
     pub target: String,
     /// How long a dump or a restore may take.
     pub timeout: Duration,
+    /// The group this service is backed up with (`None`: by itself).
+    pub group: Option<String>,
+    /// The command that exits 0 in the member to use; empty: any running one.
+    pub member: Vec<String>,
+    /// The same for restores, when they go elsewhere (a Valkey replica is
+    /// dumped, the primary restored); empty: `member`.
+    pub restore_member: Vec<String>,
+}
+
+impl BackupPlan {
+    /// The member check of `op` ("run" or "restore").
+    pub fn member_check(&self, op: &str) -> &[String] {
+        if op == "restore" && !self.restore_member.is_empty() {
+            &self.restore_member
+        } else {
+            &self.member
+        }
+    }
+}
+
+/// What is backed up under one name: a service, or a group of them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Subject {
+    /// The settings (the same for every member).
+    pub plan: BackupPlan,
+    /// The services whose containers may run the dump, in name order.
+    pub members: Vec<String>,
 }
 
 fn strings(v: &Value, at: &str) -> Result<Vec<String>, String> {
@@ -96,10 +140,10 @@ pub fn plan(catalog: &Catalog, svc: &Service) -> Result<Option<BackupPlan>, Stri
     for k in m.keys() {
         if !matches!(
             k.as_str(),
-            "dump" | "restore" | "schedule" | "keep" | "target" | "timeout"
+            "dump" | "restore" | "schedule" | "keep" | "target" | "timeout" | "group" | "member" | "restore_member"
         ) {
             return Err(format!(
-                "{}: unknown key (dump, restore, schedule, keep, target, timeout)",
+                "{}: unknown key (dump, restore, schedule, keep, target, timeout, group, member, restore_member)",
                 at(k)
             ));
         }
@@ -139,6 +183,34 @@ pub fn plan(catalog: &Catalog, svc: &Service) -> Result<Option<BackupPlan>, Stri
     if !targets.is_some_and(|t| t.contains_key(&target)) {
         return Err(format!("{}: {target:?} is not in {TARGETS_KEY}", at("target")));
     }
+    let group = match m.get("group") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(g)) if valid_name(g) => {
+            if catalog.services.contains_key(g) {
+                return Err(format!("{}: {g:?} is the name of a service", at("group")));
+            }
+            Some(g.clone())
+        }
+        Some(_) => {
+            return Err(format!(
+                "{}: a name of letters, digits, '-', '_' and '.' expected",
+                at("group")
+            ));
+        }
+    };
+    let member = match m.get("member") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => strings(v, &at("member"))?,
+    };
+    let restore_member = match m.get("restore_member") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => strings(v, &at("restore_member"))?,
+    };
+    for (k, v) in [("member", &member), ("restore_member", &restore_member)] {
+        if !v.is_empty() && group.is_none() {
+            return Err(format!("{}: only a group's members choose one (set group)", at(k)));
+        }
+    }
     Ok(Some(BackupPlan {
         dump,
         restore,
@@ -146,7 +218,59 @@ pub fn plan(catalog: &Catalog, svc: &Service) -> Result<Option<BackupPlan>, Stri
         keep,
         target,
         timeout,
+        group,
+        member,
+        restore_member,
     }))
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Every name the catalog's services are backed up by: a service's own,
+/// or its group's (once, with all its members). The members of a group
+/// must declare the same settings.
+pub fn subjects(catalog: &Catalog) -> Result<BTreeMap<String, Subject>, String> {
+    let mut out: BTreeMap<String, Subject> = BTreeMap::new();
+    for svc in catalog.services.values() {
+        let Some(p) = plan(catalog, svc)? else { continue };
+        let name = p.group.clone().unwrap_or_else(|| svc.name.clone());
+        match out.get_mut(&name) {
+            None => {
+                out.insert(
+                    name,
+                    Subject {
+                        plan: p,
+                        members: vec![svc.name.clone()],
+                    },
+                );
+            }
+            Some(s) => {
+                if s.plan != p {
+                    let first = &catalog.services[&s.members[0]];
+                    return Err(format!(
+                        "service {:?} ({}:{}): its {BACKUP_KEY} differs from that of {:?} ({}:{}), in the same \
+                         group {name:?}: the members of a group are backed up once, with one setting",
+                        svc.name,
+                        svc.file.display(),
+                        svc.line,
+                        first.name,
+                        first.file.display(),
+                        first.line
+                    ));
+                }
+                s.members.push(svc.name.clone());
+            }
+        }
+    }
+    for s in out.values_mut() {
+        s.members.sort();
+    }
+    Ok(out)
 }
 
 /// The target `name`, keys read from its secret.
@@ -258,5 +382,69 @@ services:
         let t = target(&cat, "store", &BTreeMap::new()).unwrap();
         assert_eq!((t.bucket.as_str(), t.secret_key.as_str()), ("backups", "k3y"));
         assert!(!format!("{:?}", plan(&cat, &cat.services["db"])).contains("k3y"));
+    }
+
+    #[test]
+    fn the_members_of_a_group_are_one_subject_and_must_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "secrets/s3_key", "k3y\n");
+        let stack = |third_keep: u32| {
+            format!(
+                r#"x-backup-targets:
+  store:
+    endpoint: http://minio:9000
+    bucket: backups
+    access_key: admin
+    secret_key_secret: s3_key
+x-pg: &pg
+  image: spilo:17
+  x-backup: &bk
+    group: pg-cluster
+    member: curl -fs http://127.0.0.1:8008/primary
+    dump: pg_dumpall
+    restore: psql
+    schedule: daily
+services:
+  pg-0: *pg
+  pg-1: *pg
+  pg-2:
+    image: spilo:17
+    x-backup:
+      <<: *bk
+      keep: {third_keep}
+  solo:
+    image: postgres:17
+    x-backup:
+      dump: pg_dumpall
+"#
+            )
+        };
+        write(dir.path(), "04-data/pg/docker-compose.yml", &stack(7));
+        let cat = load_catalog(dir.path(), &LoadOptions::default()).unwrap();
+        let all = subjects(&cat).unwrap();
+        assert_eq!(all.keys().collect::<Vec<_>>(), ["pg-cluster", "solo"]);
+        let g = &all["pg-cluster"];
+        assert_eq!(g.members, ["pg-0", "pg-1", "pg-2"]);
+        assert_eq!(g.plan.member, ["sh", "-c", "curl -fs http://127.0.0.1:8008/primary"]);
+        assert_eq!(all["solo"].members, ["solo"]);
+
+        write(dir.path(), "04-data/pg/docker-compose.yml", &stack(3));
+        let cat = load_catalog(dir.path(), &LoadOptions::default()).unwrap();
+        let e = subjects(&cat).unwrap_err();
+        assert!(
+            e.contains("service \"pg-2\"")
+                && e.contains("differs from that of \"pg-0\"")
+                && e.contains("\"pg-cluster\""),
+            "{e}"
+        );
+
+        write(
+            dir.path(),
+            "04-data/pg/docker-compose.yml",
+            &stack(7).replace("group: pg-cluster", "group: solo"),
+        );
+        let cat = load_catalog(dir.path(), &LoadOptions::default()).unwrap();
+        let e = subjects(&cat).unwrap_err();
+        assert!(e.contains("x-backup.group: \"solo\" is the name of a service"), "{e}");
     }
 }

@@ -1,5 +1,7 @@
-//! `infractl backup run|list|restore SERVICE`: a service's backups (its
-//! `x-backup` in the catalog), taken and restored where its data is.
+//! `infractl backup run|list|restore NAME`: a service's backups (its
+//! `x-backup` in the catalog), or a group's (`pg-cluster`, `galera`: the
+//! members name it in `x-backup.group`), taken and restored where the data
+//! is.
 
 use clap::Subcommand;
 use infra_proto::coordinator::v1 as api;
@@ -10,7 +12,7 @@ use super::Client;
 pub enum BackupCmd {
     /// Take a backup now; prints the object, its size and how long it took.
     Run {
-        /// The service (it declares `x-backup`).
+        /// The service (it declares `x-backup`), or the group its members name.
         service: String,
     },
     /// The backups the target holds, oldest first.
@@ -35,13 +37,14 @@ pub async fn run(cmd: BackupCmd, mut c: Client) -> Result<bool, Box<dyn std::err
         BackupCmd::Run { service } => {
             let r = c.backup(api::BackupRequest { service }).await?.into_inner();
             println!(
-                "{}: {}/{} {} bytes in {:.1}s on {} (sha256 {})",
+                "{}: {}/{} {} bytes in {:.1}s on {}{} (sha256 {})",
                 r.service,
                 r.bucket,
                 r.key,
                 r.size,
                 r.seconds,
                 r.host,
+                member(&r.service, &r.member),
                 &r.sha256[..r.sha256.len().min(12)]
             );
             for d in r.deleted {
@@ -60,10 +63,24 @@ pub async fn run(cmd: BackupCmd, mut c: Client) -> Result<bool, Box<dyn std::err
         BackupCmd::Restore { service, key } => {
             let r = c.restore(api::RestoreRequest { service, key }).await?.into_inner();
             println!(
-                "{}: restored {} ({} bytes) in {:.1}s on {}",
-                r.service, r.key, r.size, r.seconds, r.host
+                "{}: restored {} ({} bytes) in {:.1}s on {}{}",
+                r.service,
+                r.key,
+                r.size,
+                r.seconds,
+                r.host,
+                member(&r.service, &r.member)
             );
         }
     }
     Ok(true)
+}
+
+/// ` in pg-1` when a group's member did it.
+fn member(name: &str, member: &str) -> String {
+    if member.is_empty() || member == name {
+        String::new()
+    } else {
+        format!(" in {member}")
+    }
 }
