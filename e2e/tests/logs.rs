@@ -195,8 +195,16 @@ fn a_burst_of_lines_is_read_whole_with_bounded_memory_and_other_calls_answered()
       - sh
       - -c
       - 'head -c {} /dev/zero | tr "\000" x | fold -w 99; echo; echo burst-done; sleep infinity'
+    # room for the whole burst in one json-file (about 1.7 bytes stored per
+    # byte logged); the default, 10m x 3, keeps the last 30 MB only
+    logging:
+      driver: json-file
+      options:
+        max-size: "{}m"
+        max-file: "2"
 "#,
-        mb * 990_000
+        mb * 990_000,
+        mb * 2 + 10
     );
     infra_e2e::write(dir.path(), "09-tooling/burst/docker-compose.yml", &stack);
     let mut opts = ClusterOptions::new(1)
