@@ -56,6 +56,119 @@ fn psql(c: &Cluster, host: &str, sql: &str) -> Result<String, String> {
     }
 }
 
+/// An S3 store outside the catalog, over https with a certificate of its
+/// own CA: rclone's S3 server on the cluster's network, by a name the
+/// hosts resolve. Its CA and key go into the checkout's `secrets/`.
+struct Offsite {
+    name: String,
+    password: String,
+}
+
+fn offsite_store(c: &Cluster, catalog: &std::path::Path) -> Offsite {
+    use std::process::Command;
+    let dir = tempfile::tempdir().unwrap().keep();
+    let name = format!("offsite.{}", c.id);
+    let ssl = |args: &[&str]| {
+        let o = Command::new("openssl")
+            .current_dir(&dir)
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    ssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=backup test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    ssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        &format!("/CN={name}"),
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+    ]);
+    std::fs::write(dir.join("san.ext"), format!("subjectAltName=DNS:{name}\n")).unwrap();
+    ssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "tls.crt",
+    ]);
+    for f in ["tls.key", "tls.crt"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let password = format!("offsite-{}-{}", std::process::id(), infra_e2e::shipped::unix_now());
+    std::fs::write(catalog.join("secrets/offsite_s3_key"), &password).unwrap();
+    std::fs::copy(dir.join("ca.crt"), catalog.join("secrets/offsite_ca")).unwrap();
+    let o = Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--name",
+            &format!("{}-offsite", c.id),
+            "--label",
+            &format!("{}={}", infra_e2e::hosts::CLUSTER_LABEL, c.id),
+            "--network",
+            &c.id,
+            "--network-alias",
+            &name,
+            "-v",
+            &format!("{}:/certs:ro", dir.display()),
+            "--entrypoint",
+            "rclone",
+            "infra-local/s3:1",
+            "serve",
+            "s3",
+            "/tmp/data",
+            "--addr",
+            ":9443",
+            "--cert",
+            "/certs/tls.crt",
+            "--key",
+            "/certs/tls.key",
+            "--auth-key",
+            &format!("offsite,{password}"),
+            "--config",
+            "/tmp/rclone.conf",
+        ])
+        .output()
+        .expect("docker");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    Offsite { name, password }
+}
+
 fn of_kind<'a>(ev: &'a [Value], kind: &str) -> Vec<&'a Value> {
     ev.iter().filter(|e| e["kind"] == kind).collect()
 }
@@ -335,6 +448,60 @@ fn a_backup_of_the_shipped_mng_pg_restores_every_row_written_before_it_into_a_ne
         ("coordinator log", c.coordinator_log(0)),
     ] {
         assert!(!text.contains(password), "MinIO's password in the {what}");
+    }
+
+    // ------------------ an off-site store over https, with its own CA
+    let offsite = offsite_store(&c, &catalog);
+    std::fs::write(
+        &user,
+        format!(
+            "x-backup-targets:\n  offsite:\n    endpoint: https://{0}:9443\n    bucket: offsite\n    access_key: \
+             offsite\n    secret_key_secret: offsite_s3_key\n    ca_secret: offsite_ca\n  untrusted:\n    endpoint: \
+             https://{0}:9443\n    bucket: offsite\n    access_key: offsite\n    secret_key_secret: offsite_s3_key\n\
+             services:\n  mng-pg:\n    x-backup:\n      keep: 2\n      target: offsite\n  mng-valkey:\n    \
+             x-backup:\n      target: untrusted\n",
+            offsite.name
+        ),
+    )
+    .unwrap();
+    infra_e2e::shipped::catalog_push(&c, &catalog, &user);
+    let ob = c.call("Backup", r#"{"service":"mng-pg"}"#);
+    assert_eq!(ob[0]["bucket"], "offsite", "{ob:#?}");
+    let listed = c.call("ListBackups", r#"{"service":"mng-pg"}"#);
+    assert!(
+        listed[0]["backups"]
+            .as_array()
+            .is_some_and(|b| b.iter().any(|o| o["key"] == ob[0]["key"])),
+        "{listed:#?}"
+    );
+    // Restored over the running database this time (its clients are cut).
+    psql(&c, &host, "DELETE FROM t WHERE id <= 1000").unwrap();
+    let or = c.call(
+        "Restore",
+        &serde_json::json!({"service": "mng-pg", "key": ob[0]["key"]}).to_string(),
+    );
+    assert_eq!(or[0]["key"], ob[0]["key"], "{or:#?}");
+    assert_eq!(psql(&c, &host, "SELECT count(*) FROM t").unwrap(), ROWS.to_string());
+    // A store whose certificate nothing trusts is refused, saying why.
+    let o = c.grpcurl(
+        &["infra.coordinator.v1.CoordinatorService/Backup"],
+        Some(r#"{"service":"mng-valkey"}"#),
+    );
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && said.contains("certificate") && said.contains("UnknownIssuer"),
+        "{said}"
+    );
+    let ev = infra_e2e::shipped::event_history(&c);
+    for (what, text) in [
+        ("events", serde_json::to_string(&ev).unwrap()),
+        ("operator logs", c.tier_logs("data")),
+        ("coordinator log", c.coordinator_log(0)),
+    ] {
+        assert!(
+            !text.contains(&offsite.password),
+            "the off-site store's key in the {what}"
+        );
     }
 
     let restore_size: u64 = restored[0]["size"].as_str().and_then(|s| s.parse().ok()).unwrap_or(0);

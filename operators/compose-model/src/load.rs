@@ -423,6 +423,23 @@ pub(crate) fn merge(base: &mut Value, over: Value) {
     }
 }
 
+/// [`merge`] for JSON values (the catalog's top-level extensions).
+fn merge_json(base: &mut serde_json::Value, over: serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(bv) => merge_json(bv, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
 fn key_of(k: &Value, path: &Path, lines: &LineIndex, at: &KeyPath) -> Result<String, LoadError> {
     k.as_str().map(str::to_string).ok_or_else(|| {
         LoadError::new(
@@ -572,9 +589,16 @@ impl Raw {
                     value: to_json(v),
                 }),
                 "name" | "version" => {}
-                x if x.starts_with("x-") => {
-                    self.extensions.insert(top.clone(), to_json(v));
-                }
+                // Top-level extensions of several files (and of the
+                // overrides) merge as services do: mappings key by key
+                // (`x-backup-targets` of two stacks, a user's extra target),
+                // anything else replaces.
+                x if x.starts_with("x-") => match self.extensions.get_mut(&top) {
+                    Some(prev) => merge_json(prev, to_json(v)),
+                    None => {
+                        self.extensions.insert(top.clone(), to_json(v));
+                    }
+                },
                 other => {
                     if let Some(s) = closest(other, TOP_KEYS.iter().copied(), 2) {
                         return Err(LoadError::new(

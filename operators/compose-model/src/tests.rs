@@ -834,6 +834,39 @@ fn overrides_merge_maps_and_replace_scalars_and_sequences() {
 }
 
 #[test]
+fn top_level_extensions_of_several_files_and_overrides_merge_key_by_key() {
+    let f = Fixture::new();
+    f.write(
+        "04-data/minio/docker-compose.yml",
+        "services:\n  minio:\n    image: m\nx-backup-targets:\n  minio: {endpoint: \"http://minio:9000\", bucket: b}\nx-note: one\n",
+    );
+    f.write(
+        "04-data/other/docker-compose.yml",
+        "services:\n  db:\n    image: d\nx-backup-targets:\n  near: {endpoint: \"http://near:9000\", bucket: n}\nx-note: two\n",
+    );
+    let over = f.dir.path().join("user.override.yml");
+    std::fs::write(
+        &over,
+        "x-backup-targets:\n  offsite: {endpoint: \"https://s3.example.com\", bucket: o}\n  minio: {bucket: renamed}\n",
+    )
+    .unwrap();
+    let opts = LoadOptions {
+        overrides: vec![over],
+        ..LoadOptions::default()
+    };
+    let cat = f.load_with(&opts).unwrap();
+    let t = &cat.extensions["x-backup-targets"];
+    assert_eq!(
+        t["minio"],
+        serde_json::json!({"endpoint": "http://minio:9000", "bucket": "renamed"})
+    );
+    assert_eq!(t["near"]["bucket"], "n");
+    assert_eq!(t["offsite"]["bucket"], "o");
+    // A scalar replaces (the later file wins).
+    assert!(cat.extensions["x-note"] == "one" || cat.extensions["x-note"] == "two");
+}
+
+#[test]
 fn override_naming_an_unknown_service_is_an_error() {
     let f = Fixture::new();
     f.write("04-data/db/docker-compose.yml", DB);

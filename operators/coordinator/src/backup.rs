@@ -130,6 +130,15 @@ impl Coordinator {
         let mut target = backup::target(catalog, &plan.target, &Self::env()).map_err(invalid)?;
         // An endpoint that names a service of the catalog (`http://minio:9000`).
         if let Some(store) = url_host(&target.endpoint).and_then(|h| catalog.services.get(h)) {
+            if target.endpoint.starts_with("https://") {
+                return Err(invalid(format!(
+                    "{}.{:?}.endpoint: {} is a service of the catalog, reached through its container on the \
+                     private network over http://; https:// is for stores outside the catalog",
+                    backup::TARGETS_KEY,
+                    plan.target,
+                    store.name
+                )));
+            }
             target.service.clone_from(&store.name);
             target.service_tier = store.tier.as_str().to_owned();
         }

@@ -1,8 +1,9 @@
 //! A small S3 client for backups: put an object from a file, get one
 //! into a file, list a prefix, delete, make the bucket. Requests are
-//! signed as presigned URLs (rusty-s3, AWS Signature V4) and sent over
-//! plain HTTP with hyper: the store is reached on the hosts' private
-//! networks (MinIO on `infra_net`), never over the internet.
+//! signed as presigned URLs (rusty-s3, AWS Signature V4) and sent with
+//! hyper: over plain HTTP to a store on the hosts' private networks
+//! (MinIO on `infra_net`), over HTTPS (rustls; the system's roots and the
+//! target's own CA) to one anywhere else (S3, B2, a MinIO with TLS).
 //!
 //! # Guarantees
 //! - Bodies stream from and to files: memory stays flat whatever the
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, Empty, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -34,7 +36,7 @@ const SIGNED_FOR: Duration = Duration::from_secs(3600);
 pub struct Store {
     bucket: Bucket,
     creds: Credentials,
-    client: Client<HttpConnector, Body>,
+    client: Client<HttpsConnector<HttpConnector>, Body>,
     name: String,
 }
 
@@ -59,19 +61,69 @@ fn s3_code(body: &[u8]) -> String {
         .unwrap_or_default()
 }
 
+/// An error with its causes (`client error (Connect): invalid peer
+/// certificate: UnknownIssuer`).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let said = cause.to_string();
+        if !out.contains(&said) {
+            out = format!("{out}: {said}");
+        }
+        next = cause.source();
+    }
+    out
+}
+
+/// TLS settings that trust the system's roots and the certificates in
+/// `ca_pem` (a store's own CA).
+fn tls_config(ca_pem: &str) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    // The system's roots (none when it has no store: then only `ca_pem`).
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if !ca_pem.trim().is_empty() {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            let cert = cert.map_err(|e| format!("the CA certificate: {e}"))?;
+            roots.add(cert).map_err(|e| format!("the CA certificate: {e}"))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err("the CA secret holds no PEM certificate".into());
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 impl Store {
-    /// A client for `target`. Only http endpoints are taken.
+    /// A client for `target`: `http://` or `https://` (verified against
+    /// the system's roots and the target's `ca_pem`).
     pub fn new(target: &BackupTarget) -> Result<Self, String> {
         let url: url::Url = target
             .endpoint
             .parse()
             .map_err(|e| format!("endpoint {:?}: {e}", target.endpoint))?;
-        if url.scheme() != "http" {
-            return Err(format!(
-                "endpoint {:?}: only http:// is supported (the store is reached on the private network)",
-                target.endpoint
-            ));
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("endpoint {:?}: http:// or https:// expected", target.endpoint));
         }
+        let tls = tls_config(&target.ca_pem).map_err(|e| format!("endpoint {:?}: {e}", target.endpoint))?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         let region = if target.region.is_empty() {
             "us-east-1"
         } else {
@@ -82,7 +134,7 @@ impl Store {
         Ok(Self {
             bucket,
             creds: Credentials::new(target.access_key.clone(), target.secret_key.clone()),
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
             name: target.bucket.clone(),
         })
     }
@@ -104,7 +156,7 @@ impl Store {
             .client
             .request(req)
             .await
-            .map_err(|e| format!("{what}: cannot reach the store: {e}"))?;
+            .map_err(|e| format!("{what}: cannot reach the store: {}", causes(&e)))?;
         if resp.status().is_success() {
             return Ok(resp);
         }

@@ -286,10 +286,10 @@ pub fn target(catalog: &Catalog, name: &str, env: &BTreeMap<String, String>) -> 
     for k in m.keys() {
         if !matches!(
             k.as_str(),
-            "endpoint" | "bucket" | "region" | "access_key" | "secret_key_secret"
+            "endpoint" | "bucket" | "region" | "access_key" | "secret_key_secret" | "ca_secret"
         ) {
             return Err(format!(
-                "{}: unknown key (endpoint, bucket, region, access_key, secret_key_secret)",
+                "{}: unknown key (endpoint, bucket, region, access_key, secret_key_secret, ca_secret)",
                 at(k)
             ));
         }
@@ -304,8 +304,25 @@ pub fn target(catalog: &Catalog, name: &str, env: &BTreeMap<String, String>) -> 
     let secret = text("secret_key_secret", true)?;
     let secret_key =
         super::registry::secret_text(catalog, &secret, env).map_err(|e| format!("{}: {e}", at("secret_key_secret")))?;
+    let ca = text("ca_secret", false)?;
+    let ca_pem = if ca.is_empty() {
+        String::new()
+    } else {
+        super::registry::secret_text(catalog, &ca, env).map_err(|e| format!("{}: {e}", at("ca_secret")))?
+    };
+    let endpoint = text("endpoint", true)?;
+    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+        return Err(format!(
+            "{}: {endpoint:?} is not an http:// or https:// URL",
+            at("endpoint")
+        ));
+    }
+    if !ca_pem.is_empty() && !ca_pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!("{}: {ca:?} holds no PEM certificate", at("ca_secret")));
+    }
     Ok(BackupTarget {
-        endpoint: text("endpoint", true)?,
+        endpoint,
+        ca_pem,
         bucket: text("bucket", true)?,
         region: text("region", false)?,
         access_key: text("access_key", true)?,
@@ -341,6 +358,12 @@ mod tests {
     bucket: backups
     access_key: admin
     secret_key_secret: s3_key
+  offsite:
+    endpoint: https://s3.example.com
+    bucket: backups
+    access_key: admin
+    secret_key_secret: s3_key
+    ca_secret: s3_key
 services:
   db:
     image: postgres:17
@@ -349,6 +372,7 @@ services:
       restore: "psql -d postgres"
       schedule: daily
       keep: 3
+      target: store
   bad:
     image: postgres:17
     x-backup:
@@ -381,6 +405,12 @@ services:
         assert!(e.contains("\"elsewhere\" is not in x-backup-targets"), "{e}");
         let t = target(&cat, "store", &BTreeMap::new()).unwrap();
         assert_eq!((t.bucket.as_str(), t.secret_key.as_str()), ("backups", "k3y"));
+        assert!(t.ca_pem.is_empty());
+        let e = target(&cat, "offsite", &BTreeMap::new()).unwrap_err();
+        assert!(
+            e.contains("x-backup-targets.\"offsite\".ca_secret: \"s3_key\" holds no PEM certificate"),
+            "{e}"
+        );
         assert!(!format!("{:?}", plan(&cat, &cat.services["db"])).contains("k3y"));
     }
 
