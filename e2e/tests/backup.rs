@@ -456,7 +456,7 @@ fn a_backup_of_the_shipped_mng_pg_restores_every_row_written_before_it_into_a_ne
         &user,
         format!(
             "x-backup-targets:\n  offsite:\n    endpoint: https://{0}:9443\n    bucket: offsite\n    access_key: \
-             offsite\n    secret_key_secret: offsite_s3_key\n    ca_secret: offsite_ca\n  untrusted:\n    endpoint: \
+             offsite\n    secret_key_secret: offsite_s3_key\n    ca_secret: offsite_ca\n    part_size: 5m\n  untrusted:\n    endpoint: \
              https://{0}:9443\n    bucket: offsite\n    access_key: offsite\n    secret_key_secret: offsite_s3_key\n\
              services:\n  mng-pg:\n    x-backup:\n      keep: 2\n      target: offsite\n  mng-valkey:\n    \
              x-backup:\n      target: untrusted\n",
@@ -467,6 +467,13 @@ fn a_backup_of_the_shipped_mng_pg_restores_every_row_written_before_it_into_a_ne
     infra_e2e::shipped::catalog_push(&c, &catalog, &user);
     let ob = c.call("Backup", r#"{"service":"mng-pg"}"#);
     assert_eq!(ob[0]["bucket"], "offsite", "{ob:#?}");
+    // Stored in 5 MB parts (a multipart upload), read back whole below.
+    let parts = size.div_ceil(5 << 20);
+    assert!(parts >= 2, "{size}");
+    assert!(
+        c.tier_logs("data").contains(&format!("\"parts\":{parts}")),
+        "the operator stored it in {parts} parts"
+    );
     let listed = c.call("ListBackups", r#"{"service":"mng-pg"}"#);
     assert!(
         listed[0]["backups"]

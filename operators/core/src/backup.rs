@@ -11,7 +11,8 @@
 //! - A dump that exits non-zero, or does not finish in time, is never
 //!   stored; what it wrote to stderr (its end) is the error.
 //! - Memory stays flat: the dump streams to a file and the file to the
-//!   store; the spool file (root's alone, under the state directory) is
+//!   store (in parts past the target's part size: S3 takes 5 GB in one
+//!   PUT at most); the spool file (root's alone, under the state directory) is
 //!   deleted whatever happens.
 //! - Retention (`keep`) deletes only objects under the service's prefix,
 //!   only after the new one is stored, oldest first.
@@ -231,7 +232,7 @@ async fn run(ctx: &Ctx, call: &BackupCall, id: &str, store: &Store) -> Result<Ba
     }
     let sha256 = file_sha256(&spool.0).await?;
     store.ensure_bucket().await?;
-    store.put_file(&call.key, &spool.0).await?;
+    let parts = store.put_file(&call.key, &spool.0).await?;
     let mut deleted = Vec::new();
     if call.keep > 0 {
         let all = store.list(&call.prefix).await?;
@@ -245,6 +246,7 @@ async fn run(ctx: &Ctx, call: &BackupCall, id: &str, store: &Store) -> Result<Ba
         service = %call.service,
         key = %call.key,
         bytes = done.written,
+        parts,
         seconds = started.elapsed().as_secs_f64(),
         deleted = deleted.len(),
         "backup stored"

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use http_body_util::{BodyExt, Empty, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -38,6 +38,7 @@ pub struct Store {
     creds: Credentials,
     client: Client<HttpsConnector<HttpConnector>, Body>,
     name: String,
+    part_size: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -59,6 +60,25 @@ fn s3_code(body: &[u8]) -> String {
         .and_then(|(_, rest)| rest.split_once("</Code>"))
         .map(|(code, _)| format!(": {code}"))
         .unwrap_or_default()
+}
+
+/// The default size of a multipart upload's parts.
+pub const DEFAULT_PART_SIZE: u64 = 64 << 20;
+
+/// The part size for `len` bytes: `wanted` (or the default), at least
+/// S3's 5 MiB, and large enough for S3's 10,000 parts.
+fn part_size(wanted: u64, len: u64) -> u64 {
+    let wanted = if wanted == 0 { DEFAULT_PART_SIZE } else { wanted };
+    wanted.max(5 << 20).max(len.div_ceil(10_000))
+}
+
+/// `n` bytes of the file at `path` from `offset`, as a streamed body.
+async fn file_range(path: &Path, offset: u64, n: u64) -> std::io::Result<Body> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(std::io::SeekFrom::Start(offset)).await?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(n), 256 * 1024).map_ok(Frame::data);
+    Ok(BodyExt::boxed(StreamBody::new(stream)))
 }
 
 /// An error with its causes (`client error (Connect): invalid peer
@@ -136,6 +156,7 @@ impl Store {
             creds: Credentials::new(target.access_key.clone(), target.secret_key.clone()),
             client: Client::builder(TokioExecutor::new()).build(connector),
             name: target.bucket.clone(),
+            part_size: target.part_size,
         })
     }
 
@@ -190,15 +211,102 @@ impl Store {
     }
 
     /// Stores the file at `path` as `key`.
-    pub async fn put_file(&self, key: &str, path: &Path) -> Result<(), String> {
+    /// Stores the file at `path` as `key`: in one PUT up to the part
+    /// size, else as a multipart upload of parts of that size (S3 takes at
+    /// most 5 GB in one PUT); the number of parts (1 for one PUT).
+    pub async fn put_file(&self, key: &str, path: &Path) -> Result<u16, String> {
         let what = format!("put {}/{key}", self.name);
-        let file = tokio::fs::File::open(path).await.map_err(|e| format!("{what}: {e}"))?;
-        let len = file.metadata().await.map_err(|e| format!("{what}: {e}"))?.len();
-        let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).map_ok(Frame::data);
-        let body = BodyExt::boxed(StreamBody::new(stream));
-        let url = self.bucket.put_object(Some(&self.creds), key).sign(SIGNED_FOR);
-        self.send(&what, hyper::Method::PUT, url, body, Some(len)).await?;
-        Ok(())
+        let len = tokio::fs::metadata(path)
+            .await
+            .map_err(|e| format!("{what}: {e}"))?
+            .len();
+        let part = part_size(self.part_size, len);
+        if len <= part {
+            let body = file_range(path, 0, len).await.map_err(|e| format!("{what}: {e}"))?;
+            let url = self.bucket.put_object(Some(&self.creds), key).sign(SIGNED_FOR);
+            self.send(&what, hyper::Method::PUT, url, body, Some(len)).await?;
+            return Ok(1);
+        }
+        let url = self
+            .bucket
+            .create_multipart_upload(Some(&self.creds), key)
+            .sign(SIGNED_FOR);
+        let resp = self.send(&what, hyper::Method::POST, url, empty(), Some(0)).await?;
+        let text = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{what}: {e}"))?
+            .to_bytes();
+        let id = rusty_s3::actions::CreateMultipartUpload::parse_response(&text)
+            .map_err(|e| format!("{what}: the store's answer to a multipart upload: {e}"))?
+            .upload_id()
+            .to_owned();
+        match self.put_parts(&what, key, &id, path, len, part).await {
+            Ok(etags) => {
+                let action = self.bucket.complete_multipart_upload(
+                    Some(&self.creds),
+                    key,
+                    &id,
+                    etags.iter().map(String::as_str),
+                );
+                let url = action.sign(SIGNED_FOR);
+                let xml = Bytes::from(action.body());
+                let n = xml.len() as u64;
+                let body = Full::new(xml).map_err(|never| match never {}).boxed();
+                self.send(&what, hyper::Method::POST, url, body, Some(n)).await?;
+                Ok(u16::try_from(etags.len()).unwrap_or(u16::MAX))
+            }
+            Err(e) => {
+                // Best effort: the store drops the parts it has.
+                let url = self
+                    .bucket
+                    .abort_multipart_upload(Some(&self.creds), key, &id)
+                    .sign(SIGNED_FOR);
+                let _ = self.send(&what, hyper::Method::DELETE, url, empty(), None).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Uploads `path` in parts of `part` bytes; their ETags in order.
+    async fn put_parts(
+        &self,
+        what: &str,
+        key: &str,
+        id: &str,
+        path: &Path,
+        len: u64,
+        part: u64,
+    ) -> Result<Vec<String>, String> {
+        let mut etags = Vec::new();
+        let mut offset = 0;
+        while offset < len {
+            let n = part.min(len - offset);
+            let number = u16::try_from(etags.len() + 1).map_err(|_| format!("{what}: more than 10,000 parts"))?;
+            let body = file_range(path, offset, n).await.map_err(|e| format!("{what}: {e}"))?;
+            let url = self
+                .bucket
+                .upload_part(Some(&self.creds), key, number, id)
+                .sign(SIGNED_FOR);
+            let resp = self
+                .send(
+                    &format!("{what} (part {number})"),
+                    hyper::Method::PUT,
+                    url,
+                    body,
+                    Some(n),
+                )
+                .await?;
+            let etag = resp
+                .headers()
+                .get(hyper::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| format!("{what} (part {number}): the store gave no ETag"))?;
+            etags.push(etag.to_owned());
+            offset += n;
+        }
+        Ok(etags)
     }
 
     /// Writes the object `key` to `path`; its size.
@@ -278,5 +386,21 @@ mod tests {
         let doc = b"<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><Message>x</Message></Error>";
         assert_eq!(super::s3_code(doc), ": NoSuchKey");
         assert_eq!(super::s3_code(b"nope"), "");
+    }
+
+    #[test]
+    fn parts_are_at_least_5_mib_and_at_most_10000() {
+        use super::{DEFAULT_PART_SIZE, part_size};
+        assert_eq!(part_size(0, 1 << 30), DEFAULT_PART_SIZE);
+        assert_eq!(part_size(1, 100 << 20), 5 << 20);
+        let huge = 2u64 << 40; // 2 TiB
+        assert!(huge.div_ceil(part_size(64 << 20, huge)) <= 10_000);
+    }
+
+    #[test]
+    fn a_ca_that_is_no_certificate_is_refused_by_name() {
+        let e = super::tls_config("not a certificate").unwrap_err();
+        assert!(e.contains("no PEM certificate"), "{e}");
+        assert!(super::tls_config("").is_ok());
     }
 }

@@ -286,10 +286,10 @@ pub fn target(catalog: &Catalog, name: &str, env: &BTreeMap<String, String>) -> 
     for k in m.keys() {
         if !matches!(
             k.as_str(),
-            "endpoint" | "bucket" | "region" | "access_key" | "secret_key_secret" | "ca_secret"
+            "endpoint" | "bucket" | "region" | "access_key" | "secret_key_secret" | "ca_secret" | "part_size"
         ) {
             return Err(format!(
-                "{}: unknown key (endpoint, bucket, region, access_key, secret_key_secret, ca_secret)",
+                "{}: unknown key (endpoint, bucket, region, access_key, secret_key_secret, ca_secret, part_size)",
                 at(k)
             ));
         }
@@ -320,9 +320,26 @@ pub fn target(catalog: &Catalog, name: &str, env: &BTreeMap<String, String>) -> 
     if !ca_pem.is_empty() && !ca_pem.contains("-----BEGIN CERTIFICATE-----") {
         return Err(format!("{}: {ca:?} holds no PEM certificate", at("ca_secret")));
     }
+    let part_size = match m.get("part_size") {
+        None => 0,
+        Some(v) => {
+            let text = match v {
+                Value::String(t) => t.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => String::new(),
+            };
+            let n = infra_compose::parse_size(&text)
+                .map_err(|e| format!("{}: {e} (a size such as 64m)", at("part_size")))?;
+            if n < 5 << 20 {
+                return Err(format!("{}: {text:?} is under S3's least part, 5m", at("part_size")));
+            }
+            n
+        }
+    };
     Ok(BackupTarget {
         endpoint,
         ca_pem,
+        part_size,
         bucket: text("bucket", true)?,
         region: text("region", false)?,
         access_key: text("access_key", true)?,
@@ -364,6 +381,12 @@ mod tests {
     access_key: admin
     secret_key_secret: s3_key
     ca_secret: s3_key
+  tiny:
+    endpoint: https://s3.example.com
+    bucket: backups
+    access_key: admin
+    secret_key_secret: s3_key
+    part_size: 1m
 services:
   db:
     image: postgres:17
@@ -411,6 +434,8 @@ services:
             e.contains("x-backup-targets.\"offsite\".ca_secret: \"s3_key\" holds no PEM certificate"),
             "{e}"
         );
+        let e = target(&cat, "tiny", &BTreeMap::new()).unwrap_err();
+        assert!(e.contains("part_size: \"1m\" is under S3's least part, 5m"), "{e}");
         assert!(!format!("{:?}", plan(&cat, &cat.services["db"])).contains("k3y"));
     }
 
