@@ -16,6 +16,8 @@
 //! on its own is refused with the group's name; every backup and restore
 //! is an event that names the member it ran in.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use infra_e2e::hosts::{Cluster, ClusterOptions};
@@ -260,9 +262,51 @@ fn the_shipped_patroni_galera_and_valkey_clusters_are_backed_up_once_each_and_re
     );
 
     // ------------------------------------------------- the backups
-    let b0 = Instant::now();
-    let pb = c.call("Backup", r#"{"service":"pg-cluster"}"#);
-    let pg_took = b0.elapsed();
+    // A client inserts into the leader, one row at a time, during the
+    // Patroni backup: the longest gap between its acknowledged inserts.
+    psql(
+        &c,
+        &host,
+        pg_leader,
+        "app",
+        "CREATE TABLE ins (id bigserial PRIMARY KEY)",
+    )
+    .unwrap();
+    let acks: Mutex<Vec<Instant>> = Mutex::default();
+    let stop = AtomicBool::new(false);
+    let (pb, b0, pg_took) = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                if psql(&c, &host, pg_leader, "app", "INSERT INTO ins DEFAULT VALUES").is_ok() {
+                    acks.lock().unwrap().push(Instant::now());
+                }
+            }
+        });
+        wait_for("the client's first inserts", Duration::from_secs(60), || {
+            acks.lock().unwrap().len() >= 3
+        });
+        let b0 = Instant::now();
+        let pb = c.call("Backup", r#"{"service":"pg-cluster"}"#);
+        let took = b0.elapsed();
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::Relaxed);
+        (pb, b0, took)
+    });
+    let acks = acks.into_inner().unwrap();
+    let window: Vec<Instant> = acks
+        .iter()
+        .copied()
+        .filter(|t| *t + Duration::from_secs(1) >= b0 && *t <= b0 + pg_took + Duration::from_secs(1))
+        .collect();
+    assert!(
+        window.len() >= 2,
+        "the client wrote during the backup: {}",
+        window.len()
+    );
+    let pg_gap = window.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
+    let mut intervals: Vec<Duration> = acks.windows(2).map(|w| w[1] - w[0]).collect();
+    intervals.sort();
+    let pg_usual = intervals.get(intervals.len() / 2).copied().unwrap_or_default();
     let b1 = Instant::now();
     let gb = c.call("Backup", r#"{"service":"galera"}"#);
     let galera_took = b1.elapsed();
@@ -433,7 +477,8 @@ fn the_shipped_patroni_galera_and_valkey_clusters_are_backed_up_once_each_and_re
     println!(
         "BENCH backup clusters: bring-up of etcd x3, Patroni x3, Galera x3 on one host, Valkey x3 and MinIO on another {:.0} s (again, empty: \
          {:.0} s); Patroni {PG_ROWS} rows: dumped from the leader {:.1} MB in {:.2} s, restored into a new \
-         cluster's leader in {:.2} s; Galera {GALERA_ROWS} rows: mariadb-dump from a synced node {:.1} MB in {:.2} s, \
+         cluster's leader in {:.2} s, longest gap between a client's acknowledged inserts into the leader during the \
+         backup {} ms (its median interval {} ms); Galera {GALERA_ROWS} rows: mariadb-dump from a synced node {:.1} MB in {:.2} s, \
          restored in {:.2} s; Valkey {KEYS} keys: RDB from a replica {:.2} MB in {:.2} s, restored into the \
          primary and on every node in {:.2} s",
         first_up.as_secs_f64(),
@@ -441,6 +486,8 @@ fn the_shipped_patroni_galera_and_valkey_clusters_are_backed_up_once_each_and_re
         size(&pb) as f64 / 1e6,
         pg_took.as_secs_f64(),
         pg_restore.as_secs_f64(),
+        pg_gap.as_millis(),
+        pg_usual.as_millis(),
         size(&gb) as f64 / 1e6,
         galera_took.as_secs_f64(),
         galera_restore.as_secs_f64(),
