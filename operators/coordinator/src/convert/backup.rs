@@ -133,10 +133,11 @@ pub fn plan(catalog: &Catalog, svc: &Service) -> Result<Option<BackupPlan>, Stri
     let Some(block) = svc.extensions.get(BACKUP_KEY) else {
         return Ok(None);
     };
-    let at = |f: &str| format!("service {:?}: {BACKUP_KEY}.{f}", svc.name);
+    let place = format!("service {:?} ({}:{})", svc.name, svc.file.display(), svc.line);
+    let at = |f: &str| format!("{place}: {BACKUP_KEY}.{f}");
     let m = block
         .as_object()
-        .ok_or_else(|| format!("service {:?}: {BACKUP_KEY}: a mapping expected", svc.name))?;
+        .ok_or_else(|| format!("{place}: {BACKUP_KEY}: a mapping expected"))?;
     for k in m.keys() {
         if !matches!(
             k.as_str(),
@@ -421,7 +422,10 @@ services:
         assert_eq!(plan(&cat, &cat.services["plain"]).unwrap(), None);
         let e = plan(&cat, &cat.services["bad"]).unwrap_err();
         assert!(
-            e.contains("service \"bad\": x-backup.schedule") && e.contains("less than a minute"),
+            e.contains("service \"bad\" (")
+                && e.contains("docker-compose.yml:")
+                && e.contains("): x-backup.schedule")
+                && e.contains("less than a minute"),
             "{e}"
         );
         let e = plan(&cat, &cat.services["worse"]).unwrap_err();
