@@ -101,6 +101,39 @@ fn a_dependency_cycle_is_rejected_with_the_whole_path() {
 }
 
 #[test]
+fn a_backup_group_whose_members_disagree_names_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let member = |name: &str, keep: u32| {
+        format!(
+            "  {name}:\n    image: infra-local/debian:bookworm\n    x-backup:\n      group: pair\n      dump: \"cat /etc/hostname\"\n      keep: {keep}\n"
+        )
+    };
+    write(
+        dir.path(),
+        "04-data/db/docker-compose.yml",
+        &format!(
+            "x-backup-targets:\n  store:\n    endpoint: http://store:9000\n    bucket: b\n    access_key: k\n    secret_key_secret: s\nservices:\n{}",
+            member("db-a", 7)
+        ),
+    );
+    write(
+        dir.path(),
+        "01-gateway/web/docker-compose.yml",
+        &format!("services:\n{}", member("db-b", 3)),
+    );
+    let p = platform("backupgroup", dir.path());
+    assert_rejected(
+        &p,
+        &[
+            "service \"db-b\" (",
+            "01-gateway/web/docker-compose.yml:2)",
+            "04-data/db/docker-compose.yml:8)",
+            "group \"pair\"",
+        ],
+    );
+}
+
+#[test]
 fn an_unset_variable_without_default_names_the_variable_file_and_service() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "04-data/db/docker-compose.yml", GOOD);
