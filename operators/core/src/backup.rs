@@ -88,28 +88,41 @@ async fn reachable(ctx: &Ctx, call: &BackupCall) -> Result<infra_proto::bus::v1:
     Ok(target)
 }
 
+/// A reply that says this host is not the one to ask, and why.
+fn passed_over(why: String) -> BackupReply {
+    BackupReply {
+        error: why,
+        passed_over: true,
+        ..Default::default()
+    }
+}
+
 async fn answer(ctx: &Ctx, call: &BackupCall) -> Result<BackupReply, String> {
-    let store = Store::new(&reachable(ctx, call).await?)?;
     let op = call.op.as_str();
+    if !matches!(op, "list" | "run" | "restore") {
+        return Err(format!("unknown backup operation {op:?}"));
+    }
+    // The member first (a replica passes over before it reaches the store),
+    // then the store as this host reaches it (another host may).
+    let id = if op == "list" {
+        String::new()
+    } else {
+        match chosen_container(ctx, call).await {
+            Ok(id) => id,
+            Err(why) => return Ok(passed_over(why)),
+        }
+    };
+    let target = match reachable(ctx, call).await {
+        Ok(t) => t,
+        Err(why) => return Ok(passed_over(format!("on {}: {why}", ctx.host))),
+    };
+    let store = Store::new(&target)?;
     if op == "list" {
         return Ok(BackupReply {
             objects: store.list(&call.prefix).await?,
             ..Default::default()
         });
     }
-    if !matches!(op, "run" | "restore") {
-        return Err(format!("unknown backup operation {op:?}"));
-    }
-    let id = match chosen_container(ctx, call).await {
-        Ok(id) => id,
-        Err(why) => {
-            return Ok(BackupReply {
-                error: why,
-                passed_over: true,
-                ..Default::default()
-            });
-        }
-    };
     if op == "run" {
         run(ctx, call, &id, &store).await
     } else {
